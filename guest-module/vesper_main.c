@@ -1,0 +1,1003 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vesper_front: guest frontend of Vesper for the ivshmem-doorbell PCI device.
+ *
+ * Implements shared-abi/PROTOCOL.md (ABI v1): one worker kthread posts requests into
+ * the request ring, consumes the host's answers from the response ring and executes
+ * host commands (load, unload, list modules, kernel log). Everything host-written is
+ * untrusted: ring slots are copied once into private memory and parsed only there,
+ * every length and index is checked. Kernel-version-specific code lives in
+ * vesper_loader.c only.
+ */
+#include <linux/module.h>
+#include <linux/kernel.h>
+#include <linux/pci.h>
+#include <linux/interrupt.h>
+#include <linux/io.h>
+#include <linux/kthread.h>
+#include <linux/wait.h>
+#include <linux/jiffies.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+#include <linux/mm.h>
+#include <linux/crc32.h>
+#include <linux/kmsg_dump.h>
+#include <linux/utsname.h>
+#include <linux/cpumask.h>
+#include <linux/string.h>
+#include <linux/list.h>
+#include <linux/err.h>
+#define INCLUDE_VERMAGIC
+#include <linux/vermagic.h>
+
+#include "vesper_abi.h"
+#include "vesper_loader.h"
+
+#define VESPER_DRV_NAME "vesper_front"
+#define VESPER_FRONTEND_VERSION 1
+
+/* ivshmem BAR0 registers */
+#define IVSHMEM_REG_DOORBELL 12
+
+/* Largest module image the guest accepts. */
+#define VESPER_MAX_IMAGE_SIZE (64UL << 20)
+/* Largest staging chunk the guest grants. */
+#define VESPER_MAX_CHUNK (1U << 20)
+/* Guest-side limit on waiting for a host answer during a command. */
+#define VESPER_CMD_TIMEOUT (30 * HZ)
+/* Re-scan period of the rings while waiting (lost notifications cost latency only). */
+#define VESPER_POLL_PERIOD (HZ / 10)
+/* Most module entries one OP_LIST reports. */
+#define VESPER_MAX_LIST_ENTRIES 4096U
+
+static_assert(sizeof(struct vesper_msg_header) + VESPER_SLOT_PAYLOAD_SIZE == VESPER_SLOT_SIZE);
+static_assert(sizeof(struct vesper_completion_request) <= VESPER_SLOT_PAYLOAD_SIZE);
+static_assert(sizeof(struct vesper_hello_request) <= VESPER_SLOT_PAYLOAD_SIZE);
+
+/* A module name this frontend loaded (MODULE_FLAG_PUSHED). */
+struct vesper_pushed {
+	struct list_head node;
+	char name[VESPER_MODULE_NAME_LEN];
+};
+
+struct vesper_front {
+	struct pci_dev *pdev;
+	void __iomem *regs;		/* BAR0 */
+	void *shm;			/* BAR2, write-back */
+	u64 bar_size;			/* BAR2 length */
+	u64 region_size;		/* usable: min(BAR2, header region_size) */
+	bool have_irq;
+	wait_queue_head_t wq;
+	struct task_struct *worker;
+
+	/* Everything below is owned by the worker (and by remove after it stopped). */
+	u32 generation;
+	u32 req_prod;			/* our request producer */
+	u32 rsp_cons;			/* our response consumer */
+	u64 next_id;
+	u32 chunk_size;			/* 0 until HELLO answered */
+	bool grant_used[VESPER_GRANT_ENTRIES];
+	u32 list_grant;			/* live OP_LIST grant or GRANT_REF_NONE */
+	u64 list_cmpl_id;		/* completion request carrying it */
+	u8 *rsp;			/* private copy of one response slot */
+	struct vesper_command_response cmd;	/* private copy of the command */
+	struct vesper_completion_request *cmpl;
+	struct list_head pushed;
+};
+
+/* ---- region accessors ------------------------------------------------------- */
+
+static struct vesper_region_header *vf_hdr(struct vesper_front *fe)
+{
+	return fe->shm + VESPER_HEADER_OFFSET;
+}
+
+static struct vesper_grant_entry *vf_grant_entry(struct vesper_front *fe, u32 ref)
+{
+	return (struct vesper_grant_entry *)(fe->shm + VESPER_GRANT_TABLE_OFFSET) + ref;
+}
+
+static struct vesper_ring_control *vf_req_ring(struct vesper_front *fe)
+{
+	return fe->shm + VESPER_REQ_RING_OFFSET;
+}
+
+static struct vesper_ring_control *vf_rsp_ring(struct vesper_front *fe)
+{
+	return fe->shm + VESPER_RSP_RING_OFFSET;
+}
+
+static void *vf_slot(struct vesper_front *fe, u64 ring_off, u32 idx)
+{
+	return fe->shm + ring_off + VESPER_PAGE_SIZE +
+	       (size_t)(idx % VESPER_RING_SLOTS) * VESPER_SLOT_SIZE;
+}
+
+static void *vf_data(struct vesper_front *fe)
+{
+	return fe->shm + VESPER_DATA_AREA_OFFSET;
+}
+
+static u64 vf_data_space(struct vesper_front *fe)
+{
+	return fe->region_size - VESPER_DATA_AREA_OFFSET;
+}
+
+/* ---- waiting ----------------------------------------------------------------- */
+
+static bool vf_rsp_pending(struct vesper_front *fe)
+{
+	return READ_ONCE(vf_rsp_ring(fe)->producer) != fe->rsp_cons;
+}
+
+/* Sleep until a notification, the poll period, or a stop request. */
+static void vf_nap(struct vesper_front *fe)
+{
+	wait_event_interruptible_timeout(fe->wq,
+					 vf_rsp_pending(fe) || kthread_should_stop(),
+					 VESPER_POLL_PERIOD);
+}
+
+/* Sleep for delay jiffies unless asked to stop. */
+static void vf_sleep(struct vesper_front *fe, unsigned long delay)
+{
+	wait_event_interruptible_timeout(fe->wq, kthread_should_stop(), delay);
+}
+
+static irqreturn_t vf_irq(int irq, void *data)
+{
+	struct vesper_front *fe = data;
+
+	wake_up(&fe->wq);
+	return IRQ_HANDLED;
+}
+
+/* ---- grants ------------------------------------------------------------------- */
+
+static int vf_grant(struct vesper_front *fe, u64 offset, u32 len, u32 access, u32 owner)
+{
+	struct vesper_grant_entry *g;
+	u32 ref;
+
+	if (offset < VESPER_DATA_AREA_OFFSET || offset > fe->region_size ||
+	    len > fe->region_size - offset)
+		return -EINVAL;
+
+	for (ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
+		if (fe->grant_used[ref])
+			continue;
+		g = vf_grant_entry(fe, ref);
+		WRITE_ONCE(g->state, VESPER_GRANT_STATE_FREE);
+		WRITE_ONCE(g->offset, offset);
+		WRITE_ONCE(g->len, len);
+		WRITE_ONCE(g->access, access);
+		WRITE_ONCE(g->owner, owner);
+		WRITE_ONCE(g->generation, fe->generation);
+		WRITE_ONCE(g->reserved, 0);
+		/* The entry is complete before it becomes live. */
+		smp_store_release(&g->state, VESPER_GRANT_STATE_ACTIVE);
+		fe->grant_used[ref] = true;
+		return ref;
+	}
+	return -ENOSPC;
+}
+
+static void vf_revoke(struct vesper_front *fe, u32 ref)
+{
+	if (ref >= VESPER_GRANT_ENTRIES)
+		return;
+	WRITE_ONCE(vf_grant_entry(fe, ref)->state, VESPER_GRANT_STATE_FREE);
+	/* Revoked before we look at (or reuse) the range. */
+	smp_mb();
+	fe->grant_used[ref] = false;
+}
+
+static void vf_revoke_list_grant(struct vesper_front *fe)
+{
+	if (fe->list_grant != VESPER_GRANT_REF_NONE) {
+		vf_revoke(fe, fe->list_grant);
+		fe->list_grant = VESPER_GRANT_REF_NONE;
+	}
+}
+
+/* ---- rings -------------------------------------------------------------------- */
+
+/*
+ * Post one request. Waits (up to VESPER_CMD_TIMEOUT) while the ring is full.
+ * Returns 0 and the request id in *id, -ETIMEDOUT, or -ESHUTDOWN.
+ */
+static int vf_post(struct vesper_front *fe, u32 kind, const void *payload, u32 len,
+		   u64 *id)
+{
+	struct vesper_ring_control *rc = vf_req_ring(fe);
+	unsigned long deadline = jiffies + VESPER_CMD_TIMEOUT;
+	struct vesper_msg_header hdr;
+	void *slot;
+	u32 prod = fe->req_prod;
+
+	if (WARN_ON(len > VESPER_SLOT_PAYLOAD_SIZE))
+		return -EINVAL;
+
+	/* Host-written consumer: anything but 0..RING_SLOTS-1 behind us means "full". */
+	while ((u32)(prod - smp_load_acquire(&rc->consumer)) >= VESPER_RING_SLOTS) {
+		if (kthread_should_stop())
+			return -ESHUTDOWN;
+		if (time_after(jiffies, deadline)) {
+			pr_warn_ratelimited(VESPER_DRV_NAME ": request ring full for 30 s\n");
+			return -ETIMEDOUT;
+		}
+		vf_sleep(fe, VESPER_POLL_PERIOD);
+	}
+
+	memset(&hdr, 0, sizeof(hdr));
+	hdr.kind = kind;
+	hdr.len = len;
+	hdr.id = ++fe->next_id;
+	hdr.status = 0;
+	hdr.generation = fe->generation;
+
+	slot = vf_slot(fe, VESPER_REQ_RING_OFFSET, prod);
+	memcpy(slot, &hdr, sizeof(hdr));
+	if (len)
+		memcpy(slot + sizeof(hdr), payload, len);
+	/* Slot contents before the new producer index. */
+	smp_store_release(&rc->producer, prod + 1);
+	fe->req_prod = prod + 1;
+
+	/* Doorbell: peer 0, vector 0. */
+	iowrite32((0 << 16) | 0, fe->regs + IVSHMEM_REG_DOORBELL);
+	*id = hdr.id;
+	return 0;
+}
+
+/* Copy the next response slot into fe->rsp. Returns true if there was one. */
+static bool vf_pop(struct vesper_front *fe)
+{
+	struct vesper_ring_control *rc = vf_rsp_ring(fe);
+	u32 prod = smp_load_acquire(&rc->producer);
+	u32 cons = fe->rsp_cons;
+	u32 avail = prod - cons;
+
+	if (!avail)
+		return false;
+	if (avail > VESPER_RING_SLOTS) {
+		pr_warn_ratelimited(VESPER_DRV_NAME
+				    ": host response producer %u is %u ahead of consumer %u, skipping\n",
+				    prod, avail, cons);
+		fe->rsp_cons = prod;
+		smp_store_release(&rc->consumer, prod);
+		return false;
+	}
+	memcpy(fe->rsp, vf_slot(fe, VESPER_RSP_RING_OFFSET, cons), VESPER_SLOT_SIZE);
+	/* Done reading the slot before handing it back. */
+	smp_store_release(&rc->consumer, cons + 1);
+	fe->rsp_cons = cons + 1;
+	return true;
+}
+
+static struct vesper_msg_header *vf_rsp_hdr(struct vesper_front *fe)
+{
+	return (struct vesper_msg_header *)fe->rsp;
+}
+
+static void *vf_rsp_payload(struct vesper_front *fe)
+{
+	return fe->rsp + sizeof(struct vesper_msg_header);
+}
+
+/* A response nobody waits for right now. */
+static void vf_stray(struct vesper_front *fe, const struct vesper_msg_header *h)
+{
+	if (h->kind == (VESPER_REQ_COMPLETION | VESPER_RSP_FLAG) &&
+	    h->id == fe->list_cmpl_id && fe->list_grant != VESPER_GRANT_REF_NONE) {
+		/* The host copied the module list out. */
+		vf_revoke_list_grant(fe);
+		return;
+	}
+	if (h->kind == (VESPER_REQ_COMPLETION | VESPER_RSP_FLAG))
+		return;	/* plain completion acknowledgement */
+	pr_warn_ratelimited(VESPER_DRV_NAME ": dropping unexpected response kind %#x id %llu\n",
+			    h->kind, h->id);
+}
+
+/*
+ * Wait for the answer to request id of kind kind. timeout 0 waits forever. On success
+ * the response is in fe->rsp; its header len is <= SLOT_PAYLOAD_SIZE and, when status
+ * is 0, >= min_len. Returns 0, -ETIMEDOUT, -ESHUTDOWN, or -EPROTO (short payload).
+ */
+static int vf_wait(struct vesper_front *fe, u64 id, u32 kind, unsigned long timeout,
+		   u32 min_len)
+{
+	unsigned long deadline = jiffies + timeout;
+	struct vesper_msg_header *h = vf_rsp_hdr(fe);
+
+	for (;;) {
+		while (vf_pop(fe)) {
+			if (h->generation != fe->generation) {
+				pr_info_ratelimited(VESPER_DRV_NAME
+						    ": dropping response of generation %u (ours %u)\n",
+						    h->generation, fe->generation);
+				continue;
+			}
+			if (h->len > VESPER_SLOT_PAYLOAD_SIZE) {
+				pr_warn_ratelimited(VESPER_DRV_NAME
+						    ": dropping response with len %u\n", h->len);
+				continue;
+			}
+			if (h->id != id || h->kind != (kind | VESPER_RSP_FLAG)) {
+				vf_stray(fe, h);
+				continue;
+			}
+			if (h->status == 0 && h->len < min_len) {
+				pr_warn(VESPER_DRV_NAME
+					": response kind %#x has %u payload bytes, need %u\n",
+					h->kind, h->len, min_len);
+				return -EPROTO;
+			}
+			return 0;
+		}
+		if (kthread_should_stop())
+			return -ESHUTDOWN;
+		if (timeout && time_after_eq(jiffies, deadline))
+			return -ETIMEDOUT;
+		vf_nap(fe);
+	}
+}
+
+/* Host status → errno we pass on: negative errnos only, anything else is -EPROTO. */
+static int vf_host_error(s32 status)
+{
+	if (status < 0 && status >= -MAX_ERRNO)
+		return status;
+	return -EPROTO;
+}
+
+/* ---- kernel log ---------------------------------------------------------------- */
+
+/* Newest kernel log lines that fit into the completion's log. */
+static void vf_fill_log(struct vesper_completion_request *c)
+{
+	struct kmsg_dump_iter iter;
+	size_t len = 0;
+
+	kmsg_dump_rewind(&iter);
+	if (!kmsg_dump_get_buffer(&iter, false, (char *)c->log, sizeof(c->log), &len))
+		len = 0;
+	c->log_len = min_t(size_t, len, sizeof(c->log));
+}
+
+/* ---- pushed-module bookkeeping ---------------------------------------------- */
+
+/* Module names as the kernel spells them ('-' becomes '_'). */
+static void vf_normalize_name(char *dst, const char *src, size_t size)
+{
+	size_t i;
+
+	strscpy(dst, src, size);
+	for (i = 0; dst[i]; i++)
+		if (dst[i] == '-')
+			dst[i] = '_';
+}
+
+static struct vesper_pushed *vf_find_pushed(struct vesper_front *fe, const char *name)
+{
+	struct vesper_pushed *p;
+
+	list_for_each_entry(p, &fe->pushed, node)
+		if (!strcmp(p->name, name))
+			return p;
+	return NULL;
+}
+
+static void vf_add_pushed(struct vesper_front *fe, const char *name)
+{
+	struct vesper_pushed *p;
+
+	if (!name[0] || vf_find_pushed(fe, name))
+		return;
+	p = kzalloc(sizeof(*p), GFP_KERNEL);
+	if (!p)
+		return;
+	strscpy(p->name, name, sizeof(p->name));
+	list_add_tail(&p->node, &fe->pushed);
+}
+
+static void vf_del_pushed(struct vesper_front *fe, const char *name)
+{
+	struct vesper_pushed *p = vf_find_pushed(fe, name);
+
+	if (p) {
+		list_del(&p->node);
+		kfree(p);
+	}
+}
+
+/* ---- commands ------------------------------------------------------------------ */
+
+/* Outcome of a command; stage is STAGE_* */
+struct vf_result {
+	int error;
+	u32 stage;
+};
+
+static void vf_fail(struct vf_result *r, int error, u32 stage)
+{
+	r->error = error;
+	r->stage = stage;
+}
+
+static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_result *r)
+{
+	const struct vesper_command_response *cmd = &fe->cmd;
+	struct vesper_fetch_chunk_request req;
+	struct vesper_chunk_response rsp;
+	char params[VESPER_PARAMS_LEN];
+	u64 size = cmd->image_size;
+	u64 off = 0;
+	unsigned int stage;
+	u8 *image;
+	int ret;
+
+	if (cmd->params_len >= VESPER_PARAMS_LEN)
+		return vf_fail(r, -EINVAL, VESPER_STAGE_COMMAND);
+	memcpy(params, cmd->params, cmd->params_len);
+	params[cmd->params_len] = '\0';
+
+	if (!size)
+		return vf_fail(r, -EINVAL, VESPER_STAGE_COMMAND);
+	if (size > VESPER_MAX_IMAGE_SIZE)
+		return vf_fail(r, -EFBIG, VESPER_STAGE_PREPARE);
+	if (!vesper_loader_can_load())
+		return vf_fail(r, -ENOSYS, VESPER_STAGE_PREPARE);
+	if (!fe->chunk_size)
+		return vf_fail(r, -EPROTO, VESPER_STAGE_PREPARE);
+
+	image = vmalloc(size);
+	if (!image)
+		return vf_fail(r, -ENOMEM, VESPER_STAGE_PREPARE);
+
+	while (off < size) {
+		u32 want = (u32)min_t(u64, fe->chunk_size, size - off);
+		struct vesper_msg_header *h = vf_rsp_hdr(fe);
+		u64 id;
+		int ref;
+
+		ref = vf_grant(fe, VESPER_DATA_AREA_OFFSET, want, VESPER_GRANT_WRITE,
+			       VESPER_GRANT_OWNER_STAGING);
+		if (ref < 0) {
+			vf_fail(r, ref, VESPER_STAGE_TRANSFER);
+			goto out;
+		}
+
+		memset(&req, 0, sizeof(req));
+		req.command_id = cmd->command_id;
+		req.offset = off;
+		req.grant_ref = ref;
+		ret = vf_post(fe, VESPER_REQ_FETCH_CHUNK, &req, sizeof(req), &id);
+		if (!ret)
+			ret = vf_wait(fe, id, VESPER_REQ_FETCH_CHUNK, VESPER_CMD_TIMEOUT,
+				      sizeof(rsp));
+		vf_revoke(fe, ref);
+		if (ret) {
+			if (ret == -ETIMEDOUT)
+				pr_warn(VESPER_DRV_NAME
+					": load %s: no chunk answer for offset %llu within 30 s\n",
+					name, off);
+			vf_fail(r, ret, VESPER_STAGE_TRANSFER);
+			goto out;
+		}
+		if (h->status) {
+			pr_info(VESPER_DRV_NAME ": load %s: host refused chunk at %llu: %d\n",
+				name, off, h->status);
+			vf_fail(r, vf_host_error(h->status), VESPER_STAGE_TRANSFER);
+			goto out;
+		}
+		memcpy(&rsp, vf_rsp_payload(fe), sizeof(rsp));
+		if (rsp.command_id != cmd->command_id || rsp.offset != off ||
+		    rsp.len == 0 || rsp.len > want) {
+			pr_warn(VESPER_DRV_NAME
+				": load %s: bad chunk answer (command %llu offset %llu len %u, wanted %llu/%llu/<=%u)\n",
+				name, rsp.command_id, rsp.offset, rsp.len,
+				cmd->command_id, off, want);
+			vf_fail(r, -EPROTO, VESPER_STAGE_TRANSFER);
+			goto out;
+		}
+		/* Copy once out of shared memory, then check only the private copy. */
+		memcpy(image + off, vf_data(fe), rsp.len);
+		if ((crc32_le(~0U, image + off, rsp.len) ^ ~0U) != rsp.crc32) {
+			pr_warn(VESPER_DRV_NAME ": load %s: chunk at %llu fails its CRC\n",
+				name, off);
+			vf_fail(r, -EBADMSG, VESPER_STAGE_TRANSFER);
+			goto out;
+		}
+		off += rsp.len;
+	}
+
+	if ((crc32_le(~0U, image, size) ^ ~0U) != cmd->image_crc32) {
+		pr_warn(VESPER_DRV_NAME ": load %s: image fails its CRC\n", name);
+		vf_fail(r, -EBADMSG, VESPER_STAGE_TRANSFER);
+		goto out;
+	}
+
+	ret = vesper_loader_load(image, size, params, &stage);
+	if (ret) {
+		pr_info(VESPER_DRV_NAME ": load %s failed: %d\n", name, ret);
+		vf_fail(r, ret, stage);
+		goto out;
+	}
+	pr_info(VESPER_DRV_NAME ": loaded %s (%llu bytes)\n", name, size);
+	vf_add_pushed(fe, name);
+out:
+	vfree(image);
+}
+
+static void vf_do_unload(struct vesper_front *fe, const char *name, struct vf_result *r)
+{
+	unsigned int stage;
+	int ret;
+
+	if (!name[0] || fe->cmd.flags & ~VESPER_UNLOAD_FLAG_FORCE)
+		return vf_fail(r, -EINVAL, VESPER_STAGE_COMMAND);
+	if (!strcmp(name, THIS_MODULE->name)) {
+		/* Our own exit would wait for this very thread. */
+		pr_info(VESPER_DRV_NAME ": refusing to unload the frontend itself\n");
+		return vf_fail(r, -EBUSY, VESPER_STAGE_DELETE_MODULE);
+	}
+	ret = vesper_loader_unload(name, fe->cmd.flags, &stage);
+	if (ret) {
+		pr_info(VESPER_DRV_NAME ": unload %s failed: %d\n", name, ret);
+		return vf_fail(r, ret, stage);
+	}
+	pr_info(VESPER_DRV_NAME ": unloaded %s\n", name);
+	vf_del_pushed(fe, name);
+}
+
+static void vf_do_list(struct vesper_front *fe, struct vf_result *r)
+{
+	struct vesper_completion_request *c = fe->cmpl;
+	struct vesper_module_entry *e;
+	unsigned int max, total, i;
+	size_t bytes;
+	int n, ref;
+
+	max = (unsigned int)min_t(u64, vf_data_space(fe) / sizeof(*e),
+				  VESPER_MAX_LIST_ENTRIES);
+	e = kvcalloc(max, sizeof(*e), GFP_KERNEL);
+	if (!e)
+		return vf_fail(r, -ENOMEM, VESPER_STAGE_LIST);
+
+	n = vesper_loader_list(e, max, &total);
+	if (n < 0) {
+		vf_fail(r, n, VESPER_STAGE_LIST);
+		goto out;
+	}
+	if (total > (unsigned int)n)
+		pr_warn(VESPER_DRV_NAME ": module list truncated to %d of %u\n", n, total);
+	for (i = 0; i < (unsigned int)n; i++) {
+		e[i].name[sizeof(e[i].name) - 1] = '\0';
+		if (vf_find_pushed(fe, (const char *)e[i].name))
+			e[i].flags |= VESPER_MODULE_FLAG_PUSHED;
+		if (!strcmp((const char *)e[i].name, THIS_MODULE->name))
+			e[i].flags |= VESPER_MODULE_FLAG_FRONTEND;
+	}
+
+	bytes = (size_t)n * sizeof(*e);
+	memcpy(vf_data(fe), e, bytes);
+	ref = vf_grant(fe, VESPER_DATA_AREA_OFFSET, (u32)bytes, VESPER_GRANT_READ,
+		       VESPER_GRANT_OWNER_MODLIST);
+	if (ref < 0) {
+		vf_fail(r, ref, VESPER_STAGE_LIST);
+		goto out;
+	}
+	fe->list_grant = ref;
+	c->data_grant = ref;
+	c->data_len = (u32)bytes;
+out:
+	kvfree(e);
+}
+
+static const char *vf_op_name(u32 op)
+{
+	switch (op) {
+	case VESPER_OP_LOAD: return "load";
+	case VESPER_OP_UNLOAD: return "unload";
+	case VESPER_OP_LIST: return "list";
+	case VESPER_OP_KMSG: return "kmsg";
+	default: return "unknown";
+	}
+}
+
+/*
+ * Execute fe->cmd and post its completion. Returns -ESHUTDOWN if the frontend is
+ * stopping (no completion posted), else 0.
+ */
+static int vf_run_command(struct vesper_front *fe)
+{
+	struct vesper_completion_request *c = fe->cmpl;
+	struct vf_result r = { 0, VESPER_STAGE_DONE };
+	char name[VESPER_MODULE_NAME_LEN];
+	u64 id;
+	int ret;
+
+	/* A list grant whose completion the host never answered: the range is ours again. */
+	vf_revoke_list_grant(fe);
+
+	memset(c, 0, sizeof(*c));
+	c->command_id = fe->cmd.command_id;
+	c->op = fe->cmd.op;
+	c->data_grant = VESPER_GRANT_REF_NONE;
+
+	fe->cmd.name[sizeof(fe->cmd.name) - 1] = '\0';
+	vf_normalize_name(name, (const char *)fe->cmd.name, sizeof(name));
+
+	switch (fe->cmd.op) {
+	case VESPER_OP_LOAD:
+		vf_do_load(fe, name, &r);
+		break;
+	case VESPER_OP_UNLOAD:
+		vf_do_unload(fe, name, &r);
+		break;
+	case VESPER_OP_LIST:
+		vf_do_list(fe, &r);
+		break;
+	case VESPER_OP_KMSG:
+		vf_fill_log(c);
+		break;
+	default:
+		pr_info(VESPER_DRV_NAME ": unknown command op %u\n", fe->cmd.op);
+		vf_fail(&r, -EINVAL, VESPER_STAGE_COMMAND);
+		break;
+	}
+
+	if (r.error == -ESHUTDOWN)
+		return -ESHUTDOWN;
+
+	c->error = r.error;
+	c->stage = r.error ? r.stage : VESPER_STAGE_DONE;
+	if (r.error) {
+		pr_info(VESPER_DRV_NAME ": command %llu (%s %s) failed at stage %u: %d\n",
+			c->command_id, vf_op_name(c->op), name, c->stage, c->error);
+		vf_fill_log(c);
+	}
+
+	ret = vf_post(fe, VESPER_REQ_COMPLETION, c, sizeof(*c), &id);
+	if (ret) {
+		vf_revoke_list_grant(fe);
+		return ret == -ESHUTDOWN ? ret : 0;
+	}
+	if (fe->list_grant != VESPER_GRANT_REF_NONE)
+		fe->list_cmpl_id = id;
+	return 0;
+}
+
+/* ---- worker ---------------------------------------------------------------------- */
+
+/* Protocol start-up step 2: forget any previous life of the region. */
+static void vf_reset_region(struct vesper_front *fe)
+{
+	struct vesper_region_header *hdr = vf_hdr(fe);
+	u32 ref, gen;
+
+	for (ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
+		WRITE_ONCE(vf_grant_entry(fe, ref)->state, VESPER_GRANT_STATE_FREE);
+		fe->grant_used[ref] = false;
+	}
+	fe->list_grant = VESPER_GRANT_REF_NONE;
+
+	gen = READ_ONCE(hdr->generation) + 1;
+	if (!gen)
+		gen = 1;
+	fe->generation = gen;
+	WRITE_ONCE(hdr->generation, gen);
+	WRITE_ONCE(hdr->guest_features, 0);
+
+	fe->req_prod = READ_ONCE(vf_req_ring(fe)->consumer);
+	WRITE_ONCE(vf_req_ring(fe)->producer, fe->req_prod);
+	fe->rsp_cons = READ_ONCE(vf_rsp_ring(fe)->producer);
+	WRITE_ONCE(vf_rsp_ring(fe)->consumer, fe->rsp_cons);
+	smp_mb();
+}
+
+/* Protocol start-up step 3. Returns 0, or -ESHUTDOWN / -EPROTO / host error. */
+static int vf_hello(struct vesper_front *fe)
+{
+	struct vesper_hello_request *hello;
+	struct vesper_hello_response rsp;
+	struct vesper_msg_header *h = vf_rsp_hdr(fe);
+	u64 id;
+	int ret;
+
+	hello = kzalloc(sizeof(*hello), GFP_KERNEL);
+	if (!hello)
+		return -ENOMEM;
+	hello->frontend_version = VESPER_FRONTEND_VERSION;
+	hello->nr_cpus = num_online_cpus();
+	hello->page_size = PAGE_SIZE;
+	hello->region_size = fe->bar_size;
+	strscpy((char *)hello->kernel_release, utsname()->release,
+		sizeof(hello->kernel_release));
+	strscpy((char *)hello->vermagic, VERMAGIC_STRING, sizeof(hello->vermagic));
+
+	ret = vf_post(fe, VESPER_REQ_HELLO, hello, sizeof(*hello), &id);
+	kfree(hello);
+	if (ret)
+		return ret;
+	ret = vf_wait(fe, id, VESPER_REQ_HELLO, 0, sizeof(rsp));
+	if (ret)
+		return ret;
+	if (h->status) {
+		pr_err(VESPER_DRV_NAME ": host refused HELLO: %d\n", h->status);
+		return vf_host_error(h->status);
+	}
+	memcpy(&rsp, vf_rsp_payload(fe), sizeof(rsp));
+	fe->chunk_size = (u32)min3((u64)rsp.max_chunk, (u64)VESPER_MAX_CHUNK,
+				   vf_data_space(fe));
+	pr_info(VESPER_DRV_NAME ": host v%u, generation %u, chunk %u bytes, host max image %llu\n",
+		rsp.host_version, fe->generation, fe->chunk_size, rsp.max_image_size);
+	return 0;
+}
+
+static int vf_worker(void *data)
+{
+	struct vesper_front *fe = data;
+	struct vesper_msg_header *h = vf_rsp_hdr(fe);
+	int ret;
+
+	vf_reset_region(fe);
+	ret = vf_hello(fe);
+	if (ret) {
+		if (ret != -ESHUTDOWN)
+			pr_err(VESPER_DRV_NAME ": start-up failed (%d), frontend idle\n", ret);
+		goto idle;
+	}
+	smp_wmb();
+	WRITE_ONCE(vf_hdr(fe)->guest_state, VESPER_GUEST_STATE_UP);
+
+	while (!kthread_should_stop()) {
+		u64 id;
+
+		ret = vf_post(fe, VESPER_REQ_WAIT_COMMAND, NULL, 0, &id);
+		if (ret == -ESHUTDOWN)
+			break;
+		if (ret) {
+			vf_sleep(fe, HZ);
+			continue;
+		}
+		ret = vf_wait(fe, id, VESPER_REQ_WAIT_COMMAND, 0,
+			      offsetof(struct vesper_command_response, params));
+		if (ret == -ESHUTDOWN)
+			break;
+		if (ret) {
+			vf_sleep(fe, HZ);
+			continue;
+		}
+		if (h->status) {
+			pr_warn_ratelimited(VESPER_DRV_NAME ": host answered WAIT_COMMAND with %d\n",
+					    h->status);
+			vf_sleep(fe, HZ);
+			continue;
+		}
+		/* Copy the command once; a short one keeps zeroes in the tail. */
+		memset(&fe->cmd, 0, sizeof(fe->cmd));
+		memcpy(&fe->cmd, vf_rsp_payload(fe),
+		       min_t(u32, h->len, sizeof(fe->cmd)));
+		if (fe->cmd.op == VESPER_OP_LOAD &&
+		    h->len < offsetof(struct vesper_command_response, params) +
+			     min_t(u32, fe->cmd.params_len, VESPER_PARAMS_LEN))
+			fe->cmd.params_len = VESPER_PARAMS_LEN;	/* rejected as malformed */
+		if (vf_run_command(fe) == -ESHUTDOWN)
+			break;
+	}
+idle:
+	while (!kthread_should_stop())
+		vf_sleep(fe, HZ);
+	return 0;
+}
+
+/* ---- PCI ------------------------------------------------------------------------ */
+
+/* Protocol start-up step 1: is this ivshmem device a Vesper region? */
+static int vf_check_region(struct vesper_front *fe)
+{
+	struct vesper_region_header *hdr = vf_hdr(fe);
+	u64 magic = READ_ONCE(hdr->magic);
+	u32 abi = READ_ONCE(hdr->abi_version);
+	u32 state = READ_ONCE(hdr->host_state);
+	u64 size = READ_ONCE(hdr->region_size);
+
+	if (magic != VESPER_REGION_MAGIC) {
+		pr_info(VESPER_DRV_NAME ": %s: ivshmem region magic %#llx is not Vesper's, not binding\n",
+			pci_name(fe->pdev), magic);
+		return -ENODEV;
+	}
+	if (abi != VESPER_ABI_VERSION) {
+		pr_info(VESPER_DRV_NAME ": %s: Vesper ABI %u, this frontend speaks %u, not binding\n",
+			pci_name(fe->pdev), abi, VESPER_ABI_VERSION);
+		return -ENODEV;
+	}
+	if (state != VESPER_HOST_STATE_READY) {
+		pr_info(VESPER_DRV_NAME ": %s: Vesper host state %u is not ready, not binding\n",
+			pci_name(fe->pdev), state);
+		return -ENODEV;
+	}
+	fe->region_size = min(size, fe->bar_size);
+	if (fe->bar_size < VESPER_MIN_REGION_SIZE ||
+	    fe->region_size < VESPER_MIN_REGION_SIZE) {
+		pr_info(VESPER_DRV_NAME ": %s: region of %llu bytes (BAR %llu) is below the %u minimum, not binding\n",
+			pci_name(fe->pdev), size, fe->bar_size, VESPER_MIN_REGION_SIZE);
+		return -ENODEV;
+	}
+	if (size != fe->bar_size)
+		pr_warn(VESPER_DRV_NAME ": %s: header says %llu bytes, BAR2 has %llu; using %llu\n",
+			pci_name(fe->pdev), size, fe->bar_size, fe->region_size);
+	return 0;
+}
+
+static int vf_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	struct vesper_front *fe;
+	int ret, nvec;
+
+	fe = kzalloc(sizeof(*fe), GFP_KERNEL);
+	if (!fe)
+		return -ENOMEM;
+	fe->pdev = pdev;
+	init_waitqueue_head(&fe->wq);
+	INIT_LIST_HEAD(&fe->pushed);
+	fe->list_grant = VESPER_GRANT_REF_NONE;
+
+	fe->rsp = kmalloc(VESPER_SLOT_SIZE, GFP_KERNEL);
+	fe->cmpl = kmalloc(sizeof(*fe->cmpl), GFP_KERNEL);
+	if (!fe->rsp || !fe->cmpl) {
+		ret = -ENOMEM;
+		goto err_free;
+	}
+
+	ret = pci_enable_device(pdev);
+	if (ret)
+		goto err_free;
+	ret = pci_request_regions(pdev, VESPER_DRV_NAME);
+	if (ret)
+		goto err_disable;
+
+	fe->regs = pci_iomap(pdev, 0, 0);
+	if (!fe->regs) {
+		ret = -ENOMEM;
+		goto err_regions;
+	}
+	fe->bar_size = pci_resource_len(pdev, 2);
+	if (!fe->bar_size) {
+		pr_info(VESPER_DRV_NAME ": %s: no BAR2 (no shared memory yet?), not binding\n",
+			pci_name(pdev));
+		ret = -ENODEV;
+		goto err_iounmap;
+	}
+	fe->shm = memremap(pci_resource_start(pdev, 2), fe->bar_size, MEMREMAP_WB);
+	if (!fe->shm) {
+		ret = -ENOMEM;
+		goto err_iounmap;
+	}
+
+	ret = vf_check_region(fe);
+	if (ret)
+		goto err_memunmap;
+
+	pci_set_master(pdev);
+	nvec = pci_alloc_irq_vectors(pdev, 1, 2, PCI_IRQ_MSIX);
+	if (nvec > 0) {
+		ret = request_irq(pci_irq_vector(pdev, 0), vf_irq, 0, VESPER_DRV_NAME, fe);
+		if (ret) {
+			pci_free_irq_vectors(pdev);
+			pr_info(VESPER_DRV_NAME ": %s: request_irq failed (%d), polling\n",
+				pci_name(pdev), ret);
+		} else {
+			fe->have_irq = true;
+		}
+	} else {
+		pr_info(VESPER_DRV_NAME ": %s: no MSI-X (%d), polling every 100 ms\n",
+			pci_name(pdev), nvec);
+	}
+
+	pci_set_drvdata(pdev, fe);
+	fe->worker = kthread_run(vf_worker, fe, "vesper-front");
+	if (IS_ERR(fe->worker)) {
+		ret = PTR_ERR(fe->worker);
+		goto err_irq;
+	}
+	pr_info(VESPER_DRV_NAME ": %s: bound to Vesper region of %llu bytes (%s)\n",
+		pci_name(pdev), fe->region_size, fe->have_irq ? "MSI-X" : "polling");
+	return 0;
+
+err_irq:
+	if (fe->have_irq) {
+		free_irq(pci_irq_vector(pdev, 0), fe);
+		pci_free_irq_vectors(pdev);
+	}
+	pci_clear_master(pdev);
+err_memunmap:
+	memunmap(fe->shm);
+err_iounmap:
+	pci_iounmap(pdev, fe->regs);
+err_regions:
+	pci_release_regions(pdev);
+err_disable:
+	pci_disable_device(pdev);
+err_free:
+	kfree(fe->cmpl);
+	kfree(fe->rsp);
+	kfree(fe);
+	return ret;
+}
+
+static void vf_remove(struct pci_dev *pdev)
+{
+	struct vesper_front *fe = pci_get_drvdata(pdev);
+	struct vesper_pushed *p, *tmp;
+	u32 ref;
+
+	kthread_stop(fe->worker);
+
+	for (ref = 0; ref < VESPER_GRANT_ENTRIES; ref++)
+		WRITE_ONCE(vf_grant_entry(fe, ref)->state, VESPER_GRANT_STATE_FREE);
+	smp_wmb();
+	WRITE_ONCE(vf_hdr(fe)->guest_state, VESPER_GUEST_STATE_DOWN);
+	smp_mb();
+
+	if (fe->have_irq) {
+		free_irq(pci_irq_vector(pdev, 0), fe);
+		pci_free_irq_vectors(pdev);
+	}
+	pci_clear_master(pdev);
+	memunmap(fe->shm);
+	pci_iounmap(pdev, fe->regs);
+	pci_release_regions(pdev);
+	pci_disable_device(pdev);
+
+	list_for_each_entry_safe(p, tmp, &fe->pushed, node) {
+		list_del(&p->node);
+		kfree(p);
+	}
+	kfree(fe->cmpl);
+	kfree(fe->rsp);
+	kfree(fe);
+	pr_info(VESPER_DRV_NAME ": %s: unbound\n", pci_name(pdev));
+}
+
+static const struct pci_device_id vf_ids[] = {
+	{ PCI_DEVICE(0x1af4, 0x1110) },	/* ivshmem (plain or doorbell) */
+	{ 0 }
+};
+MODULE_DEVICE_TABLE(pci, vf_ids);
+
+static struct pci_driver vf_driver = {
+	.name = VESPER_DRV_NAME,
+	.id_table = vf_ids,
+	.probe = vf_probe,
+	.remove = vf_remove,
+};
+
+static int __init vf_init(void)
+{
+	int ret = vesper_loader_init();
+
+	if (ret)
+		pr_err(VESPER_DRV_NAME ": loader unavailable (%d): load/unload will fail with -ENOSYS\n",
+		       ret);
+	ret = pci_register_driver(&vf_driver);
+	if (ret)
+		vesper_loader_exit();
+	return ret;
+}
+
+static void __exit vf_exit(void)
+{
+	pci_unregister_driver(&vf_driver);
+	vesper_loader_exit();
+}
+
+module_init(vf_init);
+module_exit(vf_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Vesper guest frontend (ivshmem-doorbell): pushed kernel probe modules");
+MODULE_VERSION("1");
