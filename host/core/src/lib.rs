@@ -1,1 +1,28 @@
-//! Placeholder.
+//! Vesper's host action layer: transports and the per-guest control session.
+#![deny(missing_docs)]
+
+mod error;
+mod session;
+
+pub use error::{errno_name, CommandError};
+pub use session::{Command, GuestInfo, GuestModule, PollOutcome, Reply, Session, SessionConfig, SessionEvent};
+
+use std::os::fd::BorrowedFd;
+
+use vesper_shmem::SharedRegion;
+
+/// The communication layer: the only part of Vesper that knows which hypervisor is
+/// underneath. One implementation per hypervisor (QEMU ivshmem, the built-in VMM).
+pub trait Transport: Send {
+    /// The region shared with the guest.
+    fn region(&self) -> &SharedRegion;
+    /// Interrupts the guest: "responses are waiting".
+    fn notify_guest(&self) -> std::io::Result<()>;
+    /// An fd that becomes readable when the guest rings the host, if the transport has
+    /// one (without it the host polls on a timer).
+    fn doorbell_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Clears the doorbell after it fired.
+    fn ack_doorbell(&self);
+    /// Short human description ("qemu ivshmem-doorbell, peer 1").
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,571 @@
+//! The per-guest control session: the host half of `shared-abi/PROTOCOL.md`.
+
+use std::collections::VecDeque;
+use std::mem::size_of;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vesper_shared_abi::*;
+use vesper_shmem::grant::GrantNeed;
+use vesper_shmem::{HostRings, Message, SharedRegion, ShmemError};
+use vm_memory::ByteValued;
+
+use crate::CommandError;
+
+const ECANCELED: i32 = 125;
+const EINVAL: i32 = 22;
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const EAGAIN: i32 = 11;
+const EBUSY: i32 = 16;
+
+/// Requests handled per [`Session::poll`], so a flooding guest cannot starve others.
+const MAX_REQUESTS_PER_POLL: usize = 64;
+/// Abandoned command ids remembered, to answer late guest steps with `-ECANCELED`.
+const ABANDONED_MEMORY: usize = 32;
+
+/// Limits and timeouts of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Longest silence from the guest while a command is under way.
+    pub step_timeout: Duration,
+    /// Longest a command waits for the guest to pick it up.
+    pub pickup_timeout: Duration,
+    /// Largest image the host pushes.
+    pub max_image_size: u64,
+    /// Largest chunk written per fetch.
+    pub max_chunk: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            step_timeout: Duration::from_secs(10),
+            pickup_timeout: Duration::from_secs(10),
+            max_image_size: 32 << 20,
+            max_chunk: 1 << 20,
+        }
+    }
+}
+
+/// An operator command for one guest.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Push and load a module image (already validated by the caller).
+    Load {
+        /// Module name from its `.modinfo`.
+        name: String,
+        /// The whole image.
+        image: Arc<[u8]>,
+        /// Module parameters, space separated.
+        params: String,
+    },
+    /// Unload a module.
+    Unload {
+        /// Module name.
+        name: String,
+        /// Force (`O_TRUNC`).
+        force: bool,
+    },
+    /// List the guest's modules.
+    List,
+    /// Fetch the guest kernel log tail.
+    Kmsg,
+}
+
+impl Command {
+    fn op(&self) -> u32 {
+        match self {
+            Command::Load { .. } => OP_LOAD,
+            Command::Unload { .. } => OP_UNLOAD,
+            Command::List => OP_LIST,
+            Command::Kmsg => OP_KMSG,
+        }
+    }
+
+    fn op_name(&self) -> &'static str {
+        match self {
+            Command::Load { .. } => "load",
+            Command::Unload { .. } => "unload",
+            Command::List => "list",
+            Command::Kmsg => "kmsg",
+        }
+    }
+}
+
+/// A module loaded in the guest, as `OP_LIST` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestModule {
+    /// Name.
+    pub name: String,
+    /// Core size in bytes.
+    pub size: u64,
+    /// Reference count.
+    pub refcount: i32,
+    /// "live", "coming", "going" or "unformed".
+    pub state: String,
+    /// Loaded by Vesper.
+    pub pushed: bool,
+    /// The Vesper frontend itself.
+    pub frontend: bool,
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The module is loaded and its init returned 0.
+    Loaded {
+        /// Module name.
+        name: String,
+        /// Bytes pushed.
+        bytes: u64,
+    },
+    /// The module is gone.
+    Unloaded {
+        /// Module name.
+        name: String,
+    },
+    /// The guest's modules.
+    Modules(Vec<GuestModule>),
+    /// The guest kernel log tail.
+    Kmsg(String),
+}
+
+/// What the guest told the host about itself in its hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestInfo {
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// The kernel's vermagic.
+    pub vermagic: String,
+    /// Online CPUs.
+    pub nr_cpus: u32,
+    /// Region size the guest sees.
+    pub region_size: u64,
+    /// Frontend generation (bumped per guest boot).
+    pub generation: u32,
+}
+
+/// Something the daemon should know about.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// The frontend said hello (first time, or after a guest restart).
+    GuestUp {
+        /// What it reported.
+        info: GuestInfo,
+        /// True when an earlier generation was known: the guest restarted.
+        restarted: bool,
+    },
+    /// A command finished.
+    Done {
+        /// Id returned by [`Session::submit`].
+        id: u64,
+        /// Its result.
+        result: Result<Reply, CommandError>,
+    },
+    /// The guest broke the protocol; the session keeps going.
+    Misbehaviour(ShmemError),
+    /// A late step of a command the host had already given up on.
+    LateStep {
+        /// The abandoned command.
+        id: u64,
+        /// What the guest said.
+        what: String,
+    },
+}
+
+#[derive(Debug)]
+struct Queued {
+    id: u64,
+    cmd: Command,
+    submitted: Instant,
+}
+
+#[derive(Debug)]
+struct Active {
+    id: u64,
+    cmd: Command,
+    deadline: Instant,
+    stage: &'static str,
+    sent: u64,
+}
+
+/// The host half of one guest's control protocol. Pure logic over the region: the
+/// daemon calls [`Session::poll`] when the doorbell rings, a command arrives, or
+/// [`Session::next_deadline`] passes, and notifies the guest when asked to.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    rings: HostRings,
+    info: Option<GuestInfo>,
+    standing_wait: Option<MsgHeader>,
+    queue: VecDeque<Queued>,
+    active: Option<Active>,
+    abandoned: VecDeque<u64>,
+    next_id: u64,
+    broken: Option<String>,
+}
+
+/// Result of one [`Session::poll`].
+#[derive(Debug, Default)]
+pub struct PollOutcome {
+    /// Events for the daemon, in order.
+    pub events: Vec<SessionEvent>,
+    /// Responses were produced: interrupt the guest.
+    pub notify: bool,
+}
+
+impl Session {
+    /// A session for a fresh region.
+    pub fn new(config: SessionConfig) -> Self {
+        Self {
+            config,
+            rings: HostRings::new(),
+            info: None,
+            standing_wait: None,
+            queue: VecDeque::new(),
+            active: None,
+            abandoned: VecDeque::new(),
+            next_id: 1,
+            broken: None,
+        }
+    }
+
+    /// The guest's hello, once it said one.
+    pub fn guest(&self) -> Option<&GuestInfo> {
+        self.info.as_ref()
+    }
+
+    /// The session's limits.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Queues a command; its result comes as [`SessionEvent::Done`] with this id.
+    pub fn submit(&mut self, cmd: Command, now: Instant) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.push_back(Queued { id, cmd, submitted: now });
+        id
+    }
+
+    /// The earliest instant at which a timeout may fire.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let active = self.active.as_ref().map(|a| a.deadline);
+        let queued = self.queue.front().map(|q| q.submitted + self.config.pickup_timeout);
+        active.into_iter().chain(queued).min()
+    }
+
+    /// Fails every pending command (the VM is going away).
+    pub fn close(&mut self) -> Vec<SessionEvent> {
+        let mut events = Vec::new();
+        if let Some(a) = self.active.take() {
+            events.push(SessionEvent::Done { id: a.id, result: Err(CommandError::SessionClosed) });
+        }
+        for q in self.queue.drain(..) {
+            events.push(SessionEvent::Done { id: q.id, result: Err(CommandError::SessionClosed) });
+        }
+        events
+    }
+
+    /// Handles every pending request, dispatches a queued command if the guest is
+    /// waiting for one, and applies timeouts.
+    pub fn poll(&mut self, region: &SharedRegion, now: Instant) -> PollOutcome {
+        let mut out = PollOutcome::default();
+        for _ in 0..MAX_REQUESTS_PER_POLL {
+            match self.rings.pop_request(region) {
+                Ok(None) => break,
+                Ok(Some(msg)) => {
+                    self.broken = None;
+                    if let Err(e) = self.handle(region, &msg, now, &mut out) {
+                        self.misbehaved(e, &mut out);
+                    }
+                }
+                Err(e) => {
+                    self.misbehaved(e, &mut out);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.dispatch(region, now, &mut out) {
+            self.misbehaved(e, &mut out);
+        }
+        self.expire(now, &mut out);
+        out
+    }
+
+    fn misbehaved(&mut self, e: ShmemError, out: &mut PollOutcome) {
+        // Report a persistent fault (a ring left overrun) once, not on every poll.
+        let text = e.to_string();
+        if self.broken.as_deref() != Some(text.as_str()) {
+            self.broken = Some(text);
+            out.events.push(SessionEvent::Misbehaviour(e));
+        }
+    }
+
+    fn respond(
+        &mut self,
+        region: &SharedRegion,
+        req: &MsgHeader,
+        status: i32,
+        payload: &[u8],
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
+        self.rings.push_response(region, req, status, payload)?;
+        out.notify = true;
+        Ok(())
+    }
+
+    fn handle(&mut self, region: &SharedRegion, msg: &Message, now: Instant, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let h = msg.header;
+        if h.kind == REQ_HELLO {
+            return self.on_hello(region, msg, out);
+        }
+        let current = self.info.as_ref().map(|i| i.generation);
+        if current != Some(h.generation) {
+            tracing::debug!(kind = h.kind, generation = h.generation, ?current, "dropping request of another generation");
+            return Ok(());
+        }
+        match h.kind {
+            REQ_WAIT_COMMAND => {
+                self.standing_wait = Some(h);
+                Ok(())
+            }
+            REQ_FETCH_CHUNK => self.on_fetch(region, msg, now, out),
+            REQ_COMPLETION => self.on_completion(region, msg, out),
+            other => {
+                tracing::warn!(kind = other, "unknown request kind; answering -EINVAL");
+                self.respond(region, &h, -EINVAL, &[], out)
+            }
+        }
+    }
+
+    fn on_hello(&mut self, region: &SharedRegion, msg: &Message, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let hello: HelloRequest = msg.payload_as()?;
+        let info = GuestInfo {
+            kernel_release: lossy(c_str_bytes(&hello.kernel_release)),
+            vermagic: lossy(c_str_bytes(&hello.vermagic)),
+            nr_cpus: hello.nr_cpus,
+            region_size: hello.region_size,
+            generation: msg.header.generation,
+        };
+        let restarted = self.info.as_ref().is_some_and(|old| old.generation != info.generation);
+        if restarted {
+            if let Some(a) = self.active.take() {
+                out.events.push(SessionEvent::Done { id: a.id, result: Err(CommandError::GuestRestarted) });
+            }
+            self.abandoned.clear();
+        }
+        self.standing_wait = None;
+        self.info = Some(info.clone());
+        let reply = HelloResponse { host_version: 1, max_chunk: self.config.max_chunk, max_image_size: self.config.max_image_size };
+        self.respond(region, &msg.header, 0, reply.as_slice(), out)?;
+        out.events.push(SessionEvent::GuestUp { info, restarted });
+        Ok(())
+    }
+
+    fn dispatch(&mut self, region: &SharedRegion, now: Instant, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        if self.active.is_some() {
+            return Ok(());
+        }
+        let Some(wait) = self.standing_wait else { return Ok(()) };
+        let Some(q) = self.queue.pop_front() else { return Ok(()) };
+        let mut c = CommandResponse { command_id: q.id, op: q.cmd.op(), ..Default::default() };
+        match &q.cmd {
+            Command::Load { name, image, params } => {
+                c.image_size = image.len() as u64;
+                c.image_crc32 = crc32fast::hash(image);
+                c.params_len = params.len() as u32;
+                let ok = fill_c_str(&mut c.name, name.as_bytes()) && fill_c_str(&mut c.params, params.as_bytes());
+                if !ok {
+                    let e = CommandError::BadGuestData(format!("module name or parameters too long for the wire ({name})"));
+                    out.events.push(SessionEvent::Done { id: q.id, result: Err(e) });
+                    return Ok(());
+                }
+            }
+            Command::Unload { name, force } => {
+                c.flags = if *force { UNLOAD_FLAG_FORCE } else { 0 };
+                if !fill_c_str(&mut c.name, name.as_bytes()) {
+                    out.events.push(SessionEvent::Done { id: q.id, result: Err(CommandError::NotLoaded { name: name.clone() }) });
+                    return Ok(());
+                }
+            }
+            Command::List | Command::Kmsg => {}
+        }
+        self.standing_wait = None;
+        self.respond(region, &wait, 0, c.as_slice(), out)?;
+        let stage = match q.cmd {
+            Command::Load { .. } => "transfer",
+            _ => q.cmd.op_name(),
+        };
+        self.active = Some(Active { id: q.id, cmd: q.cmd, deadline: now + self.config.step_timeout, stage, sent: 0 });
+        Ok(())
+    }
+
+    fn on_fetch(&mut self, region: &SharedRegion, msg: &Message, now: Instant, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let req: FetchChunkRequest = msg.payload_as()?;
+        let step_timeout = self.config.step_timeout;
+        let max_chunk = self.config.max_chunk as u64;
+        let generation = msg.header.generation;
+        let active = match self.active.as_mut() {
+            Some(a) if a.id == req.command_id => a,
+            _ => {
+                if self.abandoned.contains(&req.command_id) {
+                    out.events.push(SessionEvent::LateStep { id: req.command_id, what: "asked for an image chunk".into() });
+                }
+                return self.respond(region, &msg.header, -ECANCELED, &[], out);
+            }
+        };
+        let Command::Load { image, .. } = &active.cmd else {
+            return self.respond(region, &msg.header, -EINVAL, &[], out);
+        };
+        let need = GrantNeed { access: GRANT_WRITE, owner: GRANT_OWNER_STAGING, generation };
+        let grant = match region.grant(req.grant_ref, need) {
+            Ok(g) => g,
+            Err(e) => {
+                let a = self.active.take().expect("active checked above");
+                self.remember_abandoned(a.id);
+                self.respond(region, &msg.header, -EINVAL, &[], out)?;
+                out.events.push(SessionEvent::Done { id: a.id, result: Err(CommandError::Misbehaving(e)) });
+                return Ok(());
+            }
+        };
+        let total = image.len() as u64;
+        if req.offset > total {
+            return self.respond(region, &msg.header, -EINVAL, &[], out);
+        }
+        let len = (total - req.offset).min(grant.len as u64).min(max_chunk);
+        let chunk = &image[req.offset as usize..(req.offset + len) as usize];
+        region.write_granted(&grant, chunk)?;
+        let reply = ChunkResponse { command_id: req.command_id, offset: req.offset, len: len as u32, crc32: crc32fast::hash(chunk) };
+        active.sent = active.sent.max(req.offset + len);
+        active.stage = if active.sent >= total { "load" } else { "transfer" };
+        active.deadline = now + step_timeout;
+        self.respond(region, &msg.header, 0, reply.as_slice(), out)
+    }
+
+    fn on_completion(&mut self, region: &SharedRegion, msg: &Message, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let c: CompletionRequest = msg.payload_as()?;
+        let log = lossy(&c.log[..(c.log_len.min(LOG_LEN)) as usize]);
+        let active = match self.active.take() {
+            Some(a) if a.id == c.command_id => a,
+            other => {
+                self.active = other;
+                if self.abandoned.contains(&c.command_id) {
+                    let what = if c.error == 0 {
+                        "completed after the host gave up (check `vesper lsmod`)".to_string()
+                    } else {
+                        format!("failed after the host gave up: {}", crate::errno_name(c.error))
+                    };
+                    out.events.push(SessionEvent::LateStep { id: c.command_id, what });
+                }
+                return self.respond(region, &msg.header, 0, &[], out);
+            }
+        };
+        // Read any result data before answering: the answer lets the guest revoke it.
+        let result = if c.error == 0 {
+            match &active.cmd {
+                Command::Load { name, image, .. } => Ok(Reply::Loaded { name: name.clone(), bytes: image.len() as u64 }),
+                Command::Unload { name, .. } => Ok(Reply::Unloaded { name: name.clone() }),
+                Command::Kmsg => Ok(Reply::Kmsg(log)),
+                Command::List => read_module_list(region, &c, msg.header.generation).map(Reply::Modules),
+            }
+        } else {
+            Err(failure(&active.cmd, &c, log))
+        };
+        self.respond(region, &msg.header, 0, &[], out)?;
+        out.events.push(SessionEvent::Done { id: active.id, result });
+        Ok(())
+    }
+
+    fn remember_abandoned(&mut self, id: u64) {
+        if self.abandoned.len() == ABANDONED_MEMORY {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(id);
+    }
+
+    fn expire(&mut self, now: Instant, out: &mut PollOutcome) {
+        if let Some(a) = self.active.as_ref() {
+            if now >= a.deadline {
+                let a = self.active.take().expect("checked");
+                self.remember_abandoned(a.id);
+                let e = CommandError::Timeout { stage: a.stage, after: self.config.step_timeout };
+                out.events.push(SessionEvent::Done { id: a.id, result: Err(e) });
+            }
+        }
+        while let Some(q) = self.queue.front() {
+            if now < q.submitted + self.config.pickup_timeout {
+                break;
+            }
+            let q = self.queue.pop_front().expect("checked");
+            let e = CommandError::NotResponding { after: self.config.pickup_timeout };
+            out.events.push(SessionEvent::Done { id: q.id, result: Err(e) });
+        }
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn stage_name(stage: u32) -> &'static str {
+    match stage {
+        STAGE_TRANSFER => "transfer",
+        STAGE_PREPARE => "prepare",
+        STAGE_INIT_MODULE => "init_module",
+        STAGE_DELETE_MODULE => "delete_module",
+        STAGE_LIST => "list",
+        STAGE_COMMAND => "command",
+        _ => "unknown",
+    }
+}
+
+fn failure(cmd: &Command, c: &CompletionRequest, log: String) -> CommandError {
+    match (cmd, c.stage, -c.error) {
+        (Command::Load { name, .. }, STAGE_INIT_MODULE, EEXIST) => CommandError::AlreadyLoaded { name: name.clone() },
+        (Command::Load { name, .. }, STAGE_INIT_MODULE, _) => CommandError::InitFailed { name: name.clone(), errno: c.error, log },
+        (Command::Unload { name, .. }, STAGE_DELETE_MODULE, ENOENT) => CommandError::NotLoaded { name: name.clone() },
+        (Command::Unload { name, .. }, STAGE_DELETE_MODULE, EAGAIN | EBUSY) => CommandError::InUse { name: name.clone() },
+        _ => CommandError::GuestFailed { op: cmd.op_name(), stage: stage_name(c.stage), errno: c.error, log },
+    }
+}
+
+fn read_module_list(region: &SharedRegion, c: &CompletionRequest, generation: u32) -> Result<Vec<GuestModule>, CommandError> {
+    let entry_size = size_of::<ModuleEntry>() as u32;
+    if c.data_len == 0 {
+        return Ok(Vec::new());
+    }
+    if c.data_len % entry_size != 0 {
+        return Err(CommandError::BadGuestData(format!("module list of {} bytes is not a whole number of entries", c.data_len)));
+    }
+    let need = GrantNeed { access: GRANT_READ, owner: GRANT_OWNER_MODLIST, generation };
+    let grant = region.grant(c.data_grant, need).map_err(CommandError::Misbehaving)?;
+    let bytes = region.read_granted(&grant, c.data_len as u64).map_err(CommandError::Misbehaving)?;
+    Ok(bytes
+        .chunks_exact(entry_size as usize)
+        .map(|raw| {
+            let mut e = ModuleEntry::default();
+            e.as_mut_slice().copy_from_slice(raw);
+            GuestModule {
+                name: lossy(c_str_bytes(&e.name)),
+                size: e.size,
+                refcount: e.refcount,
+                state: match e.state {
+                    0 => "live",
+                    1 => "coming",
+                    2 => "going",
+                    3 => "unformed",
+                    _ => "unknown",
+                }
+                .to_string(),
+                pushed: e.flags & MODULE_FLAG_PUSHED != 0,
+                frontend: e.flags & MODULE_FLAG_FRONTEND != 0,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests;
