@@ -1,1 +1,153 @@
-//! Placeholder.
+//! QEMU for Vesper: accelerator choice, command line and QMP.
+#![deny(missing_docs)]
+
+mod accel;
+mod qmp;
+
+pub use accel::{choose_accel, Accel, AccelChoice, AccelRequest};
+pub use qmp::Qmp;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Errors of this crate.
+#[derive(Debug, Error)]
+pub enum QemuError {
+    /// KVM was requested but cannot be used.
+    #[error("KVM requested but unusable: {0}; use --accel tcg or auto")]
+    KvmUnusable(String),
+    /// Unknown accelerator name.
+    #[error("unknown accelerator {0:?}; expected auto, kvm or tcg")]
+    BadAccel(String),
+    /// QMP socket I/O failed.
+    #[error("QMP on {path}: {source}")]
+    QmpIo {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QMP said something unexpected.
+    #[error("QMP protocol error: {0}")]
+    QmpProtocol(String),
+    /// A QMP command failed.
+    #[error("QMP command {command} failed: {class}: {desc}")]
+    QmpCommand {
+        /// Command name.
+        command: String,
+        /// Error class.
+        class: String,
+        /// Description.
+        desc: String,
+    },
+}
+
+/// Everything needed to start one test VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// VM name (QEMU `-name`).
+    pub name: String,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// ivshmem server socket.
+    pub ivshmem_socket: PathBuf,
+    /// MSI-X vectors of the ivshmem-doorbell device.
+    pub ivshmem_vectors: u32,
+    /// Serial console log file.
+    pub serial_log: PathBuf,
+    /// QMP socket to create.
+    pub qmp_socket: PathBuf,
+    /// Add a pvpanic-pci device (QMP `GUEST_PANICKED` on guest panic).
+    pub pvpanic: bool,
+}
+
+impl VmSpec {
+    /// QEMU arguments (without the program name).
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            format!("{},debug-threads=on", self.name),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-machine".into(),
+            "q35".into(),
+        ];
+        match self.accel {
+            Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+            Accel::Tcg => a.extend(["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()]),
+        }
+        a.extend([
+            "-m".into(),
+            self.memory_mib.to_string(),
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-initrd".into(),
+            self.initrd.display().to_string(),
+            "-append".into(),
+            self.cmdline.clone(),
+            "-serial".into(),
+            format!("file:{}", self.serial_log.display()),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.qmp_socket.display()),
+            "-chardev".into(),
+            format!("socket,path={},id=vesper-ivshmem", self.ivshmem_socket.display()),
+            "-device".into(),
+            format!("ivshmem-doorbell,chardev=vesper-ivshmem,vectors={}", self.ivshmem_vectors),
+        ]);
+        if self.pvpanic {
+            a.extend(["-device".into(), "pvpanic-pci".into()]);
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: Accel) -> VmSpec {
+        VmSpec {
+            name: "vm1".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "console=ttyS0".into(),
+            memory_mib: 512,
+            cpus: 1,
+            accel,
+            ivshmem_socket: "/run/s.sock".into(),
+            ivshmem_vectors: 2,
+            serial_log: "/run/console.log".into(),
+            qmp_socket: "/run/qmp.sock".into(),
+            pvpanic: true,
+        }
+    }
+
+    #[test]
+    fn the_command_line_wires_ivshmem_serial_and_qmp() {
+        let a = spec(Accel::Tcg).args().join(" ");
+        assert!(a.contains("-accel tcg"));
+        assert!(a.contains("-chardev socket,path=/run/s.sock,id=vesper-ivshmem"));
+        assert!(a.contains("-device ivshmem-doorbell,chardev=vesper-ivshmem,vectors=2"));
+        assert!(a.contains("-serial file:/run/console.log"));
+        assert!(a.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
+        assert!(a.contains("pvpanic-pci"));
+        assert!(spec(Accel::Kvm).args().join(" ").contains("-accel kvm -cpu host"));
+    }
+}

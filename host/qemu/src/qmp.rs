@@ -1,0 +1,82 @@
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::QemuError;
+
+/// A QMP connection (QEMU Machine Protocol: JSON over a Unix socket).
+#[derive(Debug)]
+pub struct Qmp {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    events: Vec<Value>,
+}
+
+impl Qmp {
+    /// Connects, reads the greeting and negotiates capabilities.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QemuError> {
+        let io = |source| QemuError::QmpIo { path: path.to_path_buf(), source };
+        let stream = UnixStream::connect(path).map_err(io)?;
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        let mut qmp = Self { path: path.to_path_buf(), reader: BufReader::new(stream), writer, events: Vec::new() };
+        let greeting = qmp.read_value()?;
+        if greeting.get("QMP").is_none() {
+            return Err(QemuError::QmpProtocol(format!("expected a QMP greeting, got {greeting}")));
+        }
+        qmp.execute("qmp_capabilities", None)?;
+        Ok(qmp)
+    }
+
+    fn read_value(&mut self) -> Result<Value, QemuError> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|source| QemuError::QmpIo { path: self.path.clone(), source })?;
+        if n == 0 {
+            return Err(QemuError::QmpProtocol("QEMU closed the QMP connection".into()));
+        }
+        serde_json::from_str(&line).map_err(|e| QemuError::QmpProtocol(format!("bad JSON from QEMU: {e}")))
+    }
+
+    /// Runs `command` and returns its `return` value; events seen meanwhile are kept.
+    pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QemuError> {
+        let mut req = json!({ "execute": command });
+        if let Some(args) = arguments {
+            req["arguments"] = args;
+        }
+        let line = format!("{req}\n");
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|source| QemuError::QmpIo { path: self.path.clone(), source })?;
+        loop {
+            let v = self.read_value()?;
+            if v.get("event").is_some() {
+                self.events.push(v);
+                continue;
+            }
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(QemuError::QmpCommand {
+                    command: command.to_string(),
+                    class: e["class"].as_str().unwrap_or("?").to_string(),
+                    desc: e["desc"].as_str().unwrap_or("?").to_string(),
+                });
+            }
+            return Err(QemuError::QmpProtocol(format!("unexpected QMP message {v}")));
+        }
+    }
+
+    /// Events received so far (and forgets them).
+    pub fn take_events(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.events)
+    }
+}
