@@ -1,1 +1,357 @@
-//! Placeholder.
+//! The `vesperd` API: requests, replies, error codes and a blocking client.
+#![deny(missing_docs)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+pub use vesper_core::{GuestInfo, GuestModule};
+pub use vesper_qemu::{AccelChoice, AccelRequest};
+
+/// Largest request line the daemon accepts (a base64 image of the default size limit
+/// plus slack).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Start a test VM.
+    VmStart {
+        /// VM name.
+        name: String,
+        /// Memory in MiB.
+        memory_mib: u32,
+        /// vCPUs.
+        cpus: u32,
+        /// Accelerator request.
+        accel: AccelRequest,
+        /// Guest-kit directory, or the daemon's default.
+        kit_dir: Option<PathBuf>,
+        /// Init mode of the test initramfs (`vesper.mode=`).
+        mode: String,
+        /// Extra kernel command-line words.
+        extra_cmdline: Option<String>,
+        /// Wait this long for the frontend's hello; 0 = don't wait.
+        wait_secs: u64,
+    },
+    /// Stop a VM.
+    VmStop {
+        /// VM name.
+        name: String,
+    },
+    /// List VMs.
+    VmList,
+    /// Push and load a module.
+    Insmod {
+        /// Guest name.
+        guest: String,
+        /// File name it came from (for messages).
+        file_name: String,
+        /// Image, base64.
+        image_b64: String,
+        /// Module parameters.
+        params: Vec<String>,
+    },
+    /// Unload a module.
+    Rmmod {
+        /// Guest name.
+        guest: String,
+        /// Module name.
+        name: String,
+        /// Force.
+        force: bool,
+    },
+    /// List a guest's modules.
+    Lsmod {
+        /// Guest name.
+        guest: String,
+    },
+    /// Guest kernel log tail.
+    Dmesg {
+        /// Guest name.
+        guest: String,
+    },
+}
+
+impl Request {
+    /// An `Insmod` request carrying `image`.
+    pub fn insmod(guest: &str, file_name: &str, image: &[u8], params: Vec<String>) -> Self {
+        Request::Insmod {
+            guest: guest.to_string(),
+            file_name: file_name.to_string(),
+            image_b64: base64::engine::general_purpose::STANDARD.encode(image),
+            params,
+        }
+    }
+}
+
+/// Decodes an `Insmod` image.
+pub fn decode_image(b64: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("image is not valid base64: {e}"))
+}
+
+/// What kind of failure, for scripts and exit codes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request does not parse or is invalid.
+    BadRequest,
+    /// No guest by that name.
+    UnknownGuest,
+    /// A guest by that name exists already.
+    GuestExists,
+    /// The guest has no frontend connected (yet).
+    GuestNotReady,
+    /// The module image was refused on the host.
+    BadModule,
+    /// Already loaded.
+    AlreadyLoaded,
+    /// Not loaded.
+    NotLoaded,
+    /// In use.
+    InUse,
+    /// Its init failed in the guest.
+    InitFailed,
+    /// Any other guest-side failure.
+    GuestFailed,
+    /// The guest stopped answering.
+    Timeout,
+    /// The guest broke the protocol.
+    GuestMisbehaving,
+    /// The VM could not be started.
+    VmStartFailed,
+    /// A daemon-side failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Exit code for the CLI (sysexits.h where one fits).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::BadModule => 65, // EX_DATAERR
+            ErrorCode::UnknownGuest => 68,                      // EX_NOHOST
+            ErrorCode::GuestNotReady | ErrorCode::Timeout => 75, // EX_TEMPFAIL
+            ErrorCode::VmStartFailed => 71,                     // EX_OSERR
+            ErrorCode::Internal => 70,                          // EX_SOFTWARE
+            ErrorCode::GuestExists => 73,                       // EX_CANTCREAT
+            ErrorCode::AlreadyLoaded
+            | ErrorCode::NotLoaded
+            | ErrorCode::InUse
+            | ErrorCode::InitFailed
+            | ErrorCode::GuestFailed
+            | ErrorCode::GuestMisbehaving => 1,
+        }
+    }
+}
+
+/// A failure reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Kind.
+    pub code: ErrorCode,
+    /// Human message: what is wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// One VM as `vm list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmStatus {
+    /// Name.
+    pub name: String,
+    /// "booting", "up", "exited".
+    pub state: String,
+    /// QEMU pid.
+    pub pid: Option<u32>,
+    /// Accelerator and why.
+    pub accel: AccelChoice,
+    /// What the frontend reported, once up.
+    pub guest: Option<GuestInfo>,
+    /// Serial console log.
+    pub console_log: PathBuf,
+    /// Seconds from start to the frontend's hello.
+    pub boot_secs: Option<f64>,
+}
+
+/// A success reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// VM started (and up, if waited for).
+    VmStarted(VmStatus),
+    /// VM stopped.
+    VmStopped {
+        /// Name.
+        name: String,
+    },
+    /// VMs.
+    VmList {
+        /// Every VM.
+        vms: Vec<VmStatus>,
+    },
+    /// Module loaded.
+    Loaded {
+        /// Guest.
+        guest: String,
+        /// Module name.
+        name: String,
+        /// Bytes pushed.
+        bytes: u64,
+        /// Milliseconds from request to completion.
+        millis: f64,
+    },
+    /// Module unloaded.
+    Unloaded {
+        /// Guest.
+        guest: String,
+        /// Module name.
+        name: String,
+        /// Milliseconds from request to completion.
+        millis: f64,
+    },
+    /// Modules.
+    Modules {
+        /// Guest.
+        guest: String,
+        /// Every loaded module.
+        modules: Vec<GuestModule>,
+    },
+    /// Kernel log tail.
+    Kmsg {
+        /// Guest.
+        guest: String,
+        /// Log text.
+        log: String,
+    },
+}
+
+/// What the daemon sends back for one request.
+pub type Response = Result<Reply, ApiError>;
+
+/// Wire form of [`Response`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireResponse {
+    /// True on success.
+    pub ok: bool,
+    /// Present when ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Reply>,
+    /// Present when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl From<Response> for WireResponse {
+    fn from(r: Response) -> Self {
+        match r {
+            Ok(v) => Self { ok: true, result: Some(v), error: None },
+            Err(e) => Self { ok: false, result: None, error: Some(e) },
+        }
+    }
+}
+
+impl From<WireResponse> for Response {
+    fn from(w: WireResponse) -> Self {
+        match (w.ok, w.result, w.error) {
+            (true, Some(r), _) => Ok(r),
+            (false, _, Some(e)) => Err(e),
+            _ => Err(ApiError::new(ErrorCode::Internal, "daemon sent a reply with neither result nor error")),
+        }
+    }
+}
+
+/// Client-side failures (the daemon could not be asked).
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No daemon at the socket.
+    #[error("cannot reach vesperd at {path}: {source}; start it with `vesperd` (or pass --socket)")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The conversation broke.
+    #[error("talking to vesperd: {0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon's reply does not parse.
+    #[error("vesperd sent a malformed reply: {0}")]
+    Malformed(String),
+}
+
+/// The default socket path: `$VESPER_SOCKET`, else `$XDG_RUNTIME_DIR/vesper/vesperd.sock`,
+/// else `/tmp/vesper-<uid>/vesperd.sock`.
+pub fn default_socket() -> PathBuf {
+    if let Some(p) = std::env::var_os("VESPER_SOCKET") {
+        return PathBuf::from(p);
+    }
+    default_run_dir().join("vesperd.sock")
+}
+
+/// The default run directory (see [`default_socket`]).
+pub fn default_run_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("vesper"),
+        None => PathBuf::from(format!("/tmp/vesper-{}", nix_uid())),
+    }
+}
+
+fn nix_uid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0)
+}
+
+/// Sends one request and waits (up to `timeout`) for its reply.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut w = stream.try_clone()?;
+    let mut line = serde_json::to_string(req).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    line.push('\n');
+    w.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    if reply.is_empty() {
+        return Err(ClientError::Malformed("connection closed without a reply".into()));
+    }
+    let wire: WireResponse = serde_json::from_str(&reply).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    Ok(wire.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip_as_json_lines() {
+        let r = Request::insmod("vm1", "p.ko", b"\x7fELF", vec!["a=1".into()]);
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.contains("\"op\":\"insmod\"") && !s.contains('\n'));
+        let back: Request = serde_json::from_str(&s).unwrap();
+        let Request::Insmod { image_b64, .. } = &back else { panic!() };
+        assert_eq!(decode_image(image_b64).unwrap(), b"\x7fELF");
+        let e: WireResponse = Err::<Reply, _>(ApiError::new(ErrorCode::UnknownGuest, "no guest vm9")).into();
+        let s = serde_json::to_string(&e).unwrap();
+        assert!(s.contains("unknown_guest"));
+        let back: Response = serde_json::from_str::<WireResponse>(&s).unwrap().into();
+        assert_eq!(back.unwrap_err().code.exit_code(), 68);
+    }
+
+    #[test]
+    fn a_missing_daemon_is_a_clear_error() {
+        let e = call(Path::new("/nonexistent/vesperd.sock"), &Request::VmList, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("start it with `vesperd`"));
+    }
+}

@@ -5,7 +5,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vesper_shared_abi::*;
 use vesper_shmem::grant::GrantNeed;
 use vesper_shmem::{HostRings, Message, SharedRegion, ShmemError};
@@ -95,7 +95,7 @@ impl Command {
 }
 
 /// A module loaded in the guest, as `OP_LIST` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestModule {
     /// Name.
     pub name: String,
@@ -133,7 +133,7 @@ pub enum Reply {
 }
 
 /// What the guest told the host about itself in its hello.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestInfo {
     /// `uname -r`.
     pub kernel_release: String,

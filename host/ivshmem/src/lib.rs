@@ -4,8 +4,10 @@
 
 pub mod protocol;
 mod server;
+mod transport;
 
-pub use server::{GuestPeer, IvshmemServer};
+pub use server::{GuestPeer, IvshmemServer, HOST_PEER};
+pub use transport::IvshmemTransport;
 
 use thiserror::Error;
 
@@ -48,6 +50,9 @@ pub enum IvshmemError {
     /// No guest peer is connected.
     #[error("no guest is connected to the ivshmem server")]
     NoGuest,
+    /// The shared region could not be created.
+    #[error("cannot create the shared region")]
+    Region(#[source] vesper_shmem::ShmemError),
     /// Vector out of range.
     #[error("vector {vector} out of range (device has {vectors})")]
     NoSuchVector {

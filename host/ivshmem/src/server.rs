@@ -48,6 +48,7 @@ impl IvshmemServer {
             Err(e) => return Err(listen_err(e)),
         }
         let listener = UnixListener::bind(path).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
         let host_vectors = (0..vectors).map(|_| eventfd()).collect::<Result<_, _>>()?;
         Ok(Self { listener, path: path.to_path_buf(), vectors, host_vectors, next_peer: HOST_PEER + 1 })
     }
@@ -72,11 +73,15 @@ impl IvshmemServer {
         self.host_vectors.get(vector).and_then(|e| e.read().ok()).unwrap_or(0)
     }
 
-    /// Accepts one client (blocking) and sends it the connect sequence with the
-    /// shared-memory fd `shm`.
-    pub fn accept(&mut self, shm: BorrowedFd<'_>) -> Result<GuestPeer, IvshmemError> {
-        let (stream, _) = self.listener.accept().map_err(IvshmemError::Accept)?;
-        self.serve(stream, shm)
+    /// Accepts a waiting client, if any, and sends it the connect sequence with the
+    /// shared-memory fd `shm`. The listener is non-blocking: `Ok(None)` means nobody
+    /// is waiting.
+    pub fn accept(&mut self, shm: BorrowedFd<'_>) -> Result<Option<GuestPeer>, IvshmemError> {
+        match self.listener.accept() {
+            Ok((stream, _)) => self.serve(stream, shm).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(IvshmemError::Accept(e)),
+        }
     }
 
     /// Sends the connect sequence to an accepted client.
@@ -154,7 +159,8 @@ mod tests {
         let mut server = IvshmemServer::bind(&path, 2).unwrap();
         let shm = nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::empty()).unwrap();
         let client = UnixStream::connect(&path).unwrap();
-        let peer = server.accept(shm.as_fd()).unwrap();
+        let peer = server.accept(shm.as_fd()).unwrap().unwrap();
+        assert!(server.accept(shm.as_fd()).unwrap().is_none());
         assert_eq!(recv(&client).0, 0);
         assert_eq!(recv(&client).0, peer.id as i64);
         let (v, mem) = recv(&client);
