@@ -10,7 +10,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 pub use vesper_core::{GuestInfo, GuestModule};
-pub use vesper_qemu::{AccelChoice, AccelRequest};
+pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
 
 /// Largest request line the daemon accepts (a base64 image of the default size limit
 /// plus slack).
@@ -284,6 +284,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// No reply in time.
+    #[error("vesperd did not reply within {0:?} (raise --timeout, or check the daemon's log)")]
+    Timeout(Duration),
     /// The conversation broke.
     #[error("talking to vesperd: {0}")]
     Io(#[from] std::io::Error),
@@ -322,7 +325,13 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     line.push('\n');
     w.write_all(line.as_bytes())?;
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
+    match BufReader::new(stream).read_line(&mut reply) {
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            return Err(ClientError::Timeout(timeout))
+        }
+        Err(e) => return Err(e.into()),
+    }
     if reply.is_empty() {
         return Err(ClientError::Malformed("connection closed without a reply".into()));
     }

@@ -1,1 +1,224 @@
-fn main() {}
+//! `vesper`: operator CLI for vesperd.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vesper_api::{call, default_socket, AccelRequest, ApiError, ClientError, Reply, Request, VmStatus};
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success; 1 the guest refused or failed the operation (already loaded, \
+not loaded, in use, init failed, misbehaving guest); 2 usage; 65 bad module file or \
+request; 66 file not found; 68 unknown guest; 69 vesperd unreachable; 70 internal \
+error; 71 VM failed to start; 73 VM name taken; 74 cannot read the file; 75 guest not \
+ready or timed out (try again).";
+
+/// Push kernel probe modules into running guests and manage test VMs.
+#[derive(Debug, Parser)]
+#[command(name = "vesper", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// vesperd's socket (default: $VESPER_SOCKET, $XDG_RUNTIME_DIR/vesper/vesperd.sock or /tmp/vesper-UID/vesperd.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print the daemon's reply as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up waiting for the daemon after this many seconds.
+    #[arg(long, global = true, default_value_t = 300)]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Test VMs run by vesperd.
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
+    /// Push a module into GUEST and load it in kernel context.
+    Insmod {
+        /// Guest name.
+        guest: String,
+        /// Module file (.ko).
+        file: PathBuf,
+        /// Module parameters (name=value).
+        params: Vec<String>,
+    },
+    /// Unload module NAME from GUEST.
+    Rmmod {
+        /// Guest name.
+        guest: String,
+        /// Module name.
+        name: String,
+        /// Force the unload (O_TRUNC), even if in use.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List GUEST's loaded modules.
+    Lsmod {
+        /// Guest name.
+        guest: String,
+    },
+    /// Show the tail of GUEST's kernel log.
+    Dmesg {
+        /// Guest name.
+        guest: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCmd {
+    /// Start a test VM from the guest kit.
+    Start {
+        /// VM name.
+        name: String,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+        /// vCPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Accelerator: auto (KVM if hardware-backed, else TCG), kvm or tcg.
+        #[arg(long, default_value = "auto")]
+        accel: String,
+        /// Guest-kit directory.
+        #[arg(long)]
+        kit_dir: Option<PathBuf>,
+        /// Test init mode (freeze: user space frozen after boot; bench: in-guest insmod benchmark).
+        #[arg(long, default_value = "freeze")]
+        mode: String,
+        /// Extra kernel command-line words.
+        #[arg(long)]
+        append: Option<String>,
+        /// Return without waiting for the guest's frontend.
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds to wait for the guest's frontend.
+        #[arg(long, default_value_t = 120)]
+        boot_timeout: u64,
+    },
+    /// Stop a VM.
+    Stop {
+        /// VM name.
+        name: String,
+    },
+    /// List VMs.
+    List,
+}
+
+fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({ "ok": false, "error": { "code": kind, "message": message } }));
+    } else {
+        eprintln!("vesper: {message}");
+    }
+    ExitCode::from(code as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let req = match build_request(&cli.cmd) {
+        Ok(r) => r,
+        Err((code, kind, msg)) => return fail(cli.json, code, kind, &msg),
+    };
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    match call(&socket, &req, Duration::from_secs(cli.timeout)) {
+        Err(e @ ClientError::Connect { .. }) => fail(cli.json, 69, "unreachable", &e.to_string()),
+        Err(e) => fail(cli.json, 70, "internal", &e.to_string()),
+        Ok(Err(ApiError { code, message })) => {
+            let kind = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            fail(cli.json, code.exit_code(), &kind, &message)
+        }
+        Ok(Ok(reply)) => {
+            if cli.json {
+                println!("{}", serde_json::json!({ "ok": true, "result": reply }));
+            } else {
+                print_human(&reply);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+type Refusal = (i32, &'static str, String);
+
+fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
+    Ok(match cmd {
+        Cmd::Vm { cmd: VmCmd::Start { name, memory, cpus, accel, kit_dir, mode, append, no_wait, boot_timeout } } => {
+            let accel: AccelRequest = accel.parse().map_err(|e: vesper_api::QemuAccelError| (2, "usage", e.to_string()))?;
+            let kit_dir = kit_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+            Request::VmStart {
+                name: name.clone(),
+                memory_mib: *memory,
+                cpus: *cpus,
+                accel,
+                kit_dir,
+                mode: mode.clone(),
+                extra_cmdline: append.clone(),
+                wait_secs: if *no_wait { 0 } else { *boot_timeout },
+            }
+        }
+        Cmd::Vm { cmd: VmCmd::Stop { name } } => Request::VmStop { name: name.clone() },
+        Cmd::Vm { cmd: VmCmd::List } => Request::VmList,
+        Cmd::Insmod { guest, file, params } => {
+            let image = std::fs::read(file).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => (66, "no_input", format!("{}: no such file", file.display())),
+                _ => (74, "io_error", format!("cannot read {}: {e}", file.display())),
+            })?;
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            Request::insmod(guest, &name, &image, params.clone())
+        }
+        Cmd::Rmmod { guest, name, force } => Request::Rmmod { guest: guest.clone(), name: name.clone(), force: *force },
+        Cmd::Lsmod { guest } => Request::Lsmod { guest: guest.clone() },
+        Cmd::Dmesg { guest } => Request::Dmesg { guest: guest.clone() },
+    })
+}
+
+fn vm_line(v: &VmStatus) -> String {
+    let guest = match &v.guest {
+        Some(g) => format!("kernel {} gen {}", g.kernel_release, g.generation),
+        None => "frontend not connected".into(),
+    };
+    let boot = v.boot_secs.map(|s| format!(", up after {s:.1}s")).unwrap_or_default();
+    format!(
+        "{:<12} {:<8} pid {:<8} {} ({}), {guest}{boot}",
+        v.name,
+        v.state,
+        v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        serde_json::to_value(v.accel.accel).ok().and_then(|a| a.as_str().map(str::to_string)).unwrap_or_default(),
+        v.accel.reason
+    )
+}
+
+fn print_human(reply: &Reply) {
+    match reply {
+        Reply::VmStarted(v) => {
+            println!("{}", vm_line(v));
+            println!("console log: {}", v.console_log.display());
+        }
+        Reply::VmStopped { name } => println!("{name}: stopped"),
+        Reply::VmList { vms } if vms.is_empty() => println!("no VMs"),
+        Reply::VmList { vms } => vms.iter().for_each(|v| println!("{}", vm_line(v))),
+        Reply::Loaded { guest, name, bytes, millis } => {
+            println!("{guest}: loaded {name} ({bytes} bytes pushed, {millis:.1} ms)")
+        }
+        Reply::Unloaded { guest, name, millis } => println!("{guest}: unloaded {name} ({millis:.1} ms)"),
+        Reply::Modules { modules, .. } => {
+            println!("{:<24} {:>10} {:>4}  {:<8} by", "Module", "Size", "Used", "State");
+            for m in modules {
+                let by = if m.frontend {
+                    "vesper (frontend)"
+                } else if m.pushed {
+                    "vesper"
+                } else {
+                    "-"
+                };
+                println!("{:<24} {:>10} {:>4}  {:<8} {by}", m.name, m.size, m.refcount, m.state);
+            }
+        }
+        Reply::Kmsg { log, .. } => print!("{}", if log.ends_with('\n') { log.clone() } else { format!("{log}\n") }),
+    }
+}

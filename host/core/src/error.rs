@@ -13,12 +13,16 @@ pub fn errno_name(errno: i32) -> String {
     }
 }
 
+/// Kernel-log lines shown in an error message (the full tail is in `vesper dmesg`).
+const LOG_LINES_SHOWN: usize = 12;
+
 fn log_suffix(log: &str) -> String {
-    if log.trim().is_empty() {
-        String::new()
-    } else {
-        format!("\nguest kernel log (newest last):\n{}", log.trim_end())
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
     }
+    let shown = &lines[lines.len().saturating_sub(LOG_LINES_SHOWN)..];
+    format!("\nguest kernel log (last {} lines):\n{}", shown.len(), shown.join("\n"))
 }
 
 /// Why an operator command failed.

@@ -1,1 +1,72 @@
-fn main() {}
+//! `vesperd`: the Vesper host daemon.
+#![deny(missing_docs)]
+
+mod guest;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The Vesper host daemon: runs test VMs, serves their shared regions, pushes probes.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Directory for the API socket and per-guest state (default: $XDG_RUNTIME_DIR/vesper
+    /// or /tmp/vesper-UID).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// API socket path (default: RUN_DIR/vesperd.sock, or $VESPER_SOCKET).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Guest-kit directory used by `vm start` (default: the repository's .vesper-kit).
+    #[arg(long)]
+    kit_dir: Option<PathBuf>,
+    /// Longest silence (ms) from a guest during a command before it is abandoned.
+    #[arg(long, default_value_t = 10_000)]
+    step_timeout_ms: u64,
+    /// Largest module image accepted, in bytes.
+    #[arg(long, default_value_t = vesper_modcheck::DEFAULT_MAX_IMAGE_SIZE)]
+    max_image_size: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VESPER_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let run_dir = args.run_dir.unwrap_or_else(vesper_api::default_run_dir);
+    let socket = args.socket.unwrap_or_else(|| {
+        if std::env::var_os("VESPER_SOCKET").is_some() {
+            vesper_api::default_socket()
+        } else {
+            run_dir.join("vesperd.sock")
+        }
+    });
+    let config = server::DaemonConfig {
+        run_dir,
+        socket,
+        kit_dir: args.kit_dir,
+        step_timeout: Duration::from_millis(args.step_timeout_ms),
+        max_image_size: args.max_image_size,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vesperd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vesperd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

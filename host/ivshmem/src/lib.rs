@@ -7,7 +7,12 @@ mod server;
 mod transport;
 
 pub use server::{GuestPeer, IvshmemServer, HOST_PEER};
-pub use transport::IvshmemTransport;
+pub use transport::{IvshmemTransport, VECTORS};
+
+/// MSI-X vectors the Vesper device uses.
+pub fn transport_vectors() -> usize {
+    VECTORS
+}
 
 use thiserror::Error;
 

@@ -1,0 +1,199 @@
+//! One task per guest: drives its `Session` from doorbells, commands and timers.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot, watch};
+use vesper_api::VmStatus;
+use vesper_core::{Command, CommandError, GuestInfo, Reply, Session, SessionConfig, SessionEvent, Transport};
+use vesper_ivshmem::IvshmemTransport;
+
+/// How long QEMU gets to quit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the session is polled with no doorbell (lost-notification safety net).
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A message to a guest task.
+pub enum GuestMsg {
+    /// Run a command.
+    Run {
+        /// The command.
+        cmd: Command,
+        /// Where the result goes.
+        reply: oneshot::Sender<Result<Reply, CommandError>>,
+    },
+}
+
+/// The daemon's handle on a guest task.
+pub struct GuestHandle {
+    /// Commands in.
+    pub tx: mpsc::Sender<GuestMsg>,
+    /// Status shown by `vm list`.
+    pub status: Arc<Mutex<VmStatus>>,
+    /// The frontend's hello, once it came (and again on guest restart).
+    pub up: watch::Receiver<Option<GuestInfo>>,
+    /// Set when QEMU exited.
+    pub exited: watch::Receiver<bool>,
+    /// Tells the task to stop QEMU and end.
+    pub stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+}
+
+impl GuestHandle {
+    /// Current frontend info, if up.
+    pub fn info(&self) -> Option<GuestInfo> {
+        self.up.borrow().clone()
+    }
+}
+
+pub struct GuestTask {
+    pub name: String,
+    pub transport: IvshmemTransport,
+    pub session: Session,
+    pub child: Child,
+    pub status: Arc<Mutex<VmStatus>>,
+    pub up: watch::Sender<Option<GuestInfo>>,
+    pub exited: watch::Sender<bool>,
+    pub started: Instant,
+    pub qmp: std::path::PathBuf,
+}
+
+/// Registers a duplicate of `fd` with the reactor, for readiness only.
+fn dup(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<AsyncFd<OwnedFd>> {
+    let owned = fd.try_clone_to_owned()?;
+    // SAFETY: `owned` is a valid fd that the AsyncFd owns from here on, so it stays open
+    // and keeps its number for the AsyncFd's whole lifetime.
+    unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+impl GuestTask {
+    pub fn config(step_timeout: Duration, max_image_size: u64) -> SessionConfig {
+        SessionConfig { step_timeout, pickup_timeout: step_timeout, max_image_size, ..Default::default() }
+    }
+
+    /// Runs until QEMU exits and every command has been answered, or until stopped.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<GuestMsg>, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
+        let name = self.name.clone();
+        let listener = match dup(self.transport.listener_fd()) {
+            Ok(fd) => fd,
+            Err(e) => return tracing::error!(guest = %name, "cannot watch the ivshmem socket: {e}"),
+        };
+        let doorbell = match self.transport.doorbell_fd().map(dup) {
+            Some(Ok(fd)) => fd,
+            _ => return tracing::error!(guest = %name, "cannot watch the doorbell eventfd"),
+        };
+        let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> = HashMap::new();
+        let mut qemu_running = true;
+        let mut stop_ack: Option<oneshot::Sender<()>> = None;
+        let mut kill_at: Option<Instant> = None;
+        let mut misbehaviours = 0u64;
+        loop {
+            let now = Instant::now();
+            if kill_at.is_some_and(|t| now >= t) {
+                kill_at = None;
+                tracing::warn!(guest = %name, "QEMU did not quit in time; killing it");
+                let _ = self.child.start_kill();
+            }
+            let wake = [self.session.next_deadline(), kill_at].into_iter().flatten().fold(now + POLL_INTERVAL, Instant::min);
+            tokio::select! {
+                r = listener.readable() => {
+                    if let Ok(mut g) = r { g.clear_ready(); }
+                    if let Err(e) = self.transport.accept() {
+                        tracing::warn!(guest = %name, "ivshmem accept failed: {e}");
+                    }
+                }
+                r = doorbell.readable() => {
+                    if let Ok(mut g) = r { g.clear_ready(); }
+                    self.transport.ack_doorbell();
+                }
+                msg = rx.recv() => match msg {
+                    Some(GuestMsg::Run { cmd, reply }) => {
+                        if qemu_running {
+                            let id = self.session.submit(cmd, Instant::now());
+                            pending.insert(id, reply);
+                        } else {
+                            let _ = reply.send(Err(CommandError::SessionClosed));
+                        }
+                    }
+                    None => break,
+                },
+                status = self.child.wait(), if qemu_running => {
+                    qemu_running = false;
+                    tracing::info!(guest = %name, "QEMU exited: {status:?}");
+                    self.status.lock().expect("status lock").state = "exited".into();
+                    let _ = self.exited.send(true);
+                    for ev in self.session.close() {
+                        if let SessionEvent::Done { id, result } = ev {
+                            if let Some(tx) = pending.remove(&id) { let _ = tx.send(result); }
+                        }
+                    }
+                    if let Some(ack) = stop_ack.take() { let _ = ack.send(()); break; }
+                }
+                req = &mut stop, if stop_ack.is_none() => {
+                    match req {
+                        Ok(ack) if qemu_running => {
+                            kill_at = Some(self.request_stop());
+                            stop_ack = Some(ack);
+                        }
+                        Ok(ack) => { let _ = ack.send(()); break; }
+                        Err(_) => break,
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            if !qemu_running {
+                continue;
+            }
+            let out = self.session.poll(self.transport.region(), Instant::now());
+            for ev in out.events {
+                match ev {
+                    SessionEvent::GuestUp { info, restarted } => {
+                        let boot = self.started.elapsed().as_secs_f64();
+                        tracing::info!(guest = %name, kernel = %info.kernel_release, generation = info.generation, restarted, "frontend up");
+                        let mut st = self.status.lock().expect("status lock");
+                        st.state = "up".into();
+                        st.guest = Some(info.clone());
+                        st.boot_secs.get_or_insert(boot);
+                        drop(st);
+                        let _ = self.up.send(Some(info));
+                    }
+                    SessionEvent::Done { id, result } => {
+                        if let Some(tx) = pending.remove(&id) {
+                            let _ = tx.send(result);
+                        }
+                    }
+                    SessionEvent::Misbehaviour(e) => {
+                        misbehaviours += 1;
+                        tracing::warn!(guest = %name, count = misbehaviours, "guest misbehaving: {e}");
+                    }
+                    SessionEvent::LateStep { id, what } => {
+                        tracing::warn!(guest = %name, command = id, "abandoned command {what}");
+                    }
+                }
+            }
+            if out.notify {
+                if let Err(e) = self.transport.notify_guest() {
+                    tracing::debug!(guest = %name, "cannot interrupt the guest: {e}");
+                }
+            }
+        }
+        let _ = self.child.start_kill();
+    }
+
+    /// Asks QEMU to quit through QMP `quit` (in a thread: QMP is blocking I/O). The
+    /// main loop kills QEMU if it has not exited by the returned deadline.
+    fn request_stop(&mut self) -> Instant {
+        let qmp = self.qmp.clone();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = vesper_qemu::Qmp::connect(&qmp, Duration::from_secs(2)).and_then(|mut q| q.execute("quit", None)) {
+                tracing::warn!(guest = %name, "QMP quit failed ({e}); QEMU will be killed");
+            }
+        });
+        Instant::now() + STOP_GRACE
+    }
+}

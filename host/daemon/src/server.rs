@@ -1,0 +1,434 @@
+//! The API socket and request dispatch.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use vesper_api::{ApiError, ErrorCode, Reply, Request, Response, VmStatus, WireResponse};
+use vesper_core::{Command, CommandError, Reply as GuestReply, Session};
+use vesper_ivshmem::IvshmemTransport;
+use vesper_qemu::{choose_accel, VmSpec};
+
+use crate::guest::{GuestHandle, GuestMsg, GuestTask};
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub run_dir: PathBuf,
+    pub socket: PathBuf,
+    pub kit_dir: Option<PathBuf>,
+    pub step_timeout: Duration,
+    pub max_image_size: u64,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("cannot create run directory {0}")]
+    RunDir(PathBuf, #[source] std::io::Error),
+    #[error("another vesperd is already serving {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot listen on {0}")]
+    Listen(PathBuf, #[source] std::io::Error),
+}
+
+struct Daemon {
+    config: DaemonConfig,
+    guests: Mutex<HashMap<String, GuestHandle>>,
+}
+
+type Shared = Arc<Daemon>;
+
+pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.run_dir)
+        .map_err(|e| DaemonError::RunDir(config.run_dir.clone(), e))?;
+    if config.socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+            return Err(DaemonError::AlreadyRunning(config.socket.clone()));
+        }
+        let _ = std::fs::remove_file(&config.socket);
+    }
+    let listener = UnixListener::bind(&config.socket).map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    tracing::info!(socket = %config.socket.display(), "vesperd listening");
+    let daemon = Arc::new(Daemon { config: config.clone(), guests: Mutex::new(HashMap::new()) });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => { tokio::spawn(serve_connection(daemon.clone(), stream)); }
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: stopping every VM");
+    let names: Vec<String> = daemon.guests.lock().expect("guests lock").keys().cloned().collect();
+    for name in names {
+        let _ = vm_stop(&daemon, &name).await;
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+async fn serve_connection(daemon: Shared, stream: UnixStream) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r);
+    loop {
+        let mut line = String::new();
+        // A bounded read: a client cannot make the daemon buffer without limit.
+        let n = match (&mut lines).take(vesper_api::MAX_REQUEST_BYTES as u64 + 1).read_line(&mut line).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("client read failed: {e}");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let response = if line.len() > vesper_api::MAX_REQUEST_BYTES {
+            Err(ApiError::new(ErrorCode::BadRequest, format!("request over {} bytes", vesper_api::MAX_REQUEST_BYTES)))
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(req) => handle(&daemon, req).await,
+                Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("malformed request: {e}"))),
+            }
+        };
+        let too_long = line.len() > vesper_api::MAX_REQUEST_BYTES;
+        let mut out = serde_json::to_string(&WireResponse::from(response)).unwrap_or_else(|e| {
+            format!(r#"{{"ok":false,"error":{{"code":"internal","message":"cannot encode reply: {e}"}}}}"#)
+        });
+        out.push('\n');
+        if w.write_all(out.as_bytes()).await.is_err() || too_long {
+            return;
+        }
+    }
+}
+
+async fn handle(daemon: &Shared, req: Request) -> Response {
+    match req {
+        Request::VmStart { name, memory_mib, cpus, accel, kit_dir, mode, extra_cmdline, wait_secs } => {
+            vm_start(daemon, VmStartArgs { name, memory_mib, cpus, accel, kit_dir, mode, extra_cmdline, wait_secs }).await
+        }
+        Request::VmStop { name } => vm_stop(daemon, &name).await,
+        Request::VmList => {
+            let guests = daemon.guests.lock().expect("guests lock");
+            let mut vms: Vec<VmStatus> = guests.values().map(|g| g.status.lock().expect("status lock").clone()).collect();
+            vms.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Reply::VmList { vms })
+        }
+        Request::Insmod { guest, file_name, image_b64, params } => {
+            insmod(daemon, &guest, &file_name, &image_b64, params).await
+        }
+        Request::Rmmod { guest, name, force } => {
+            let started = Instant::now();
+            match run_command(daemon, &guest, Command::Unload { name, force }).await? {
+                GuestReply::Unloaded { name } => {
+                    Ok(Reply::Unloaded { guest, name, millis: started.elapsed().as_secs_f64() * 1e3 })
+                }
+                other => Err(unexpected(other)),
+            }
+        }
+        Request::Lsmod { guest } => match run_command(daemon, &guest, Command::List).await? {
+            GuestReply::Modules(modules) => Ok(Reply::Modules { guest, modules }),
+            other => Err(unexpected(other)),
+        },
+        Request::Dmesg { guest } => match run_command(daemon, &guest, Command::Kmsg).await? {
+            GuestReply::Kmsg(log) => Ok(Reply::Kmsg { guest, log }),
+            other => Err(unexpected(other)),
+        },
+    }
+}
+
+fn unexpected(r: GuestReply) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("unexpected guest reply {r:?}"))
+}
+
+/// The error for a guest name not in `guests` (the caller holds the lock).
+fn unknown_guest(guests: &HashMap<String, GuestHandle>, name: &str) -> ApiError {
+    let mut known: Vec<&str> = guests.keys().map(String::as_str).collect();
+    known.sort();
+    let hint = if known.is_empty() { "no VMs are running (`vesper vm start NAME`)".to_string() } else { format!("running: {}", known.join(", ")) };
+    ApiError::new(ErrorCode::UnknownGuest, format!("no guest named {name:?}; {hint}"))
+}
+
+fn command_error(guest: &str, e: CommandError) -> ApiError {
+    let code = match &e {
+        CommandError::AlreadyLoaded { .. } => ErrorCode::AlreadyLoaded,
+        CommandError::NotLoaded { .. } => ErrorCode::NotLoaded,
+        CommandError::InUse { .. } => ErrorCode::InUse,
+        CommandError::InitFailed { .. } => ErrorCode::InitFailed,
+        CommandError::GuestFailed { .. } | CommandError::GuestRestarted => ErrorCode::GuestFailed,
+        CommandError::Timeout { .. } | CommandError::NotResponding { .. } => ErrorCode::Timeout,
+        CommandError::Misbehaving(_) | CommandError::BadGuestData(_) => ErrorCode::GuestMisbehaving,
+        CommandError::SessionClosed => ErrorCode::GuestNotReady,
+    };
+    ApiError::new(code, format!("{guest}: {e}"))
+}
+
+/// Sends `cmd` to `guest`'s task and waits for the result.
+async fn run_command(daemon: &Shared, guest: &str, cmd: Command) -> Result<GuestReply, ApiError> {
+    let tx = {
+        let guests = daemon.guests.lock().expect("guests lock");
+        let g = guests.get(guest).ok_or_else(|| unknown_guest(&guests, guest))?;
+        if *g.exited.borrow() {
+            return Err(ApiError::new(ErrorCode::GuestNotReady, format!("{guest}: the VM has exited (`vesper vm start {guest}` again)")));
+        }
+        if g.info().is_none() {
+            return Err(ApiError::new(
+                ErrorCode::GuestNotReady,
+                format!("{guest}: the Vesper frontend has not connected yet (still booting, or vesper_front not loaded in the guest)"),
+            ));
+        }
+        g.tx.clone()
+    };
+    let (reply, rx) = oneshot::channel();
+    tx.send(GuestMsg::Run { cmd, reply })
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::GuestNotReady, format!("{guest}: the guest task has ended")))?;
+    match rx.await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(command_error(guest, e)),
+        Err(_) => Err(ApiError::new(ErrorCode::GuestNotReady, format!("{guest}: the guest task ended mid-command"))),
+    }
+}
+
+async fn insmod(daemon: &Shared, guest: &str, file_name: &str, image_b64: &str, params: Vec<String>) -> Response {
+    let started = Instant::now();
+    let vermagic = {
+        let guests = daemon.guests.lock().expect("guests lock");
+        let g = guests.get(guest).ok_or_else(|| unknown_guest(&guests, guest))?;
+        g.info().map(|i| i.vermagic)
+    };
+    let image = vesper_api::decode_image(image_b64).map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
+    let info = vesper_modcheck::check_module(&image, vermagic.as_deref(), daemon.config.max_image_size)
+        .map_err(|e| ApiError::new(ErrorCode::BadModule, format!("{file_name}: {e}")))?;
+    let params = check_params(&params)?;
+    let cmd = Command::Load { name: info.name.clone(), image: image.into(), params };
+    match run_command(daemon, guest, cmd).await? {
+        GuestReply::Loaded { name, bytes } => {
+            Ok(Reply::Loaded { guest: guest.to_string(), name, bytes, millis: started.elapsed().as_secs_f64() * 1e3 })
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Joins module parameters, refusing what the kernel's parser would misread.
+fn check_params(params: &[String]) -> Result<String, ApiError> {
+    for p in params {
+        let key = p.split('=').next().unwrap_or("");
+        let key_ok = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+        if !key_ok || p.chars().any(|c| c.is_control()) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("bad module parameter {p:?}: expected name=value with a name of letters, digits and _"),
+            ));
+        }
+    }
+    let joined = params.join(" ");
+    if joined.len() >= vesper_shared_abi::PARAMS_LEN as usize {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("module parameters are {} bytes; the limit is {}", joined.len(), vesper_shared_abi::PARAMS_LEN - 1),
+        ));
+    }
+    Ok(joined)
+}
+
+struct VmStartArgs {
+    name: String,
+    memory_mib: u32,
+    cpus: u32,
+    accel: vesper_api::AccelRequest,
+    kit_dir: Option<PathBuf>,
+    mode: String,
+    extra_cmdline: Option<String>,
+    wait_secs: u64,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
+    let bad = |m: String| Err(ApiError::new(ErrorCode::BadRequest, m));
+    if !valid_name(&a.name) {
+        return bad(format!("bad VM name {:?}: use 1-32 letters, digits, - or _", a.name));
+    }
+    if !valid_name(&a.mode) {
+        return bad(format!("bad init mode {:?}", a.mode));
+    }
+    if a.memory_mib < 128 || a.memory_mib > 65536 || a.cpus == 0 || a.cpus > 64 {
+        return bad(format!("memory {} MiB / {} vCPUs out of range (128-65536 MiB, 1-64 vCPUs)", a.memory_mib, a.cpus));
+    }
+    {
+        let mut guests = daemon.guests.lock().expect("guests lock");
+        if let Some(g) = guests.get(&a.name) {
+            if !*g.exited.borrow() {
+                return Err(ApiError::new(ErrorCode::GuestExists, format!("a VM named {} is already running", a.name)));
+            }
+            guests.remove(&a.name);
+        }
+    }
+    let start_failed = |m: String| ApiError::new(ErrorCode::VmStartFailed, format!("{}: {m}", a.name));
+    let kit_dir = a.kit_dir.clone().or_else(|| daemon.config.kit_dir.clone());
+    let kit = vesper_guest_kit::Kit::load(kit_dir.as_deref()).map_err(|e| start_failed(e.to_string()))?;
+    let accel = choose_accel(a.accel).map_err(|e| start_failed(e.to_string()))?;
+    let dir = daemon.config.run_dir.join("guests").join(&a.name);
+    std::fs::create_dir_all(&dir).map_err(|e| start_failed(format!("cannot create {}: {e}", dir.display())))?;
+    let transport = IvshmemTransport::new(&a.name, &dir.join("ivshmem.sock"), vesper_shared_abi::DEFAULT_REGION_SIZE)
+        .map_err(|e| start_failed(e.to_string()))?;
+    let console = dir.join("console.log");
+    let qmp = dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&console);
+    let mut cmdline = format!("console=ttyS0 panic=-1 vesper.mode={}", a.mode);
+    if let Some(extra) = &a.extra_cmdline {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    let spec = VmSpec {
+        name: a.name.clone(),
+        kernel: kit.kernel.clone(),
+        initrd: kit.initramfs.clone(),
+        cmdline,
+        memory_mib: a.memory_mib,
+        cpus: a.cpus,
+        accel: accel.accel,
+        ivshmem_socket: dir.join("ivshmem.sock"),
+        ivshmem_vectors: vesper_ivshmem::transport_vectors() as u32,
+        serial_log: console.clone(),
+        qmp_socket: qmp.clone(),
+        pvpanic: true,
+    };
+    let qemu_log_path = dir.join("qemu.log");
+    let qemu_log = std::fs::File::create(&qemu_log_path).map_err(|e| start_failed(format!("cannot create qemu.log: {e}")))?;
+    let qemu_err = qemu_log.try_clone().map_err(|e| start_failed(e.to_string()))?;
+    let child = tokio::process::Command::new("qemu-system-x86_64")
+        .args(spec.args())
+        .stdin(Stdio::null())
+        .stdout(qemu_log)
+        .stderr(qemu_err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| start_failed(format!("cannot run qemu-system-x86_64 ({e}); install the qemu-system-x86 package")))?;
+    tracing::info!(guest = %a.name, pid = child.id(), accel = ?accel.accel, reason = %accel.reason, "VM started");
+    let status = Arc::new(Mutex::new(VmStatus {
+        name: a.name.clone(),
+        state: "booting".into(),
+        pid: child.id(),
+        accel: accel.clone(),
+        guest: None,
+        console_log: console.clone(),
+        boot_secs: None,
+    }));
+    let (up_tx, mut up_rx) = watch::channel(None);
+    let (exited_tx, mut exited_rx) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(16);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = GuestTask {
+        name: a.name.clone(),
+        transport,
+        session: Session::new(GuestTask::config(daemon.config.step_timeout, daemon.config.max_image_size)),
+        child,
+        status: status.clone(),
+        up: up_tx,
+        exited: exited_tx,
+        started: Instant::now(),
+        qmp,
+    };
+    tokio::spawn(task.run(rx, stop_rx));
+    daemon.guests.lock().expect("guests lock").insert(
+        a.name.clone(),
+        GuestHandle { tx, status: status.clone(), up: up_rx.clone(), exited: exited_rx.clone(), stop: Some(stop_tx) },
+    );
+    if a.wait_secs > 0 {
+        let wait = async {
+            tokio::select! {
+                r = up_rx.wait_for(Option::is_some) => r.map(|_| true).unwrap_or(false),
+                _ = exited_rx.wait_for(|e| *e) => false,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(a.wait_secs), wait).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(start_failed(format!(
+                    "QEMU exited during boot.\nqemu.log:\n{}\nconsole tail:\n{}",
+                    tail(&qemu_log_path, 10),
+                    tail(&console, 15)
+                )))
+            }
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "{}: the Vesper frontend did not connect within {} s (VM left running; `vesper vm stop {}`).\nconsole tail:\n{}",
+                        a.name,
+                        a.wait_secs,
+                        a.name,
+                        tail(&console, 15)
+                    ),
+                ))
+            }
+        }
+    }
+    let st = status.lock().expect("status lock").clone();
+    Ok(Reply::VmStarted(st))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+async fn vm_stop(daemon: &Shared, name: &str) -> Response {
+    let stop = {
+        let mut guests = daemon.guests.lock().expect("guests lock");
+        match guests.get_mut(name) {
+            Some(g) => g.stop.take(),
+            None => return Err(unknown_guest(&guests, name)),
+        }
+    };
+    if let Some(stop) = stop {
+        let (ack, done) = oneshot::channel();
+        if stop.send(ack).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), done).await;
+        }
+    }
+    daemon.guests.lock().expect("guests lock").remove(name);
+    Ok(Reply::VmStopped { name: name.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_checked_before_they_reach_the_guest() {
+        assert_eq!(check_params(&["a=1".into(), "watch=svc".into()]).unwrap(), "a=1 watch=svc");
+        assert!(check_params(&["=1".into()]).is_err());
+        assert!(check_params(&["a=1\nb".into()]).is_err());
+        assert!(check_params(&["x".repeat(2000)]).is_err());
+    }
+
+    #[test]
+    fn vm_names_are_restricted() {
+        assert!(valid_name("vm-1_a"));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name(""));
+    }
+}
