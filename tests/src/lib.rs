@@ -1,1 +1,210 @@
-//! Placeholder.
+//! Harness for end-to-end tests: a real `vesperd` per test, real QEMU guests, and the
+//! real `vesper` CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vesper_guest_kit::{EnsureOptions, Kit};
+
+/// The guest kit, built once per test process.
+pub fn kit() -> &'static Kit {
+    static KIT: OnceLock<Kit> = OnceLock::new();
+    KIT.get_or_init(|| Kit::ensure(&EnsureOptions::default()).unwrap_or_else(|e| panic!("guest kit: {e}")))
+}
+
+/// Directory of the workspace's built binaries (next to this test executable).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    for b in ["vesperd", "vesper"] {
+        assert!(dir.join(b).is_file(), "{} missing: run `cargo build --workspace --bins` before the tests", dir.join(b).display());
+    }
+    dir
+}
+
+/// Result of one CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code.
+    pub code: i32,
+    /// Stdout.
+    pub stdout: String,
+    /// Stderr.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts success and returns self.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+}
+
+impl From<Output> for CliOutput {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A running `vesperd` with its own run directory; stopped (with its VMs) on drop.
+pub struct Daemon {
+    child: Child,
+    /// Its run directory.
+    pub run_dir: tempfile::TempDir,
+    /// Its API socket.
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with extra arguments (e.g. `--step-timeout-ms`).
+    pub fn start(extra: &[&str]) -> Self {
+        let kit = kit();
+        let run_dir = tempfile::Builder::new().prefix("vesper-e2e-").tempdir().expect("tempdir");
+        let socket = run_dir.path().join("vesperd.sock");
+        let log = std::fs::File::create(run_dir.path().join("vesperd.log")).expect("log");
+        let child = Command::new(bin_dir().join("vesperd"))
+            .arg("--run-dir")
+            .arg(run_dir.path())
+            .arg("--kit-dir")
+            .arg(&kit.dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vesperd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "vesperd did not create its socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, run_dir, socket }
+    }
+
+    /// Runs `vesper ARGS` against this daemon.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        Command::new(bin_dir().join("vesper"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run vesper")
+            .into()
+    }
+
+    /// Starts VM `name` (freeze mode) and waits for its frontend.
+    pub fn vm_start(&self, name: &str) -> Value {
+        self.vm_start_with(name, &[])
+    }
+
+    /// Starts VM `name` with extra `vm start` arguments.
+    pub fn vm_start_with(&self, name: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["--json", "vm", "start", name, "--boot-timeout", "180"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert_eq!(out.code, 0, "vm start failed: {out:?}\ndaemon log:\n{}", self.log());
+        out.json()["result"].clone()
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.run_dir.path().join("vesperd.log")).unwrap_or_default()
+    }
+
+    /// The serial console of VM `name` so far.
+    pub fn console(&self, name: &str) -> String {
+        let p = self.run_dir.path().join("guests").join(name).join("console.log");
+        String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console of `name` contains `needle`.
+    pub fn wait_console(&self, name: &str, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.console(name);
+            if c.contains(needle) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "console of {name} never showed {needle:?}:\n{c}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// QEMU's pid for VM `name`.
+    pub fn qemu_pid(&self, name: &str) -> i32 {
+        let list = self.cli(&["--json", "vm", "list"]).ok().json();
+        let vms = list["result"]["vms"].as_array().expect("vms").clone();
+        let vm = vms.iter().find(|v| v["name"] == name).expect("vm listed");
+        vm["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// The names of the modules loaded in `guest`, sorted.
+    pub fn module_names(&self, guest: &str) -> Vec<String> {
+        let out = self.cli(&["--json", "lsmod", guest]).ok().json();
+        let mut names: Vec<String> = out["result"]["modules"]
+            .as_array()
+            .expect("modules")
+            .iter()
+            .map(|m| m["name"].as_str().expect("name").to_string())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of a kit module by name.
+pub fn module(name: &str) -> String {
+    let p = kit().module(name);
+    assert!(p.is_file(), "kit module {} missing", p.display());
+    p.display().to_string()
+}
+
+/// The shared region of a running QEMU, mapped through its memfd (the test's hand:
+/// it watches host/guest traffic to time a fault).
+pub fn qemu_region(pid: i32) -> vesper_shmem::SharedRegion {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("proc fds") {
+        let path = entry.expect("fd").path();
+        let target = std::fs::read_link(&path).unwrap_or_default();
+        if target.to_string_lossy().starts_with("/memfd:vesper-") {
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open memfd");
+            let size = file.metadata().expect("stat").len();
+            return vesper_shmem::SharedRegion::map(file, size).expect("map region");
+        }
+    }
+    panic!("QEMU {pid} holds no Vesper region");
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
+}
