@@ -20,7 +20,11 @@ pub fn c_header() -> String {
          #else\n#include <stdint.h>\n#include <stddef.h>\n#endif\n\n",
     );
     for (name, value, doc) in ALL_CONSTS {
-        let suffix = if *value > u32::MAX as i128 { "ULL" } else { "U" };
+        let suffix = if *value > u32::MAX as i128 {
+            "ULL"
+        } else {
+            "U"
+        };
         out.push_str(&format!(
             "/* {} */\n#define VESPER_{} 0x{:x}{}\n",
             doc.trim(),

@@ -12,15 +12,25 @@ use vesper_guest_kit::{EnsureOptions, Kit};
 /// The guest kit, built once per test process.
 pub fn kit() -> &'static Kit {
     static KIT: OnceLock<Kit> = OnceLock::new();
-    KIT.get_or_init(|| Kit::ensure(&EnsureOptions::default()).unwrap_or_else(|e| panic!("guest kit: {e}")))
+    KIT.get_or_init(|| {
+        Kit::ensure(&EnsureOptions::default()).unwrap_or_else(|e| panic!("guest kit: {e}"))
+    })
 }
 
 /// Directory of the workspace's built binaries (next to this test executable).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
     for b in ["vesperd", "vesper"] {
-        assert!(dir.join(b).is_file(), "{} missing: run `cargo build --workspace --bins` before the tests", dir.join(b).display());
+        assert!(
+            dir.join(b).is_file(),
+            "{} missing: run `cargo build --workspace --bins` before the tests",
+            dir.join(b).display()
+        );
     }
     dir
 }
@@ -73,7 +83,10 @@ impl Daemon {
     /// Starts a daemon with extra arguments (e.g. `--step-timeout-ms`).
     pub fn start(extra: &[&str]) -> Self {
         let kit = kit();
-        let run_dir = tempfile::Builder::new().prefix("vesper-e2e-").tempdir().expect("tempdir");
+        let run_dir = tempfile::Builder::new()
+            .prefix("vesper-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let socket = run_dir.path().join("vesperd.sock");
         let log = std::fs::File::create(run_dir.path().join("vesperd.log")).expect("log");
         let child = Command::new(bin_dir().join("vesperd"))
@@ -89,10 +102,17 @@ impl Daemon {
             .expect("spawn vesperd");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
-            assert!(Instant::now() < deadline, "vesperd did not create its socket");
+            assert!(
+                Instant::now() < deadline,
+                "vesperd did not create its socket"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, run_dir, socket }
+        Self {
+            child,
+            run_dir,
+            socket,
+        }
     }
 
     /// Runs `vesper ARGS` against this daemon.
@@ -116,7 +136,12 @@ impl Daemon {
         let mut args = vec!["--json", "vm", "start", name, "--boot-timeout", "180"];
         args.extend_from_slice(extra);
         let out = self.cli(&args);
-        assert_eq!(out.code, 0, "vm start failed: {out:?}\ndaemon log:\n{}", self.log());
+        assert_eq!(
+            out.code,
+            0,
+            "vm start failed: {out:?}\ndaemon log:\n{}",
+            self.log()
+        );
         out.json()["result"].clone()
     }
 
@@ -127,7 +152,12 @@ impl Daemon {
 
     /// The serial console of VM `name` so far.
     pub fn console(&self, name: &str) -> String {
-        let p = self.run_dir.path().join("guests").join(name).join("console.log");
+        let p = self
+            .run_dir
+            .path()
+            .join("guests")
+            .join(name)
+            .join("console.log");
         String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
     }
 
@@ -139,7 +169,10 @@ impl Daemon {
             if c.contains(needle) {
                 return c;
             }
-            assert!(Instant::now() < deadline, "console of {name} never showed {needle:?}:\n{c}");
+            assert!(
+                Instant::now() < deadline,
+                "console of {name} never showed {needle:?}:\n{c}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -196,7 +229,11 @@ pub fn qemu_region(pid: i32) -> vesper_shmem::SharedRegion {
         let path = entry.expect("fd").path();
         let target = std::fs::read_link(&path).unwrap_or_default();
         if target.to_string_lossy().starts_with("/memfd:vesper-") {
-            let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open memfd");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("open memfd");
             let size = file.metadata().expect("stat").len();
             return vesper_shmem::SharedRegion::map(file, size).expect("map region");
         }

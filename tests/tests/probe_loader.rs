@@ -10,30 +10,57 @@ fn a_probe_is_pushed_listed_live_and_removed_while_user_space_is_frozen() {
     let d = Daemon::start(&[]);
     let vm = d.vm_start("vm1");
     assert_eq!(vm["state"], "up");
-    assert!(vm["guest"]["kernel_release"].as_str().unwrap().ends_with("-cloud-amd64"));
+    assert!(vm["guest"]["kernel_release"]
+        .as_str()
+        .unwrap()
+        .ends_with("-cloud-amd64"));
     // PID 1 has exec'd into `sleep`: nothing in user space will help Vesper.
-    d.wait_console("vm1", "vesper-init: user space frozen", Duration::from_secs(30));
+    d.wait_console(
+        "vm1",
+        "vesper-init: user space frozen",
+        Duration::from_secs(30),
+    );
 
     let out = d.cli(&["insmod", "vm1", &module("vesper_exit_probe")]).ok();
-    assert!(out.stdout.contains("vm1: loaded vesper_exit_probe"), "{out:?}");
+    assert!(
+        out.stdout.contains("vm1: loaded vesper_exit_probe"),
+        "{out:?}"
+    );
 
     let lsmod = d.cli(&["--json", "lsmod", "vm1"]).ok().json();
     let mods = lsmod["result"]["modules"].as_array().unwrap();
-    let probe = mods.iter().find(|m| m["name"] == "vesper_exit_probe").expect("probe listed");
+    let probe = mods
+        .iter()
+        .find(|m| m["name"] == "vesper_exit_probe")
+        .expect("probe listed");
     assert_eq!(probe["state"], "live");
     assert_eq!(probe["pushed"], true);
     assert!(probe["size"].as_u64().unwrap() > 0);
     let human = d.cli(&["lsmod", "vm1"]).ok().stdout;
-    assert!(human.lines().any(|l| l.starts_with("vesper_exit_probe") && l.contains("live")), "{human}");
+    assert!(
+        human
+            .lines()
+            .any(|l| l.starts_with("vesper_exit_probe") && l.contains("live")),
+        "{human}"
+    );
 
     // The kprobe fired in the guest kernel (its self-check makes a kernel thread exit).
     let dmesg = d.cli(&["dmesg", "vm1"]).ok().stdout;
-    assert!(dmesg.contains("vesper_exit_probe: kprobe on do_exit live"), "{dmesg}");
+    assert!(
+        dmesg.contains("vesper_exit_probe: kprobe on do_exit live"),
+        "{dmesg}"
+    );
     assert!(dmesg.contains("vesper_exit_probe: exit comm="), "{dmesg}");
 
     d.cli(&["rmmod", "vm1", "vesper_exit_probe"]).ok();
-    assert!(!d.module_names("vm1").contains(&"vesper_exit_probe".to_string()));
-    assert!(d.cli(&["dmesg", "vm1"]).ok().stdout.contains("vesper_exit_probe: removed after"));
+    assert!(!d
+        .module_names("vm1")
+        .contains(&"vesper_exit_probe".to_string()));
+    assert!(d
+        .cli(&["dmesg", "vm1"])
+        .ok()
+        .stdout
+        .contains("vesper_exit_probe: removed after"));
 }
 
 #[test]
@@ -87,33 +114,85 @@ fn each_bad_input_gets_its_own_error_and_the_guest_keeps_working() {
     let expect = |args: &[&str], code: i32, needle: &str| {
         let out = d.cli(args);
         assert_eq!(out.code, code, "{args:?}: {out:?}");
-        assert!(out.stderr.contains(needle), "{args:?}: expected {needle:?} in {:?}", out.stderr);
+        assert!(
+            out.stderr.contains(needle),
+            "{args:?}: expected {needle:?} in {:?}",
+            out.stderr
+        );
     };
 
-    let garbage: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    expect(&["insmod", "vm1", &write("garbage.ko", &garbage)], 65, "not an ELF file");
-    expect(&["insmod", "vm1", &write("trunc.ko", &probe[..probe.len() / 3])], 65, "truncated ELF");
+    let garbage: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    expect(
+        &["insmod", "vm1", &write("garbage.ko", &garbage)],
+        65,
+        "not an ELF file",
+    );
+    expect(
+        &[
+            "insmod",
+            "vm1",
+            &write("trunc.ko", &probe[..probe.len() / 3]),
+        ],
+        65,
+        "truncated ELF",
+    );
     let mut arm = probe.clone();
     arm[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
     expect(&["insmod", "vm1", &write("arm.ko", &arm)], 65, "not x86-64");
     let release = vesper_e2e::kit().release.clone();
     let other = format!("{:<width$}", "5.10.0-99-amd64", width = release.len());
-    let foreign = patched(&probe, format!("vermagic={release}").as_bytes(), format!("vermagic={other}").as_bytes());
-    expect(&["insmod", "vm1", &write("foreign.ko", &foreign)], 65, "does not match the guest kernel");
+    let foreign = patched(
+        &probe,
+        format!("vermagic={release}").as_bytes(),
+        format!("vermagic={other}").as_bytes(),
+    );
+    expect(
+        &["insmod", "vm1", &write("foreign.ko", &foreign)],
+        65,
+        "does not match the guest kernel",
+    );
     expect(&["insmod", "vm1", &write("empty.ko", b"")], 65, "empty");
     let huge = std::fs::File::create(dir.path().join("huge.ko")).unwrap();
     huge.set_len(33 << 20).unwrap();
-    expect(&["insmod", "vm1", &dir.path().join("huge.ko").display().to_string()], 65, "over the");
-    expect(&["insmod", "vm1", "/nonexistent/probe.ko"], 66, "no such file");
-    expect(&["insmod", "vm9", &probe_path], 68, "no guest named \"vm9\"");
-    expect(&["insmod", "vm1", &probe_path, "bad param"], 65, "bad module parameter");
+    expect(
+        &[
+            "insmod",
+            "vm1",
+            &dir.path().join("huge.ko").display().to_string(),
+        ],
+        65,
+        "over the",
+    );
+    expect(
+        &["insmod", "vm1", "/nonexistent/probe.ko"],
+        66,
+        "no such file",
+    );
+    expect(
+        &["insmod", "vm9", &probe_path],
+        68,
+        "no guest named \"vm9\"",
+    );
+    expect(
+        &["insmod", "vm1", &probe_path, "bad param"],
+        65,
+        "bad module parameter",
+    );
 
     // Init that fails: the errno and the guest's own log line come back.
     let fail = d.cli(&["insmod", "vm1", &module("vesper_fail_init")]);
     assert_eq!(fail.code, 1, "{fail:?}");
     assert!(fail.stderr.contains("ENODEV"), "{fail:?}");
-    assert!(fail.stderr.contains("vesper_fail_init: refusing to load (test fixture)"), "{fail:?}");
-    let fail_json = d.cli(&["--json", "insmod", "vm1", &module("vesper_fail_init")]).json();
+    assert!(
+        fail.stderr
+            .contains("vesper_fail_init: refusing to load (test fixture)"),
+        "{fail:?}"
+    );
+    let fail_json = d
+        .cli(&["--json", "insmod", "vm1", &module("vesper_fail_init")])
+        .json();
     assert_eq!(fail_json["error"]["code"], "init_failed");
 
     d.cli(&["insmod", "vm1", &probe_path]).ok();
@@ -125,7 +204,10 @@ fn each_bad_input_gets_its_own_error_and_the_guest_keeps_working() {
     // After all of that the guest still loads and unloads.
     d.cli(&["insmod", "vm1", &probe_path]).ok();
     d.cli(&["rmmod", "vm1", "vesper_exit_probe"]).ok();
-    assert!(!d.module_names("vm1").iter().any(|m| m == "vesper_fail_init" || m == "vesper_exit_probe"));
+    assert!(!d
+        .module_names("vm1")
+        .iter()
+        .any(|m| m == "vesper_fail_init" || m == "vesper_exit_probe"));
 }
 
 #[test]
@@ -136,7 +218,10 @@ fn a_guest_that_stops_answering_mid_transfer_times_out_and_nothing_is_half_loade
     let region = qemu_region(pid);
     let rsp_producer = || {
         region
-            .load_u32(vesper_shared_abi::RSP_RING_OFFSET, std::sync::atomic::Ordering::Acquire)
+            .load_u32(
+                vesper_shared_abi::RSP_RING_OFFSET,
+                std::sync::atomic::Ordering::Acquire,
+            )
             .unwrap()
     };
     let start = rsp_producer();
@@ -144,7 +229,12 @@ fn a_guest_that_stops_answering_mid_transfer_times_out_and_nothing_is_half_loade
     let socket = d.socket.clone();
     let bin = vesper_e2e::bin_dir().join("vesper");
     let insmod = std::thread::spawn(move || {
-        std::process::Command::new(bin).arg("--socket").arg(socket).args(["insmod", "vm1", &big]).output().unwrap()
+        std::process::Command::new(bin)
+            .arg("--socket")
+            .arg(socket)
+            .args(["insmod", "vm1", &big])
+            .output()
+            .unwrap()
     });
     // Freeze the whole VM once the command and two chunks went out (of seven).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -156,13 +246,23 @@ fn a_guest_that_stops_answering_mid_transfer_times_out_and_nothing_is_half_loade
     let out = vesper_e2e::CliOutput::from(insmod.join().unwrap());
     signal(pid, Signal::SIGCONT);
     assert_eq!(out.code, 75, "{out:?}");
-    assert!(out.stderr.contains("stopped answering during transfer"), "{out:?}");
-    assert!(out.stderr.contains("nothing is left half-loaded"), "{out:?}");
+    assert!(
+        out.stderr.contains("stopped answering during transfer"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("nothing is left half-loaded"),
+        "{out:?}"
+    );
 
     // The guest wakes up, is told the transfer was cancelled, and loads nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !d.log().contains("abandoned command") {
-        assert!(Instant::now() < deadline, "guest never reported back:\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "guest never reported back:\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!d.module_names("vm1").contains(&"vesper_big".to_string()));
@@ -177,7 +277,10 @@ fn a_guest_that_stops_answering_mid_transfer_times_out_and_nothing_is_half_loade
 fn vm_lifecycle_and_operator_errors() {
     let d = Daemon::start(&[]);
     let vm = d.vm_start("vm1");
-    assert!(vm["accel"]["reason"].as_str().unwrap().len() > 3, "accel choice must say why");
+    assert!(
+        vm["accel"]["reason"].as_str().unwrap().len() > 3,
+        "accel choice must say why"
+    );
     let again = d.cli(&["vm", "start", "vm1"]);
     assert_eq!(again.code, 73, "{again:?}");
     let bad = d.cli(&["vm", "start", "../x"]);

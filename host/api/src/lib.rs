@@ -92,7 +92,9 @@ impl Request {
 
 /// Decodes an `Insmod` image.
 pub fn decode_image(b64: &str) -> Result<Vec<u8>, String> {
-    base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("image is not valid base64: {e}"))
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("image is not valid base64: {e}"))
 }
 
 /// What kind of failure, for scripts and exit codes.
@@ -162,7 +164,10 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -256,8 +261,16 @@ pub struct WireResponse {
 impl From<Response> for WireResponse {
     fn from(r: Response) -> Self {
         match r {
-            Ok(v) => Self { ok: true, result: Some(v), error: None },
-            Err(e) => Self { ok: false, result: None, error: Some(e) },
+            Ok(v) => Self {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Self {
+                ok: false,
+                result: None,
+                error: Some(e),
+            },
         }
     }
 }
@@ -267,7 +280,10 @@ impl From<WireResponse> for Response {
         match (w.ok, w.result, w.error) {
             (true, Some(r), _) => Ok(r),
             (false, _, Some(e)) => Err(e),
-            _ => Err(ApiError::new(ErrorCode::Internal, "daemon sent a reply with neither result nor error")),
+            _ => Err(ApiError::new(
+                ErrorCode::Internal,
+                "daemon sent a reply with neither result nor error",
+            )),
         }
     }
 }
@@ -276,7 +292,9 @@ impl From<WireResponse> for Response {
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// No daemon at the socket.
-    #[error("cannot reach vesperd at {path}: {source}; start it with `vesperd` (or pass --socket)")]
+    #[error(
+        "cannot reach vesperd at {path}: {source}; start it with `vesperd` (or pass --socket)"
+    )]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -313,12 +331,17 @@ pub fn default_run_dir() -> PathBuf {
 }
 
 fn nix_uid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(0)
 }
 
 /// Sends one request and waits (up to `timeout`) for its reply.
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
     stream.set_read_timeout(Some(timeout))?;
     let mut w = stream.try_clone()?;
     let mut line = serde_json::to_string(req).map_err(|e| ClientError::Malformed(e.to_string()))?;
@@ -327,15 +350,23 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     let mut reply = String::new();
     match BufReader::new(stream).read_line(&mut reply) {
         Ok(_) => {}
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
             return Err(ClientError::Timeout(timeout))
         }
         Err(e) => return Err(e.into()),
     }
     if reply.is_empty() {
-        return Err(ClientError::Malformed("connection closed without a reply".into()));
+        return Err(ClientError::Malformed(
+            "connection closed without a reply".into(),
+        ));
     }
-    let wire: WireResponse = serde_json::from_str(&reply).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    let wire: WireResponse =
+        serde_json::from_str(&reply).map_err(|e| ClientError::Malformed(e.to_string()))?;
     Ok(wire.into())
 }
 
@@ -349,9 +380,12 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert!(s.contains("\"op\":\"insmod\"") && !s.contains('\n'));
         let back: Request = serde_json::from_str(&s).unwrap();
-        let Request::Insmod { image_b64, .. } = &back else { panic!() };
+        let Request::Insmod { image_b64, .. } = &back else {
+            panic!()
+        };
         assert_eq!(decode_image(image_b64).unwrap(), b"\x7fELF");
-        let e: WireResponse = Err::<Reply, _>(ApiError::new(ErrorCode::UnknownGuest, "no guest vm9")).into();
+        let e: WireResponse =
+            Err::<Reply, _>(ApiError::new(ErrorCode::UnknownGuest, "no guest vm9")).into();
         let s = serde_json::to_string(&e).unwrap();
         assert!(s.contains("unknown_guest"));
         let back: Response = serde_json::from_str::<WireResponse>(&s).unwrap().into();
@@ -360,7 +394,12 @@ mod tests {
 
     #[test]
     fn a_missing_daemon_is_a_clear_error() {
-        let e = call(Path::new("/nonexistent/vesperd.sock"), &Request::VmList, Duration::from_secs(1)).unwrap_err();
+        let e = call(
+            Path::new("/nonexistent/vesperd.sock"),
+            &Request::VmList,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("start it with `vesperd`"));
     }
 }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vesper_api::{call, default_socket, AccelRequest, ApiError, ClientError, Reply, Request, VmStatus};
+use vesper_api::{
+    call, default_socket, AccelRequest, ApiError, ClientError, Reply, Request, VmStatus,
+};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the guest refused or failed the operation (already loaded, \
@@ -111,7 +113,10 @@ enum VmCmd {
 
 fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
     if json {
-        println!("{}", serde_json::json!({ "ok": false, "error": { "code": kind, "message": message } }));
+        println!(
+            "{}",
+            serde_json::json!({ "ok": false, "error": { "code": kind, "message": message } })
+        );
     } else {
         eprintln!("vesper: {message}");
     }
@@ -129,7 +134,10 @@ fn main() -> ExitCode {
         Err(e @ ClientError::Connect { .. }) => fail(cli.json, 69, "unreachable", &e.to_string()),
         Err(e) => fail(cli.json, 70, "internal", &e.to_string()),
         Ok(Err(ApiError { code, message })) => {
-            let kind = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let kind = serde_json::to_value(code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
             fail(cli.json, code.exit_code(), &kind, &message)
         }
         Ok(Ok(reply)) => {
@@ -147,9 +155,26 @@ type Refusal = (i32, &'static str, String);
 
 fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
     Ok(match cmd {
-        Cmd::Vm { cmd: VmCmd::Start { name, memory, cpus, accel, kit_dir, mode, append, no_wait, boot_timeout } } => {
-            let accel: AccelRequest = accel.parse().map_err(|e: vesper_api::QemuAccelError| (2, "usage", e.to_string()))?;
-            let kit_dir = kit_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+        Cmd::Vm {
+            cmd:
+                VmCmd::Start {
+                    name,
+                    memory,
+                    cpus,
+                    accel,
+                    kit_dir,
+                    mode,
+                    append,
+                    no_wait,
+                    boot_timeout,
+                },
+        } => {
+            let accel: AccelRequest = accel
+                .parse()
+                .map_err(|e: vesper_api::QemuAccelError| (2, "usage", e.to_string()))?;
+            let kit_dir = kit_dir
+                .as_ref()
+                .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
             Request::VmStart {
                 name: name.clone(),
                 memory_mib: *memory,
@@ -161,19 +186,42 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 wait_secs: if *no_wait { 0 } else { *boot_timeout },
             }
         }
-        Cmd::Vm { cmd: VmCmd::Stop { name } } => Request::VmStop { name: name.clone() },
+        Cmd::Vm {
+            cmd: VmCmd::Stop { name },
+        } => Request::VmStop { name: name.clone() },
         Cmd::Vm { cmd: VmCmd::List } => Request::VmList,
-        Cmd::Insmod { guest, file, params } => {
+        Cmd::Insmod {
+            guest,
+            file,
+            params,
+        } => {
             let image = std::fs::read(file).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => (66, "no_input", format!("{}: no such file", file.display())),
-                _ => (74, "io_error", format!("cannot read {}: {e}", file.display())),
+                std::io::ErrorKind::NotFound => {
+                    (66, "no_input", format!("{}: no such file", file.display()))
+                }
+                _ => (
+                    74,
+                    "io_error",
+                    format!("cannot read {}: {e}", file.display()),
+                ),
             })?;
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             Request::insmod(guest, &name, &image, params.clone())
         }
-        Cmd::Rmmod { guest, name, force } => Request::Rmmod { guest: guest.clone(), name: name.clone(), force: *force },
-        Cmd::Lsmod { guest } => Request::Lsmod { guest: guest.clone() },
-        Cmd::Dmesg { guest } => Request::Dmesg { guest: guest.clone() },
+        Cmd::Rmmod { guest, name, force } => Request::Rmmod {
+            guest: guest.clone(),
+            name: name.clone(),
+            force: *force,
+        },
+        Cmd::Lsmod { guest } => Request::Lsmod {
+            guest: guest.clone(),
+        },
+        Cmd::Dmesg { guest } => Request::Dmesg {
+            guest: guest.clone(),
+        },
     })
 }
 
@@ -182,13 +230,19 @@ fn vm_line(v: &VmStatus) -> String {
         Some(g) => format!("kernel {} gen {}", g.kernel_release, g.generation),
         None => "frontend not connected".into(),
     };
-    let boot = v.boot_secs.map(|s| format!(", up after {s:.1}s")).unwrap_or_default();
+    let boot = v
+        .boot_secs
+        .map(|s| format!(", up after {s:.1}s"))
+        .unwrap_or_default();
     format!(
         "{:<12} {:<8} pid {:<8} {} ({}), {guest}{boot}",
         v.name,
         v.state,
         v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-        serde_json::to_value(v.accel.accel).ok().and_then(|a| a.as_str().map(str::to_string)).unwrap_or_default(),
+        serde_json::to_value(v.accel.accel)
+            .ok()
+            .and_then(|a| a.as_str().map(str::to_string))
+            .unwrap_or_default(),
         v.accel.reason
     )
 }
@@ -202,12 +256,24 @@ fn print_human(reply: &Reply) {
         Reply::VmStopped { name } => println!("{name}: stopped"),
         Reply::VmList { vms } if vms.is_empty() => println!("no VMs"),
         Reply::VmList { vms } => vms.iter().for_each(|v| println!("{}", vm_line(v))),
-        Reply::Loaded { guest, name, bytes, millis } => {
+        Reply::Loaded {
+            guest,
+            name,
+            bytes,
+            millis,
+        } => {
             println!("{guest}: loaded {name} ({bytes} bytes pushed, {millis:.1} ms)")
         }
-        Reply::Unloaded { guest, name, millis } => println!("{guest}: unloaded {name} ({millis:.1} ms)"),
+        Reply::Unloaded {
+            guest,
+            name,
+            millis,
+        } => println!("{guest}: unloaded {name} ({millis:.1} ms)"),
         Reply::Modules { modules, .. } => {
-            println!("{:<24} {:>10} {:>4}  {:<8} by", "Module", "Size", "Used", "State");
+            println!(
+                "{:<24} {:>10} {:>4}  {:<8} by",
+                "Module", "Size", "Used", "State"
+            );
             for m in modules {
                 let by = if m.frontend {
                     "vesper (frontend)"
@@ -216,9 +282,19 @@ fn print_human(reply: &Reply) {
                 } else {
                     "-"
                 };
-                println!("{:<24} {:>10} {:>4}  {:<8} {by}", m.name, m.size, m.refcount, m.state);
+                println!(
+                    "{:<24} {:>10} {:>4}  {:<8} {by}",
+                    m.name, m.size, m.refcount, m.state
+                );
             }
         }
-        Reply::Kmsg { log, .. } => print!("{}", if log.ends_with('\n') { log.clone() } else { format!("{log}\n") }),
+        Reply::Kmsg { log, .. } => print!(
+            "{}",
+            if log.ends_with('\n') {
+                log.clone()
+            } else {
+                format!("{log}\n")
+            }
+        ),
     }
 }

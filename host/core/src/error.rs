@@ -22,7 +22,11 @@ fn log_suffix(log: &str) -> String {
         return String::new();
     }
     let shown = &lines[lines.len().saturating_sub(LOG_LINES_SHOWN)..];
-    format!("\nguest kernel log (last {} lines):\n{}", shown.len(), shown.join("\n"))
+    format!(
+        "\nguest kernel log (last {} lines):\n{}",
+        shown.len(),
+        shown.join("\n")
+    )
 }
 
 /// Why an operator command failed.

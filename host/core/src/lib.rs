@@ -5,7 +5,9 @@ mod error;
 mod session;
 
 pub use error::{errno_name, CommandError};
-pub use session::{Command, GuestInfo, GuestModule, PollOutcome, Reply, Session, SessionConfig, SessionEvent};
+pub use session::{
+    Command, GuestInfo, GuestModule, PollOutcome, Reply, Session, SessionConfig, SessionEvent,
+};
 
 use std::os::fd::BorrowedFd;
 

@@ -246,14 +246,21 @@ impl Session {
     pub fn submit(&mut self, cmd: Command, now: Instant) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.queue.push_back(Queued { id, cmd, submitted: now });
+        self.queue.push_back(Queued {
+            id,
+            cmd,
+            submitted: now,
+        });
         id
     }
 
     /// The earliest instant at which a timeout may fire.
     pub fn next_deadline(&self) -> Option<Instant> {
         let active = self.active.as_ref().map(|a| a.deadline);
-        let queued = self.queue.front().map(|q| q.submitted + self.config.pickup_timeout);
+        let queued = self
+            .queue
+            .front()
+            .map(|q| q.submitted + self.config.pickup_timeout);
         active.into_iter().chain(queued).min()
     }
 
@@ -261,10 +268,16 @@ impl Session {
     pub fn close(&mut self) -> Vec<SessionEvent> {
         let mut events = Vec::new();
         if let Some(a) = self.active.take() {
-            events.push(SessionEvent::Done { id: a.id, result: Err(CommandError::SessionClosed) });
+            events.push(SessionEvent::Done {
+                id: a.id,
+                result: Err(CommandError::SessionClosed),
+            });
         }
         for q in self.queue.drain(..) {
-            events.push(SessionEvent::Done { id: q.id, result: Err(CommandError::SessionClosed) });
+            events.push(SessionEvent::Done {
+                id: q.id,
+                result: Err(CommandError::SessionClosed),
+            });
         }
         events
     }
@@ -317,14 +330,25 @@ impl Session {
         Ok(())
     }
 
-    fn handle(&mut self, region: &SharedRegion, msg: &Message, now: Instant, out: &mut PollOutcome) -> Result<(), ShmemError> {
+    fn handle(
+        &mut self,
+        region: &SharedRegion,
+        msg: &Message,
+        now: Instant,
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
         let h = msg.header;
         if h.kind == REQ_HELLO {
             return self.on_hello(region, msg, out);
         }
         let current = self.info.as_ref().map(|i| i.generation);
         if current != Some(h.generation) {
-            tracing::debug!(kind = h.kind, generation = h.generation, ?current, "dropping request of another generation");
+            tracing::debug!(
+                kind = h.kind,
+                generation = h.generation,
+                ?current,
+                "dropping request of another generation"
+            );
             return Ok(());
         }
         match h.kind {
@@ -341,7 +365,12 @@ impl Session {
         }
     }
 
-    fn on_hello(&mut self, region: &SharedRegion, msg: &Message, out: &mut PollOutcome) -> Result<(), ShmemError> {
+    fn on_hello(
+        &mut self,
+        region: &SharedRegion,
+        msg: &Message,
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
         let hello: HelloRequest = msg.payload_as()?;
         let info = GuestInfo {
             kernel_release: lossy(c_str_bytes(&hello.kernel_release)),
@@ -350,44 +379,80 @@ impl Session {
             region_size: hello.region_size,
             generation: msg.header.generation,
         };
-        let restarted = self.info.as_ref().is_some_and(|old| old.generation != info.generation);
+        let restarted = self
+            .info
+            .as_ref()
+            .is_some_and(|old| old.generation != info.generation);
         if restarted {
             if let Some(a) = self.active.take() {
-                out.events.push(SessionEvent::Done { id: a.id, result: Err(CommandError::GuestRestarted) });
+                out.events.push(SessionEvent::Done {
+                    id: a.id,
+                    result: Err(CommandError::GuestRestarted),
+                });
             }
             self.abandoned.clear();
         }
         self.standing_wait = None;
         self.info = Some(info.clone());
-        let reply = HelloResponse { host_version: 1, max_chunk: self.config.max_chunk, max_image_size: self.config.max_image_size };
+        let reply = HelloResponse {
+            host_version: 1,
+            max_chunk: self.config.max_chunk,
+            max_image_size: self.config.max_image_size,
+        };
         self.respond(region, &msg.header, 0, reply.as_slice(), out)?;
         out.events.push(SessionEvent::GuestUp { info, restarted });
         Ok(())
     }
 
-    fn dispatch(&mut self, region: &SharedRegion, now: Instant, out: &mut PollOutcome) -> Result<(), ShmemError> {
+    fn dispatch(
+        &mut self,
+        region: &SharedRegion,
+        now: Instant,
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
         if self.active.is_some() {
             return Ok(());
         }
-        let Some(wait) = self.standing_wait else { return Ok(()) };
-        let Some(q) = self.queue.pop_front() else { return Ok(()) };
-        let mut c = CommandResponse { command_id: q.id, op: q.cmd.op(), ..Default::default() };
+        let Some(wait) = self.standing_wait else {
+            return Ok(());
+        };
+        let Some(q) = self.queue.pop_front() else {
+            return Ok(());
+        };
+        let mut c = CommandResponse {
+            command_id: q.id,
+            op: q.cmd.op(),
+            ..Default::default()
+        };
         match &q.cmd {
-            Command::Load { name, image, params } => {
+            Command::Load {
+                name,
+                image,
+                params,
+            } => {
                 c.image_size = image.len() as u64;
                 c.image_crc32 = crc32fast::hash(image);
                 c.params_len = params.len() as u32;
-                let ok = fill_c_str(&mut c.name, name.as_bytes()) && fill_c_str(&mut c.params, params.as_bytes());
+                let ok = fill_c_str(&mut c.name, name.as_bytes())
+                    && fill_c_str(&mut c.params, params.as_bytes());
                 if !ok {
-                    let e = CommandError::BadGuestData(format!("module name or parameters too long for the wire ({name})"));
-                    out.events.push(SessionEvent::Done { id: q.id, result: Err(e) });
+                    let e = CommandError::BadGuestData(format!(
+                        "module name or parameters too long for the wire ({name})"
+                    ));
+                    out.events.push(SessionEvent::Done {
+                        id: q.id,
+                        result: Err(e),
+                    });
                     return Ok(());
                 }
             }
             Command::Unload { name, force } => {
                 c.flags = if *force { UNLOAD_FLAG_FORCE } else { 0 };
                 if !fill_c_str(&mut c.name, name.as_bytes()) {
-                    out.events.push(SessionEvent::Done { id: q.id, result: Err(CommandError::NotLoaded { name: name.clone() }) });
+                    out.events.push(SessionEvent::Done {
+                        id: q.id,
+                        result: Err(CommandError::NotLoaded { name: name.clone() }),
+                    });
                     return Ok(());
                 }
             }
@@ -399,11 +464,23 @@ impl Session {
             Command::Load { .. } => "transfer",
             _ => q.cmd.op_name(),
         };
-        self.active = Some(Active { id: q.id, cmd: q.cmd, deadline: now + self.config.step_timeout, stage, sent: 0 });
+        self.active = Some(Active {
+            id: q.id,
+            cmd: q.cmd,
+            deadline: now + self.config.step_timeout,
+            stage,
+            sent: 0,
+        });
         Ok(())
     }
 
-    fn on_fetch(&mut self, region: &SharedRegion, msg: &Message, now: Instant, out: &mut PollOutcome) -> Result<(), ShmemError> {
+    fn on_fetch(
+        &mut self,
+        region: &SharedRegion,
+        msg: &Message,
+        now: Instant,
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
         let req: FetchChunkRequest = msg.payload_as()?;
         let step_timeout = self.config.step_timeout;
         let max_chunk = self.config.max_chunk as u64;
@@ -412,7 +489,10 @@ impl Session {
             Some(a) if a.id == req.command_id => a,
             _ => {
                 if self.abandoned.contains(&req.command_id) {
-                    out.events.push(SessionEvent::LateStep { id: req.command_id, what: "asked for an image chunk".into() });
+                    out.events.push(SessionEvent::LateStep {
+                        id: req.command_id,
+                        what: "asked for an image chunk".into(),
+                    });
                 }
                 return self.respond(region, &msg.header, -ECANCELED, &[], out);
             }
@@ -420,14 +500,21 @@ impl Session {
         let Command::Load { image, .. } = &active.cmd else {
             return self.respond(region, &msg.header, -EINVAL, &[], out);
         };
-        let need = GrantNeed { access: GRANT_WRITE, owner: GRANT_OWNER_STAGING, generation };
+        let need = GrantNeed {
+            access: GRANT_WRITE,
+            owner: GRANT_OWNER_STAGING,
+            generation,
+        };
         let grant = match region.grant(req.grant_ref, need) {
             Ok(g) => g,
             Err(e) => {
                 let a = self.active.take().expect("active checked above");
                 self.remember_abandoned(a.id);
                 self.respond(region, &msg.header, -EINVAL, &[], out)?;
-                out.events.push(SessionEvent::Done { id: a.id, result: Err(CommandError::Misbehaving(e)) });
+                out.events.push(SessionEvent::Done {
+                    id: a.id,
+                    result: Err(CommandError::Misbehaving(e)),
+                });
                 return Ok(());
             }
         };
@@ -438,14 +525,28 @@ impl Session {
         let len = (total - req.offset).min(grant.len as u64).min(max_chunk);
         let chunk = &image[req.offset as usize..(req.offset + len) as usize];
         region.write_granted(&grant, chunk)?;
-        let reply = ChunkResponse { command_id: req.command_id, offset: req.offset, len: len as u32, crc32: crc32fast::hash(chunk) };
+        let reply = ChunkResponse {
+            command_id: req.command_id,
+            offset: req.offset,
+            len: len as u32,
+            crc32: crc32fast::hash(chunk),
+        };
         active.sent = active.sent.max(req.offset + len);
-        active.stage = if active.sent >= total { "load" } else { "transfer" };
+        active.stage = if active.sent >= total {
+            "load"
+        } else {
+            "transfer"
+        };
         active.deadline = now + step_timeout;
         self.respond(region, &msg.header, 0, reply.as_slice(), out)
     }
 
-    fn on_completion(&mut self, region: &SharedRegion, msg: &Message, out: &mut PollOutcome) -> Result<(), ShmemError> {
+    fn on_completion(
+        &mut self,
+        region: &SharedRegion,
+        msg: &Message,
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
         let c: CompletionRequest = msg.payload_as()?;
         let log = lossy(&c.log[..(c.log_len.min(LOG_LEN)) as usize]);
         let active = match self.active.take() {
@@ -456,9 +557,15 @@ impl Session {
                     let what = if c.error == 0 {
                         "completed after the host gave up (check `vesper lsmod`)".to_string()
                     } else {
-                        format!("failed after the host gave up: {}", crate::errno_name(c.error))
+                        format!(
+                            "failed after the host gave up: {}",
+                            crate::errno_name(c.error)
+                        )
                     };
-                    out.events.push(SessionEvent::LateStep { id: c.command_id, what });
+                    out.events.push(SessionEvent::LateStep {
+                        id: c.command_id,
+                        what,
+                    });
                 }
                 return self.respond(region, &msg.header, 0, &[], out);
             }
@@ -466,16 +573,24 @@ impl Session {
         // Read any result data before answering: the answer lets the guest revoke it.
         let result = if c.error == 0 {
             match &active.cmd {
-                Command::Load { name, image, .. } => Ok(Reply::Loaded { name: name.clone(), bytes: image.len() as u64 }),
+                Command::Load { name, image, .. } => Ok(Reply::Loaded {
+                    name: name.clone(),
+                    bytes: image.len() as u64,
+                }),
                 Command::Unload { name, .. } => Ok(Reply::Unloaded { name: name.clone() }),
                 Command::Kmsg => Ok(Reply::Kmsg(log)),
-                Command::List => read_module_list(region, &c, msg.header.generation).map(Reply::Modules),
+                Command::List => {
+                    read_module_list(region, &c, msg.header.generation).map(Reply::Modules)
+                }
             }
         } else {
             Err(failure(&active.cmd, &c, log))
         };
         self.respond(region, &msg.header, 0, &[], out)?;
-        out.events.push(SessionEvent::Done { id: active.id, result });
+        out.events.push(SessionEvent::Done {
+            id: active.id,
+            result,
+        });
         Ok(())
     }
 
@@ -491,8 +606,14 @@ impl Session {
             if now >= a.deadline {
                 let a = self.active.take().expect("checked");
                 self.remember_abandoned(a.id);
-                let e = CommandError::Timeout { stage: a.stage, after: self.config.step_timeout };
-                out.events.push(SessionEvent::Done { id: a.id, result: Err(e) });
+                let e = CommandError::Timeout {
+                    stage: a.stage,
+                    after: self.config.step_timeout,
+                };
+                out.events.push(SessionEvent::Done {
+                    id: a.id,
+                    result: Err(e),
+                });
             }
         }
         while let Some(q) = self.queue.front() {
@@ -500,8 +621,13 @@ impl Session {
                 break;
             }
             let q = self.queue.pop_front().expect("checked");
-            let e = CommandError::NotResponding { after: self.config.pickup_timeout };
-            out.events.push(SessionEvent::Done { id: q.id, result: Err(e) });
+            let e = CommandError::NotResponding {
+                after: self.config.pickup_timeout,
+            };
+            out.events.push(SessionEvent::Done {
+                id: q.id,
+                result: Err(e),
+            });
         }
     }
 }
@@ -524,25 +650,55 @@ fn stage_name(stage: u32) -> &'static str {
 
 fn failure(cmd: &Command, c: &CompletionRequest, log: String) -> CommandError {
     match (cmd, c.stage, -c.error) {
-        (Command::Load { name, .. }, STAGE_INIT_MODULE, EEXIST) => CommandError::AlreadyLoaded { name: name.clone() },
-        (Command::Load { name, .. }, STAGE_INIT_MODULE, _) => CommandError::InitFailed { name: name.clone(), errno: c.error, log },
-        (Command::Unload { name, .. }, STAGE_DELETE_MODULE, ENOENT) => CommandError::NotLoaded { name: name.clone() },
-        (Command::Unload { name, .. }, STAGE_DELETE_MODULE, EAGAIN | EBUSY) => CommandError::InUse { name: name.clone() },
-        _ => CommandError::GuestFailed { op: cmd.op_name(), stage: stage_name(c.stage), errno: c.error, log },
+        (Command::Load { name, .. }, STAGE_INIT_MODULE, EEXIST) => {
+            CommandError::AlreadyLoaded { name: name.clone() }
+        }
+        (Command::Load { name, .. }, STAGE_INIT_MODULE, _) => CommandError::InitFailed {
+            name: name.clone(),
+            errno: c.error,
+            log,
+        },
+        (Command::Unload { name, .. }, STAGE_DELETE_MODULE, ENOENT) => {
+            CommandError::NotLoaded { name: name.clone() }
+        }
+        (Command::Unload { name, .. }, STAGE_DELETE_MODULE, EAGAIN | EBUSY) => {
+            CommandError::InUse { name: name.clone() }
+        }
+        _ => CommandError::GuestFailed {
+            op: cmd.op_name(),
+            stage: stage_name(c.stage),
+            errno: c.error,
+            log,
+        },
     }
 }
 
-fn read_module_list(region: &SharedRegion, c: &CompletionRequest, generation: u32) -> Result<Vec<GuestModule>, CommandError> {
+fn read_module_list(
+    region: &SharedRegion,
+    c: &CompletionRequest,
+    generation: u32,
+) -> Result<Vec<GuestModule>, CommandError> {
     let entry_size = size_of::<ModuleEntry>() as u32;
     if c.data_len == 0 {
         return Ok(Vec::new());
     }
-    if c.data_len % entry_size != 0 {
-        return Err(CommandError::BadGuestData(format!("module list of {} bytes is not a whole number of entries", c.data_len)));
+    if !c.data_len.is_multiple_of(entry_size) {
+        return Err(CommandError::BadGuestData(format!(
+            "module list of {} bytes is not a whole number of entries",
+            c.data_len
+        )));
     }
-    let need = GrantNeed { access: GRANT_READ, owner: GRANT_OWNER_MODLIST, generation };
-    let grant = region.grant(c.data_grant, need).map_err(CommandError::Misbehaving)?;
-    let bytes = region.read_granted(&grant, c.data_len as u64).map_err(CommandError::Misbehaving)?;
+    let need = GrantNeed {
+        access: GRANT_READ,
+        owner: GRANT_OWNER_MODLIST,
+        generation,
+    };
+    let grant = region
+        .grant(c.data_grant, need)
+        .map_err(CommandError::Misbehaving)?;
+    let bytes = region
+        .read_granted(&grant, c.data_len as u64)
+        .map_err(CommandError::Misbehaving)?;
     Ok(bytes
         .chunks_exact(entry_size as usize)
         .map(|raw| {

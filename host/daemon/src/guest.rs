@@ -9,7 +9,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use vesper_api::VmStatus;
-use vesper_core::{Command, CommandError, GuestInfo, Reply, Session, SessionConfig, SessionEvent, Transport};
+use vesper_core::{
+    Command, CommandError, GuestInfo, Reply, Session, SessionConfig, SessionEvent, Transport,
+};
 use vesper_ivshmem::IvshmemTransport;
 
 /// How long QEMU gets to quit before it is killed.
@@ -67,16 +69,26 @@ fn dup(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<AsyncFd<OwnedFd>> {
     let owned = fd.try_clone_to_owned()?;
     // SAFETY: `owned` is a valid fd that the AsyncFd owns from here on, so it stays open
     // and keeps its number for the AsyncFd's whole lifetime.
-    unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
+    unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }
 
 impl GuestTask {
     pub fn config(step_timeout: Duration, max_image_size: u64) -> SessionConfig {
-        SessionConfig { step_timeout, pickup_timeout: step_timeout, max_image_size, ..Default::default() }
+        SessionConfig {
+            step_timeout,
+            pickup_timeout: step_timeout,
+            max_image_size,
+            ..Default::default()
+        }
     }
 
     /// Runs until QEMU exits and every command has been answered, or until stopped.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<GuestMsg>, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<GuestMsg>,
+        mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+    ) {
         let name = self.name.clone();
         let listener = match dup(self.transport.listener_fd()) {
             Ok(fd) => fd,
@@ -86,7 +98,8 @@ impl GuestTask {
             Some(Ok(fd)) => fd,
             _ => return tracing::error!(guest = %name, "cannot watch the doorbell eventfd"),
         };
-        let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> = HashMap::new();
+        let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> =
+            HashMap::new();
         let mut qemu_running = true;
         let mut stop_ack: Option<oneshot::Sender<()>> = None;
         let mut kill_at: Option<Instant> = None;
@@ -98,7 +111,10 @@ impl GuestTask {
                 tracing::warn!(guest = %name, "QEMU did not quit in time; killing it");
                 let _ = self.child.start_kill();
             }
-            let wake = [self.session.next_deadline(), kill_at].into_iter().flatten().fold(now + POLL_INTERVAL, Instant::min);
+            let wake = [self.session.next_deadline(), kill_at]
+                .into_iter()
+                .flatten()
+                .fold(now + POLL_INTERVAL, Instant::min);
             tokio::select! {
                 r = listener.readable() => {
                     if let Ok(mut g) = r { g.clear_ready(); }
@@ -190,7 +206,9 @@ impl GuestTask {
         let qmp = self.qmp.clone();
         let name = self.name.clone();
         std::thread::spawn(move || {
-            if let Err(e) = vesper_qemu::Qmp::connect(&qmp, Duration::from_secs(2)).and_then(|mut q| q.execute("quit", None)) {
+            if let Err(e) = vesper_qemu::Qmp::connect(&qmp, Duration::from_secs(2))
+                .and_then(|mut q| q.execute("quit", None))
+            {
                 tracing::warn!(guest = %name, "QMP quit failed ({e}); QEMU will be killed");
             }
         });

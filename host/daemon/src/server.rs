@@ -58,11 +58,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         }
         let _ = std::fs::remove_file(&config.socket);
     }
-    let listener = UnixListener::bind(&config.socket).map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    let listener = UnixListener::bind(&config.socket)
+        .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     tracing::info!(socket = %config.socket.display(), "vesperd listening");
-    let daemon = Arc::new(Daemon { config: config.clone(), guests: Mutex::new(HashMap::new()) });
+    let daemon = Arc::new(Daemon {
+        config: config.clone(),
+        guests: Mutex::new(HashMap::new()),
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     loop {
@@ -76,7 +80,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         }
     }
     tracing::info!("shutting down: stopping every VM");
-    let names: Vec<String> = daemon.guests.lock().expect("guests lock").keys().cloned().collect();
+    let names: Vec<String> = daemon
+        .guests
+        .lock()
+        .expect("guests lock")
+        .keys()
+        .cloned()
+        .collect();
     for name in names {
         let _ = vm_stop(&daemon, &name).await;
     }
@@ -90,7 +100,11 @@ async fn serve_connection(daemon: Shared, stream: UnixStream) {
     loop {
         let mut line = String::new();
         // A bounded read: a client cannot make the daemon buffer without limit.
-        let n = match (&mut lines).take(vesper_api::MAX_REQUEST_BYTES as u64 + 1).read_line(&mut line).await {
+        let n = match (&mut lines)
+            .take(vesper_api::MAX_REQUEST_BYTES as u64 + 1)
+            .read_line(&mut line)
+            .await
+        {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!("client read failed: {e}");
@@ -101,11 +115,17 @@ async fn serve_connection(daemon: Shared, stream: UnixStream) {
             return;
         }
         let response = if line.len() > vesper_api::MAX_REQUEST_BYTES {
-            Err(ApiError::new(ErrorCode::BadRequest, format!("request over {} bytes", vesper_api::MAX_REQUEST_BYTES)))
+            Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("request over {} bytes", vesper_api::MAX_REQUEST_BYTES),
+            ))
         } else {
             match serde_json::from_str::<Request>(&line) {
                 Ok(req) => handle(&daemon, req).await,
-                Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("malformed request: {e}"))),
+                Err(e) => Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("malformed request: {e}"),
+                )),
             }
         };
         let too_long = line.len() > vesper_api::MAX_REQUEST_BYTES;
@@ -121,25 +141,55 @@ async fn serve_connection(daemon: Shared, stream: UnixStream) {
 
 async fn handle(daemon: &Shared, req: Request) -> Response {
     match req {
-        Request::VmStart { name, memory_mib, cpus, accel, kit_dir, mode, extra_cmdline, wait_secs } => {
-            vm_start(daemon, VmStartArgs { name, memory_mib, cpus, accel, kit_dir, mode, extra_cmdline, wait_secs }).await
+        Request::VmStart {
+            name,
+            memory_mib,
+            cpus,
+            accel,
+            kit_dir,
+            mode,
+            extra_cmdline,
+            wait_secs,
+        } => {
+            vm_start(
+                daemon,
+                VmStartArgs {
+                    name,
+                    memory_mib,
+                    cpus,
+                    accel,
+                    kit_dir,
+                    mode,
+                    extra_cmdline,
+                    wait_secs,
+                },
+            )
+            .await
         }
         Request::VmStop { name } => vm_stop(daemon, &name).await,
         Request::VmList => {
             let guests = daemon.guests.lock().expect("guests lock");
-            let mut vms: Vec<VmStatus> = guests.values().map(|g| g.status.lock().expect("status lock").clone()).collect();
+            let mut vms: Vec<VmStatus> = guests
+                .values()
+                .map(|g| g.status.lock().expect("status lock").clone())
+                .collect();
             vms.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(Reply::VmList { vms })
         }
-        Request::Insmod { guest, file_name, image_b64, params } => {
-            insmod(daemon, &guest, &file_name, &image_b64, params).await
-        }
+        Request::Insmod {
+            guest,
+            file_name,
+            image_b64,
+            params,
+        } => insmod(daemon, &guest, &file_name, &image_b64, params).await,
         Request::Rmmod { guest, name, force } => {
             let started = Instant::now();
             match run_command(daemon, &guest, Command::Unload { name, force }).await? {
-                GuestReply::Unloaded { name } => {
-                    Ok(Reply::Unloaded { guest, name, millis: started.elapsed().as_secs_f64() * 1e3 })
-                }
+                GuestReply::Unloaded { name } => Ok(Reply::Unloaded {
+                    guest,
+                    name,
+                    millis: started.elapsed().as_secs_f64() * 1e3,
+                }),
                 other => Err(unexpected(other)),
             }
         }
@@ -162,8 +212,15 @@ fn unexpected(r: GuestReply) -> ApiError {
 fn unknown_guest(guests: &HashMap<String, GuestHandle>, name: &str) -> ApiError {
     let mut known: Vec<&str> = guests.keys().map(String::as_str).collect();
     known.sort();
-    let hint = if known.is_empty() { "no VMs are running (`vesper vm start NAME`)".to_string() } else { format!("running: {}", known.join(", ")) };
-    ApiError::new(ErrorCode::UnknownGuest, format!("no guest named {name:?}; {hint}"))
+    let hint = if known.is_empty() {
+        "no VMs are running (`vesper vm start NAME`)".to_string()
+    } else {
+        format!("running: {}", known.join(", "))
+    };
+    ApiError::new(
+        ErrorCode::UnknownGuest,
+        format!("no guest named {name:?}; {hint}"),
+    )
 }
 
 fn command_error(guest: &str, e: CommandError) -> ApiError {
@@ -184,9 +241,14 @@ fn command_error(guest: &str, e: CommandError) -> ApiError {
 async fn run_command(daemon: &Shared, guest: &str, cmd: Command) -> Result<GuestReply, ApiError> {
     let tx = {
         let guests = daemon.guests.lock().expect("guests lock");
-        let g = guests.get(guest).ok_or_else(|| unknown_guest(&guests, guest))?;
+        let g = guests
+            .get(guest)
+            .ok_or_else(|| unknown_guest(&guests, guest))?;
         if *g.exited.borrow() {
-            return Err(ApiError::new(ErrorCode::GuestNotReady, format!("{guest}: the VM has exited (`vesper vm start {guest}` again)")));
+            return Err(ApiError::new(
+                ErrorCode::GuestNotReady,
+                format!("{guest}: the VM has exited (`vesper vm start {guest}` again)"),
+            ));
         }
         if g.info().is_none() {
             return Err(ApiError::new(
@@ -197,32 +259,55 @@ async fn run_command(daemon: &Shared, guest: &str, cmd: Command) -> Result<Guest
         g.tx.clone()
     };
     let (reply, rx) = oneshot::channel();
-    tx.send(GuestMsg::Run { cmd, reply })
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::GuestNotReady, format!("{guest}: the guest task has ended")))?;
+    tx.send(GuestMsg::Run { cmd, reply }).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::GuestNotReady,
+            format!("{guest}: the guest task has ended"),
+        )
+    })?;
     match rx.await {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(command_error(guest, e)),
-        Err(_) => Err(ApiError::new(ErrorCode::GuestNotReady, format!("{guest}: the guest task ended mid-command"))),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::GuestNotReady,
+            format!("{guest}: the guest task ended mid-command"),
+        )),
     }
 }
 
-async fn insmod(daemon: &Shared, guest: &str, file_name: &str, image_b64: &str, params: Vec<String>) -> Response {
+async fn insmod(
+    daemon: &Shared,
+    guest: &str,
+    file_name: &str,
+    image_b64: &str,
+    params: Vec<String>,
+) -> Response {
     let started = Instant::now();
     let vermagic = {
         let guests = daemon.guests.lock().expect("guests lock");
-        let g = guests.get(guest).ok_or_else(|| unknown_guest(&guests, guest))?;
+        let g = guests
+            .get(guest)
+            .ok_or_else(|| unknown_guest(&guests, guest))?;
         g.info().map(|i| i.vermagic)
     };
-    let image = vesper_api::decode_image(image_b64).map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
-    let info = vesper_modcheck::check_module(&image, vermagic.as_deref(), daemon.config.max_image_size)
-        .map_err(|e| ApiError::new(ErrorCode::BadModule, format!("{file_name}: {e}")))?;
+    let image =
+        vesper_api::decode_image(image_b64).map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
+    let info =
+        vesper_modcheck::check_module(&image, vermagic.as_deref(), daemon.config.max_image_size)
+            .map_err(|e| ApiError::new(ErrorCode::BadModule, format!("{file_name}: {e}")))?;
     let params = check_params(&params)?;
-    let cmd = Command::Load { name: info.name.clone(), image: image.into(), params };
+    let cmd = Command::Load {
+        name: info.name.clone(),
+        image: image.into(),
+        params,
+    };
     match run_command(daemon, guest, cmd).await? {
-        GuestReply::Loaded { name, bytes } => {
-            Ok(Reply::Loaded { guest: guest.to_string(), name, bytes, millis: started.elapsed().as_secs_f64() * 1e3 })
-        }
+        GuestReply::Loaded { name, bytes } => Ok(Reply::Loaded {
+            guest: guest.to_string(),
+            name,
+            bytes,
+            millis: started.elapsed().as_secs_f64() * 1e3,
+        }),
         other => Err(unexpected(other)),
     }
 }
@@ -231,7 +316,10 @@ async fn insmod(daemon: &Shared, guest: &str, file_name: &str, image_b64: &str, 
 fn check_params(params: &[String]) -> Result<String, ApiError> {
     for p in params {
         let key = p.split('=').next().unwrap_or("");
-        let key_ok = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+        let key_ok = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
         if !key_ok || p.chars().any(|c| c.is_control()) {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
@@ -243,7 +331,11 @@ fn check_params(params: &[String]) -> Result<String, ApiError> {
     if joined.len() >= vesper_shared_abi::PARAMS_LEN as usize {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
-            format!("module parameters are {} bytes; the limit is {}", joined.len(), vesper_shared_abi::PARAMS_LEN - 1),
+            format!(
+                "module parameters are {} bytes; the limit is {}",
+                joined.len(),
+                vesper_shared_abi::PARAMS_LEN - 1
+            ),
         ));
     }
     Ok(joined)
@@ -261,37 +353,57 @@ struct VmStartArgs {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
     let bad = |m: String| Err(ApiError::new(ErrorCode::BadRequest, m));
     if !valid_name(&a.name) {
-        return bad(format!("bad VM name {:?}: use 1-32 letters, digits, - or _", a.name));
+        return bad(format!(
+            "bad VM name {:?}: use 1-32 letters, digits, - or _",
+            a.name
+        ));
     }
     if !valid_name(&a.mode) {
         return bad(format!("bad init mode {:?}", a.mode));
     }
     if a.memory_mib < 128 || a.memory_mib > 65536 || a.cpus == 0 || a.cpus > 64 {
-        return bad(format!("memory {} MiB / {} vCPUs out of range (128-65536 MiB, 1-64 vCPUs)", a.memory_mib, a.cpus));
+        return bad(format!(
+            "memory {} MiB / {} vCPUs out of range (128-65536 MiB, 1-64 vCPUs)",
+            a.memory_mib, a.cpus
+        ));
     }
     {
         let mut guests = daemon.guests.lock().expect("guests lock");
         if let Some(g) = guests.get(&a.name) {
             if !*g.exited.borrow() {
-                return Err(ApiError::new(ErrorCode::GuestExists, format!("a VM named {} is already running", a.name)));
+                return Err(ApiError::new(
+                    ErrorCode::GuestExists,
+                    format!("a VM named {} is already running", a.name),
+                ));
             }
             guests.remove(&a.name);
         }
     }
-    let start_failed = |m: String| ApiError::new(ErrorCode::VmStartFailed, format!("{}: {m}", a.name));
+    let start_failed =
+        |m: String| ApiError::new(ErrorCode::VmStartFailed, format!("{}: {m}", a.name));
     let kit_dir = a.kit_dir.clone().or_else(|| daemon.config.kit_dir.clone());
-    let kit = vesper_guest_kit::Kit::load(kit_dir.as_deref()).map_err(|e| start_failed(e.to_string()))?;
+    let kit =
+        vesper_guest_kit::Kit::load(kit_dir.as_deref()).map_err(|e| start_failed(e.to_string()))?;
     let accel = choose_accel(a.accel).map_err(|e| start_failed(e.to_string()))?;
     let dir = daemon.config.run_dir.join("guests").join(&a.name);
-    std::fs::create_dir_all(&dir).map_err(|e| start_failed(format!("cannot create {}: {e}", dir.display())))?;
-    let transport = IvshmemTransport::new(&a.name, &dir.join("ivshmem.sock"), vesper_shared_abi::DEFAULT_REGION_SIZE)
-        .map_err(|e| start_failed(e.to_string()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| start_failed(format!("cannot create {}: {e}", dir.display())))?;
+    let transport = IvshmemTransport::new(
+        &a.name,
+        &dir.join("ivshmem.sock"),
+        vesper_shared_abi::DEFAULT_REGION_SIZE,
+    )
+    .map_err(|e| start_failed(e.to_string()))?;
     let console = dir.join("console.log");
     let qmp = dir.join("qmp.sock");
     let _ = std::fs::remove_file(&console);
@@ -315,8 +427,11 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
         pvpanic: true,
     };
     let qemu_log_path = dir.join("qemu.log");
-    let qemu_log = std::fs::File::create(&qemu_log_path).map_err(|e| start_failed(format!("cannot create qemu.log: {e}")))?;
-    let qemu_err = qemu_log.try_clone().map_err(|e| start_failed(e.to_string()))?;
+    let qemu_log = std::fs::File::create(&qemu_log_path)
+        .map_err(|e| start_failed(format!("cannot create qemu.log: {e}")))?;
+    let qemu_err = qemu_log
+        .try_clone()
+        .map_err(|e| start_failed(e.to_string()))?;
     let child = tokio::process::Command::new("qemu-system-x86_64")
         .args(spec.args())
         .stdin(Stdio::null())
@@ -324,7 +439,11 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
         .stderr(qemu_err)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| start_failed(format!("cannot run qemu-system-x86_64 ({e}); install the qemu-system-x86 package")))?;
+        .map_err(|e| {
+            start_failed(format!(
+                "cannot run qemu-system-x86_64 ({e}); install the qemu-system-x86 package"
+            ))
+        })?;
     tracing::info!(guest = %a.name, pid = child.id(), accel = ?accel.accel, reason = %accel.reason, "VM started");
     let status = Arc::new(Mutex::new(VmStatus {
         name: a.name.clone(),
@@ -342,7 +461,10 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
     let task = GuestTask {
         name: a.name.clone(),
         transport,
-        session: Session::new(GuestTask::config(daemon.config.step_timeout, daemon.config.max_image_size)),
+        session: Session::new(GuestTask::config(
+            daemon.config.step_timeout,
+            daemon.config.max_image_size,
+        )),
         child,
         status: status.clone(),
         up: up_tx,
@@ -353,7 +475,13 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
     tokio::spawn(task.run(rx, stop_rx));
     daemon.guests.lock().expect("guests lock").insert(
         a.name.clone(),
-        GuestHandle { tx, status: status.clone(), up: up_rx.clone(), exited: exited_rx.clone(), stop: Some(stop_tx) },
+        GuestHandle {
+            tx,
+            status: status.clone(),
+            up: up_rx.clone(),
+            exited: exited_rx.clone(),
+            stop: Some(stop_tx),
+        },
     );
     if a.wait_secs > 0 {
         let wait = async {
@@ -390,7 +518,9 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -410,7 +540,9 @@ async fn vm_stop(daemon: &Shared, name: &str) -> Response {
         }
     }
     daemon.guests.lock().expect("guests lock").remove(name);
-    Ok(Reply::VmStopped { name: name.to_string() })
+    Ok(Reply::VmStopped {
+        name: name.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -419,7 +551,10 @@ mod tests {
 
     #[test]
     fn parameters_are_checked_before_they_reach_the_guest() {
-        assert_eq!(check_params(&["a=1".into(), "watch=svc".into()]).unwrap(), "a=1 watch=svc");
+        assert_eq!(
+            check_params(&["a=1".into(), "watch=svc".into()]).unwrap(),
+            "a=1 watch=svc"
+        );
         assert!(check_params(&["=1".into()]).is_err());
         assert!(check_params(&["a=1\nb".into()]).is_err());
         assert!(check_params(&["x".repeat(2000)]).is_err());

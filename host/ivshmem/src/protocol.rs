@@ -34,24 +34,44 @@ pub struct Message {
 /// present (`existing`) and the vector count.
 pub fn connect_sequence(client: u16, existing: &[u16], vectors: usize) -> Vec<Message> {
     let mut out = vec![
-        Message { value: PROTOCOL_VERSION, fd: FdRole::None },
-        Message { value: client as i64, fd: FdRole::None },
-        Message { value: -1, fd: FdRole::SharedMemory },
+        Message {
+            value: PROTOCOL_VERSION,
+            fd: FdRole::None,
+        },
+        Message {
+            value: client as i64,
+            fd: FdRole::None,
+        },
+        Message {
+            value: -1,
+            fd: FdRole::SharedMemory,
+        },
     ];
     for &peer in existing.iter().chain(std::iter::once(&client)) {
-        out.extend((0..vectors).map(|vector| Message { value: peer as i64, fd: FdRole::Vector { peer, vector } }));
+        out.extend((0..vectors).map(|vector| Message {
+            value: peer as i64,
+            fd: FdRole::Vector { peer, vector },
+        }));
     }
     out
 }
 
 /// Messages an existing client receives when `peer` joins.
 pub fn peer_joined(peer: u16, vectors: usize) -> Vec<Message> {
-    (0..vectors).map(|vector| Message { value: peer as i64, fd: FdRole::Vector { peer, vector } }).collect()
+    (0..vectors)
+        .map(|vector| Message {
+            value: peer as i64,
+            fd: FdRole::Vector { peer, vector },
+        })
+        .collect()
 }
 
 /// Message an existing client receives when `peer` leaves.
 pub fn peer_left(peer: u16) -> Message {
-    Message { value: peer as i64, fd: FdRole::None }
+    Message {
+        value: peer as i64,
+        fd: FdRole::None,
+    }
 }
 
 #[cfg(test)]
@@ -71,7 +91,13 @@ mod tests {
 
     #[test]
     fn joins_and_leaves() {
-        assert_eq!(peer_joined(3, 1), [Message { value: 3, fd: FdRole::Vector { peer: 3, vector: 0 } }]);
+        assert_eq!(
+            peer_joined(3, 1),
+            [Message {
+                value: 3,
+                fd: FdRole::Vector { peer: 3, vector: 0 }
+            }]
+        );
         assert_eq!(peer_left(3).fd, FdRole::None);
     }
 }

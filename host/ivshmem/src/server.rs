@@ -35,13 +35,17 @@ pub struct IvshmemServer {
 }
 
 fn eventfd() -> Result<EventFd, IvshmemError> {
-    EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(IvshmemError::EventFd)
+    EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(IvshmemError::EventFd)
 }
 
 impl IvshmemServer {
     /// Listens on `path` (replacing a stale socket) for a device with `vectors` vectors.
     pub fn bind(path: &Path, vectors: usize) -> Result<Self, IvshmemError> {
-        let listen_err = |source| IvshmemError::Listen { path: path.to_path_buf(), source };
+        let listen_err = |source| IvshmemError::Listen {
+            path: path.to_path_buf(),
+            source,
+        };
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -50,7 +54,13 @@ impl IvshmemServer {
         let listener = UnixListener::bind(path).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
         let host_vectors = (0..vectors).map(|_| eventfd()).collect::<Result<_, _>>()?;
-        Ok(Self { listener, path: path.to_path_buf(), vectors, host_vectors, next_peer: HOST_PEER + 1 })
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            vectors,
+            host_vectors,
+            next_peer: HOST_PEER + 1,
+        })
     }
 
     /// The socket path QEMU's `-chardev socket,path=` must name.
@@ -70,7 +80,10 @@ impl IvshmemServer {
 
     /// Clears the doorbell count on `vector`; returns how many rings were pending.
     pub fn take_doorbell(&self, vector: usize) -> u64 {
-        self.host_vectors.get(vector).and_then(|e| e.read().ok()).unwrap_or(0)
+        self.host_vectors
+            .get(vector)
+            .and_then(|e| e.read().ok())
+            .unwrap_or(0)
     }
 
     /// Accepts a waiting client, if any, and sends it the connect sequence with the
@@ -85,30 +98,49 @@ impl IvshmemServer {
     }
 
     /// Sends the connect sequence to an accepted client.
-    pub fn serve(&mut self, stream: UnixStream, shm: BorrowedFd<'_>) -> Result<GuestPeer, IvshmemError> {
-        stream.set_nonblocking(false).map_err(IvshmemError::Accept)?;
+    pub fn serve(
+        &mut self,
+        stream: UnixStream,
+        shm: BorrowedFd<'_>,
+    ) -> Result<GuestPeer, IvshmemError> {
+        stream
+            .set_nonblocking(false)
+            .map_err(IvshmemError::Accept)?;
         let id = self.next_peer;
         self.next_peer = self.next_peer.wrapping_add(1).max(HOST_PEER + 1);
-        let vectors = (0..self.vectors).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
+        let vectors = (0..self.vectors)
+            .map(|_| eventfd())
+            .collect::<Result<Vec<_>, _>>()?;
         for msg in connect_sequence(id, &[HOST_PEER], self.vectors) {
             let fd = match msg.fd {
                 FdRole::None => None,
                 FdRole::SharedMemory => Some(shm),
-                FdRole::Vector { peer, vector } if peer == HOST_PEER => Some(self.host_vectors[vector].as_fd()),
+                FdRole::Vector { peer, vector } if peer == HOST_PEER => {
+                    Some(self.host_vectors[vector].as_fd())
+                }
                 FdRole::Vector { vector, .. } => Some(vectors[vector].as_fd()),
             };
             send(&stream, msg, fd)?;
         }
         tracing::debug!(peer = id, path = %self.path.display(), "ivshmem client connected");
-        Ok(GuestPeer { id, vectors, _stream: stream })
+        Ok(GuestPeer {
+            id,
+            vectors,
+            _stream: stream,
+        })
     }
 }
 
 impl GuestPeer {
     /// Interrupts the guest on `vector`.
     pub fn notify(&self, vector: usize) -> Result<(), IvshmemError> {
-        let fd = self.vectors.get(vector).ok_or(IvshmemError::NoSuchVector { vector, vectors: self.vectors.len() })?;
-        fd.write(1).map(|_| ()).map_err(|source| IvshmemError::Signal { vector, source })
+        let fd = self.vectors.get(vector).ok_or(IvshmemError::NoSuchVector {
+            vector,
+            vectors: self.vectors.len(),
+        })?;
+        fd.write(1)
+            .map(|_| ())
+            .map_err(|source| IvshmemError::Signal { vector, source })
     }
 }
 
@@ -122,10 +154,22 @@ fn send(stream: &UnixStream, msg: Message, fd: Option<BorrowedFd<'_>>) -> Result
     let bytes = msg.value.to_le_bytes();
     let iov = [IoSlice::new(&bytes)];
     let raw = fd.map(|f| [f.as_raw_fd()]);
-    let cmsgs: Vec<ControlMessage> = raw.as_ref().map(|r| vec![ControlMessage::ScmRights(r)]).unwrap_or_default();
-    sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-        .map(|_| ())
-        .map_err(|source| IvshmemError::Send { value: msg.value, source })
+    let cmsgs: Vec<ControlMessage> = raw
+        .as_ref()
+        .map(|r| vec![ControlMessage::ScmRights(r)])
+        .unwrap_or_default();
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|source| IvshmemError::Send {
+        value: msg.value,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -140,7 +184,13 @@ mod tests {
         let mut buf = [0u8; 8];
         let mut iov = [IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).unwrap();
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
         let mut fd = None;
         for c in msg.cmsgs().unwrap() {
             if let ControlMessageOwned::ScmRights(fds) = c {
@@ -181,7 +231,10 @@ mod tests {
         let mut b = [0u8; 8];
         nix::unistd::read(guest0.as_ref().unwrap(), &mut b).unwrap();
         assert_eq!(u64::from_ne_bytes(b), 1);
-        assert!(matches!(peer.notify(5), Err(IvshmemError::NoSuchVector { .. })));
+        assert!(matches!(
+            peer.notify(5),
+            Err(IvshmemError::NoSuchVector { .. })
+        ));
         drop(server);
         assert!(!path.exists());
     }

@@ -22,9 +22,14 @@ impl IvshmemTransport {
     /// Creates the region (`size` bytes, memfd named after `name`) and listens on
     /// `socket` for QEMU.
     pub fn new(name: &str, socket: &Path, size: u64) -> Result<Self, IvshmemError> {
-        let region = SharedRegion::create(&format!("vesper-{name}"), size).map_err(IvshmemError::Region)?;
+        let region =
+            SharedRegion::create(&format!("vesper-{name}"), size).map_err(IvshmemError::Region)?;
         let server = IvshmemServer::bind(socket, VECTORS)?;
-        Ok(Self { region, server, peer: None })
+        Ok(Self {
+            region,
+            server,
+            peer: None,
+        })
     }
 
     /// The listening socket, readable when QEMU connects.
@@ -57,7 +62,10 @@ impl Transport for IvshmemTransport {
     }
 
     fn notify_guest(&self) -> std::io::Result<()> {
-        let peer = self.peer.as_ref().ok_or_else(|| std::io::Error::other(IvshmemError::NoGuest))?;
+        let peer = self
+            .peer
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other(IvshmemError::NoGuest))?;
         peer.notify(0).map_err(std::io::Error::other)
     }
 

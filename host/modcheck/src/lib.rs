@@ -45,7 +45,9 @@ pub enum ModuleError {
     #[error("no .modinfo section: not a kernel module (build it with the kernel's Kbuild)")]
     NoModinfo,
     /// No `.gnu.linkonce.this_module`.
-    #[error("no .gnu.linkonce.this_module section: not a linked kernel module (run modpost via Kbuild)")]
+    #[error(
+        "no .gnu.linkonce.this_module section: not a linked kernel module (run modpost via Kbuild)"
+    )]
     NoThisModule,
     /// No `name=` in `.modinfo`.
     #[error(".modinfo has no name= entry; build the module with Kbuild")]
@@ -82,13 +84,20 @@ pub struct ModuleInfo {
 
 /// Checks `image` for loading into a guest whose kernel reports `guest_vermagic`.
 /// `guest_vermagic: None` skips only the vermagic comparison (offline `check`).
-pub fn check_module(image: &[u8], guest_vermagic: Option<&str>, max_size: u64) -> Result<ModuleInfo, ModuleError> {
+pub fn check_module(
+    image: &[u8],
+    guest_vermagic: Option<&str>,
+    max_size: u64,
+) -> Result<ModuleInfo, ModuleError> {
     let size = image.len() as u64;
     if size == 0 {
         return Err(ModuleError::Empty);
     }
     if size > max_size {
-        return Err(ModuleError::TooLarge { size, limit: max_size });
+        return Err(ModuleError::TooLarge {
+            size,
+            limit: max_size,
+        });
     }
     if size < 4 || &image[..4] != b"\x7fELF" {
         let mut first = [0u8; 4];
@@ -101,10 +110,14 @@ pub fn check_module(image: &[u8], guest_vermagic: Option<&str>, max_size: u64) -
         return Err(ModuleError::NotElf64);
     }
     if header.e_machine != EM_X86_64 {
-        return Err(ModuleError::WrongArch(goblin::elf::header::machine_to_str(header.e_machine).to_string()));
+        return Err(ModuleError::WrongArch(
+            goblin::elf::header::machine_to_str(header.e_machine).to_string(),
+        ));
     }
     if header.e_type != ET_REL {
-        return Err(ModuleError::NotRelocatable(goblin::elf::header::et_to_str(header.e_type).to_string()));
+        return Err(ModuleError::NotRelocatable(
+            goblin::elf::header::et_to_str(header.e_type).to_string(),
+        ));
     }
     let elf = Elf::parse(image).map_err(|e| ModuleError::Malformed(e.to_string()))?;
 
@@ -113,7 +126,10 @@ pub fn check_module(image: &[u8], guest_vermagic: Option<&str>, max_size: u64) -
     for sh in &elf.section_headers {
         let name = elf.shdr_strtab.get_at(sh.sh_name).unwrap_or("");
         let in_file = sh.sh_type == goblin::elf::section_header::SHT_NOBITS
-            || sh.sh_offset.checked_add(sh.sh_size).is_some_and(|end| end <= size);
+            || sh
+                .sh_offset
+                .checked_add(sh.sh_size)
+                .is_some_and(|end| end <= size);
         if !in_file {
             return Err(ModuleError::Malformed(format!(
                 "section {name:?} at {:#x}+{:#x} lies past the end of the {size}-byte file",
@@ -121,7 +137,9 @@ pub fn check_module(image: &[u8], guest_vermagic: Option<&str>, max_size: u64) -
             )));
         }
         match name {
-            ".modinfo" => modinfo = Some(&image[sh.sh_offset as usize..(sh.sh_offset + sh.sh_size) as usize]),
+            ".modinfo" => {
+                modinfo = Some(&image[sh.sh_offset as usize..(sh.sh_offset + sh.sh_size) as usize])
+            }
             ".gnu.linkonce.this_module" => this_module = true,
             _ => {}
         }
@@ -131,12 +149,22 @@ pub fn check_module(image: &[u8], guest_vermagic: Option<&str>, max_size: u64) -
         return Err(ModuleError::NoThisModule);
     }
     let entries = parse_modinfo(modinfo);
-    let get = |key: &str| entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string());
-    let name = get("name").filter(|n| !n.is_empty()).ok_or(ModuleError::NoName)?;
+    let get = |key: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    };
+    let name = get("name")
+        .filter(|n| !n.is_empty())
+        .ok_or(ModuleError::NoName)?;
     let vermagic = get("vermagic").ok_or(ModuleError::NoVermagic)?;
     if let Some(guest) = guest_vermagic {
         if vermagic.trim() != guest.trim() {
-            return Err(ModuleError::VermagicMismatch { module: vermagic, guest: guest.to_string() });
+            return Err(ModuleError::VermagicMismatch {
+                module: vermagic,
+                guest: guest.to_string(),
+            });
         }
     }
     Ok(ModuleInfo {
@@ -146,7 +174,12 @@ pub fn check_module(image: &[u8], guest_vermagic: Option<&str>, max_size: u64) -
         license: get("license"),
         description: get("description"),
         depends: get("depends")
-            .map(|d| d.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|d| {
+                d.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default(),
     })
 }
@@ -175,7 +208,7 @@ mod tests {
         out.extend_from_slice(&this_module);
         let strtab_off = out.len();
         out.extend_from_slice(shstrtab);
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let shoff = out.len();
@@ -220,7 +253,12 @@ mod tests {
 
     #[test]
     fn a_real_shaped_module_passes_with_its_metadata() {
-        let m = check_module(&tiny_module(&info(), EM_X86_64, ET_REL), Some(VM), DEFAULT_MAX_IMAGE_SIZE).unwrap();
+        let m = check_module(
+            &tiny_module(&info(), EM_X86_64, ET_REL),
+            Some(VM),
+            DEFAULT_MAX_IMAGE_SIZE,
+        )
+        .unwrap();
         assert_eq!(m.name, "probe");
         assert_eq!(m.license.as_deref(), Some("GPL"));
         assert!(m.depends.is_empty());
@@ -231,14 +269,31 @@ mod tests {
         let good = tiny_module(&info(), EM_X86_64, ET_REL);
         let max = DEFAULT_MAX_IMAGE_SIZE;
         assert_eq!(check_module(b"", None, max), Err(ModuleError::Empty));
-        assert!(matches!(check_module(b"garbage bytes here", None, max), Err(ModuleError::NotElf(_))));
-        assert!(matches!(check_module(&good, None, 100), Err(ModuleError::TooLarge { .. })));
-        assert!(matches!(check_module(&good[..40], None, max), Err(ModuleError::Malformed(_))));
-        assert!(matches!(check_module(&good[..good.len() - 10], None, max), Err(ModuleError::Malformed(_))));
+        assert!(matches!(
+            check_module(b"garbage bytes here", None, max),
+            Err(ModuleError::NotElf(_))
+        ));
+        assert!(matches!(
+            check_module(&good, None, 100),
+            Err(ModuleError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            check_module(&good[..40], None, max),
+            Err(ModuleError::Malformed(_))
+        ));
+        assert!(matches!(
+            check_module(&good[..good.len() - 10], None, max),
+            Err(ModuleError::Malformed(_))
+        ));
         let arm = tiny_module(&info(), goblin::elf::header::EM_AARCH64, ET_REL);
-        assert!(matches!(check_module(&arm, None, max), Err(ModuleError::WrongArch(a)) if a.contains("AARCH64")));
+        assert!(
+            matches!(check_module(&arm, None, max), Err(ModuleError::WrongArch(a)) if a.contains("AARCH64"))
+        );
         let exe = tiny_module(&info(), EM_X86_64, goblin::elf::header::ET_EXEC);
-        assert!(matches!(check_module(&exe, None, max), Err(ModuleError::NotRelocatable(_))));
+        assert!(matches!(
+            check_module(&exe, None, max),
+            Err(ModuleError::NotRelocatable(_))
+        ));
         let noname = tiny_module(format!("vermagic={VM}\0").as_bytes(), EM_X86_64, ET_REL);
         assert_eq!(check_module(&noname, None, max), Err(ModuleError::NoName));
         let novm = tiny_module(b"name=x\0", EM_X86_64, ET_REL);

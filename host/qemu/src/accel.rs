@@ -52,15 +52,21 @@ pub struct AccelChoice {
 /// paravirtual `kvm_pvm` module runs small hand-made guests but not a stock Linux
 /// kernel, so only `kvm_intel`/`kvm_amd` count.
 fn kvm_problem(sys_module: &Path, dev_kvm: &Path) -> Option<String> {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev_kvm) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev_kvm)
+    {
         return Some(format!("{} cannot be opened ({e})", dev_kvm.display()));
     }
-    let hw = ["kvm_intel", "kvm_amd"].into_iter().find(|m| sys_module.join(m).exists());
+    let hw = ["kvm_intel", "kvm_amd"]
+        .into_iter()
+        .find(|m| sys_module.join(m).exists());
     match hw {
         Some(_) => None,
-        None if sys_module.join("kvm_pvm").exists() => {
-            Some("/dev/kvm is the paravirtual kvm_pvm, which does not boot a stock Linux guest".into())
-        }
+        None if sys_module.join("kvm_pvm").exists() => Some(
+            "/dev/kvm is the paravirtual kvm_pvm, which does not boot a stock Linux guest".into(),
+        ),
         None => Some("neither kvm_intel nor kvm_amd is loaded".into()),
     }
 }
@@ -70,14 +76,25 @@ pub fn choose_accel(request: AccelRequest) -> Result<AccelChoice, QemuError> {
     choose_with(request, Path::new("/sys/module"), Path::new("/dev/kvm"))
 }
 
-fn choose_with(request: AccelRequest, sys_module: &Path, dev_kvm: &Path) -> Result<AccelChoice, QemuError> {
+fn choose_with(
+    request: AccelRequest,
+    sys_module: &Path,
+    dev_kvm: &Path,
+) -> Result<AccelChoice, QemuError> {
     match (request, kvm_problem(sys_module, dev_kvm)) {
-        (AccelRequest::Tcg, _) => Ok(AccelChoice { accel: Accel::Tcg, reason: "TCG requested".into() }),
-        (AccelRequest::Kvm | AccelRequest::Auto, None) => {
-            Ok(AccelChoice { accel: Accel::Kvm, reason: "hardware KVM available".into() })
-        }
+        (AccelRequest::Tcg, _) => Ok(AccelChoice {
+            accel: Accel::Tcg,
+            reason: "TCG requested".into(),
+        }),
+        (AccelRequest::Kvm | AccelRequest::Auto, None) => Ok(AccelChoice {
+            accel: Accel::Kvm,
+            reason: "hardware KVM available".into(),
+        }),
         (AccelRequest::Kvm, Some(p)) => Err(QemuError::KvmUnusable(p)),
-        (AccelRequest::Auto, Some(p)) => Ok(AccelChoice { accel: Accel::Tcg, reason: format!("TCG: {p}") }),
+        (AccelRequest::Auto, Some(p)) => Ok(AccelChoice {
+            accel: Accel::Tcg,
+            reason: format!("TCG: {p}"),
+        }),
     }
 }
 
@@ -95,10 +112,19 @@ mod tests {
         let c = choose_with(AccelRequest::Auto, &sys, &kvm).unwrap();
         assert_eq!(c.accel, Accel::Tcg);
         assert!(c.reason.contains("kvm_pvm"));
-        assert!(matches!(choose_with(AccelRequest::Kvm, &sys, &kvm), Err(QemuError::KvmUnusable(_))));
+        assert!(matches!(
+            choose_with(AccelRequest::Kvm, &sys, &kvm),
+            Err(QemuError::KvmUnusable(_))
+        ));
         std::fs::create_dir_all(sys.join("kvm_intel")).unwrap();
-        assert_eq!(choose_with(AccelRequest::Auto, &sys, &kvm).unwrap().accel, Accel::Kvm);
-        assert_eq!(choose_with(AccelRequest::Tcg, &sys, &kvm).unwrap().accel, Accel::Tcg);
+        assert_eq!(
+            choose_with(AccelRequest::Auto, &sys, &kvm).unwrap().accel,
+            Accel::Kvm
+        );
+        assert_eq!(
+            choose_with(AccelRequest::Tcg, &sys, &kvm).unwrap().accel,
+            Accel::Tcg
+        );
         let gone = choose_with(AccelRequest::Auto, &sys, &d.join("nope")).unwrap();
         assert!(gone.reason.contains("cannot be opened"));
         assert!("fast".parse::<AccelRequest>().is_err());

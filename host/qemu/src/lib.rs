@@ -107,9 +107,15 @@ impl VmSpec {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp_socket.display()),
             "-chardev".into(),
-            format!("socket,path={},id=vesper-ivshmem", self.ivshmem_socket.display()),
+            format!(
+                "socket,path={},id=vesper-ivshmem",
+                self.ivshmem_socket.display()
+            ),
             "-device".into(),
-            format!("ivshmem-doorbell,chardev=vesper-ivshmem,vectors={}", self.ivshmem_vectors),
+            format!(
+                "ivshmem-doorbell,chardev=vesper-ivshmem,vectors={}",
+                self.ivshmem_vectors
+            ),
         ]);
         if self.pvpanic {
             a.extend(["-device".into(), "pvpanic-pci".into()]);
@@ -148,6 +154,9 @@ mod tests {
         assert!(a.contains("-serial file:/run/console.log"));
         assert!(a.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
         assert!(a.contains("pvpanic-pci"));
-        assert!(spec(Accel::Kvm).args().join(" ").contains("-accel kvm -cpu host"));
+        assert!(spec(Accel::Kvm)
+            .args()
+            .join(" ")
+            .contains("-accel kvm -cpu host"));
     }
 }

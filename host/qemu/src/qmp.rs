@@ -19,15 +19,25 @@ pub struct Qmp {
 impl Qmp {
     /// Connects, reads the greeting and negotiates capabilities.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QemuError> {
-        let io = |source| QemuError::QmpIo { path: path.to_path_buf(), source };
+        let io = |source| QemuError::QmpIo {
+            path: path.to_path_buf(),
+            source,
+        };
         let stream = UnixStream::connect(path).map_err(io)?;
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
         let writer = stream.try_clone().map_err(io)?;
-        let mut qmp = Self { path: path.to_path_buf(), reader: BufReader::new(stream), writer, events: Vec::new() };
+        let mut qmp = Self {
+            path: path.to_path_buf(),
+            reader: BufReader::new(stream),
+            writer,
+            events: Vec::new(),
+        };
         let greeting = qmp.read_value()?;
         if greeting.get("QMP").is_none() {
-            return Err(QemuError::QmpProtocol(format!("expected a QMP greeting, got {greeting}")));
+            return Err(QemuError::QmpProtocol(format!(
+                "expected a QMP greeting, got {greeting}"
+            )));
         }
         qmp.execute("qmp_capabilities", None)?;
         Ok(qmp)
@@ -38,11 +48,17 @@ impl Qmp {
         let n = self
             .reader
             .read_line(&mut line)
-            .map_err(|source| QemuError::QmpIo { path: self.path.clone(), source })?;
+            .map_err(|source| QemuError::QmpIo {
+                path: self.path.clone(),
+                source,
+            })?;
         if n == 0 {
-            return Err(QemuError::QmpProtocol("QEMU closed the QMP connection".into()));
+            return Err(QemuError::QmpProtocol(
+                "QEMU closed the QMP connection".into(),
+            ));
         }
-        serde_json::from_str(&line).map_err(|e| QemuError::QmpProtocol(format!("bad JSON from QEMU: {e}")))
+        serde_json::from_str(&line)
+            .map_err(|e| QemuError::QmpProtocol(format!("bad JSON from QEMU: {e}")))
     }
 
     /// Runs `command` and returns its `return` value; events seen meanwhile are kept.
@@ -54,7 +70,10 @@ impl Qmp {
         let line = format!("{req}\n");
         self.writer
             .write_all(line.as_bytes())
-            .map_err(|source| QemuError::QmpIo { path: self.path.clone(), source })?;
+            .map_err(|source| QemuError::QmpIo {
+                path: self.path.clone(),
+                source,
+            })?;
         loop {
             let v = self.read_value()?;
             if v.get("event").is_some() {
@@ -71,7 +90,9 @@ impl Qmp {
                     desc: e["desc"].as_str().unwrap_or("?").to_string(),
                 });
             }
-            return Err(QemuError::QmpProtocol(format!("unexpected QMP message {v}")));
+            return Err(QemuError::QmpProtocol(format!(
+                "unexpected QMP message {v}"
+            )));
         }
     }
 

@@ -121,7 +121,10 @@ impl ShmemError {
     pub fn is_guest_misbehaviour(&self) -> bool {
         !matches!(
             self,
-            ShmemError::Create(_) | ShmemError::Map(_) | ShmemError::BadSize(_) | ShmemError::OutOfBounds { .. }
+            ShmemError::Create(_)
+                | ShmemError::Map(_)
+                | ShmemError::BadSize(_)
+                | ShmemError::OutOfBounds { .. }
         )
     }
 }

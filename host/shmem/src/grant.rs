@@ -38,21 +38,44 @@ pub fn check_entry(
         return Err(ShmemError::GrantInactive(grant_ref));
     }
     if entry.generation != need.generation {
-        return Err(ShmemError::GrantStale { grant_ref, found: entry.generation, current: need.generation });
+        return Err(ShmemError::GrantStale {
+            grant_ref,
+            found: entry.generation,
+            current: need.generation,
+        });
     }
     if entry.access & need.access != need.access {
-        return Err(ShmemError::GrantAccess { grant_ref, allowed: entry.access, needed: need.access });
+        return Err(ShmemError::GrantAccess {
+            grant_ref,
+            allowed: entry.access,
+            needed: need.access,
+        });
     }
     if entry.owner != need.owner {
-        return Err(ShmemError::GrantOwner { grant_ref, found: entry.owner, expected: need.owner });
+        return Err(ShmemError::GrantOwner {
+            grant_ref,
+            found: entry.owner,
+            expected: need.owner,
+        });
     }
     let in_data_area = entry.offset >= DATA_AREA_OFFSET
         && entry.len > 0
-        && entry.offset.checked_add(entry.len as u64).is_some_and(|end| end <= region_size);
+        && entry
+            .offset
+            .checked_add(entry.len as u64)
+            .is_some_and(|end| end <= region_size);
     if !in_data_area {
-        return Err(ShmemError::GrantRange { grant_ref, offset: entry.offset, len: entry.len });
+        return Err(ShmemError::GrantRange {
+            grant_ref,
+            offset: entry.offset,
+            len: entry.len,
+        });
     }
-    Ok(ValidGrant { grant_ref, offset: entry.offset, len: entry.len })
+    Ok(ValidGrant {
+        grant_ref,
+        offset: entry.offset,
+        len: entry.len,
+    })
 }
 
 impl SharedRegion {
@@ -66,7 +89,11 @@ impl SharedRegion {
     /// Writes `data` at the start of a granted range.
     pub fn write_granted(&self, grant: &ValidGrant, data: &[u8]) -> Result<(), ShmemError> {
         if data.len() as u64 > grant.len as u64 {
-            return Err(ShmemError::GrantTooSmall { grant_ref: grant.grant_ref, len: grant.len, wanted: data.len() as u64 });
+            return Err(ShmemError::GrantTooSmall {
+                grant_ref: grant.grant_ref,
+                len: grant.len,
+                wanted: data.len() as u64,
+            });
         }
         self.write_slice(data, grant.offset)
     }
@@ -74,7 +101,11 @@ impl SharedRegion {
     /// Copies the first `len` bytes of a granted range.
     pub fn read_granted(&self, grant: &ValidGrant, len: u64) -> Result<Vec<u8>, ShmemError> {
         if len > grant.len as u64 {
-            return Err(ShmemError::GrantTooSmall { grant_ref: grant.grant_ref, len: grant.len, wanted: len });
+            return Err(ShmemError::GrantTooSmall {
+                grant_ref: grant.grant_ref,
+                len: grant.len,
+                wanted: len,
+            });
         }
         let mut buf = vec![0u8; len as usize];
         self.read_slice(&mut buf, grant.offset)?;
@@ -103,14 +134,22 @@ mod tests {
     }
 
     fn need() -> GrantNeed {
-        GrantNeed { access: GRANT_WRITE, owner: GRANT_OWNER_STAGING, generation: 3 }
+        GrantNeed {
+            access: GRANT_WRITE,
+            owner: GRANT_OWNER_STAGING,
+            generation: 3,
+        }
     }
 
     #[test]
     fn a_good_grant_passes() {
         assert_eq!(
             check_entry(1, &good(), need(), SIZE).unwrap(),
-            ValidGrant { grant_ref: 1, offset: DATA_AREA_OFFSET, len: 4096 }
+            ValidGrant {
+                grant_ref: 1,
+                offset: DATA_AREA_OFFSET,
+                len: 4096
+            }
         );
     }
 
@@ -122,19 +161,37 @@ mod tests {
             check_entry(1, &g, need(), SIZE).unwrap_err()
         };
         assert!(matches!(e(|g| g.state = 0), ShmemError::GrantInactive(1)));
-        assert!(matches!(e(|g| g.generation = 2), ShmemError::GrantStale { .. }));
-        assert!(matches!(e(|g| g.access = GRANT_READ), ShmemError::GrantAccess { .. }));
-        assert!(matches!(e(|g| g.owner = GRANT_OWNER_MODLIST), ShmemError::GrantOwner { .. }));
+        assert!(matches!(
+            e(|g| g.generation = 2),
+            ShmemError::GrantStale { .. }
+        ));
+        assert!(matches!(
+            e(|g| g.access = GRANT_READ),
+            ShmemError::GrantAccess { .. }
+        ));
+        assert!(matches!(
+            e(|g| g.owner = GRANT_OWNER_MODLIST),
+            ShmemError::GrantOwner { .. }
+        ));
         assert!(matches!(e(|g| g.offset = 0), ShmemError::GrantRange { .. }));
-        assert!(matches!(e(|g| g.offset = SIZE - 100), ShmemError::GrantRange { .. }));
-        assert!(matches!(e(|g| g.offset = u64::MAX - 10), ShmemError::GrantRange { .. }));
+        assert!(matches!(
+            e(|g| g.offset = SIZE - 100),
+            ShmemError::GrantRange { .. }
+        ));
+        assert!(matches!(
+            e(|g| g.offset = u64::MAX - 10),
+            ShmemError::GrantRange { .. }
+        ));
         assert!(matches!(e(|g| g.len = 0), ShmemError::GrantRange { .. }));
     }
 
     #[test]
     fn refs_past_the_table_are_refused() {
         let r = SharedRegion::create("g", SIZE).unwrap();
-        assert!(matches!(r.grant(4096, need()), Err(ShmemError::GrantRefOutOfRange(4096))));
+        assert!(matches!(
+            r.grant(4096, need()),
+            Err(ShmemError::GrantRefOutOfRange(4096))
+        ));
     }
 
     proptest! {

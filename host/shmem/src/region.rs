@@ -3,7 +3,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use nix::sys::memfd::{memfd_create, MFdFlags};
-use vesper_shared_abi::{RegionHeader, ABI_VERSION, HOST_STATE_READY, MIN_REGION_SIZE, REGION_MAGIC};
+use vesper_shared_abi::{
+    RegionHeader, ABI_VERSION, HOST_STATE_READY, MIN_REGION_SIZE, REGION_MAGIC,
+};
 use vm_memory::bitmap::BS;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{ByteValued, Bytes, FileOffset, VolatileMemory, VolatileSlice};
@@ -25,7 +27,8 @@ impl SharedRegion {
         if size < MIN_REGION_SIZE || !size.is_power_of_two() || size > (1 << 40) {
             return Err(ShmemError::BadSize(size));
         }
-        let fd: OwnedFd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(|e| ShmemError::Create(e.into()))?;
+        let fd: OwnedFd =
+            memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(|e| ShmemError::Create(e.into()))?;
         let file = File::from(fd);
         nix::unistd::ftruncate(&file, size as i64).map_err(|e| ShmemError::Create(e.into()))?;
         let region = Self::map(file, size)?;
@@ -47,7 +50,11 @@ impl SharedRegion {
         let mapping_file = file.try_clone().map_err(ShmemError::Create)?;
         let mapping = MmapRegion::<()>::from_file(FileOffset::new(mapping_file, 0), size as usize)
             .map_err(ShmemError::Map)?;
-        Ok(Self { mapping, file, size })
+        Ok(Self {
+            mapping,
+            file,
+            size,
+        })
     }
 
     /// Size in bytes.
@@ -76,7 +83,10 @@ impl SharedRegion {
         let at = self.check(offset, std::mem::size_of::<T>() as u64)?;
         self.slice()
             .read_obj(at)
-            .map_err(|_| ShmemError::OutOfBounds { offset, len: std::mem::size_of::<T>() as u64 })
+            .map_err(|_| ShmemError::OutOfBounds {
+                offset,
+                len: std::mem::size_of::<T>() as u64,
+            })
     }
 
     /// Copies a `T` into the region.
@@ -84,7 +94,10 @@ impl SharedRegion {
         let at = self.check(offset, std::mem::size_of::<T>() as u64)?;
         self.slice()
             .write_obj(val, at)
-            .map_err(|_| ShmemError::OutOfBounds { offset, len: std::mem::size_of::<T>() as u64 })
+            .map_err(|_| ShmemError::OutOfBounds {
+                offset,
+                len: std::mem::size_of::<T>() as u64,
+            })
     }
 
     /// Copies `buf.len()` bytes out of the region.
@@ -92,7 +105,10 @@ impl SharedRegion {
         let at = self.check(offset, buf.len() as u64)?;
         self.slice()
             .read_slice(buf, at)
-            .map_err(|_| ShmemError::OutOfBounds { offset, len: buf.len() as u64 })
+            .map_err(|_| ShmemError::OutOfBounds {
+                offset,
+                len: buf.len() as u64,
+            })
     }
 
     /// Copies `buf` into the region.
@@ -100,19 +116,26 @@ impl SharedRegion {
         let at = self.check(offset, buf.len() as u64)?;
         self.slice()
             .write_slice(buf, at)
-            .map_err(|_| ShmemError::OutOfBounds { offset, len: buf.len() as u64 })
+            .map_err(|_| ShmemError::OutOfBounds {
+                offset,
+                len: buf.len() as u64,
+            })
     }
 
     /// Atomic load of a `u32` (ring indices, state words).
     pub fn load_u32(&self, offset: u64, order: Ordering) -> Result<u32, ShmemError> {
         let at = self.check(offset, 4)?;
-        self.slice().load(at, order).map_err(|_| ShmemError::OutOfBounds { offset, len: 4 })
+        self.slice()
+            .load(at, order)
+            .map_err(|_| ShmemError::OutOfBounds { offset, len: 4 })
     }
 
     /// Atomic store of a `u32`.
     pub fn store_u32(&self, val: u32, offset: u64, order: Ordering) -> Result<(), ShmemError> {
         let at = self.check(offset, 4)?;
-        self.slice().store(val, at, order).map_err(|_| ShmemError::OutOfBounds { offset, len: 4 })
+        self.slice()
+            .store(val, at, order)
+            .map_err(|_| ShmemError::OutOfBounds { offset, len: 4 })
     }
 
     /// A copy of the header, taken once.
@@ -138,8 +161,14 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert!(matches!(SharedRegion::create("t", 3 << 20), Err(ShmemError::BadSize(_))));
-        assert!(matches!(SharedRegion::create("t", 1 << 20), Err(ShmemError::BadSize(_))));
+        assert!(matches!(
+            SharedRegion::create("t", 3 << 20),
+            Err(ShmemError::BadSize(_))
+        ));
+        assert!(matches!(
+            SharedRegion::create("t", 1 << 20),
+            Err(ShmemError::BadSize(_))
+        ));
     }
 
     #[test]
@@ -151,6 +180,9 @@ mod tests {
         assert!(r.write_slice(&buf, MIN_REGION_SIZE).is_err());
         assert!(r.load_u32(MIN_REGION_SIZE - 2, Ordering::Acquire).is_err());
         r.write_slice(&[1, 2, 3, 4], MIN_REGION_SIZE - 4).unwrap();
-        assert_eq!(r.load_u32(MIN_REGION_SIZE - 4, Ordering::Acquire).unwrap(), 0x04030201);
+        assert_eq!(
+            r.load_u32(MIN_REGION_SIZE - 4, Ordering::Acquire).unwrap(),
+            0x04030201
+        );
     }
 }

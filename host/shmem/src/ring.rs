@@ -2,8 +2,8 @@ use std::mem::{offset_of, size_of};
 use std::sync::atomic::Ordering;
 
 use vesper_shared_abi::{
-    slot_offset, MsgHeader, RingControl, REQ_RING_OFFSET, RING_SLOTS, RSP_FLAG, RSP_RING_OFFSET, SLOT_PAYLOAD_SIZE,
-    SLOT_SIZE,
+    slot_offset, MsgHeader, RingControl, REQ_RING_OFFSET, RING_SLOTS, RSP_FLAG, RSP_RING_OFFSET,
+    SLOT_PAYLOAD_SIZE, SLOT_SIZE,
 };
 use vm_memory::ByteValued;
 
@@ -23,7 +23,10 @@ pub struct Message {
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message").field("header", &self.header).field("payload_len", &self.payload.len()).finish()
+        f.debug_struct("Message")
+            .field("header", &self.header)
+            .field("payload_len", &self.payload.len())
+            .finish()
     }
 }
 
@@ -37,7 +40,11 @@ impl Message {
     pub fn payload_as<T: ByteValued + Default>(&self) -> Result<T, ShmemError> {
         let needed = size_of::<T>();
         if self.payload.len() < needed {
-            return Err(ShmemError::PayloadTooShort { kind: self.header.kind, len: self.header.len, needed });
+            return Err(ShmemError::PayloadTooShort {
+                kind: self.header.kind,
+                len: self.header.len,
+                needed,
+            });
         }
         let mut val = T::default();
         val.as_mut_slice().copy_from_slice(&self.payload[..needed]);
@@ -57,7 +64,10 @@ pub struct HostRings {
 impl HostRings {
     /// The host end of a fresh region (all indices zero).
     pub fn new() -> Self {
-        Self { req_consumer: 0, rsp_producer: 0 }
+        Self {
+            req_consumer: 0,
+            rsp_producer: 0,
+        }
     }
 
     /// Takes the next request, if any, copying its slot once.
@@ -68,13 +78,20 @@ impl HostRings {
             return Ok(None);
         }
         if pending > RING_SLOTS {
-            return Err(ShmemError::RingOverrun { producer, consumer: self.req_consumer });
+            return Err(ShmemError::RingOverrun {
+                producer,
+                consumer: self.req_consumer,
+            });
         }
         let mut slot = vec![0u8; SLOT_SIZE as usize];
         region.read_slice(&mut slot, slot_offset(REQ_RING_OFFSET, self.req_consumer))?;
         // The slot is consumed whatever it holds: a bad message must not wedge the ring.
         self.req_consumer = self.req_consumer.wrapping_add(1);
-        region.store_u32(self.req_consumer, REQ_RING_OFFSET + CONSUMER, Ordering::Release)?;
+        region.store_u32(
+            self.req_consumer,
+            REQ_RING_OFFSET + CONSUMER,
+            Ordering::Release,
+        )?;
 
         let mut header = MsgHeader::default();
         header.as_mut_slice().copy_from_slice(&slot[..HEADER_LEN]);
@@ -83,7 +100,10 @@ impl HostRings {
         }
         slot.truncate(HEADER_LEN + header.len as usize);
         slot.drain(..HEADER_LEN);
-        Ok(Some(Message { header, payload: slot }))
+        Ok(Some(Message {
+            header,
+            payload: slot,
+        }))
     }
 
     /// Answers `request` with `status` and `payload` (kind = request kind | RSP_FLAG).
@@ -95,12 +115,17 @@ impl HostRings {
         payload: &[u8],
     ) -> Result<(), ShmemError> {
         if payload.len() > SLOT_PAYLOAD_SIZE as usize {
-            return Err(ShmemError::PayloadTooLong { len: payload.len() as u32 });
+            return Err(ShmemError::PayloadTooLong {
+                len: payload.len() as u32,
+            });
         }
         let consumer = region.load_u32(RSP_RING_OFFSET + CONSUMER, Ordering::Acquire)?;
         let in_flight = self.rsp_producer.wrapping_sub(consumer);
         if in_flight > RING_SLOTS {
-            return Err(ShmemError::ConsumerAhead { producer: self.rsp_producer, consumer });
+            return Err(ShmemError::ConsumerAhead {
+                producer: self.rsp_producer,
+                consumer,
+            });
         }
         if in_flight == RING_SLOTS {
             return Err(ShmemError::ResponseRingFull);
@@ -117,7 +142,11 @@ impl HostRings {
         region.write_obj(header, at)?;
         region.write_slice(payload, at + HEADER_LEN as u64)?;
         self.rsp_producer = self.rsp_producer.wrapping_add(1);
-        region.store_u32(self.rsp_producer, RSP_RING_OFFSET + PRODUCER, Ordering::Release)?;
+        region.store_u32(
+            self.rsp_producer,
+            RSP_RING_OFFSET + PRODUCER,
+            Ordering::Release,
+        )?;
         Ok(())
     }
 }
@@ -135,12 +164,26 @@ pub mod guest_side {
     use super::*;
 
     /// Posts a request as the guest frontend would.
-    pub fn post_request(region: &SharedRegion, header: MsgHeader, payload: &[u8]) -> Result<(), ShmemError> {
+    pub fn post_request(
+        region: &SharedRegion,
+        header: MsgHeader,
+        payload: &[u8],
+    ) -> Result<(), ShmemError> {
         let producer = region.load_u32(REQ_RING_OFFSET + PRODUCER, Ordering::Acquire)?;
         let at = slot_offset(REQ_RING_OFFSET, producer);
-        region.write_obj(MsgHeader { len: payload.len() as u32, ..header }, at)?;
+        region.write_obj(
+            MsgHeader {
+                len: payload.len() as u32,
+                ..header
+            },
+            at,
+        )?;
         region.write_slice(payload, at + HEADER_LEN as u64)?;
-        region.store_u32(producer.wrapping_add(1), REQ_RING_OFFSET + PRODUCER, Ordering::Release)
+        region.store_u32(
+            producer.wrapping_add(1),
+            REQ_RING_OFFSET + PRODUCER,
+            Ordering::Release,
+        )
     }
 
     /// Takes the next response as the guest frontend would.
@@ -154,7 +197,11 @@ pub mod guest_side {
         let header: MsgHeader = region.read_obj(at)?;
         let mut payload = vec![0u8; header.len.min(SLOT_PAYLOAD_SIZE) as usize];
         region.read_slice(&mut payload, at + HEADER_LEN as u64)?;
-        region.store_u32(consumer.wrapping_add(1), RSP_RING_OFFSET + CONSUMER, Ordering::Release)?;
+        region.store_u32(
+            consumer.wrapping_add(1),
+            RSP_RING_OFFSET + CONSUMER,
+            Ordering::Release,
+        )?;
         Ok(Some(Message { header, payload }))
     }
 
@@ -175,7 +222,12 @@ mod tests {
     }
 
     fn req(id: u64) -> MsgHeader {
-        MsgHeader { kind: REQ_HELLO, id, generation: 1, ..Default::default() }
+        MsgHeader {
+            kind: REQ_HELLO,
+            id,
+            generation: 1,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -198,9 +250,15 @@ mod tests {
         for i in 0..RING_SLOTS {
             host.push_response(&r, &req(i as u64), -5, b"x").unwrap();
         }
-        assert!(matches!(host.push_response(&r, &req(99), 0, b""), Err(ShmemError::ResponseRingFull)));
+        assert!(matches!(
+            host.push_response(&r, &req(99), 0, b""),
+            Err(ShmemError::ResponseRingFull)
+        ));
         let m = take_response(&r).unwrap().unwrap();
-        assert_eq!((m.header.kind, m.header.id, m.header.status), (REQ_HELLO | RSP_FLAG, 0, -5));
+        assert_eq!(
+            (m.header.kind, m.header.id, m.header.status),
+            (REQ_HELLO | RSP_FLAG, 0, -5)
+        );
         host.push_response(&r, &req(99), 0, b"").unwrap();
     }
 
@@ -208,7 +266,12 @@ mod tests {
     fn a_producer_run_past_the_ring_is_misbehaviour() {
         let r = region();
         let mut host = HostRings::new();
-        r.store_u32(RING_SLOTS + 1, REQ_RING_OFFSET + PRODUCER, Ordering::Release).unwrap();
+        r.store_u32(
+            RING_SLOTS + 1,
+            REQ_RING_OFFSET + PRODUCER,
+            Ordering::Release,
+        )
+        .unwrap();
         let e = host.pop_request(&r).unwrap_err();
         assert!(matches!(e, ShmemError::RingOverrun { .. }) && e.is_guest_misbehaviour());
     }
@@ -218,8 +281,16 @@ mod tests {
         let r = region();
         let mut host = HostRings::new();
         post_request(&r, req(1), b"").unwrap();
-        scribble(&r, slot_offset(REQ_RING_OFFSET, 0) + 4, &u32::MAX.to_le_bytes()).unwrap();
-        assert!(matches!(host.pop_request(&r), Err(ShmemError::PayloadTooLong { .. })));
+        scribble(
+            &r,
+            slot_offset(REQ_RING_OFFSET, 0) + 4,
+            &u32::MAX.to_le_bytes(),
+        )
+        .unwrap();
+        assert!(matches!(
+            host.pop_request(&r),
+            Err(ShmemError::PayloadTooLong { .. })
+        ));
         assert!(host.pop_request(&r).unwrap().is_none());
     }
 
@@ -227,8 +298,12 @@ mod tests {
     fn a_consumer_ahead_of_the_producer_is_misbehaviour() {
         let r = region();
         let mut host = HostRings::new();
-        r.store_u32(7, RSP_RING_OFFSET + CONSUMER, Ordering::Release).unwrap();
-        assert!(matches!(host.push_response(&r, &req(1), 0, b""), Err(ShmemError::ConsumerAhead { .. })));
+        r.store_u32(7, RSP_RING_OFFSET + CONSUMER, Ordering::Release)
+            .unwrap();
+        assert!(matches!(
+            host.push_response(&r, &req(1), 0, b""),
+            Err(ShmemError::ConsumerAhead { .. })
+        ));
     }
 
     #[test]
@@ -237,6 +312,9 @@ mod tests {
         let mut host = HostRings::new();
         post_request(&r, req(1), &[1, 2, 3]).unwrap();
         let m = host.pop_request(&r).unwrap().unwrap();
-        assert!(matches!(m.payload_as::<u64>(), Err(ShmemError::PayloadTooShort { .. })));
+        assert!(matches!(
+            m.payload_as::<u64>(),
+            Err(ShmemError::PayloadTooShort { .. })
+        ));
     }
 }

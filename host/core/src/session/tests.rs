@@ -14,19 +14,32 @@ struct Guest {
 
 impl Guest {
     fn new() -> Self {
-        Self { region: SharedRegion::create("session-test", MIN_REGION_SIZE).unwrap(), next_id: 1, generation: GEN }
+        Self {
+            region: SharedRegion::create("session-test", MIN_REGION_SIZE).unwrap(),
+            next_id: 1,
+            generation: GEN,
+        }
     }
 
     fn post<T: ByteValued>(&mut self, kind: u32, payload: &T) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let h = MsgHeader { kind, id, generation: self.generation, ..Default::default() };
+        let h = MsgHeader {
+            kind,
+            id,
+            generation: self.generation,
+            ..Default::default()
+        };
         post_request(&self.region, h, payload.as_slice()).unwrap();
         id
     }
 
     fn hello(&mut self) -> u64 {
-        let mut h = HelloRequest { nr_cpus: 2, region_size: MIN_REGION_SIZE, ..Default::default() };
+        let mut h = HelloRequest {
+            nr_cpus: 2,
+            region_size: MIN_REGION_SIZE,
+            ..Default::default()
+        };
         fill_c_str(&mut h.kernel_release, b"6.1.0-test");
         fill_c_str(&mut h.vermagic, b"6.1.0-test SMP mod_unload ");
         self.post(REQ_HELLO, &h)
@@ -37,8 +50,18 @@ impl Guest {
     }
 
     fn grant(&self, grant_ref: u32, offset: u64, len: u32, access: u32, owner: u32) {
-        let e = GrantEntry { offset, len, access, owner, generation: self.generation, state: GRANT_STATE_ACTIVE, reserved: 0 };
-        self.region.write_obj(e, grant_entry_offset(grant_ref).unwrap()).unwrap();
+        let e = GrantEntry {
+            offset,
+            len,
+            access,
+            owner,
+            generation: self.generation,
+            state: GRANT_STATE_ACTIVE,
+            reserved: 0,
+        };
+        self.region
+            .write_obj(e, grant_entry_offset(grant_ref).unwrap())
+            .unwrap();
     }
 
     fn response(&self) -> Message {
@@ -46,7 +69,14 @@ impl Guest {
     }
 
     fn complete(&mut self, command_id: u64, op: u32, error: i32, stage: u32, log: &str) -> u64 {
-        let mut c = CompletionRequest { command_id, op, error, stage, data_grant: GRANT_REF_NONE, ..Default::default() };
+        let mut c = CompletionRequest {
+            command_id,
+            op,
+            error,
+            stage,
+            data_grant: GRANT_REF_NONE,
+            ..Default::default()
+        };
         c.log[..log.len()].copy_from_slice(log.as_bytes());
         c.log_len = log.len() as u32;
         self.post(REQ_COMPLETION, &c)
@@ -54,7 +84,10 @@ impl Guest {
 }
 
 fn cfg() -> SessionConfig {
-    SessionConfig { max_chunk: 4096, ..Default::default() }
+    SessionConfig {
+        max_chunk: 4096,
+        ..Default::default()
+    }
 }
 
 fn up(s: &mut Session, g: &mut Guest, now: Instant) {
@@ -62,7 +95,13 @@ fn up(s: &mut Session, g: &mut Guest, now: Instant) {
     g.wait();
     let out = s.poll(&g.region, now);
     assert!(out.notify);
-    assert!(matches!(out.events[0], SessionEvent::GuestUp { restarted: false, .. }));
+    assert!(matches!(
+        out.events[0],
+        SessionEvent::GuestUp {
+            restarted: false,
+            ..
+        }
+    ));
     let r = g.response();
     assert_eq!(r.header.kind, REQ_HELLO | RSP_FLAG);
     let hello: HelloResponse = r.payload_as().unwrap();
@@ -87,7 +126,12 @@ fn guest_fetches(s: &mut Session, g: &mut Guest, now: Instant) -> (u64, Vec<u8>)
     let mut image = Vec::new();
     while (image.len() as u64) < cmd.image_size {
         g.grant(0, STAGING, 4096, GRANT_WRITE, GRANT_OWNER_STAGING);
-        let req = FetchChunkRequest { command_id: cmd.command_id, offset: image.len() as u64, grant_ref: 0, reserved: 0 };
+        let req = FetchChunkRequest {
+            command_id: cmd.command_id,
+            offset: image.len() as u64,
+            grant_ref: 0,
+            reserved: 0,
+        };
         g.post(REQ_FETCH_CHUNK, &req);
         assert!(s.poll(&g.region, now).notify);
         let r = g.response();
@@ -108,7 +152,14 @@ fn a_load_streams_the_image_through_granted_pages_and_completes() {
     let (mut s, mut g) = (Session::new(cfg()), Guest::new());
     up(&mut s, &mut g, now);
     let image: Arc<[u8]> = (0..10_000u32).map(|i| i as u8).collect::<Vec<_>>().into();
-    let id = s.submit(Command::Load { name: "probe".into(), image: image.clone(), params: "a=1".into() }, now);
+    let id = s.submit(
+        Command::Load {
+            name: "probe".into(),
+            image: image.clone(),
+            params: "a=1".into(),
+        },
+        now,
+    );
     assert!(s.poll(&g.region, now).notify);
     let (cid, got) = guest_fetches(&mut s, &mut g, now);
     assert_eq!(cid, id);
@@ -116,7 +167,13 @@ fn a_load_streams_the_image_through_granted_pages_and_completes() {
     g.complete(cid, OP_LOAD, 0, STAGE_DONE, "");
     g.wait();
     let r = done(s.poll(&g.region, now)).unwrap();
-    assert_eq!(r, Reply::Loaded { name: "probe".into(), bytes: 10_000 });
+    assert_eq!(
+        r,
+        Reply::Loaded {
+            name: "probe".into(),
+            bytes: 10_000
+        }
+    );
 }
 
 #[test]
@@ -124,14 +181,30 @@ fn init_failures_carry_errno_and_the_kernel_log() {
     let now = Instant::now();
     let (mut s, mut g) = (Session::new(cfg()), Guest::new());
     up(&mut s, &mut g, now);
-    s.submit(Command::Load { name: "bad".into(), image: vec![1u8; 10].into(), params: String::new() }, now);
+    s.submit(
+        Command::Load {
+            name: "bad".into(),
+            image: vec![1u8; 10].into(),
+            params: String::new(),
+        },
+        now,
+    );
     s.poll(&g.region, now);
     let (cid, _) = guest_fetches(&mut s, &mut g, now);
-    g.complete(cid, OP_LOAD, -19, STAGE_INIT_MODULE, "bad: refusing to load");
+    g.complete(
+        cid,
+        OP_LOAD,
+        -19,
+        STAGE_INIT_MODULE,
+        "bad: refusing to load",
+    );
     let e = done(s.poll(&g.region, now)).unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, CommandError::InitFailed { errno: -19, .. }));
-    assert!(text.contains("ENODEV") && text.contains("bad: refusing to load"), "{text}");
+    assert!(
+        text.contains("ENODEV") && text.contains("bad: refusing to load"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -140,7 +213,13 @@ fn guest_errnos_map_to_operator_errors() {
     let (mut s, mut g) = (Session::new(cfg()), Guest::new());
     up(&mut s, &mut g, now);
     for (errno, check) in [(-2, "not loaded"), (-11, "in use")] {
-        s.submit(Command::Unload { name: "x".into(), force: false }, now);
+        s.submit(
+            Command::Unload {
+                name: "x".into(),
+                force: false,
+            },
+            now,
+        );
         s.poll(&g.region, now);
         let cmd: CommandResponse = g.response().payload_as().unwrap();
         assert_eq!(c_str_bytes(&cmd.name), b"x");
@@ -157,20 +236,49 @@ fn a_guest_that_goes_silent_mid_transfer_times_out_and_late_fetches_are_cancelle
     let now = Instant::now();
     let (mut s, mut g) = (Session::new(cfg()), Guest::new());
     up(&mut s, &mut g, now);
-    s.submit(Command::Load { name: "p".into(), image: vec![9u8; 9000].into(), params: String::new() }, now);
+    s.submit(
+        Command::Load {
+            name: "p".into(),
+            image: vec![9u8; 9000].into(),
+            params: String::new(),
+        },
+        now,
+    );
     s.poll(&g.region, now);
     let cmd: CommandResponse = g.response().payload_as().unwrap();
     g.grant(0, STAGING, 4096, GRANT_WRITE, GRANT_OWNER_STAGING);
-    g.post(REQ_FETCH_CHUNK, &FetchChunkRequest { command_id: cmd.command_id, offset: 0, grant_ref: 0, reserved: 0 });
+    g.post(
+        REQ_FETCH_CHUNK,
+        &FetchChunkRequest {
+            command_id: cmd.command_id,
+            offset: 0,
+            grant_ref: 0,
+            reserved: 0,
+        },
+    );
     s.poll(&g.region, now);
     g.response();
     // The guest stops answering.
     let later = now + Duration::from_secs(11);
     assert!(s.next_deadline().unwrap() <= later);
     let e = done(s.poll(&g.region, later)).unwrap_err();
-    assert!(matches!(e, CommandError::Timeout { stage: "transfer", .. }));
+    assert!(matches!(
+        e,
+        CommandError::Timeout {
+            stage: "transfer",
+            ..
+        }
+    ));
     // It wakes up and asks for the next chunk: the host refuses, the guest gives up.
-    g.post(REQ_FETCH_CHUNK, &FetchChunkRequest { command_id: cmd.command_id, offset: 4096, grant_ref: 0, reserved: 0 });
+    g.post(
+        REQ_FETCH_CHUNK,
+        &FetchChunkRequest {
+            command_id: cmd.command_id,
+            offset: 4096,
+            grant_ref: 0,
+            reserved: 0,
+        },
+    );
     let out = s.poll(&g.region, later);
     assert!(matches!(out.events[0], SessionEvent::LateStep { .. }));
     assert_eq!(g.response().header.status, -ECANCELED);
@@ -194,19 +302,37 @@ fn bad_grants_fail_the_command_and_the_host_writes_nothing() {
     let now = Instant::now();
     let (mut s, mut g) = (Session::new(cfg()), Guest::new());
     up(&mut s, &mut g, now);
-    s.submit(Command::Load { name: "p".into(), image: vec![0xAB; 100].into(), params: String::new() }, now);
+    s.submit(
+        Command::Load {
+            name: "p".into(),
+            image: vec![0xAB; 100].into(),
+            params: String::new(),
+        },
+        now,
+    );
     s.poll(&g.region, now);
     let cmd: CommandResponse = g.response().payload_as().unwrap();
     // A grant pointing at the ring area, read-only, and owned by someone else.
     g.grant(3, REQ_RING_OFFSET, 4096, GRANT_WRITE, GRANT_OWNER_STAGING);
-    g.post(REQ_FETCH_CHUNK, &FetchChunkRequest { command_id: cmd.command_id, offset: 0, grant_ref: 3, reserved: 0 });
+    g.post(
+        REQ_FETCH_CHUNK,
+        &FetchChunkRequest {
+            command_id: cmd.command_id,
+            offset: 0,
+            grant_ref: 3,
+            reserved: 0,
+        },
+    );
     let before = {
         let mut b = vec![0u8; 4096];
         g.region.read_slice(&mut b, REQ_RING_OFFSET).unwrap();
         b
     };
     let e = done(s.poll(&g.region, now)).unwrap_err();
-    assert!(matches!(e, CommandError::Misbehaving(ShmemError::GrantRange { .. })), "{e}");
+    assert!(
+        matches!(e, CommandError::Misbehaving(ShmemError::GrantRange { .. })),
+        "{e}"
+    );
     assert_eq!(g.response().header.status, -EINVAL);
     let mut after = vec![0u8; 4096];
     g.region.read_slice(&mut after, REQ_RING_OFFSET).unwrap();
@@ -223,14 +349,28 @@ fn module_lists_are_read_from_the_granted_range() {
     s.submit(Command::List, now);
     s.poll(&g.region, now);
     let cmd: CommandResponse = g.response().payload_as().unwrap();
-    let mut e = ModuleEntry { size: 16384, refcount: 0, state: 0, flags: MODULE_FLAG_PUSHED, ..Default::default() };
+    let mut e = ModuleEntry {
+        size: 16384,
+        refcount: 0,
+        state: 0,
+        flags: MODULE_FLAG_PUSHED,
+        ..Default::default()
+    };
     fill_c_str(&mut e.name, b"vesper_exit_probe");
     g.region.write_obj(e, STAGING).unwrap();
     g.grant(5, STAGING, 4096, GRANT_READ, GRANT_OWNER_MODLIST);
-    let mut c = CompletionRequest { command_id: cmd.command_id, op: OP_LIST, data_grant: 5, data_len: 88, ..Default::default() };
+    let mut c = CompletionRequest {
+        command_id: cmd.command_id,
+        op: OP_LIST,
+        data_grant: 5,
+        data_len: 88,
+        ..Default::default()
+    };
     g.post(REQ_COMPLETION, &c);
     let r = done(s.poll(&g.region, now)).unwrap();
-    let Reply::Modules(m) = r else { panic!("{r:?}") };
+    let Reply::Modules(m) = r else {
+        panic!("{r:?}")
+    };
     assert_eq!(m[0].name, "vesper_exit_probe");
     assert!(m[0].pushed && !m[0].frontend);
     // A list length that is not a whole number of entries is refused.
@@ -242,7 +382,10 @@ fn module_lists_are_read_from_the_granted_range() {
     c.command_id = cmd.command_id;
     c.data_len = 87;
     g.post(REQ_COMPLETION, &c);
-    assert!(matches!(done(s.poll(&g.region, now)), Err(CommandError::BadGuestData(_))));
+    assert!(matches!(
+        done(s.poll(&g.region, now)),
+        Err(CommandError::BadGuestData(_))
+    ));
 }
 
 #[test]
@@ -257,8 +400,20 @@ fn a_restarted_guest_fails_the_active_command_and_keeps_the_queue() {
     g.generation += 1;
     g.hello();
     let out = s.poll(&g.region, now);
-    assert!(out.events.iter().any(|e| matches!(e, SessionEvent::Done { result: Err(CommandError::GuestRestarted), .. })));
-    assert!(out.events.iter().any(|e| matches!(e, SessionEvent::GuestUp { restarted: true, .. })));
+    assert!(out.events.iter().any(|e| matches!(
+        e,
+        SessionEvent::Done {
+            result: Err(CommandError::GuestRestarted),
+            ..
+        }
+    )));
+    assert!(out.events.iter().any(|e| matches!(
+        e,
+        SessionEvent::GuestUp {
+            restarted: true,
+            ..
+        }
+    )));
     g.response();
     g.wait();
     s.poll(&g.region, now);
