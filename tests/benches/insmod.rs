@@ -28,12 +28,25 @@ struct Stats {
 fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(f64::total_cmp);
     let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    Stats { median: pick(0.5), p90: pick(0.9), mean: v.iter().sum::<f64>() / v.len() as f64, min: v[0] }
+    Stats {
+        median: pick(0.5),
+        p90: pick(0.9),
+        mean: v.iter().sum::<f64>() / v.len() as f64,
+        min: v[0],
+    }
 }
 
 fn main() {
     let d = Daemon::start(&[]);
-    let vm = d.vm_start_with("bench", &["--mode", "bench", "--append", &format!("vesper.bench_n={}", N + WARMUP)]);
+    let vm = d.vm_start_with(
+        "bench",
+        &[
+            "--mode",
+            "bench",
+            "--append",
+            &format!("vesper.bench_n={}", N + WARMUP),
+        ],
+    );
     let accel_used = format!("{} ({})", vm["accel"]["accel"], vm["accel"]["reason"]);
     let console = d.wait_console("bench", "vesper-init: bench done", Duration::from_secs(300));
     let parse = |key: &str| -> Vec<f64> {
@@ -55,14 +68,26 @@ fn main() {
     let mut reported = Vec::new();
     for i in 0..N + WARMUP {
         let t = Instant::now();
-        let r = call(&d.socket, &Request::insmod("bench", "vesper_bench_100k.ko", &image, vec![]), Duration::from_secs(60))
-            .expect("daemon")
-            .expect("insmod");
+        let r = call(
+            &d.socket,
+            &Request::insmod("bench", "vesper_bench_100k.ko", &image, vec![]),
+            Duration::from_secs(60),
+        )
+        .expect("daemon")
+        .expect("insmod");
         let load = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        call(&d.socket, &Request::Rmmod { guest: "bench".into(), name: "vesper_bench_100k".into(), force: false }, Duration::from_secs(60))
-            .expect("daemon")
-            .expect("rmmod");
+        call(
+            &d.socket,
+            &Request::Rmmod {
+                guest: "bench".into(),
+                name: "vesper_bench_100k".into(),
+                force: false,
+            },
+            Duration::from_secs(60),
+        )
+        .expect("daemon")
+        .expect("rmmod");
         let unload = t.elapsed().as_secs_f64() * 1e3;
         if i >= WARMUP {
             host_load.push(load);
@@ -72,14 +97,32 @@ fn main() {
             }
         }
     }
-    let (gl, hl, gu, hu, dl) = (stats(guest_load), stats(host_load), stats(guest_unload), stats(host_unload), stats(reported));
+    let (gl, hl, gu, hu, dl) = (
+        stats(guest_load),
+        stats(host_load),
+        stats(guest_unload),
+        stats(host_unload),
+        stats(reported),
+    );
 
-    println!("\nvesper insmod vs in-guest insmod — {} ({} bytes), {N} cycles after {WARMUP} warm-up", path, image.len());
+    println!(
+        "\nvesper insmod vs in-guest insmod — {} ({} bytes), {N} cycles after {WARMUP} warm-up",
+        path,
+        image.len()
+    );
     println!("guest kernel {}, accel {accel_used}", kit().release);
-    println!("{:<34} {:>12} {:>12} {:>12} {:>12} {:>8}", "ms", "median", "p90", "mean", "min", "ratio");
+    println!(
+        "{:<34} {:>12} {:>12} {:>12} {:>12} {:>8}",
+        "ms", "median", "p90", "mean", "min", "ratio"
+    );
     let row = |name: &str, s: &Stats, base: Option<&Stats>| {
-        let ratio = base.map(|b| format!("{:.2}x", s.median / b.median)).unwrap_or_else(|| "1.00x".into());
-        println!("{name:<34} {:>12.2} {:>12.2} {:>12.2} {:>12.2} {:>8}", s.median, s.p90, s.mean, s.min, ratio);
+        let ratio = base
+            .map(|b| format!("{:.2}x", s.median / b.median))
+            .unwrap_or_else(|| "1.00x".into());
+        println!(
+            "{name:<34} {:>12.2} {:>12.2} {:>12.2} {:>12.2} {:>8}",
+            s.median, s.p90, s.mean, s.min, ratio
+        );
     };
     row("in-guest insmod (baseline)", &gl, None);
     row("vesper insmod (client round trip)", &hl, Some(&gl));
@@ -92,5 +135,13 @@ fn main() {
         gl.median,
         if transport < gl.median { "adds less than" } else { "adds MORE than" }
     );
-    println!("target: vesper insmod <= 2x in-guest insmod -> {:.2}x {}", hl.median / gl.median, if hl.median <= 2.0 * gl.median { "MET" } else { "NOT MET" });
+    println!(
+        "target: vesper insmod <= 2x in-guest insmod -> {:.2}x {}",
+        hl.median / gl.median,
+        if hl.median <= 2.0 * gl.median {
+            "MET"
+        } else {
+            "NOT MET"
+        }
+    );
 }
