@@ -15,9 +15,15 @@
 
 static atomic_long_t vesper_exit_hits = ATOMIC_LONG_INIT(0);
 
+static bool quiet;
+module_param(quiet, bool, 0444);
+MODULE_PARM_DESC(quiet, "count exits without logging each one");
+
 static int vesper_exit_pre(struct kprobe *p, struct pt_regs *regs)
 {
 	atomic_long_inc(&vesper_exit_hits);
+	if (quiet)
+		return 0;
 	pr_info_ratelimited("vesper_exit_probe: exit comm=%s pid=%d code=%ld\n",
 			    current->comm, task_pid_nr(current), (long)regs->di);
 	return 0;
@@ -69,8 +75,8 @@ static int __init vesper_exit_init(void)
 		       hits);
 		return -EIO;
 	}
-	pr_info("vesper_exit_probe: kprobe on do_exit live at %pS (self-check hits=%lu)\n",
-		vesper_exit_kp.addr, (unsigned long)hits);
+	pr_info("vesper_exit_probe: kprobe on do_exit live at %pS (self-check hits=%lu, quiet=%d)\n",
+		vesper_exit_kp.addr, (unsigned long)hits, quiet);
 	return 0;
 }
 

@@ -201,6 +201,17 @@ fn each_bad_input_gets_its_own_error_and_the_guest_keeps_working() {
     expect(&["rmmod", "vm1", "vesper_exit_probe"], 1, "not loaded");
     expect(&["rmmod", "vm1", "no_such_module"], 1, "not loaded");
 
+    // Parameters reach the module; a value the module rejects fails its load cleanly.
+    let bad_value = d.cli(&["insmod", "vm1", &probe_path, "quiet=maybe"]);
+    assert_eq!(bad_value.code, 1, "{bad_value:?}");
+    assert!(
+        bad_value.stderr.contains("EINVAL") && bad_value.stderr.contains("quiet"),
+        "{bad_value:?}"
+    );
+    d.cli(&["insmod", "vm1", &probe_path, "quiet=1"]).ok();
+    assert!(d.cli(&["dmesg", "vm1"]).ok().stdout.contains("quiet=1)"));
+    d.cli(&["rmmod", "vm1", "vesper_exit_probe"]).ok();
+
     // After all of that the guest still loads and unloads.
     d.cli(&["insmod", "vm1", &probe_path]).ok();
     d.cli(&["rmmod", "vm1", "vesper_exit_probe"]).ok();
