@@ -76,6 +76,10 @@
 #define VESPER_REQ_FETCH_CHUNK 0x3U
 /* Request: a command finished ([`CompletionRequest`]). */
 #define VESPER_REQ_COMPLETION 0x4U
+/* Request: a relay channel was opened; the host builds its view ([`RelayOpenRequest`]). */
+#define VESPER_REQ_RELAY_OPEN 0x5U
+/* Request: a relay channel is closing; the host drops its view ([`RelayCloseRequest`]). */
+#define VESPER_REQ_RELAY_CLOSE 0x6U
 /* Bit set in a response's kind: response kind = request kind | this. */
 #define VESPER_RSP_FLAG 0x80U
 /* Command: load the module image that follows. */
@@ -106,6 +110,41 @@
 #define VESPER_MODULE_FLAG_PUSHED 0x1U
 /* Module entry flag: this module is the Vesper frontend itself. */
 #define VESPER_MODULE_FLAG_FRONTEND 0x2U
+/* Doorbell vector for control-ring requests. */
+#define VESPER_VECTOR_CONTROL 0x0U
+/* Doorbell vector for relay index updates (sub-buffer switches, urgent records). */
+#define VESPER_VECTOR_RELAY 0x1U
+/* Most CPUs a relay channel spans. */
+#define VESPER_RELAY_MAX_CPUS 0x40U
+/* Smallest sub-buffer. */
+#define VESPER_RELAY_MIN_SUBBUF_SIZE 0x1000U
+/* Largest sub-buffer. */
+#define VESPER_RELAY_MAX_SUBBUF_SIZE 0x100000U
+/* Most sub-buffers per CPU buffer. */
+#define VESPER_RELAY_MAX_SUBBUFS 0x100U
+/* Size of a channel or module name field, NUL included. */
+#define VESPER_RELAY_NAME_LEN 0x40U
+/* Channel flag: overwrite the oldest sub-buffer when full (flight recorder);
+ * without it the writer drops new records when every sub-buffer is unconsumed. */
+#define VESPER_RELAY_FLAG_OVERWRITE 0x1U
+/* Record flag: notify the host at once instead of at the next sub-buffer switch. */
+#define VESPER_RECORD_FLAG_URGENT 0x1U
+/* Records start at multiples of this. */
+#define VESPER_RECORD_ALIGN 0x8U
+/* Record type: raw bytes (no decoder). */
+#define VESPER_RECORD_RAW 0x0U
+/* Record type: [`PanicRecord`]. */
+#define VESPER_RECORD_PANIC 0x1U
+/* Record type: [`ExitRecord`]. */
+#define VESPER_RECORD_EXIT 0x2U
+/* Record type: [`OomRecord`]. */
+#define VESPER_RECORD_OOM 0x3U
+/* Record type: [`StressRecord`] (test fixture). */
+#define VESPER_RECORD_STRESS 0x4U
+/* Size of the text field of a panic record. */
+#define VESPER_PANIC_MSG_LEN 0x100U
+/* Size of a task command name field (`TASK_COMM_LEN` is 16). */
+#define VESPER_COMM_LEN 0x10U
 /* Size of the kernel-release field (utsname is 65). */
 #define VESPER_KERNEL_RELEASE_LEN 0x80U
 /* Size of the vermagic field. */
@@ -303,5 +342,142 @@ _Static_assert(offsetof(struct vesper_module_entry, refcount) == 72, "vesper_mod
 _Static_assert(offsetof(struct vesper_module_entry, state) == 76, "vesper_module_entry.state");
 _Static_assert(offsetof(struct vesper_module_entry, flags) == 80, "vesper_module_entry.flags");
 _Static_assert(offsetof(struct vesper_module_entry, reserved) == 84, "vesper_module_entry.reserved");
+
+/* Payload of `REQ_RELAY_OPEN`. The guest has granted, read-only, the channel's
+ * control area (`control_grant`: `n_cpus` × [`RelayBufControl`] then `n_cpus` ×
+ * `n_subbufs` × `u32` padding) and each CPU's buffer (`buffer_grants[cpu]`, `n_subbufs`
+ * × `subbuf_size` bytes), and, writable, the consumer area (`consumer_grant`:
+ * `n_cpus` × [`RelayConsumer`]). */
+struct vesper_relay_open_request {
+	uint32_t channel_id;
+	uint32_t flags;
+	uint32_t subbuf_size;
+	uint32_t n_subbufs;
+	uint32_t n_cpus;
+	uint32_t control_grant;
+	uint32_t consumer_grant;
+	uint32_t reserved;
+	uint8_t module[64];
+	uint8_t name[64];
+	uint32_t buffer_grants[64];
+};
+_Static_assert(sizeof(struct vesper_relay_open_request) == 416, "vesper_relay_open_request size");
+_Static_assert(offsetof(struct vesper_relay_open_request, channel_id) == 0, "vesper_relay_open_request.channel_id");
+_Static_assert(offsetof(struct vesper_relay_open_request, flags) == 4, "vesper_relay_open_request.flags");
+_Static_assert(offsetof(struct vesper_relay_open_request, subbuf_size) == 8, "vesper_relay_open_request.subbuf_size");
+_Static_assert(offsetof(struct vesper_relay_open_request, n_subbufs) == 12, "vesper_relay_open_request.n_subbufs");
+_Static_assert(offsetof(struct vesper_relay_open_request, n_cpus) == 16, "vesper_relay_open_request.n_cpus");
+_Static_assert(offsetof(struct vesper_relay_open_request, control_grant) == 20, "vesper_relay_open_request.control_grant");
+_Static_assert(offsetof(struct vesper_relay_open_request, consumer_grant) == 24, "vesper_relay_open_request.consumer_grant");
+_Static_assert(offsetof(struct vesper_relay_open_request, reserved) == 28, "vesper_relay_open_request.reserved");
+_Static_assert(offsetof(struct vesper_relay_open_request, module) == 32, "vesper_relay_open_request.module");
+_Static_assert(offsetof(struct vesper_relay_open_request, name) == 96, "vesper_relay_open_request.name");
+_Static_assert(offsetof(struct vesper_relay_open_request, buffer_grants) == 160, "vesper_relay_open_request.buffer_grants");
+
+/* Payload of `REQ_RELAY_CLOSE`. */
+struct vesper_relay_close_request {
+	uint32_t channel_id;
+	uint32_t reserved;
+};
+_Static_assert(sizeof(struct vesper_relay_close_request) == 8, "vesper_relay_close_request size");
+_Static_assert(offsetof(struct vesper_relay_close_request, channel_id) == 0, "vesper_relay_close_request.channel_id");
+_Static_assert(offsetof(struct vesper_relay_close_request, reserved) == 4, "vesper_relay_close_request.reserved");
+
+/* Writer state of one CPU buffer, guest-written. `position` packs the produced
+ * sub-buffer count (high 32 bits, free-running) and the committed bytes of the
+ * current sub-buffer (low 32 bits) so the host reads both in one atomic load. */
+struct vesper_relay_buf_control {
+	uint64_t position;
+	uint64_t dropped;
+	uint64_t written;
+	uint64_t reserved[5];
+};
+_Static_assert(sizeof(struct vesper_relay_buf_control) == 64, "vesper_relay_buf_control size");
+_Static_assert(offsetof(struct vesper_relay_buf_control, position) == 0, "vesper_relay_buf_control.position");
+_Static_assert(offsetof(struct vesper_relay_buf_control, dropped) == 8, "vesper_relay_buf_control.dropped");
+_Static_assert(offsetof(struct vesper_relay_buf_control, written) == 16, "vesper_relay_buf_control.written");
+_Static_assert(offsetof(struct vesper_relay_buf_control, reserved) == 24, "vesper_relay_buf_control.reserved");
+
+/* Reader state of one CPU buffer, host-written (through the consumer grant). */
+struct vesper_relay_consumer {
+	uint32_t consumed;
+	uint32_t reserved[15];
+};
+_Static_assert(sizeof(struct vesper_relay_consumer) == 64, "vesper_relay_consumer size");
+_Static_assert(offsetof(struct vesper_relay_consumer, consumed) == 0, "vesper_relay_consumer.consumed");
+_Static_assert(offsetof(struct vesper_relay_consumer, reserved) == 4, "vesper_relay_consumer.reserved");
+
+/* Header of every relay record. */
+struct vesper_record_header {
+	uint32_t len;
+	uint16_t rtype;
+	uint16_t flags;
+	uint64_t seq;
+	uint64_t timestamp_ns;
+};
+_Static_assert(sizeof(struct vesper_record_header) == 24, "vesper_record_header size");
+_Static_assert(offsetof(struct vesper_record_header, len) == 0, "vesper_record_header.len");
+_Static_assert(offsetof(struct vesper_record_header, rtype) == 4, "vesper_record_header.rtype");
+_Static_assert(offsetof(struct vesper_record_header, flags) == 6, "vesper_record_header.flags");
+_Static_assert(offsetof(struct vesper_record_header, seq) == 8, "vesper_record_header.seq");
+_Static_assert(offsetof(struct vesper_record_header, timestamp_ns) == 16, "vesper_record_header.timestamp_ns");
+
+/* `RECORD_PANIC` payload: written from the panic path. */
+struct vesper_panic_record {
+	uint32_t cpu;
+	int32_t pid;
+	uint8_t message[256];
+};
+_Static_assert(sizeof(struct vesper_panic_record) == 264, "vesper_panic_record size");
+_Static_assert(offsetof(struct vesper_panic_record, cpu) == 0, "vesper_panic_record.cpu");
+_Static_assert(offsetof(struct vesper_panic_record, pid) == 4, "vesper_panic_record.pid");
+_Static_assert(offsetof(struct vesper_panic_record, message) == 8, "vesper_panic_record.message");
+
+/* `RECORD_EXIT` payload: a watched task exited. */
+struct vesper_exit_record {
+	int32_t pid;
+	int32_t tid;
+	int32_t exit_code;
+	int32_t signal;
+	int32_t status;
+	uint32_t reserved;
+	uint8_t comm[16];
+};
+_Static_assert(sizeof(struct vesper_exit_record) == 40, "vesper_exit_record size");
+_Static_assert(offsetof(struct vesper_exit_record, pid) == 0, "vesper_exit_record.pid");
+_Static_assert(offsetof(struct vesper_exit_record, tid) == 4, "vesper_exit_record.tid");
+_Static_assert(offsetof(struct vesper_exit_record, exit_code) == 8, "vesper_exit_record.exit_code");
+_Static_assert(offsetof(struct vesper_exit_record, signal) == 12, "vesper_exit_record.signal");
+_Static_assert(offsetof(struct vesper_exit_record, status) == 16, "vesper_exit_record.status");
+_Static_assert(offsetof(struct vesper_exit_record, reserved) == 20, "vesper_exit_record.reserved");
+_Static_assert(offsetof(struct vesper_exit_record, comm) == 24, "vesper_exit_record.comm");
+
+/* `RECORD_OOM` payload: the OOM killer's victim. */
+struct vesper_oom_record {
+	int32_t pid;
+	int32_t oom_score_adj;
+	uint64_t total_vm_kb;
+	uint64_t anon_rss_kb;
+	uint64_t file_rss_kb;
+	uint8_t comm[16];
+};
+_Static_assert(sizeof(struct vesper_oom_record) == 48, "vesper_oom_record size");
+_Static_assert(offsetof(struct vesper_oom_record, pid) == 0, "vesper_oom_record.pid");
+_Static_assert(offsetof(struct vesper_oom_record, oom_score_adj) == 4, "vesper_oom_record.oom_score_adj");
+_Static_assert(offsetof(struct vesper_oom_record, total_vm_kb) == 8, "vesper_oom_record.total_vm_kb");
+_Static_assert(offsetof(struct vesper_oom_record, anon_rss_kb) == 16, "vesper_oom_record.anon_rss_kb");
+_Static_assert(offsetof(struct vesper_oom_record, file_rss_kb) == 24, "vesper_oom_record.file_rss_kb");
+_Static_assert(offsetof(struct vesper_oom_record, comm) == 32, "vesper_oom_record.comm");
+
+/* `RECORD_STRESS` payload (test fixture): the n-th of a run of records. */
+struct vesper_stress_record {
+	uint64_t index;
+	uint64_t total;
+	uint64_t filler[3];
+};
+_Static_assert(sizeof(struct vesper_stress_record) == 40, "vesper_stress_record size");
+_Static_assert(offsetof(struct vesper_stress_record, index) == 0, "vesper_stress_record.index");
+_Static_assert(offsetof(struct vesper_stress_record, total) == 8, "vesper_stress_record.total");
+_Static_assert(offsetof(struct vesper_stress_record, filler) == 16, "vesper_stress_record.filler");
 
 #endif /* VESPER_ABI_H */

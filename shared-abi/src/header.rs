@@ -27,14 +27,14 @@ pub fn c_header() -> String {
         };
         out.push_str(&format!(
             "/* {} */\n#define VESPER_{} 0x{:x}{}\n",
-            doc.trim(),
+            c_comment(doc),
             name,
             value,
             suffix
         ));
     }
     for (c_name, doc, fields, size) in ALL_STRUCTS {
-        out.push_str(&format!("\n/* {} */\nstruct {} {{\n", doc.trim(), c_name));
+        out.push_str(&format!("\n/* {} */\nstruct {} {{\n", c_comment(doc), c_name));
         for f in fields.iter() {
             if f.array_len == 0 {
                 out.push_str(&format!("\t{} {};\n", f.c_type, f.name));
@@ -55,4 +55,10 @@ pub fn c_header() -> String {
     }
     out.push_str("\n#endif /* VESPER_ABI_H */\n");
     out
+}
+
+/// A doc comment as the body of a C comment: lines joined, no `*/` inside.
+fn c_comment(doc: &str) -> String {
+    let text: alloc::vec::Vec<&str> = doc.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    text.join("\n * ").replace("*/", "* /")
 }

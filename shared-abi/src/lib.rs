@@ -81,19 +81,19 @@ pub trait WireStruct {
 /// for the C header.
 macro_rules! wire_structs {
     ($(
-        #[doc = $doc:literal]
+        $( #[doc = $doc:literal] )+
         c_name = $cname:literal;
-        pub struct $name:ident { $( #[doc = $fdoc:literal] pub $field:ident : $ty:ty ),* $(,)? }
+        pub struct $name:ident { $( $( #[doc = $fdoc:literal] )+ pub $field:ident : $ty:ty ),* $(,)? }
     )*) => {
         $(
-            #[doc = $doc]
+            $( #[doc = $doc] )+
             #[repr(C)]
             #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-            pub struct $name { $( #[doc = $fdoc] pub $field: $ty ),* }
+            pub struct $name { $( $( #[doc = $fdoc] )+ pub $field: $ty ),* }
 
             impl WireStruct for $name {
                 const C_NAME: &'static str = $cname;
-                const DOC: &'static str = $doc;
+                const DOC: &'static str = concat!($($doc, "\n"),+);
                 const FIELDS: &'static [FieldInfo] = &[$(FieldInfo {
                     name: stringify!($field),
                     c_type: <$ty as CType>::C_NAME,
@@ -134,13 +134,13 @@ macro_rules! wire_structs {
 
 /// Defines ABI constants and records them for the C header as `#define`s.
 macro_rules! abi_consts {
-    ($( #[doc = $doc:literal] pub const $name:ident : $ty:ty = $val:expr; )*) => {
-        $( #[doc = $doc] pub const $name: $ty = $val; )*
+    ($( $( #[doc = $doc:literal] )+ pub const $name:ident : $ty:ty = $val:expr; )*) => {
+        $( $( #[doc = $doc] )+ pub const $name: $ty = $val; )*
 
         /// Every ABI constant as (name, value, is_signed, doc), for the header generator.
         #[cfg(feature = "c-header")]
         pub(crate) const ALL_CONSTS: &[(&str, i128, &str)] = &[
-            $((stringify!($name), $name as i128, $doc)),*
+            $((stringify!($name), $name as i128, concat!($($doc, "\n"),+))),*
         ];
     };
 }
@@ -209,6 +209,10 @@ abi_consts! {
     pub const REQ_FETCH_CHUNK: u32 = 3;
     /// Request: a command finished ([`CompletionRequest`]).
     pub const REQ_COMPLETION: u32 = 4;
+    /// Request: a relay channel was opened; the host builds its view ([`RelayOpenRequest`]).
+    pub const REQ_RELAY_OPEN: u32 = 5;
+    /// Request: a relay channel is closing; the host drops its view ([`RelayCloseRequest`]).
+    pub const REQ_RELAY_CLOSE: u32 = 6;
     /// Bit set in a response's kind: response kind = request kind | this.
     pub const RSP_FLAG: u32 = 0x80;
 
@@ -242,6 +246,45 @@ abi_consts! {
     pub const MODULE_FLAG_PUSHED: u32 = 1;
     /// Module entry flag: this module is the Vesper frontend itself.
     pub const MODULE_FLAG_FRONTEND: u32 = 2;
+
+    /// Doorbell vector for control-ring requests.
+    pub const VECTOR_CONTROL: u32 = 0;
+    /// Doorbell vector for relay index updates (sub-buffer switches, urgent records).
+    pub const VECTOR_RELAY: u32 = 1;
+
+    /// Most CPUs a relay channel spans.
+    pub const RELAY_MAX_CPUS: u32 = 64;
+    /// Smallest sub-buffer.
+    pub const RELAY_MIN_SUBBUF_SIZE: u32 = 4096;
+    /// Largest sub-buffer.
+    pub const RELAY_MAX_SUBBUF_SIZE: u32 = 1 << 20;
+    /// Most sub-buffers per CPU buffer.
+    pub const RELAY_MAX_SUBBUFS: u32 = 256;
+    /// Size of a channel or module name field, NUL included.
+    pub const RELAY_NAME_LEN: u32 = 64;
+    /// Channel flag: overwrite the oldest sub-buffer when full (flight recorder);
+    /// without it the writer drops new records when every sub-buffer is unconsumed.
+    pub const RELAY_FLAG_OVERWRITE: u32 = 1;
+    /// Record flag: notify the host at once instead of at the next sub-buffer switch.
+    pub const RECORD_FLAG_URGENT: u16 = 1;
+    /// Records start at multiples of this.
+    pub const RECORD_ALIGN: u32 = 8;
+
+    /// Record type: raw bytes (no decoder).
+    pub const RECORD_RAW: u16 = 0;
+    /// Record type: [`PanicRecord`].
+    pub const RECORD_PANIC: u16 = 1;
+    /// Record type: [`ExitRecord`].
+    pub const RECORD_EXIT: u16 = 2;
+    /// Record type: [`OomRecord`].
+    pub const RECORD_OOM: u16 = 3;
+    /// Record type: [`StressRecord`] (test fixture).
+    pub const RECORD_STRESS: u16 = 4;
+
+    /// Size of the text field of a panic record.
+    pub const PANIC_MSG_LEN: u32 = 256;
+    /// Size of a task command name field (`TASK_COMM_LEN` is 16).
+    pub const COMM_LEN: u32 = 16;
 
     /// Size of the kernel-release field (utsname is 65).
     pub const KERNEL_RELEASE_LEN: u32 = 128;
@@ -442,6 +485,144 @@ wire_structs! {
         /// Reserved, zero.
         pub reserved: u32,
     }
+
+    /// Payload of `REQ_RELAY_OPEN`. The guest has granted, read-only, the channel's
+    /// control area (`control_grant`: `n_cpus` × [`RelayBufControl`] then `n_cpus` ×
+    /// `n_subbufs` × `u32` padding) and each CPU's buffer (`buffer_grants[cpu]`, `n_subbufs`
+    /// × `subbuf_size` bytes), and, writable, the consumer area (`consumer_grant`:
+    /// `n_cpus` × [`RelayConsumer`]).
+    c_name = "vesper_relay_open_request";
+    pub struct RelayOpenRequest {
+        /// Guest-chosen id, unique within a generation.
+        pub channel_id: u32,
+        /// `RELAY_FLAG_*`.
+        pub flags: u32,
+        /// Bytes per sub-buffer (multiple of the page size).
+        pub subbuf_size: u32,
+        /// Sub-buffers per CPU buffer.
+        pub n_subbufs: u32,
+        /// CPU buffers in the channel.
+        pub n_cpus: u32,
+        /// Grant of the control area.
+        pub control_grant: u32,
+        /// Grant of the consumer area.
+        pub consumer_grant: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+        /// Module that opened the channel, NUL-terminated.
+        pub module: [u8; 64],
+        /// Channel name, NUL-terminated.
+        pub name: [u8; 64],
+        /// Grant of each CPU buffer; unused entries `GRANT_REF_NONE`.
+        pub buffer_grants: [u32; 64],
+    }
+
+    /// Payload of `REQ_RELAY_CLOSE`.
+    c_name = "vesper_relay_close_request";
+    pub struct RelayCloseRequest {
+        /// Channel being closed.
+        pub channel_id: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+
+    /// Writer state of one CPU buffer, guest-written. `position` packs the produced
+    /// sub-buffer count (high 32 bits, free-running) and the committed bytes of the
+    /// current sub-buffer (low 32 bits) so the host reads both in one atomic load.
+    c_name = "vesper_relay_buf_control";
+    pub struct RelayBufControl {
+        /// `produced << 32 | committed`.
+        pub position: u64,
+        /// Records the writer dropped (buffer full in no-overwrite mode, record too big,
+        /// NMI context).
+        pub dropped: u64,
+        /// Records written (committed).
+        pub written: u64,
+        /// Reserved, zero.
+        pub reserved: [u64; 5],
+    }
+
+    /// Reader state of one CPU buffer, host-written (through the consumer grant).
+    c_name = "vesper_relay_consumer";
+    pub struct RelayConsumer {
+        /// Sub-buffers the host has finished with (free-running).
+        pub consumed: u32,
+        /// Reserved, zero.
+        pub reserved: [u32; 15],
+    }
+
+    /// Header of every relay record.
+    c_name = "vesper_record_header";
+    pub struct RecordHeader {
+        /// Bytes of header plus payload (not counting alignment padding).
+        pub len: u32,
+        /// `RECORD_*` type.
+        pub rtype: u16,
+        /// `RECORD_FLAG_*`.
+        pub flags: u16,
+        /// Per-CPU-buffer sequence number, from 0: the host counts gaps as lost records.
+        pub seq: u64,
+        /// Guest `ktime_get_ns()` when written.
+        pub timestamp_ns: u64,
+    }
+
+    /// `RECORD_PANIC` payload: written from the panic path.
+    c_name = "vesper_panic_record";
+    pub struct PanicRecord {
+        /// CPU that panicked.
+        pub cpu: u32,
+        /// Pid of the task that panicked.
+        pub pid: i32,
+        /// Panic message (formatted), NUL-terminated.
+        pub message: [u8; 256],
+    }
+
+    /// `RECORD_EXIT` payload: a watched task exited.
+    c_name = "vesper_exit_record";
+    pub struct ExitRecord {
+        /// Thread-group id.
+        pub pid: i32,
+        /// Thread id.
+        pub tid: i32,
+        /// Exit code as `wait` encodes it: `(code << 8) | signal`.
+        pub exit_code: i32,
+        /// Signal that killed the task, 0 if it exited.
+        pub signal: i32,
+        /// Exit status (`exit_code >> 8`) when `signal` is 0.
+        pub status: i32,
+        /// Reserved, zero.
+        pub reserved: u32,
+        /// Task command name, NUL-terminated.
+        pub comm: [u8; 16],
+    }
+
+    /// `RECORD_OOM` payload: the OOM killer's victim.
+    c_name = "vesper_oom_record";
+    pub struct OomRecord {
+        /// Victim pid.
+        pub pid: i32,
+        /// Victim's oom_score_adj.
+        pub oom_score_adj: i32,
+        /// Victim's total virtual memory, KiB.
+        pub total_vm_kb: u64,
+        /// Victim's resident anonymous memory, KiB.
+        pub anon_rss_kb: u64,
+        /// Victim's resident file memory, KiB.
+        pub file_rss_kb: u64,
+        /// Victim command name, NUL-terminated.
+        pub comm: [u8; 16],
+    }
+
+    /// `RECORD_STRESS` payload (test fixture): the n-th of a run of records.
+    c_name = "vesper_stress_record";
+    pub struct StressRecord {
+        /// Index within the run, from 0.
+        pub index: u64,
+        /// Records in the run.
+        pub total: u64,
+        /// Filler so a record is 64 bytes with its header.
+        pub filler: [u64; 3],
+    }
 }
 
 // Layout facts the C side and the fixed offsets rely on.
@@ -456,6 +637,13 @@ const _: () = {
     assert!(size_of::<CompletionRequest>() as u32 <= SLOT_PAYLOAD_SIZE);
     assert!(size_of::<HelloRequest>() as u32 <= SLOT_PAYLOAD_SIZE);
     assert!(size_of::<ModuleEntry>() == 88);
+    assert!(size_of::<RelayOpenRequest>() as u32 <= SLOT_PAYLOAD_SIZE);
+    assert!(size_of::<RelayBufControl>() == 64);
+    assert!(size_of::<RelayConsumer>() == 64);
+    assert!(size_of::<RecordHeader>() == 24);
+    assert!(size_of::<RecordHeader>() + size_of::<StressRecord>() == 64);
+    assert!(RELAY_MAX_CPUS == 64 && RELAY_NAME_LEN == 64);
+    assert!(PANIC_MSG_LEN == 256 && COMM_LEN == 16);
     assert!(KERNEL_RELEASE_LEN as usize == 128 && VERMAGIC_LEN as usize == 256);
     assert!(MODULE_NAME_LEN as usize == 64 && PARAMS_LEN as usize == 1024);
     assert!(LOG_LEN as usize == 3584);
