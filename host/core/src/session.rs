@@ -12,6 +12,7 @@ use vesper_shmem::{HostRings, Message, SharedRegion, ShmemError};
 use vm_memory::ByteValued;
 
 use crate::CommandError;
+use vesper_relay::{validate_open, ChannelSpec, ChannelStats, Record, RelayError, RelayReader};
 
 const ECANCELED: i32 = 125;
 const EINVAL: i32 = 22;
@@ -166,6 +167,25 @@ pub enum SessionEvent {
     },
     /// The guest broke the protocol; the session keeps going.
     Misbehaviour(ShmemError),
+    /// The guest opened a relay channel and the host accepted it.
+    RelayOpened(ChannelSpec),
+    /// The host refused a relay channel (bad geometry or grants).
+    RelayRefused(RelayError),
+    /// Records read from a channel.
+    Records {
+        /// The channel.
+        channel: Arc<ChannelSpec>,
+        /// Records in the order read (per CPU in sequence order).
+        records: Vec<Record>,
+    },
+    /// A channel is gone: closed by the guest, dropped for misbehaviour, or its guest
+    /// restarted.
+    RelayClosed {
+        /// The channel.
+        channel: Arc<ChannelSpec>,
+        /// Why, when not a clean close.
+        error: Option<String>,
+    },
     /// A late step of a command the host had already given up on.
     LateStep {
         /// The abandoned command.
@@ -205,6 +225,7 @@ pub struct Session {
     abandoned: VecDeque<u64>,
     next_id: u64,
     broken: Option<String>,
+    channels: Vec<(Arc<ChannelSpec>, RelayReader)>,
 }
 
 /// Result of one [`Session::poll`].
@@ -229,6 +250,7 @@ impl Session {
             abandoned: VecDeque::new(),
             next_id: 1,
             broken: None,
+            channels: Vec::new(),
         }
     }
 
@@ -305,7 +327,112 @@ impl Session {
             self.misbehaved(e, &mut out);
         }
         self.expire(now, &mut out);
+        self.read_relays(region, &mut out);
         out
+    }
+
+    /// Reads what the relay channels hold without touching the rings: for a guest that
+    /// has died (its last records, a panic record among them, are still in memory).
+    pub fn drain_relays(&mut self, region: &SharedRegion) -> PollOutcome {
+        let mut out = PollOutcome::default();
+        self.read_relays(region, &mut out);
+        out
+    }
+
+    /// Counters of every open channel.
+    pub fn relay_stats(&self, region: &SharedRegion) -> Vec<ChannelStats> {
+        self.channels.iter().map(|(_, r)| r.stats(region)).collect()
+    }
+
+    fn read_relays(&mut self, region: &SharedRegion, out: &mut PollOutcome) {
+        let mut failed = Vec::new();
+        for (i, (spec, reader)) in self.channels.iter_mut().enumerate() {
+            let mut records = Vec::new();
+            let result = reader.poll(region, &mut records);
+            if !records.is_empty() {
+                out.events.push(SessionEvent::Records {
+                    channel: spec.clone(),
+                    records,
+                });
+            }
+            if let Err(e) = result {
+                failed.push((i, e.to_string()));
+            }
+        }
+        for (i, error) in failed.into_iter().rev() {
+            let (spec, _) = self.channels.remove(i);
+            out.events.push(SessionEvent::RelayClosed {
+                channel: spec,
+                error: Some(error),
+            });
+        }
+    }
+
+    fn on_relay_open(
+        &mut self,
+        region: &SharedRegion,
+        msg: &Message,
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
+        let req: RelayOpenRequest = msg.payload_as()?;
+        let status = match validate_open(region, &req, msg.header.generation) {
+            Ok(spec) if self.channels.iter().any(|(s, _)| s.id == spec.id) => {
+                out.events
+                    .push(SessionEvent::RelayRefused(RelayError::BadGeometry {
+                        channel: spec.id,
+                        what: "channel id (already open)",
+                        value: spec.id as u64,
+                        min: 0,
+                        max: 0,
+                    }));
+                -EEXIST
+            }
+            Ok(spec) => {
+                out.events.push(SessionEvent::RelayOpened(spec.clone()));
+                self.channels
+                    .push((Arc::new(spec.clone()), RelayReader::new(spec)));
+                0
+            }
+            Err(e) => {
+                out.events.push(SessionEvent::RelayRefused(e));
+                -EINVAL
+            }
+        };
+        self.respond(region, &msg.header, status, &[], out)
+    }
+
+    fn on_relay_close(
+        &mut self,
+        region: &SharedRegion,
+        msg: &Message,
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
+        let req: RelayCloseRequest = msg.payload_as()?;
+        let Some(i) = self
+            .channels
+            .iter()
+            .position(|(s, _)| s.id == req.channel_id)
+        else {
+            return self.respond(region, &msg.header, -ENOENT, &[], out);
+        };
+        // Read what is left before the guest may revoke the grants.
+        let (spec, mut reader) = self.channels.remove(i);
+        let mut records = Vec::new();
+        let error = reader
+            .poll(region, &mut records)
+            .err()
+            .map(|e| e.to_string());
+        if !records.is_empty() {
+            out.events.push(SessionEvent::Records {
+                channel: spec.clone(),
+                records,
+            });
+        }
+        out.events.push(SessionEvent::RelayClosed {
+            channel: spec,
+            error,
+        });
+        self.respond(region, &msg.header, 0, &[], out)
     }
 
     fn misbehaved(&mut self, e: ShmemError, out: &mut PollOutcome) {
@@ -357,6 +484,8 @@ impl Session {
                 Ok(())
             }
             REQ_FETCH_CHUNK => self.on_fetch(region, msg, now, out),
+            REQ_RELAY_OPEN => self.on_relay_open(region, msg, out),
+            REQ_RELAY_CLOSE => self.on_relay_close(region, msg, out),
             REQ_COMPLETION => self.on_completion(region, msg, out),
             other => {
                 tracing::warn!(kind = other, "unknown request kind; answering -EINVAL");
@@ -383,6 +512,14 @@ impl Session {
             .info
             .as_ref()
             .is_some_and(|old| old.generation != info.generation);
+        // A new frontend start means new rings and new grants: old channels are stale.
+        for (spec, _) in self.channels.drain(..) {
+            let error = Some("guest restarted".to_string());
+            out.events.push(SessionEvent::RelayClosed {
+                channel: spec,
+                error,
+            });
+        }
         if restarted {
             if let Some(a) = self.active.take() {
                 out.events.push(SessionEvent::Done {

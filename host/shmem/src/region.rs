@@ -138,6 +138,22 @@ impl SharedRegion {
             .map_err(|_| ShmemError::OutOfBounds { offset, len: 4 })
     }
 
+    /// Atomic load of a `u64` (relay positions).
+    pub fn load_u64(&self, offset: u64, order: Ordering) -> Result<u64, ShmemError> {
+        let at = self.check(offset, 8)?;
+        self.slice()
+            .load(at, order)
+            .map_err(|_| ShmemError::OutOfBounds { offset, len: 8 })
+    }
+
+    /// Atomic store of a `u64`.
+    pub fn store_u64(&self, val: u64, offset: u64, order: Ordering) -> Result<(), ShmemError> {
+        let at = self.check(offset, 8)?;
+        self.slice()
+            .store(val, at, order)
+            .map_err(|_| ShmemError::OutOfBounds { offset, len: 8 })
+    }
+
     /// A copy of the header, taken once.
     pub fn header(&self) -> Result<RegionHeader, ShmemError> {
         self.read_obj(0)

@@ -458,3 +458,95 @@ fn random_bytes_in_the_request_ring_never_panic_and_are_reported_once() {
     assert_eq!(s2.poll(&broken.region, now).events.len(), 1);
     assert_eq!(s2.poll(&broken.region, now).events.len(), 0);
 }
+
+#[test]
+fn relay_channels_open_deliver_records_close_and_die_with_their_generation() {
+    use vesper_relay::guest_writer::GuestChannel;
+    let now = Instant::now();
+    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
+    up(&mut s, &mut g, now);
+    let base = DATA_AREA_OFFSET + 0x8_0000;
+    let (mut ch, req) =
+        GuestChannel::create(&g.region, GEN, 5, 1, 4, 4096, false, base, 20).unwrap();
+    g.post(REQ_RELAY_OPEN, &req);
+    let out = s.poll(&g.region, now);
+    assert!(out
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::RelayOpened(spec) if spec.id == 5)));
+    assert_eq!(g.response().header.status, 0);
+    ch.write(
+        &g.region,
+        0,
+        RECORD_EXIT,
+        RECORD_FLAG_URGENT,
+        ExitRecord::default().as_slice(),
+    )
+    .unwrap()
+    .unwrap();
+    let out = s.poll(&g.region, now);
+    let recs: Vec<_> = out
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::Records { records, .. } => Some(records.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recs, [1]);
+    assert_eq!(s.relay_stats(&g.region)[0].cpus[0].received, 1);
+    // The same id again is refused; a bad geometry too.
+    g.post(REQ_RELAY_OPEN, &req);
+    s.poll(&g.region, now);
+    assert_eq!(g.response().header.status, -EEXIST);
+    let mut bad = req;
+    bad.channel_id = 6;
+    bad.n_subbufs = 1;
+    g.post(REQ_RELAY_OPEN, &bad);
+    assert!(s
+        .poll(&g.region, now)
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::RelayRefused(_))));
+    assert_eq!(g.response().header.status, -EINVAL);
+    // Close: the last record written before it still arrives.
+    ch.write(
+        &g.region,
+        0,
+        RECORD_EXIT,
+        0,
+        ExitRecord::default().as_slice(),
+    )
+    .unwrap()
+    .unwrap();
+    g.post(
+        REQ_RELAY_CLOSE,
+        &RelayCloseRequest {
+            channel_id: 5,
+            reserved: 0,
+        },
+    );
+    let out = s.poll(&g.region, now);
+    assert!(out
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Records { records, .. } if records.len() == 1)));
+    assert!(out
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::RelayClosed { error: None, .. })));
+    assert!(s.relay_stats(&g.region).is_empty());
+    // A channel of the old generation does not survive a restart.
+    let (_, req) = GuestChannel::create(&g.region, GEN, 7, 1, 4, 4096, false, base, 20).unwrap();
+    g.post(REQ_RELAY_OPEN, &req);
+    s.poll(&g.region, now);
+    g.response();
+    g.generation += 1;
+    g.hello();
+    let out = s.poll(&g.region, now);
+    assert!(out
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::RelayClosed { error: Some(_), .. })));
+    assert!(s.relay_stats(&g.region).is_empty());
+}

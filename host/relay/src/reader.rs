@@ -1,0 +1,468 @@
+//! The host reader of one relay channel.
+
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use vesper_shared_abi::*;
+use vesper_shmem::grant::GrantNeed;
+use vesper_shmem::{SharedRegion, ValidGrant};
+use vm_memory::ByteValued;
+
+use crate::RelayError;
+
+const HEADER: usize = size_of::<RecordHeader>();
+const BUF_CONTROL: u64 = size_of::<RelayBufControl>() as u64;
+const CONSUMER: u64 = size_of::<RelayConsumer>() as u64;
+
+/// A channel the host accepted: geometry and the grants it was opened with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelSpec {
+    /// Guest-chosen id.
+    pub id: u32,
+    /// Owning module.
+    pub module: String,
+    /// Channel name.
+    pub name: String,
+    /// Overwrite mode.
+    pub overwrite: bool,
+    /// Bytes per sub-buffer.
+    pub subbuf_size: u32,
+    /// Sub-buffers per CPU.
+    pub n_subbufs: u32,
+    /// CPU buffers.
+    pub n_cpus: u32,
+    #[serde(skip)]
+    control: ValidGrant,
+    #[serde(skip)]
+    consumer: ValidGrant,
+    #[serde(skip)]
+    buffers: Vec<ValidGrant>,
+    #[serde(skip)]
+    generation: u32,
+}
+
+fn range(
+    channel: u32,
+    what: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), RelayError> {
+    if value < min || value > max {
+        return Err(RelayError::BadGeometry {
+            channel,
+            what,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn grant(
+    region: &SharedRegion,
+    channel: u32,
+    what: &'static str,
+    grant_ref: u32,
+    access: u32,
+    generation: u32,
+    expected: u64,
+) -> Result<ValidGrant, RelayError> {
+    let need = GrantNeed {
+        access,
+        owner: GRANT_OWNER_RELAY,
+        generation,
+    };
+    let g = region
+        .grant(grant_ref, need)
+        .map_err(|source| RelayError::Grant {
+            channel,
+            what,
+            source,
+        })?;
+    if g.len as u64 != expected {
+        return Err(RelayError::GrantSize {
+            channel,
+            what,
+            len: g.len,
+            expected,
+        });
+    }
+    Ok(g)
+}
+
+/// Checks a `REQ_RELAY_OPEN` of guest `generation`: geometry, then every grant.
+pub fn validate_open(
+    region: &SharedRegion,
+    req: &RelayOpenRequest,
+    generation: u32,
+) -> Result<ChannelSpec, RelayError> {
+    let id = req.channel_id;
+    range(
+        id,
+        "sub-buffer size",
+        req.subbuf_size as u64,
+        RELAY_MIN_SUBBUF_SIZE as u64,
+        RELAY_MAX_SUBBUF_SIZE as u64,
+    )?;
+    if !req.subbuf_size.is_multiple_of(PAGE_SIZE as u32) {
+        return Err(RelayError::BadGeometry {
+            channel: id,
+            what: "sub-buffer size (not page-aligned)",
+            value: req.subbuf_size as u64,
+            min: RELAY_MIN_SUBBUF_SIZE as u64,
+            max: RELAY_MAX_SUBBUF_SIZE as u64,
+        });
+    }
+    range(
+        id,
+        "sub-buffer count",
+        req.n_subbufs as u64,
+        2,
+        RELAY_MAX_SUBBUFS as u64,
+    )?;
+    range(id, "CPU count", req.n_cpus as u64, 1, RELAY_MAX_CPUS as u64)?;
+    let (n_cpus, n_subbufs) = (req.n_cpus as u64, req.n_subbufs as u64);
+    let control = grant(
+        region,
+        id,
+        "control",
+        req.control_grant,
+        GRANT_READ,
+        generation,
+        n_cpus * (BUF_CONTROL + 4 * n_subbufs),
+    )?;
+    let consumer = grant(
+        region,
+        id,
+        "consumer",
+        req.consumer_grant,
+        GRANT_READ | GRANT_WRITE,
+        generation,
+        n_cpus * CONSUMER,
+    )?;
+    let buffers = (0..req.n_cpus as usize)
+        .map(|cpu| {
+            grant(
+                region,
+                id,
+                "buffer",
+                req.buffer_grants[cpu],
+                GRANT_READ,
+                generation,
+                n_subbufs * req.subbuf_size as u64,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ChannelSpec {
+        id,
+        module: String::from_utf8_lossy(c_str_bytes(&req.module)).into_owned(),
+        name: String::from_utf8_lossy(c_str_bytes(&req.name)).into_owned(),
+        overwrite: req.flags & RELAY_FLAG_OVERWRITE != 0,
+        subbuf_size: req.subbuf_size,
+        n_subbufs: req.n_subbufs,
+        n_cpus: req.n_cpus,
+        control,
+        consumer,
+        buffers,
+        generation,
+    })
+}
+
+/// One record, copied out of the guest's buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// CPU buffer it came from.
+    pub cpu: u32,
+    /// Its sequence number in that buffer.
+    pub seq: u64,
+    /// `RECORD_*` type.
+    pub rtype: u16,
+    /// `RECORD_FLAG_*`.
+    pub flags: u16,
+    /// Guest timestamp.
+    pub timestamp_ns: u64,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// Counters of one CPU buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BufferStats {
+    /// Sub-buffers the guest produced.
+    pub produced: u32,
+    /// Sub-buffers the host consumed.
+    pub consumed: u32,
+    /// Records the guest says it wrote.
+    pub written: u64,
+    /// Records the guest says it dropped.
+    pub dropped: u64,
+    /// Records lost to overwrite (sequence gaps the host saw).
+    pub lost: u64,
+    /// Records the host received.
+    pub received: u64,
+}
+
+/// Counters of a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelStats {
+    /// The channel.
+    pub spec: ChannelSpec,
+    /// One entry per CPU buffer.
+    pub cpus: Vec<BufferStats>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Cursor {
+    consumed: u32,
+    offset: u32,
+    next_seq: u64,
+    lost: u64,
+    received: u64,
+}
+
+/// Reads one channel. Holds the host's cursors; the guest's state is read afresh, once,
+/// at each [`RelayReader::poll`].
+#[derive(Debug)]
+pub struct RelayReader {
+    spec: ChannelSpec,
+    cursors: Vec<Cursor>,
+    scratch: Vec<u8>,
+}
+
+impl RelayReader {
+    /// A reader for an accepted channel.
+    pub fn new(spec: ChannelSpec) -> Self {
+        let cursors = vec![Cursor::default(); spec.n_cpus as usize];
+        let scratch = Vec::with_capacity(spec.subbuf_size as usize);
+        Self {
+            spec,
+            cursors,
+            scratch,
+        }
+    }
+
+    /// The channel.
+    pub fn spec(&self) -> &ChannelSpec {
+        &self.spec
+    }
+
+    fn check_grants(&self, region: &SharedRegion) -> Result<(), RelayError> {
+        let id = self.spec.id;
+        let g = self.spec.generation;
+        let all = [
+            (self.spec.control, GRANT_READ),
+            (self.spec.consumer, GRANT_READ | GRANT_WRITE),
+        ]
+        .into_iter()
+        .chain(self.spec.buffers.iter().map(|b| (*b, GRANT_READ)));
+        for (want, access) in all {
+            let now = region.grant(
+                want.grant_ref,
+                GrantNeed {
+                    access,
+                    owner: GRANT_OWNER_RELAY,
+                    generation: g,
+                },
+            );
+            if now.ok() != Some(want) {
+                return Err(RelayError::GrantChanged {
+                    channel: id,
+                    grant_ref: want.grant_ref,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every complete record the guest published since the last poll, appending
+    /// them to `out`, and releases consumed sub-buffers back to the guest. An error
+    /// means the guest broke the protocol: the caller should drop the channel.
+    pub fn poll(&mut self, region: &SharedRegion, out: &mut Vec<Record>) -> Result<(), RelayError> {
+        self.check_grants(region)?;
+        for cpu in 0..self.spec.n_cpus {
+            self.poll_cpu(region, cpu, out)?;
+        }
+        Ok(())
+    }
+
+    fn poll_cpu(
+        &mut self,
+        region: &SharedRegion,
+        cpu: u32,
+        out: &mut Vec<Record>,
+    ) -> Result<(), RelayError> {
+        let (id, n, size) = (self.spec.id, self.spec.n_subbufs, self.spec.subbuf_size);
+        let shmem = |source| RelayError::Shmem {
+            channel: id,
+            source,
+        };
+        let (produced, committed) = position(&self.spec, region, cpu)?;
+        let c = &mut self.cursors[cpu as usize];
+        let behind = produced.wrapping_sub(c.consumed);
+        if behind > n {
+            if !self.spec.overwrite {
+                return Err(RelayError::BadPosition {
+                    channel: id,
+                    cpu,
+                    what: format!("produced {produced} is {behind} sub-buffers past consumed {} without overwrite", c.consumed),
+                });
+            }
+            c.consumed = produced.wrapping_sub(n - 1);
+            c.offset = 0;
+        }
+        // Bounded: at most n complete sub-buffers and the current one.
+        for _ in 0..=n {
+            let complete = c.consumed != produced;
+            let slot = (c.consumed % n) as u64;
+            let end = if complete {
+                let pad_at = self.spec.control.offset
+                    + self.spec.n_cpus as u64 * BUF_CONTROL
+                    + (cpu as u64 * n as u64 + slot) * 4;
+                let padding = region.load_u32(pad_at, Ordering::Acquire).map_err(shmem)?;
+                if padding > size {
+                    return Err(RelayError::BadPosition {
+                        channel: id,
+                        cpu,
+                        what: format!("padding {padding} exceeds the sub-buffer"),
+                    });
+                }
+                size - padding
+            } else {
+                committed
+            };
+            if end > c.offset {
+                let len = (end - c.offset) as usize;
+                self.scratch.resize(len, 0);
+                let at =
+                    self.spec.buffers[cpu as usize].offset + slot * size as u64 + c.offset as u64;
+                region.read_slice(&mut self.scratch, at).map_err(shmem)?;
+                let lapped = self.spec.overwrite && {
+                    let (now, _) = position(&self.spec, region, cpu)?;
+                    now.wrapping_sub(c.consumed) >= n
+                };
+                if !lapped {
+                    parse(&self.scratch, id, cpu, c.offset, c, out)?;
+                }
+                c.offset = end;
+            }
+            if !complete {
+                break;
+            }
+            c.consumed = c.consumed.wrapping_add(1);
+            c.offset = 0;
+            let at = self.spec.consumer.offset
+                + cpu as u64 * CONSUMER
+                + offset_of!(RelayConsumer, consumed) as u64;
+            region
+                .store_u32(c.consumed, at, Ordering::Release)
+                .map_err(shmem)?;
+        }
+        Ok(())
+    }
+
+    /// Counters, with the guest's own read once now.
+    pub fn stats(&self, region: &SharedRegion) -> ChannelStats {
+        let cpus = (0..self.spec.n_cpus)
+            .map(|cpu| {
+                let c = &self.cursors[cpu as usize];
+                let at = self.spec.control.offset + cpu as u64 * BUF_CONTROL;
+                let ctl: RelayBufControl = region.read_obj(at).unwrap_or_default();
+                BufferStats {
+                    produced: (ctl.position >> 32) as u32,
+                    consumed: c.consumed,
+                    written: ctl.written,
+                    dropped: ctl.dropped,
+                    lost: c.lost,
+                    received: c.received,
+                }
+            })
+            .collect();
+        ChannelStats {
+            spec: self.spec.clone(),
+            cpus,
+        }
+    }
+}
+
+/// The writer's `(produced, committed)` of `cpu`, loaded once.
+fn position(spec: &ChannelSpec, region: &SharedRegion, cpu: u32) -> Result<(u32, u32), RelayError> {
+    let at = spec.control.offset
+        + cpu as u64 * BUF_CONTROL
+        + offset_of!(RelayBufControl, position) as u64;
+    let pos = region
+        .load_u64(at, Ordering::Acquire)
+        .map_err(|source| RelayError::Shmem {
+            channel: spec.id,
+            source,
+        })?;
+    let (produced, committed) = ((pos >> 32) as u32, pos as u32);
+    if committed > spec.subbuf_size {
+        return Err(RelayError::BadPosition {
+            channel: spec.id,
+            cpu,
+            what: format!(
+                "committed {committed} bytes in a {}-byte sub-buffer",
+                spec.subbuf_size
+            ),
+        });
+    }
+    Ok((produced, committed))
+}
+
+/// Parses the records in one copy of sub-buffer bytes starting at sub-buffer offset `base`.
+fn parse(
+    bytes: &[u8],
+    channel: u32,
+    cpu: u32,
+    base: u32,
+    c: &mut Cursor,
+    out: &mut Vec<Record>,
+) -> Result<(), RelayError> {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let bad = |what: String| RelayError::BadRecord {
+            channel,
+            cpu,
+            offset: base + at as u32,
+            what,
+        };
+        let rest = &bytes[at..];
+        if rest.len() < HEADER {
+            return Err(bad(format!(
+                "{} trailing bytes, shorter than a record header",
+                rest.len()
+            )));
+        }
+        let mut h = RecordHeader::default();
+        h.as_mut_slice().copy_from_slice(&rest[..HEADER]);
+        let len = h.len as usize;
+        if len < HEADER || len > rest.len() {
+            return Err(bad(format!(
+                "length {len} outside {HEADER}..={}",
+                rest.len()
+            )));
+        }
+        if h.seq < c.next_seq {
+            return Err(bad(format!("sequence {} after {}", h.seq, c.next_seq)));
+        }
+        c.lost += h.seq - c.next_seq;
+        c.next_seq = h.seq + 1;
+        c.received += 1;
+        out.push(Record {
+            cpu,
+            seq: h.seq,
+            rtype: h.rtype,
+            flags: h.flags,
+            timestamp_ns: h.timestamp_ns,
+            payload: rest[HEADER..len].to_vec(),
+        });
+        at += len.next_multiple_of(RECORD_ALIGN as usize).min(rest.len());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
