@@ -34,7 +34,11 @@ pub fn c_header() -> String {
         ));
     }
     for (c_name, doc, fields, size) in ALL_STRUCTS {
-        out.push_str(&format!("\n/* {} */\nstruct {} {{\n", c_comment(doc), c_name));
+        out.push_str(&format!(
+            "\n/* {} */\nstruct {} {{\n",
+            c_comment(doc),
+            c_name
+        ));
         for f in fields.iter() {
             if f.array_len == 0 {
                 out.push_str(&format!("\t{} {};\n", f.c_type, f.name));
@@ -59,6 +63,10 @@ pub fn c_header() -> String {
 
 /// A doc comment as the body of a C comment: lines joined, no `*/` inside.
 fn c_comment(doc: &str) -> String {
-    let text: alloc::vec::Vec<&str> = doc.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let text: alloc::vec::Vec<&str> = doc
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     text.join("\n * ").replace("*/", "* /")
 }

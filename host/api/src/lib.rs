@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 pub use vesper_core::{GuestInfo, GuestModule};
 pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
+pub use vesper_relay::{BufferStats, Decoded};
 
 /// Largest request line the daemon accepts (a base64 image of the default size limit
 /// plus slack).
@@ -73,6 +74,23 @@ pub enum Request {
     },
     /// Guest kernel log tail.
     Dmesg {
+        /// Guest name.
+        guest: String,
+    },
+    /// Stream a guest's relay records (one `Record` reply per line, then `End` unless
+    /// following).
+    RelayCat {
+        /// Guest name.
+        guest: String,
+        /// Module that owns the channel.
+        module: String,
+        /// Channel name; all of the module's channels if absent.
+        channel: Option<String>,
+        /// Keep streaming new records.
+        follow: bool,
+    },
+    /// Per-channel counters.
+    RelayStat {
         /// Guest name.
         guest: String,
     },
@@ -240,6 +258,76 @@ pub enum Reply {
         /// Log text.
         log: String,
     },
+    /// One relay record of a stream.
+    Record(RecordView),
+    /// Records a follower missed because it read too slowly.
+    Gap {
+        /// How many.
+        missed: u64,
+    },
+    /// End of a non-following stream.
+    End {
+        /// Records sent.
+        records: u64,
+    },
+    /// Relay counters.
+    RelayStats {
+        /// Guest.
+        guest: String,
+        /// Every channel the guest opened since it started.
+        channels: Vec<ChannelView>,
+    },
+}
+
+/// One relay record as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordView {
+    /// Guest.
+    pub guest: String,
+    /// Owning module.
+    pub module: String,
+    /// Channel name.
+    pub channel: String,
+    /// CPU buffer.
+    pub cpu: u32,
+    /// Sequence number in that buffer.
+    pub seq: u64,
+    /// Record type number.
+    pub rtype: u16,
+    /// Marked urgent by the probe.
+    pub urgent: bool,
+    /// Guest clock when written.
+    pub guest_time_ns: u64,
+    /// Host clock (Unix ns) when read from the guest's buffer.
+    pub host_time_ns: u64,
+    /// Typed content.
+    pub decoded: Decoded,
+    /// The payload as text, when it is UTF-8 (raw records of relayfs probes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// Counters of one channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelView {
+    /// Owning module.
+    pub module: String,
+    /// Channel name.
+    pub channel: String,
+    /// Still open in the guest.
+    pub open: bool,
+    /// Overwrite mode.
+    pub overwrite: bool,
+    /// Sub-buffer size.
+    pub subbuf_size: u32,
+    /// Sub-buffers per CPU.
+    pub n_subbufs: u32,
+    /// Per-CPU counters (live while open, final after).
+    pub cpus: Vec<BufferStats>,
+    /// Records kept in the daemon's history.
+    pub stored: usize,
+    /// Why the channel ended, when not a clean close.
+    pub error: Option<String>,
 }
 
 /// What the daemon sends back for one request.
@@ -368,6 +456,47 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     let wire: WireResponse =
         serde_json::from_str(&reply).map_err(|e| ClientError::Malformed(e.to_string()))?;
     Ok(wire.into())
+}
+
+/// Sends one streaming request and hands each reply to `f` until it returns false,
+/// the daemon sends `End` or an error, or the connection closes.
+pub fn call_stream(
+    socket: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+    mut f: impl FnMut(Response) -> bool,
+) -> Result<(), ClientError> {
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    stream.set_read_timeout(timeout)?;
+    let mut w = stream.try_clone()?;
+    let mut line = serde_json::to_string(req).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    line.push('\n');
+    w.write_all(line.as_bytes())?;
+    for line in BufReader::new(stream).lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ClientError::Timeout(timeout.unwrap_or_default()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let wire: WireResponse =
+            serde_json::from_str(&line).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let r: Response = wire.into();
+        let last = matches!(r, Ok(Reply::End { .. }) | Err(_));
+        if !f(r) || last {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vesper_api::{
-    call, default_socket, AccelRequest, ApiError, ClientError, Reply, Request, VmStatus,
+    call, call_stream, default_socket, AccelRequest, ApiError, ClientError, Decoded, RecordView,
+    Reply, Request, Response, VmStatus,
 };
 
 const AFTER_HELP: &str = "\
@@ -69,6 +70,32 @@ enum Cmd {
         /// Guest name.
         guest: String,
     },
+    /// Probe output read from the guest's shared relay buffers.
+    Relay {
+        #[command(subcommand)]
+        cmd: RelayCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RelayCmd {
+    /// Print the records of MODULE's channels (decoded when the type is known).
+    Cat {
+        /// Guest name.
+        guest: String,
+        /// Module that owns the channel.
+        module: String,
+        /// Channel name (all of the module's channels if omitted).
+        channel: Option<String>,
+        /// Keep printing new records as they arrive.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Per-channel produced/consumed/written/dropped/lost/received counters.
+    Stat {
+        /// Guest name.
+        guest: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +152,24 @@ fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Relay {
+        cmd:
+            RelayCmd::Cat {
+                guest,
+                module,
+                channel,
+                follow,
+            },
+    } = &cli.cmd
+    {
+        let req = Request::RelayCat {
+            guest: guest.clone(),
+            module: module.clone(),
+            channel: channel.clone(),
+            follow: *follow,
+        };
+        return relay_cat(&cli, &req);
+    }
     let req = match build_request(&cli.cmd) {
         Ok(r) => r,
         Err((code, kind, msg)) => return fail(cli.json, code, kind, &msg),
@@ -222,7 +267,147 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
         Cmd::Dmesg { guest } => Request::Dmesg {
             guest: guest.clone(),
         },
+        Cmd::Relay {
+            cmd: RelayCmd::Stat { guest },
+        } => Request::RelayStat {
+            guest: guest.clone(),
+        },
+        Cmd::Relay {
+            cmd: RelayCmd::Cat { .. },
+        } => unreachable!("streamed in main"),
     })
+}
+
+fn relay_cat(cli: &Cli, req: &Request) -> ExitCode {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let mut failure = None;
+    let json = cli.json;
+    let out = call_stream(&socket, req, None, |r: Response| {
+        match r {
+            Ok(Reply::End { .. }) => {}
+            Ok(reply) if json => println!("{}", serde_json::json!({ "ok": true, "result": reply })),
+            Ok(reply) => print_human(&reply),
+            Err(e) => failure = Some(e),
+        }
+        true
+    });
+    match (out, failure) {
+        (Err(e @ ClientError::Connect { .. }), _) => {
+            fail(cli.json, 69, "unreachable", &e.to_string())
+        }
+        (Err(e), _) => fail(cli.json, 70, "internal", &e.to_string()),
+        (Ok(()), Some(ApiError { code, message })) => {
+            let kind = serde_json::to_value(code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            fail(cli.json, code.exit_code(), &kind, &message)
+        }
+        (Ok(()), None) => ExitCode::SUCCESS,
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+fn record_line(r: &RecordView) -> String {
+    let head = format!(
+        "{:>10.6}s cpu{} #{:<5} {}/{}{}",
+        r.guest_time_ns as f64 / 1e9,
+        r.cpu,
+        r.seq,
+        r.module,
+        r.channel,
+        if r.urgent { " urgent" } else { "" }
+    );
+    let body = match &r.decoded {
+        Decoded::Panic { cpu, pid, message } => format!("PANIC on cpu {cpu} (pid {pid}): {}", message.trim_end()),
+        Decoded::Exit { pid, tid, signal, comm, .. } if *signal != 0 => {
+            format!("exit {comm} pid={pid} tid={tid} killed by {} ({signal})", signal_name(*signal))
+        }
+        Decoded::Exit { pid, tid, status, comm, .. } => format!("exit {comm} pid={pid} tid={tid} status={status}"),
+        Decoded::Oom { pid, comm, total_vm_kb, anon_rss_kb, file_rss_kb, oom_score_adj } => format!(
+            "OOM kill {comm} pid={pid} total_vm={total_vm_kb}kB anon_rss={anon_rss_kb}kB file_rss={file_rss_kb}kB oom_score_adj={oom_score_adj}"
+        ),
+        Decoded::Stress { index, total } => format!("stress {index}/{total}"),
+        Decoded::Raw { rtype, len } => match &r.text {
+            Some(t) => t.trim_end_matches('\0').trim_end().to_string(),
+            None => format!("raw type {rtype}, {len} bytes"),
+        },
+    };
+    format!("{head}  {body}")
+}
+
+fn print_relay_stats(channels: &[vesper_api::ChannelView]) {
+    if channels.is_empty() {
+        println!("no relay channels");
+        return;
+    }
+    let row = |cols: [&str; 10]| {
+        println!(
+            "{:<28} {:<6} {:>4} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9}",
+            cols[0],
+            cols[1],
+            cols[2],
+            cols[3],
+            cols[4],
+            cols[5],
+            cols[6],
+            cols[7],
+            cols[8],
+            cols[9]
+        )
+    };
+    row([
+        "module/channel",
+        "state",
+        "cpu",
+        "produced",
+        "consumed",
+        "written",
+        "received",
+        "dropped",
+        "lost",
+        "mode",
+    ]);
+    for c in channels {
+        let name = format!("{}/{}", c.module, c.channel);
+        let state = if c.open { "open" } else { "closed" };
+        let mode = if c.overwrite { "overwrite" } else { "no-overw" };
+        for (cpu, b) in c.cpus.iter().enumerate() {
+            let n = [
+                cpu as u64,
+                b.produced as u64,
+                b.consumed as u64,
+                b.written,
+                b.received,
+                b.dropped,
+                b.lost,
+            ]
+            .map(|v| v.to_string());
+            row([
+                &name, state, &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], mode,
+            ]);
+        }
+        if let Some(e) = &c.error {
+            println!("  {name}: {e}");
+        }
+    }
 }
 
 fn vm_line(v: &VmStatus) -> String {
@@ -296,5 +481,9 @@ fn print_human(reply: &Reply) {
                 format!("{log}\n")
             }
         ),
+        Reply::RelayStats { channels, .. } => print_relay_stats(channels),
+        Reply::Record(r) => println!("{}", record_line(r)),
+        Reply::Gap { missed } => println!("-- {missed} records missed (reader too slow) --"),
+        Reply::End { .. } => {}
     }
 }

@@ -20,11 +20,12 @@ pub trait Transport: Send {
     fn region(&self) -> &SharedRegion;
     /// Interrupts the guest: "responses are waiting".
     fn notify_guest(&self) -> std::io::Result<()>;
-    /// An fd that becomes readable when the guest rings the host, if the transport has
-    /// one (without it the host polls on a timer).
-    fn doorbell_fd(&self) -> Option<BorrowedFd<'_>>;
-    /// Clears the doorbell after it fired.
-    fn ack_doorbell(&self);
+    /// An fd that becomes readable when the guest rings the host on `vector`
+    /// (`VECTOR_CONTROL`, `VECTOR_RELAY`), if the transport has one (without it the host
+    /// polls on a timer).
+    fn doorbell_fd(&self, vector: u32) -> Option<BorrowedFd<'_>>;
+    /// Clears the doorbell of `vector` after it fired.
+    fn ack_doorbell(&self, vector: u32);
     /// Short human description ("qemu ivshmem-doorbell, peer 1").
     fn describe(&self) -> String;
 }

@@ -185,6 +185,8 @@ pub enum SessionEvent {
         channel: Arc<ChannelSpec>,
         /// Why, when not a clean close.
         error: Option<String>,
+        /// Its final counters.
+        stats: ChannelStats,
     },
     /// A late step of a command the host had already given up on.
     LateStep {
@@ -360,10 +362,12 @@ impl Session {
             }
         }
         for (i, error) in failed.into_iter().rev() {
-            let (spec, _) = self.channels.remove(i);
+            let (spec, reader) = self.channels.remove(i);
+            let stats = reader.stats(region);
             out.events.push(SessionEvent::RelayClosed {
                 channel: spec,
                 error: Some(error),
+                stats,
             });
         }
     }
@@ -428,9 +432,11 @@ impl Session {
                 records,
             });
         }
+        let stats = reader.stats(region);
         out.events.push(SessionEvent::RelayClosed {
             channel: spec,
             error,
+            stats,
         });
         self.respond(region, &msg.header, 0, &[], out)
     }
@@ -513,11 +519,13 @@ impl Session {
             .as_ref()
             .is_some_and(|old| old.generation != info.generation);
         // A new frontend start means new rings and new grants: old channels are stale.
-        for (spec, _) in self.channels.drain(..) {
+        for (spec, reader) in std::mem::take(&mut self.channels) {
             let error = Some("guest restarted".to_string());
+            let stats = reader.stats(region);
             out.events.push(SessionEvent::RelayClosed {
                 channel: spec,
                 error,
+                stats,
             });
         }
         if restarted {

@@ -13,6 +13,9 @@ use vesper_core::{
     Command, CommandError, GuestInfo, Reply, Session, SessionConfig, SessionEvent, Transport,
 };
 use vesper_ivshmem::IvshmemTransport;
+use vesper_shared_abi::{VECTOR_CONTROL, VECTOR_RELAY};
+
+use crate::relay::RelayStore;
 
 /// How long QEMU gets to quit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -43,6 +46,8 @@ pub struct GuestHandle {
     pub exited: watch::Receiver<bool>,
     /// Tells the task to stop QEMU and end.
     pub stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+    /// Relay history.
+    pub relay: Arc<Mutex<RelayStore>>,
 }
 
 impl GuestHandle {
@@ -62,6 +67,7 @@ pub struct GuestTask {
     pub exited: watch::Sender<bool>,
     pub started: Instant,
     pub qmp: std::path::PathBuf,
+    pub relay: Arc<Mutex<RelayStore>>,
 }
 
 /// Registers a duplicate of `fd` with the reactor, for readiness only.
@@ -94,9 +100,12 @@ impl GuestTask {
             Ok(fd) => fd,
             Err(e) => return tracing::error!(guest = %name, "cannot watch the ivshmem socket: {e}"),
         };
-        let doorbell = match self.transport.doorbell_fd().map(dup) {
-            Some(Ok(fd)) => fd,
-            _ => return tracing::error!(guest = %name, "cannot watch the doorbell eventfd"),
+        let (control, relay) = match (
+            self.transport.doorbell_fd(VECTOR_CONTROL).map(dup),
+            self.transport.doorbell_fd(VECTOR_RELAY).map(dup),
+        ) {
+            (Some(Ok(c)), Some(Ok(r))) => (c, r),
+            _ => return tracing::error!(guest = %name, "cannot watch the doorbell eventfds"),
         };
         let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> =
             HashMap::new();
@@ -122,9 +131,13 @@ impl GuestTask {
                         tracing::warn!(guest = %name, "ivshmem accept failed: {e}");
                     }
                 }
-                r = doorbell.readable() => {
+                r = control.readable() => {
                     if let Ok(mut g) = r { g.clear_ready(); }
-                    self.transport.ack_doorbell();
+                    self.transport.ack_doorbell(VECTOR_CONTROL);
+                }
+                r = relay.readable() => {
+                    if let Ok(mut g) = r { g.clear_ready(); }
+                    self.transport.ack_doorbell(VECTOR_RELAY);
                 }
                 msg = rx.recv() => match msg {
                     Some(GuestMsg::Run { cmd, reply }) => {
@@ -141,6 +154,10 @@ impl GuestTask {
                     qemu_running = false;
                     tracing::info!(guest = %name, "QEMU exited: {status:?}");
                     self.status.lock().expect("status lock").state = "exited".into();
+                    // What the guest wrote before it died (a panic record) is still in
+                    // the region: read it before telling anyone the VM is gone.
+                    let last = self.session.drain_relays(self.transport.region());
+                    self.handle_events(last.events, &mut pending, &mut misbehaviours);
                     let _ = self.exited.send(true);
                     for ev in self.session.close() {
                         if let SessionEvent::Done { id, result } = ev {
@@ -165,39 +182,92 @@ impl GuestTask {
                 continue;
             }
             let out = self.session.poll(self.transport.region(), Instant::now());
-            for ev in out.events {
-                match ev {
-                    SessionEvent::GuestUp { info, restarted } => {
-                        let boot = self.started.elapsed().as_secs_f64();
-                        tracing::info!(guest = %name, kernel = %info.kernel_release, generation = info.generation, restarted, "frontend up");
-                        let mut st = self.status.lock().expect("status lock");
-                        st.state = "up".into();
-                        st.guest = Some(info.clone());
-                        st.boot_secs.get_or_insert(boot);
-                        drop(st);
-                        let _ = self.up.send(Some(info));
-                    }
-                    SessionEvent::Done { id, result } => {
-                        if let Some(tx) = pending.remove(&id) {
-                            let _ = tx.send(result);
-                        }
-                    }
-                    SessionEvent::Misbehaviour(e) => {
-                        misbehaviours += 1;
-                        tracing::warn!(guest = %name, count = misbehaviours, "guest misbehaving: {e}");
-                    }
-                    SessionEvent::LateStep { id, what } => {
-                        tracing::warn!(guest = %name, command = id, "abandoned command {what}");
-                    }
-                }
+            let had_relay = out
+                .events
+                .iter()
+                .any(|e| matches!(e, SessionEvent::Records { .. }));
+            let notify = out.notify;
+            self.handle_events(out.events, &mut pending, &mut misbehaviours);
+            if had_relay {
+                let stats = self.session.relay_stats(self.transport.region());
+                self.relay.lock().expect("relay lock").update_stats(stats);
             }
-            if out.notify {
+            if notify {
                 if let Err(e) = self.transport.notify_guest() {
                     tracing::debug!(guest = %name, "cannot interrupt the guest: {e}");
                 }
             }
         }
         let _ = self.child.start_kill();
+    }
+
+    fn handle_events(
+        &mut self,
+        events: Vec<SessionEvent>,
+        pending: &mut HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>>,
+        misbehaviours: &mut u64,
+    ) {
+        let name = &self.name;
+        for ev in events {
+            match ev {
+                SessionEvent::GuestUp { info, restarted } => {
+                    let boot = self.started.elapsed().as_secs_f64();
+                    tracing::info!(guest = %name, kernel = %info.kernel_release, generation = info.generation, restarted, "frontend up");
+                    let mut st = self.status.lock().expect("status lock");
+                    st.state = "up".into();
+                    st.guest = Some(info.clone());
+                    st.boot_secs.get_or_insert(boot);
+                    drop(st);
+                    let _ = self.up.send(Some(info));
+                }
+                SessionEvent::Done { id, result } => {
+                    if let Some(tx) = pending.remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                SessionEvent::Misbehaviour(e) => {
+                    *misbehaviours += 1;
+                    tracing::warn!(guest = %name, count = *misbehaviours, "guest misbehaving: {e}");
+                }
+                SessionEvent::LateStep { id, what } => {
+                    tracing::warn!(guest = %name, command = id, "abandoned command {what}");
+                }
+                SessionEvent::RelayOpened(spec) => {
+                    tracing::info!(guest = %name, module = %spec.module, channel = %spec.name, cpus = spec.n_cpus, "relay channel opened");
+                    self.relay
+                        .lock()
+                        .expect("relay lock")
+                        .opened(Arc::new(spec));
+                }
+                SessionEvent::RelayRefused(e) => {
+                    *misbehaviours += 1;
+                    tracing::warn!(guest = %name, "relay channel refused: {e}");
+                }
+                SessionEvent::Records { channel, records } => {
+                    self.relay
+                        .lock()
+                        .expect("relay lock")
+                        .push(&channel, records);
+                }
+                SessionEvent::RelayClosed {
+                    channel,
+                    error,
+                    stats,
+                } => {
+                    match &error {
+                        Some(e) => {
+                            tracing::warn!(guest = %name, module = %channel.module, channel = %channel.name, "relay channel dropped: {e}")
+                        }
+                        None => {
+                            tracing::info!(guest = %name, module = %channel.module, channel = %channel.name, "relay channel closed")
+                        }
+                    }
+                    let mut store = self.relay.lock().expect("relay lock");
+                    store.update_stats(vec![stats]);
+                    store.closed(&channel, error);
+                }
+            }
+        }
     }
 
     /// Asks QEMU to quit through QMP `quit` (in a thread: QMP is blocking I/O). The

@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod guest;
+mod relay;
 mod server;
 
 use std::path::PathBuf;

@@ -17,6 +17,7 @@ use vesper_ivshmem::IvshmemTransport;
 use vesper_qemu::{choose_accel, VmSpec};
 
 use crate::guest::{GuestHandle, GuestMsg, GuestTask};
+use crate::relay::RelayStore;
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
@@ -121,6 +122,17 @@ async fn serve_connection(daemon: Shared, stream: UnixStream) {
             ))
         } else {
             match serde_json::from_str::<Request>(&line) {
+                Ok(Request::RelayCat {
+                    guest,
+                    module,
+                    channel,
+                    follow,
+                }) => {
+                    // Streams until done or the client goes away; then the connection ends.
+                    let _ = relay_cat(&daemon, &mut w, &guest, &module, channel.as_deref(), follow)
+                        .await;
+                    return;
+                }
                 Ok(req) => handle(&daemon, req).await,
                 Err(e) => Err(ApiError::new(
                     ErrorCode::BadRequest,
@@ -201,6 +213,88 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
             GuestReply::Kmsg(log) => Ok(Reply::Kmsg { guest, log }),
             other => Err(unexpected(other)),
         },
+        Request::RelayStat { guest } => {
+            let store = relay_store(daemon, &guest)?;
+            let channels = store.lock().expect("relay lock").views();
+            Ok(Reply::RelayStats { guest, channels })
+        }
+        Request::RelayCat { .. } => Err(ApiError::new(
+            ErrorCode::Internal,
+            "relay_cat is served as a stream",
+        )),
+    }
+}
+
+fn relay_store(daemon: &Shared, guest: &str) -> Result<Arc<Mutex<RelayStore>>, ApiError> {
+    let guests = daemon.guests.lock().expect("guests lock");
+    let g = guests
+        .get(guest)
+        .ok_or_else(|| unknown_guest(&guests, guest))?;
+    Ok(g.relay.clone())
+}
+
+async fn send_line(w: &mut tokio::net::unix::OwnedWriteHalf, r: Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_string(&WireResponse::from(r)).map_err(std::io::Error::other)?;
+    out.push('\n');
+    w.write_all(out.as_bytes()).await
+}
+
+/// Streams `guest`'s records of `module` (and `channel`): the history, then, when
+/// following, each new record. A follower that reads too slowly gets a `Gap` with the
+/// number of records it missed; the guest and other readers are never slowed.
+async fn relay_cat(
+    daemon: &Shared,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    guest: &str,
+    module: &str,
+    channel: Option<&str>,
+    follow: bool,
+) -> std::io::Result<()> {
+    let store = match relay_store(daemon, guest) {
+        Ok(s) => s,
+        Err(e) => return send_line(w, Err(e)).await,
+    };
+    let taken = {
+        let s = store.lock().expect("relay lock");
+        if !follow && !s.knows(module, channel) {
+            let known = s.names();
+            let hint = if known.is_empty() {
+                "the guest has opened no channel".to_string()
+            } else {
+                format!("channels: {}", known.join(", "))
+            };
+            let what = channel.map_or(module.to_string(), |c| format!("{module}/{c}"));
+            Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("{guest}: no relay channel {what}; {hint}"),
+            ))
+        } else {
+            Ok(s.snapshot(module, channel))
+        }
+    };
+    let (history, mut rx) = match taken {
+        Ok(t) => t,
+        Err(e) => return send_line(w, Err(e)).await,
+    };
+    let mut sent = 0u64;
+    for r in history {
+        send_line(w, Ok(Reply::Record((*r).clone()))).await?;
+        sent += 1;
+    }
+    if !follow {
+        return send_line(w, Ok(Reply::End { records: sent })).await;
+    }
+    loop {
+        match rx.recv().await {
+            Ok(r) if r.module == module && channel.is_none_or(|c| r.channel == c) => {
+                send_line(w, Ok(Reply::Record((*r).clone()))).await?;
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                send_line(w, Ok(Reply::Gap { missed })).await?;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
     }
 }
 
@@ -423,6 +517,7 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
         ivshmem_socket: dir.join("ivshmem.sock"),
         ivshmem_vectors: vesper_ivshmem::transport_vectors() as u32,
         serial_log: console.clone(),
+        serial_socket: dir.join("console.sock"),
         qmp_socket: qmp.clone(),
         pvpanic: true,
     };
@@ -458,6 +553,7 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
     let (exited_tx, mut exited_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(16);
     let (stop_tx, stop_rx) = oneshot::channel();
+    let relay = Arc::new(Mutex::new(RelayStore::new(&a.name)));
     let task = GuestTask {
         name: a.name.clone(),
         transport,
@@ -471,6 +567,7 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
         exited: exited_tx,
         started: Instant::now(),
         qmp,
+        relay: relay.clone(),
     };
     tokio::spawn(task.run(rx, stop_rx));
     daemon.guests.lock().expect("guests lock").insert(
@@ -481,6 +578,7 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
             up: up_rx.clone(),
             exited: exited_rx.clone(),
             stop: Some(stop_tx),
+            relay,
         },
     );
     if a.wait_secs > 0 {

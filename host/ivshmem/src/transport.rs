@@ -6,8 +6,8 @@ use vesper_shmem::SharedRegion;
 
 use crate::{GuestPeer, IvshmemError, IvshmemServer};
 
-/// Vectors of the device: 0 = "responses produced"; 1 is reserved for relay index
-/// updates.
+/// Vectors of the device: `VECTOR_CONTROL` (0) for control requests and responses,
+/// `VECTOR_RELAY` (1) for relay index updates.
 pub const VECTORS: usize = 2;
 
 /// The QEMU transport: a shared region served to QEMU's `ivshmem-doorbell` device.
@@ -69,12 +69,12 @@ impl Transport for IvshmemTransport {
         peer.notify(0).map_err(std::io::Error::other)
     }
 
-    fn doorbell_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.server.host_vector(0)
+    fn doorbell_fd(&self, vector: u32) -> Option<BorrowedFd<'_>> {
+        self.server.host_vector(vector as usize)
     }
 
-    fn ack_doorbell(&self) {
-        self.server.take_doorbell(0);
+    fn ack_doorbell(&self, vector: u32) {
+        self.server.take_doorbell(vector as usize);
     }
 
     fn describe(&self) -> String {

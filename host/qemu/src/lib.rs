@@ -67,6 +67,8 @@ pub struct VmSpec {
     pub ivshmem_vectors: u32,
     /// Serial console log file.
     pub serial_log: PathBuf,
+    /// Serial console socket (QEMU listens; a client can type into the console).
+    pub serial_socket: PathBuf,
     /// QMP socket to create.
     pub qmp_socket: PathBuf,
     /// Add a pvpanic-pci device (QMP `GUEST_PANICKED` on guest panic).
@@ -102,8 +104,14 @@ impl VmSpec {
             self.initrd.display().to_string(),
             "-append".into(),
             self.cmdline.clone(),
+            "-chardev".into(),
+            format!(
+                "socket,id=serial0,path={},server=on,wait=off,logfile={}",
+                self.serial_socket.display(),
+                self.serial_log.display()
+            ),
             "-serial".into(),
-            format!("file:{}", self.serial_log.display()),
+            "chardev:serial0".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp_socket.display()),
             "-chardev".into(),
@@ -140,6 +148,7 @@ mod tests {
             ivshmem_socket: "/run/s.sock".into(),
             ivshmem_vectors: 2,
             serial_log: "/run/console.log".into(),
+            serial_socket: "/run/console.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
             pvpanic: true,
         }
@@ -151,7 +160,10 @@ mod tests {
         assert!(a.contains("-accel tcg"));
         assert!(a.contains("-chardev socket,path=/run/s.sock,id=vesper-ivshmem"));
         assert!(a.contains("-device ivshmem-doorbell,chardev=vesper-ivshmem,vectors=2"));
-        assert!(a.contains("-serial file:/run/console.log"));
+        assert!(a.contains(
+            "socket,id=serial0,path=/run/console.sock,server=on,wait=off,logfile=/run/console.log"
+        ));
+        assert!(a.contains("-serial chardev:serial0"));
         assert!(a.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
         assert!(a.contains("pvpanic-pci"));
         assert!(spec(Accel::Kvm)

@@ -2,12 +2,12 @@
 
 use std::mem::size_of;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vesper_shared_abi::*;
 use vm_memory::ByteValued;
 
 /// A decoded record payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Decoded {
     /// The guest kernel panicked.

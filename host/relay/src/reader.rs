@@ -3,7 +3,7 @@
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::Ordering;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vesper_shared_abi::*;
 use vesper_shmem::grant::GrantNeed;
 use vesper_shmem::{SharedRegion, ValidGrant};
@@ -189,7 +189,7 @@ pub struct Record {
 }
 
 /// Counters of one CPU buffer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BufferStats {
     /// Sub-buffers the guest produced.
     pub produced: u32,
