@@ -6,6 +6,8 @@
 # Kernel command line:
 #   vesper.mode=freeze   (default) load the frontend, then PID 1 sleeps forever
 #   vesper.mode=bench    load the frontend, run bench-insmod on vesper_bench_100k, freeze
+#   vesper.mode=hand     load the frontend, then obey command lines read from the console
+#                        (the tests' remote hand; protocol below, at hand())
 #   vesper.bench_n=N     iterations for bench mode (default 20)
 export PATH=/bin
 
@@ -39,6 +41,201 @@ freeze() {
     exec /bin/busybox sleep 2147483647
 }
 
+# ---- hand mode -------------------------------------------------------------------------
+# Reads one command per line from the console (stdin = /dev/console = ttyS0, echo off) and
+# answers every command with lines starting "vesper-hand: " (CRLF-terminated by the tty):
+#   ping            -> pong
+#   start NAME      -> started NAME pid=PID          (/bin/svc, comm NAME, in the background)
+#   kill SIG NAME   -> killed NAME pid=PID sig=SIG   (per live process with comm NAME)
+#                    | kill failed NAME pid=PID sig=SIG | no process NAME
+#   exit NAME CODE  -> exit requested NAME pid=PID code=CODE   (per svc with comm NAME)
+#                    | no process NAME
+#   panic           -> panicking                     (then sysrq-c: kernel panic)
+#   oom             -> oom hog pid=PID               (/bin/hog eats memory until OOM-killed)
+#   anything else   -> unknown command: LINE
+#   malformed args  -> error: ...
+# NAME: 1-15 of [A-Za-z0-9._-] (it becomes the kernel's comm, which holds 15 bytes). A svc
+# gets its comm from the symlink /tmp/svc/NAME -> /bin/svc it is executed through; `start`
+# answers only once /proc/PID/comm reads NAME. SIG: a number or a name busybox kill knows
+# (9, KILL, TERM, ...). CODE: 0-255; `exit` writes it to /tmp/svc-exit/PID and sends
+# SIGUSR1, and svc exits with it.
+# init itself is OOM-immune (oom_score_adj -1000); svcs run at 0, the hog at 1000.
+
+hand_say() {
+    echo "vesper-hand: $*"
+}
+
+# Is $1 usable as a svc name (and thus a comm and a file name)?
+hand_valid_name() {
+    case "$1" in
+        '' | . | .. | *[!A-Za-z0-9._-]*) return 1 ;;
+    esac
+    [ "${#1}" -le 15 ]
+}
+
+# Sets hand_pids to the PIDs (space-separated) of live (not zombie) processes whose comm is
+# exactly $1, init excluded. (A variable, not output: a $(...) subshell would be a process
+# named "init" itself.)
+hand_find() {
+    local d pid c st
+    hand_pids=
+    for d in /proc/[0-9]*; do
+        pid=${d#/proc/}
+        [ "$pid" = 1 ] && continue
+        { read -r c <"$d/comm"; } 2>/dev/null || continue
+        [ "$c" = "$1" ] || continue
+        { read -r st <"$d/stat"; } 2>/dev/null || continue
+        st=${st##*") "}
+        case "$st" in
+            Z* | X*) continue ;;
+        esac
+        hand_pids="$hand_pids $pid"
+    done
+}
+
+hand_start() {
+    local name=$1 pid c i=0
+    ln -sf /bin/svc "/tmp/svc/$name"
+    # The subshell is the svc-to-be: it resets the OOM immunity inherited from init, then
+    # execs (same PID), so $! is the svc's PID.
+    (
+        echo 0 >/proc/self/oom_score_adj
+        exec "/tmp/svc/$name"
+    ) &
+    pid=$!
+    # Answer only once the exec happened, so a following `kill NAME` finds it.
+    while [ "$i" -lt 500 ]; do
+        { read -r c <"/proc/$pid/comm"; } 2>/dev/null || break
+        if [ "$c" = "$name" ]; then
+            hand_say "started $name pid=$pid"
+            return
+        fi
+        i=$((i + 1))
+        sleep 0.01
+    done
+    hand_say "error: start $name failed (pid=$pid never became $name)"
+}
+
+hand_kill() {
+    local sig=$1 name=$2 pid found=
+    hand_find "$name"
+    for pid in $hand_pids; do
+        found=1
+        if kill -"$sig" "$pid" 2>/dev/null; then
+            hand_say "killed $name pid=$pid sig=$sig"
+        else
+            hand_say "kill failed $name pid=$pid sig=$sig"
+        fi
+    done
+    [ -n "$found" ] || hand_say "no process $name"
+}
+
+hand_exit() {
+    local name=$1 code=$2 pid found=
+    hand_find "$name"
+    for pid in $hand_pids; do
+        [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = /bin/svc ] || continue
+        found=1
+        echo "$code" >"/tmp/svc-exit/$pid"
+        kill -USR1 "$pid"
+        hand_say "exit requested $name pid=$pid code=$code"
+    done
+    [ -n "$found" ] || hand_say "no process $name"
+}
+
+hand_oom() {
+    /bin/hog &
+    hand_say "oom hog pid=$!"
+}
+
+hand_panic() {
+    hand_say "panicking"
+    # let the reply leave the UART before the kernel stops
+    sleep 0.2
+    echo c >/proc/sysrq-trigger
+}
+
+# Runs one command line ($*, already split into words).
+hand_do() {
+    local line="$*"
+    case "$1" in
+        '') ;;
+        ping)
+            if [ $# -eq 1 ]; then hand_say "pong"; else hand_say "error: usage: ping"; fi
+            ;;
+        start)
+            if [ $# -ne 2 ]; then
+                hand_say "error: usage: start NAME"
+            elif ! hand_valid_name "$2"; then
+                hand_say "error: bad name $2 (1-15 of A-Z a-z 0-9 . _ -)"
+            else
+                hand_start "$2"
+            fi
+            ;;
+        kill)
+            if [ $# -ne 3 ]; then
+                hand_say "error: usage: kill SIG NAME"
+            else
+                case "$2" in
+                    *[!A-Za-z0-9]* | '') hand_say "error: bad signal $2" ;;
+                    *) hand_kill "$2" "$3" ;;
+                esac
+            fi
+            ;;
+        exit)
+            if [ $# -ne 3 ]; then
+                hand_say "error: usage: exit NAME CODE"
+            else
+                case "$3" in
+                    *[!0-9]* | '') hand_say "error: bad exit code $3 (0-255)" ;;
+                    *)
+                        if [ "${#3}" -le 3 ] && [ "$3" -le 255 ]; then
+                            hand_exit "$2" "$3"
+                        else
+                            hand_say "error: bad exit code $3 (0-255)"
+                        fi
+                        ;;
+                esac
+            fi
+            ;;
+        panic)
+            if [ $# -eq 1 ]; then hand_panic; else hand_say "error: usage: panic"; fi
+            ;;
+        oom)
+            if [ $# -eq 1 ]; then hand_oom; else hand_say "error: usage: oom"; fi
+            ;;
+        *)
+            hand_say "unknown command: $line"
+            ;;
+    esac
+}
+
+hand() {
+    echo -1000 >/proc/1/oom_score_adj
+    echo 1 >/proc/sys/kernel/sysrq
+    stty -echo 2>/dev/null
+    mkdir -p /tmp/svc /tmp/svc-exit
+    cr=$(printf '\r')
+    echo "vesper-init: hand ready"
+    while :; do
+        line=
+        if ! IFS= read -r line; then
+            # EOF/error on the console: don't spin, don't let init die
+            [ -n "$line" ] || {
+                sleep 1
+                continue
+            }
+        fi
+        line=${line%"$cr"}
+        # split into words, never glob them (globbing stays on for /proc walks)
+        set -f
+        # shellcheck disable=SC2086 # word splitting is the point
+        set -- $line
+        set +f
+        hand_do "$@"
+    done
+}
+
 echo "vesper-init: mode $mode"
 case "$mode" in
     freeze)
@@ -50,7 +247,9 @@ case "$mode" in
         echo "vesper-init: bench done"
         freeze
         ;;
-    # ---- more modes go here (e.g. `svc`: start a watched service for the exit probe) ----
+    hand)
+        hand
+        ;;
     *)
         echo "vesper-init: unknown vesper.mode=$mode, freezing"
         freeze

@@ -3,9 +3,9 @@
 //!
 //! [`Kit::ensure`] installs what the host needs (QEMU, busybox-static, compiler, the cloud
 //! kernel's headers), fetches the current `linux-image-<ver>-cloud-amd64` kernel, builds the
-//! guest modules and a static `bench-insmod` helper, and packs a busybox initramfs — all
-//! cached under one git-ignored directory ([`default_kit_dir`]), rebuilt only when inputs
-//! change. [`Kit::load`] reads an already built kit without building anything.
+//! guest modules and the static helpers ([`HELPERS`]: `bench-insmod`, `svc`, `hog`), and
+//! packs a busybox initramfs — all cached under one git-ignored directory
+//! ([`default_kit_dir`]), rebuilt only when inputs change. [`Kit::load`] reads an already built kit without building anything.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -36,16 +36,51 @@ pub const MODULE_DIRS: &[&str] = &["guest-module", "probes", "tests/modules"];
 /// Busybox applets linked in the initramfs's `/bin`.
 pub const APPLETS: &[&str] = &[
     "sh", "mount", "insmod", "rmmod", "lsmod", "sleep", "cat", "echo", "mkdir", "poweroff", "kill",
-    "dmesg",
+    "dmesg", "ln", "readlink", "stty",
 ];
 
 /// Source of the guest's `/init`.
 pub const INIT_SCRIPT: &str = include_str!("../guest/init.sh");
 /// Source of the `bench-insmod` helper.
 pub const BENCH_INSMOD_C: &str = include_str!("../guest/bench_insmod.c");
+/// Source of the `svc` helper (the service that hand mode starts under a chosen name).
+pub const SVC_C: &str = include_str!("../guest/svc.c");
+/// Source of the `hog` helper (hand mode's `oom`: eats memory until OOM-killed).
+pub const HOG_C: &str = include_str!("../guest/hog.c");
+
+/// A static C helper compiled with `gcc -static -O2` and installed as `/bin/<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Helper {
+    /// Binary name (in `<kit>/guest-bin/` and the initramfs's `/bin`).
+    pub name: &'static str,
+    /// Name of the C file written next to it.
+    pub source_name: &'static str,
+    /// The C source.
+    pub source: &'static str,
+}
+
+/// The static helpers, in build order.
+pub const HELPERS: &[Helper] = &[
+    Helper {
+        name: "bench-insmod",
+        source_name: "bench_insmod.c",
+        source: BENCH_INSMOD_C,
+    },
+    Helper {
+        name: "svc",
+        source_name: "svc.c",
+        source: SVC_C,
+    },
+    Helper {
+        name: "hog",
+        source_name: "hog.c",
+        source: HOG_C,
+    },
+];
 
 const MANIFEST: &str = "manifest.json";
-const MANIFEST_FORMAT: u32 = 1;
+/// 2: `svc` and `hog` helpers (hand mode); older kits must be rebuilt.
+const MANIFEST_FORMAT: u32 = 2;
 const STEPS: usize = 8;
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -163,6 +198,10 @@ pub struct Kit {
     pub kdir: PathBuf,
     /// The static `bench-insmod` helper (also in the initramfs as `/bin/bench-insmod`).
     pub bench_insmod: PathBuf,
+    /// The static `svc` helper (also in the initramfs as `/bin/svc`).
+    pub svc: PathBuf,
+    /// The static `hog` helper (also in the initramfs as `/bin/hog`).
+    pub hog: PathBuf,
     /// QEMU accelerator hint for this host: `kvm` (VT-x/AMD-V KVM present) or `tcg`.
     pub accel: String,
 }
@@ -230,7 +269,7 @@ impl Kit {
     }
 
     /// Loads the manifest of an already built kit (`None` = [`default_kit_dir`]) without
-    /// building anything, and checks that the kernel, initramfs and helper exist.
+    /// building anything, and checks that the kernel, initramfs and helpers exist.
     pub fn load(dir: Option<&Path>) -> Result<Kit, KitError> {
         let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_kit_dir);
         let path = dir.join(MANIFEST);
@@ -246,7 +285,13 @@ impl Kit {
                 reason: format!("manifest format {} (expected {MANIFEST_FORMAT})", m.format),
             });
         }
-        for p in [&m.kit.kernel, &m.kit.initramfs, &m.kit.bench_insmod] {
+        for p in [
+            &m.kit.kernel,
+            &m.kit.initramfs,
+            &m.kit.bench_insmod,
+            &m.kit.svc,
+            &m.kit.hog,
+        ] {
             if !p.is_file() {
                 return Err(KitError::NotBuilt {
                     dir,
@@ -556,16 +601,17 @@ impl Builder {
             || build_modules(p, root, &kdir, &release, &modules_dir),
         )?;
 
-        // 6. bench-insmod
-        let bench_insmod = dir.join("guest-bin").join("bench-insmod");
-        p.step(6, "building bench-insmod (gcc -static)", || {
-            build_bench_insmod(&bench_insmod)
+        // 6. static helpers
+        let bin_dir = dir.join("guest-bin");
+        let helpers = p.step(6, "building static helpers (gcc -static)", || {
+            build_helpers(&bin_dir)
         })?;
+        let helper_path = |name: &str| bin_dir.join(name);
 
         // 7. initramfs
         let initramfs = dir.join(format!("initramfs-{release}.cpio"));
         p.step(7, "packing the initramfs", || {
-            let bytes = initramfs_bytes(&modules, &bench_insmod)?;
+            let bytes = initramfs_bytes(&modules, &helpers)?;
             let size = bytes.len();
             if initramfs.is_file() && read(&initramfs)? == bytes {
                 return Ok(((), format!("up to date ({} KiB)", size / 1024)));
@@ -587,7 +633,9 @@ impl Builder {
             modules_dir,
             modules,
             kdir,
-            bench_insmod,
+            bench_insmod: helper_path("bench-insmod"),
+            svc: helper_path("svc"),
+            hog: helper_path("hog"),
             accel: accel_hint().to_string(),
         };
         p.step(8, "writing manifest.json", || {
@@ -855,33 +903,57 @@ fn build_modules(
     Ok((map, note))
 }
 
-/// Step 6: compile the embedded `bench_insmod.c` unless the stamp says it is current.
-fn build_bench_insmod(out: &Path) -> Result<((), String), KitError> {
-    let bin_dir = out.parent().expect("bench-insmod has a parent dir");
+/// Built helpers: `(name, path)` in [`HELPERS`] order.
+type BuiltHelpers = Vec<(&'static str, PathBuf)>;
+
+/// Step 6: compile every [`HELPERS`] entry into `bin_dir` (each unless its stamp says it
+/// is current). Returns `(name, path)` in [`HELPERS`] order.
+fn build_helpers(bin_dir: &Path) -> Result<(BuiltHelpers, String), KitError> {
     fs::create_dir_all(bin_dir).map_err(io_err("create", bin_dir))?;
-    let hash = Fnv::new().bytes(BENCH_INSMOD_C.as_bytes()).hex();
-    let stamp = bin_dir.join(".bench-insmod.hash");
-    if out.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash) {
-        return Ok(((), "up to date".into()));
+    let mut built = Vec::new();
+    let mut out = Vec::new();
+    for h in HELPERS {
+        if build_helper(bin_dir, h)? {
+            built.push(h.name);
+        }
+        out.push((h.name, bin_dir.join(h.name)));
     }
-    let src = bin_dir.join("bench_insmod.c");
-    fs::write(&src, BENCH_INSMOD_C).map_err(io_err("write", &src))?;
-    let tmp = bin_dir.join("bench-insmod.tmp");
+    let note = if built.is_empty() {
+        format!("up to date ({} helpers)", HELPERS.len())
+    } else {
+        format!("built {} in {}", built.join(" "), bin_dir.display())
+    };
+    Ok((out, note))
+}
+
+/// Compiles one helper unless `<bin_dir>/.<name>.hash` holds its source hash; returns
+/// whether it compiled.
+fn build_helper(bin_dir: &Path, h: &Helper) -> Result<bool, KitError> {
+    let out = bin_dir.join(h.name);
+    let hash = Fnv::new().bytes(h.source.as_bytes()).hex();
+    let stamp = bin_dir.join(format!(".{}.hash", h.name));
+    if out.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash) {
+        return Ok(false);
+    }
+    let src = bin_dir.join(h.source_name);
+    fs::write(&src, h.source).map_err(io_err("write", &src))?;
+    let tmp = bin_dir.join(format!("{}.tmp", h.name));
     cmd::run(
         Command::new("gcc")
             .args(["-static", "-O2", "-Wall", "-Wextra", "-o"])
             .arg(&tmp)
             .arg(&src),
     )?;
-    fs::rename(&tmp, out).map_err(io_err("move into", out))?;
+    fs::rename(&tmp, &out).map_err(io_err("move into", &out))?;
     write_atomic(&stamp, format!("{hash}\n").as_bytes(), None)?;
-    Ok(((), format!("built {}", out.display())))
+    Ok(true)
 }
 
 /// Step 7: the initramfs as bytes (deterministic, so unchanged inputs give equal bytes).
+/// `helpers` are installed as `/bin/<name>`.
 fn initramfs_bytes(
     modules: &BTreeMap<String, PathBuf>,
-    bench_insmod: &Path,
+    helpers: &[(&str, PathBuf)],
 ) -> Result<Vec<u8>, KitError> {
     let busybox = Path::new(BUSYBOX);
     if !busybox.is_file() {
@@ -908,7 +980,9 @@ fn initramfs_bytes(
     for a in APPLETS {
         w.symlink(&format!("/bin/{a}"), "busybox");
     }
-    w.file("/bin/bench-insmod", 0o755, &read(bench_insmod)?);
+    for (name, path) in helpers {
+        w.file(&format!("/bin/{name}"), 0o755, &read(path)?);
+    }
     for (name, path) in modules {
         w.file(&format!("/lib/vesper/{name}.ko"), 0o644, &read(path)?);
     }
@@ -968,6 +1042,60 @@ mod tests {
     }
 
     #[test]
+    fn init_script_has_the_hand_protocol() {
+        for needle in [
+            "hand)\n        hand\n",
+            "echo \"vesper-init: hand ready\"",
+            "echo \"vesper-hand: $*\"",
+            "hand_say \"pong\"",
+            "hand_say \"started $name pid=$pid\"",
+            "hand_say \"killed $name pid=$pid sig=$sig\"",
+            "hand_say \"no process $name\"",
+            "hand_say \"exit requested $name pid=$pid code=$code\"",
+            "hand_say \"panicking\"",
+            "echo c >/proc/sysrq-trigger",
+            "hand_say \"oom hog pid=$!\"",
+            "hand_say \"unknown command: $line\"",
+            "echo -1000 >/proc/1/oom_score_adj",
+            "ln -sf /bin/svc \"/tmp/svc/$name\"",
+        ] {
+            assert!(INIT_SCRIPT.contains(needle), "init lacks {needle:?}");
+        }
+        // hand mode sits next to, not in place of, the frozen/bench contract
+        assert!(INIT_SCRIPT.contains("    freeze)\n        freeze\n"));
+    }
+
+    #[test]
+    fn helpers_are_distinct_and_installed_where_init_expects_them() {
+        let names: Vec<&str> = HELPERS.iter().map(|h| h.name).collect();
+        assert_eq!(names, ["bench-insmod", "svc", "hog"]);
+        for h in HELPERS {
+            assert!(h.source_name.ends_with(".c"), "{}", h.source_name);
+            assert!(h.source.contains("gcc -static -O2"), "{} header", h.name);
+            assert!(
+                INIT_SCRIPT.contains(&format!("/bin/{}", h.name)),
+                "init never runs /bin/{}",
+                h.name
+            );
+        }
+        let mut srcs: Vec<&str> = HELPERS.iter().map(|h| h.source_name).collect();
+        srcs.dedup();
+        assert_eq!(srcs.len(), HELPERS.len());
+    }
+
+    #[test]
+    fn svc_and_init_agree_on_the_exit_code_file() {
+        assert!(SVC_C.contains("\"/tmp/svc-exit/%ld\""));
+        assert!(INIT_SCRIPT.contains("mkdir -p /tmp/svc /tmp/svc-exit"));
+        assert!(INIT_SCRIPT.contains("echo \"$code\" >\"/tmp/svc-exit/$pid\""));
+        assert!(INIT_SCRIPT.contains("kill -USR1 \"$pid\""));
+        assert!(SVC_C.contains("SIGUSR1"));
+        assert!(HOG_C.contains("\"/proc/self/oom_score_adj\""));
+        assert!(HOG_C.contains("\"1000\\n\""));
+        assert!(HOG_C.contains("#define STEP (16u << 20)"));
+    }
+
+    #[test]
     fn manifest_round_trip() {
         let kit = Kit {
             dir: "/k".into(),
@@ -983,6 +1111,8 @@ mod tests {
             .into(),
             kdir: "/lib/modules/x/build".into(),
             bench_insmod: "/k/guest-bin/bench-insmod".into(),
+            svc: "/k/guest-bin/svc".into(),
+            hog: "/k/guest-bin/hog".into(),
             accel: "tcg".into(),
         };
         let json = serde_json::to_string(&Manifest {

@@ -74,6 +74,8 @@ fn print_summary(kit: &Kit) {
     println!("initramfs    {}", kit.initramfs.display());
     println!("kdir         {}", kit.kdir.display());
     println!("bench-insmod {}", kit.bench_insmod.display());
+    println!("svc          {}", kit.svc.display());
+    println!("hog          {}", kit.hog.display());
     println!("accel        {}", kit.accel);
     if kit.modules.is_empty() {
         println!("modules      (none built yet)");
