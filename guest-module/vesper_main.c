@@ -27,11 +27,15 @@
 #include <linux/string.h>
 #include <linux/list.h>
 #include <linux/err.h>
+#include <linux/bitmap.h>
+#include <linux/spinlock.h>
+#include <linux/atomic.h>
 #define INCLUDE_VERMAGIC
 #include <linux/vermagic.h>
 
 #include "vesper_abi.h"
 #include "vesper_loader.h"
+#include "vesper_relay.h"
 
 #define VESPER_DRV_NAME "vesper_front"
 #define VESPER_FRONTEND_VERSION 1
@@ -69,6 +73,12 @@ struct vesper_front {
 	bool have_irq;
 	wait_queue_head_t wq;
 	struct task_struct *worker;
+	atomic_t relay_work;		/* relay requests queued for the worker */
+
+	/* Data-area page allocator: bit i = page at DATA_AREA_OFFSET + i * PAGE_SIZE. */
+	spinlock_t pages_lock;
+	unsigned long *pages_map;
+	unsigned int n_pages;
 
 	/* Everything below is owned by the worker (and by remove after it stopped). */
 	u32 generation;
@@ -76,8 +86,11 @@ struct vesper_front {
 	u32 rsp_cons;			/* our response consumer */
 	u64 next_id;
 	u32 chunk_size;			/* 0 until HELLO answered */
+	bool up;			/* HELLO answered: relay requests may be posted */
 	bool grant_used[VESPER_GRANT_ENTRIES];
 	u32 list_grant;			/* live OP_LIST grant or GRANT_REF_NONE */
+	u64 list_off;			/* its data-area pages */
+	unsigned int list_pages;
 	u64 list_cmpl_id;		/* completion request carrying it */
 	u8 *rsp;			/* private copy of one response slot */
 	struct vesper_command_response cmd;	/* private copy of the command */
@@ -113,14 +126,76 @@ static void *vf_slot(struct vesper_front *fe, u64 ring_off, u32 idx)
 	       (size_t)(idx % VESPER_RING_SLOTS) * VESPER_SLOT_SIZE;
 }
 
-static void *vf_data(struct vesper_front *fe)
+void *vf_region_ptr(struct vesper_front *fe, u64 off)
 {
-	return fe->shm + VESPER_DATA_AREA_OFFSET;
+	return fe->shm + off;
+}
+
+void __iomem *vf_doorbell_reg(struct vesper_front *fe)
+{
+	return fe->regs + IVSHMEM_REG_DOORBELL;
+}
+
+struct task_struct *vf_worker_task(struct vesper_front *fe)
+{
+	return fe->worker;
+}
+
+u32 vf_generation(struct vesper_front *fe)
+{
+	return fe->generation;
 }
 
 static u64 vf_data_space(struct vesper_front *fe)
 {
 	return fe->region_size - VESPER_DATA_AREA_OFFSET;
+}
+
+/* ---- data-area pages -------------------------------------------------------- */
+
+/*
+ * Staging chunks, module lists and relay channels all live in the data area; this
+ * first-fit allocator over its 4 KiB pages keeps them apart. Process context only.
+ */
+static int vf_pages_setup(struct vesper_front *fe)
+{
+	spin_lock_init(&fe->pages_lock);
+	fe->n_pages = (unsigned int)(vf_data_space(fe) / VESPER_PAGE_SIZE);
+	fe->pages_map = bitmap_zalloc(fe->n_pages, GFP_KERNEL);
+	return fe->pages_map ? 0 : -ENOMEM;
+}
+
+int vf_pages_alloc(struct vesper_front *fe, unsigned int npages, u64 *off)
+{
+	unsigned long start;
+
+	if (!npages || npages > fe->n_pages)
+		return -ENOSPC;
+	spin_lock(&fe->pages_lock);
+	start = bitmap_find_next_zero_area(fe->pages_map, fe->n_pages, 0, npages, 0);
+	if (start >= fe->n_pages || start + npages > fe->n_pages) {
+		spin_unlock(&fe->pages_lock);
+		return -ENOSPC;
+	}
+	bitmap_set(fe->pages_map, start, npages);
+	spin_unlock(&fe->pages_lock);
+	*off = VESPER_DATA_AREA_OFFSET + (u64)start * VESPER_PAGE_SIZE;
+	return 0;
+}
+
+void vf_pages_free(struct vesper_front *fe, u64 off, unsigned int npages)
+{
+	unsigned long start;
+
+	if (WARN_ON(off < VESPER_DATA_AREA_OFFSET ||
+		    (off - VESPER_DATA_AREA_OFFSET) % VESPER_PAGE_SIZE))
+		return;
+	start = (off - VESPER_DATA_AREA_OFFSET) / VESPER_PAGE_SIZE;
+	if (WARN_ON(start + npages > fe->n_pages))
+		return;
+	spin_lock(&fe->pages_lock);
+	bitmap_clear(fe->pages_map, start, npages);
+	spin_unlock(&fe->pages_lock);
 }
 
 /* ---- waiting ----------------------------------------------------------------- */
@@ -134,8 +209,15 @@ static bool vf_rsp_pending(struct vesper_front *fe)
 static void vf_nap(struct vesper_front *fe)
 {
 	wait_event_interruptible_timeout(fe->wq,
-					 vf_rsp_pending(fe) || kthread_should_stop(),
+					 vf_rsp_pending(fe) || kthread_should_stop() ||
+					 (fe->up && atomic_read(&fe->relay_work)),
 					 VESPER_POLL_PERIOD);
+}
+
+void vf_relay_kick(struct vesper_front *fe)
+{
+	atomic_set(&fe->relay_work, 1);
+	wake_up(&fe->wq);
 }
 
 /* Sleep for delay jiffies unless asked to stop. */
@@ -154,7 +236,7 @@ static irqreturn_t vf_irq(int irq, void *data)
 
 /* ---- grants ------------------------------------------------------------------- */
 
-static int vf_grant(struct vesper_front *fe, u64 offset, u32 len, u32 access, u32 owner)
+int vf_grant(struct vesper_front *fe, u64 offset, u32 len, u32 access, u32 owner)
 {
 	struct vesper_grant_entry *g;
 	u32 ref;
@@ -182,7 +264,7 @@ static int vf_grant(struct vesper_front *fe, u64 offset, u32 len, u32 access, u3
 	return -ENOSPC;
 }
 
-static void vf_revoke(struct vesper_front *fe, u32 ref)
+void vf_revoke(struct vesper_front *fe, u32 ref)
 {
 	if (ref >= VESPER_GRANT_ENTRIES)
 		return;
@@ -198,6 +280,10 @@ static void vf_revoke_list_grant(struct vesper_front *fe)
 		vf_revoke(fe, fe->list_grant);
 		fe->list_grant = VESPER_GRANT_REF_NONE;
 	}
+	if (fe->list_pages) {
+		vf_pages_free(fe, fe->list_off, fe->list_pages);
+		fe->list_pages = 0;
+	}
 }
 
 /* ---- rings -------------------------------------------------------------------- */
@@ -206,7 +292,7 @@ static void vf_revoke_list_grant(struct vesper_front *fe)
  * Post one request. Waits (up to VESPER_CMD_TIMEOUT) while the ring is full.
  * Returns 0 and the request id in *id, -ETIMEDOUT, or -ESHUTDOWN.
  */
-static int vf_post(struct vesper_front *fe, u32 kind, const void *payload, u32 len,
+int vf_post(struct vesper_front *fe, u32 kind, const void *payload, u32 len,
 		   u64 *id)
 {
 	struct vesper_ring_control *rc = vf_req_ring(fe);
@@ -288,6 +374,8 @@ static void *vf_rsp_payload(struct vesper_front *fe)
 /* A response nobody waits for right now. */
 static void vf_stray(struct vesper_front *fe, const struct vesper_msg_header *h)
 {
+	if (vr_response(fe, h))
+		return;	/* answer to a relay open/close */
 	if (h->kind == (VESPER_REQ_COMPLETION | VESPER_RSP_FLAG) &&
 	    h->id == fe->list_cmpl_id && fe->list_grant != VESPER_GRANT_REF_NONE) {
 		/* The host copied the module list out. */
@@ -301,9 +389,35 @@ static void vf_stray(struct vesper_front *fe, const struct vesper_msg_header *h)
 }
 
 /*
+ * Copy the next usable response into fe->rsp: of our generation, with a sane length.
+ * Returns false when the ring is empty.
+ */
+static bool vf_next_rsp(struct vesper_front *fe)
+{
+	struct vesper_msg_header *h = vf_rsp_hdr(fe);
+
+	while (vf_pop(fe)) {
+		if (h->generation != fe->generation) {
+			pr_info_ratelimited(VESPER_DRV_NAME
+					    ": dropping response of generation %u (ours %u)\n",
+					    h->generation, fe->generation);
+			continue;
+		}
+		if (h->len > VESPER_SLOT_PAYLOAD_SIZE) {
+			pr_warn_ratelimited(VESPER_DRV_NAME
+					    ": dropping response with len %u\n", h->len);
+			continue;
+		}
+		return true;
+	}
+	return false;
+}
+
+/*
  * Wait for the answer to request id of kind kind. timeout 0 waits forever. On success
  * the response is in fe->rsp; its header len is <= SLOT_PAYLOAD_SIZE and, when status
  * is 0, >= min_len. Returns 0, -ETIMEDOUT, -ESHUTDOWN, or -EPROTO (short payload).
+ * Meanwhile posts queued relay requests and handles their answers.
  */
 static int vf_wait(struct vesper_front *fe, u64 id, u32 kind, unsigned long timeout,
 		   u32 min_len)
@@ -312,18 +426,9 @@ static int vf_wait(struct vesper_front *fe, u64 id, u32 kind, unsigned long time
 	struct vesper_msg_header *h = vf_rsp_hdr(fe);
 
 	for (;;) {
-		while (vf_pop(fe)) {
-			if (h->generation != fe->generation) {
-				pr_info_ratelimited(VESPER_DRV_NAME
-						    ": dropping response of generation %u (ours %u)\n",
-						    h->generation, fe->generation);
-				continue;
-			}
-			if (h->len > VESPER_SLOT_PAYLOAD_SIZE) {
-				pr_warn_ratelimited(VESPER_DRV_NAME
-						    ": dropping response with len %u\n", h->len);
-				continue;
-			}
+		if (fe->up && atomic_xchg(&fe->relay_work, 0))
+			vr_pump(fe);
+		while (vf_next_rsp(fe)) {
 			if (h->id != id || h->kind != (kind | VESPER_RSP_FLAG)) {
 				vf_stray(fe, h);
 				continue;
@@ -339,6 +444,29 @@ static int vf_wait(struct vesper_front *fe, u64 id, u32 kind, unsigned long time
 		if (kthread_should_stop())
 			return -ESHUTDOWN;
 		if (timeout && time_after_eq(jiffies, deadline))
+			return -ETIMEDOUT;
+		vf_nap(fe);
+	}
+}
+
+int vf_wait_relay(struct vesper_front *fe, bool (*done)(void *arg), void *arg,
+		  unsigned long timeout)
+{
+	unsigned long deadline = jiffies + timeout;
+	struct vesper_msg_header *h = vf_rsp_hdr(fe);
+
+	if (WARN_ON(current != fe->worker))
+		return -EINVAL;
+	for (;;) {
+		if (fe->up && atomic_xchg(&fe->relay_work, 0))
+			vr_pump(fe);
+		while (vf_next_rsp(fe))
+			vf_stray(fe, h);
+		if (done(arg))
+			return 0;
+		if (kthread_should_stop())
+			return -ESHUTDOWN;
+		if (time_after_eq(jiffies, deadline))
 			return -ETIMEDOUT;
 		vf_nap(fe);
 	}
@@ -435,6 +563,9 @@ static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_resu
 	u64 size = cmd->image_size;
 	u64 off = 0;
 	unsigned int stage;
+	u32 chunk = fe->chunk_size;
+	unsigned int stage_pages = 0;
+	u64 stage_off = 0;
 	u8 *image;
 	int ret;
 
@@ -452,17 +583,32 @@ static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_resu
 	if (!fe->chunk_size)
 		return vf_fail(r, -EPROTO, VESPER_STAGE_PREPARE);
 
+	/* Staging pages: a full chunk if the data area has room, else smaller chunks. */
+	for (;;) {
+		stage_pages = DIV_ROUND_UP(chunk, VESPER_PAGE_SIZE);
+		if (!vf_pages_alloc(fe, stage_pages, &stage_off))
+			break;
+		if (chunk <= VESPER_PAGE_SIZE) {
+			pr_warn(VESPER_DRV_NAME ": load %s: no free data-area page to stage into\n",
+				name);
+			return vf_fail(r, -ENOSPC, VESPER_STAGE_PREPARE);
+		}
+		chunk = max_t(u32, rounddown(chunk / 2, VESPER_PAGE_SIZE), VESPER_PAGE_SIZE);
+	}
+
 	image = vmalloc(size);
-	if (!image)
+	if (!image) {
+		vf_pages_free(fe, stage_off, stage_pages);
 		return vf_fail(r, -ENOMEM, VESPER_STAGE_PREPARE);
+	}
 
 	while (off < size) {
-		u32 want = (u32)min_t(u64, fe->chunk_size, size - off);
+		u32 want = (u32)min_t(u64, chunk, size - off);
 		struct vesper_msg_header *h = vf_rsp_hdr(fe);
 		u64 id;
 		int ref;
 
-		ref = vf_grant(fe, VESPER_DATA_AREA_OFFSET, want, VESPER_GRANT_WRITE,
+		ref = vf_grant(fe, stage_off, want, VESPER_GRANT_WRITE,
 			       VESPER_GRANT_OWNER_STAGING);
 		if (ref < 0) {
 			vf_fail(r, ref, VESPER_STAGE_TRANSFER);
@@ -503,7 +649,7 @@ static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_resu
 			goto out;
 		}
 		/* Copy once out of shared memory, then check only the private copy. */
-		memcpy(image + off, vf_data(fe), rsp.len);
+		memcpy(image + off, fe->shm + stage_off, rsp.len);
 		if ((crc32_le(~0U, image + off, rsp.len) ^ ~0U) != rsp.crc32) {
 			pr_warn(VESPER_DRV_NAME ": load %s: chunk at %llu fails its CRC\n",
 				name, off);
@@ -512,6 +658,10 @@ static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_resu
 		}
 		off += rsp.len;
 	}
+
+	/* The image is complete: the staging pages are free again (relay may use them). */
+	vf_pages_free(fe, stage_off, stage_pages);
+	stage_pages = 0;
 
 	if ((crc32_le(~0U, image, size) ^ ~0U) != cmd->image_crc32) {
 		pr_warn(VESPER_DRV_NAME ": load %s: image fails its CRC\n", name);
@@ -528,6 +678,8 @@ static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_resu
 	pr_info(VESPER_DRV_NAME ": loaded %s (%llu bytes)\n", name, size);
 	vf_add_pushed(fe, name);
 out:
+	if (stage_pages)
+		vf_pages_free(fe, stage_off, stage_pages);
 	vfree(image);
 }
 
@@ -556,9 +708,10 @@ static void vf_do_list(struct vesper_front *fe, struct vf_result *r)
 {
 	struct vesper_completion_request *c = fe->cmpl;
 	struct vesper_module_entry *e;
-	unsigned int max, total, i;
+	unsigned int max, total, i, pages;
 	size_t bytes;
-	int n, ref;
+	int n, ref, ret;
+	u64 off;
 
 	max = (unsigned int)min_t(u64, vf_data_space(fe) / sizeof(*e),
 				  VESPER_MAX_LIST_ENTRIES);
@@ -582,13 +735,21 @@ static void vf_do_list(struct vesper_front *fe, struct vf_result *r)
 	}
 
 	bytes = (size_t)n * sizeof(*e);
-	memcpy(vf_data(fe), e, bytes);
-	ref = vf_grant(fe, VESPER_DATA_AREA_OFFSET, (u32)bytes, VESPER_GRANT_READ,
-		       VESPER_GRANT_OWNER_MODLIST);
+	pages = max_t(unsigned int, DIV_ROUND_UP(bytes, VESPER_PAGE_SIZE), 1);
+	ret = vf_pages_alloc(fe, pages, &off);
+	if (ret) {
+		vf_fail(r, ret, VESPER_STAGE_LIST);
+		goto out;
+	}
+	memcpy(fe->shm + off, e, bytes);
+	ref = vf_grant(fe, off, (u32)bytes, VESPER_GRANT_READ, VESPER_GRANT_OWNER_MODLIST);
 	if (ref < 0) {
+		vf_pages_free(fe, off, pages);
 		vf_fail(r, ref, VESPER_STAGE_LIST);
 		goto out;
 	}
+	fe->list_off = off;
+	fe->list_pages = pages;
 	fe->list_grant = ref;
 	c->data_grant = ref;
 	c->data_len = (u32)bytes;
@@ -752,6 +913,7 @@ static int vf_worker(void *data)
 	}
 	smp_wmb();
 	WRITE_ONCE(vf_hdr(fe)->guest_state, VESPER_GUEST_STATE_UP);
+	fe->up = true;
 
 	while (!kthread_should_stop()) {
 		u64 id;
@@ -881,6 +1043,9 @@ static int vf_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = vf_check_region(fe);
 	if (ret)
 		goto err_memunmap;
+	ret = vf_pages_setup(fe);
+	if (ret)
+		goto err_memunmap;
 
 	pci_set_master(pdev);
 	nvec = pci_alloc_irq_vectors(pdev, 1, 2, PCI_IRQ_MSIX);
@@ -904,6 +1069,7 @@ static int vf_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		ret = PTR_ERR(fe->worker);
 		goto err_irq;
 	}
+	vr_front_bound(fe);
 	pr_info(VESPER_DRV_NAME ": %s: bound to Vesper region of %llu bytes (%s)\n",
 		pci_name(pdev), fe->region_size, fe->have_irq ? "MSI-X" : "polling");
 	return 0;
@@ -915,6 +1081,7 @@ err_irq:
 	}
 	pci_clear_master(pdev);
 err_memunmap:
+	bitmap_free(fe->pages_map);
 	memunmap(fe->shm);
 err_iounmap:
 	pci_iounmap(pdev, fe->regs);
@@ -936,6 +1103,8 @@ static void vf_remove(struct pci_dev *pdev)
 	u32 ref;
 
 	kthread_stop(fe->worker);
+	/* Relay writers stop touching the region before it goes away. */
+	vr_front_unbound(fe);
 
 	for (ref = 0; ref < VESPER_GRANT_ENTRIES; ref++)
 		WRITE_ONCE(vf_grant_entry(fe, ref)->state, VESPER_GRANT_STATE_FREE);
@@ -957,6 +1126,7 @@ static void vf_remove(struct pci_dev *pdev)
 		list_del(&p->node);
 		kfree(p);
 	}
+	bitmap_free(fe->pages_map);
 	kfree(fe->cmpl);
 	kfree(fe->rsp);
 	kfree(fe);
