@@ -218,13 +218,31 @@ impl GuestChannel {
             seq: s.seq,
             timestamp_ns: 0,
         };
-        region.write_slice(h.as_slice(), at)?;
-        region.write_slice(payload, at + size_of::<RecordHeader>() as u64)?;
+        // One copy into the buffer, as the C writer does (header and payload together).
+        let hl = size_of::<RecordHeader>();
+        let mut rec = [0u8; 256];
+        if size as usize <= rec.len() {
+            rec[..hl].copy_from_slice(h.as_slice());
+            rec[hl..hl + payload.len()].copy_from_slice(payload);
+            region.write_slice(&rec[..size as usize], at)?;
+        } else {
+            region.write_slice(h.as_slice(), at)?;
+            region.write_slice(payload, at + hl as u64)?;
+        }
         s.seq += 1;
         s.committed += size;
         s.written += 1;
-        self.publish(region, cpu)?;
+        // Only the position per record; the counters go out at switches and `flush`.
+        let pos = ((s.produced as u64) << 32) | s.committed as u64;
+        let ctl = self.control + cpu as u64 * 64 + offset_of!(RelayBufControl, position) as u64;
+        region.store_u64(pos, ctl, Ordering::Release)?;
         Ok(Ok(switched))
+    }
+
+    /// Publishes the `written`/`dropped` counters of every CPU (otherwise published at
+    /// sub-buffer switches only).
+    pub fn flush(&self, region: &SharedRegion) -> Result<(), ShmemError> {
+        (0..self.n_cpus).try_for_each(|cpu| self.publish(region, cpu))
     }
 
     /// Records written on `cpu`.

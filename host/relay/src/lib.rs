@@ -7,7 +7,9 @@ pub mod guest_writer;
 mod reader;
 
 pub use decode::{decode, Decoded};
-pub use reader::{validate_open, BufferStats, ChannelSpec, ChannelStats, Record, RelayReader};
+pub use reader::{
+    validate_open, BufferStats, ChannelSpec, ChannelStats, Record, RecordRef, RelayReader,
+};
 
 use thiserror::Error;
 use vesper_shmem::ShmemError;

@@ -188,6 +188,37 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// A record as a view into the reader's copy, valid during the callback.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// CPU buffer it came from.
+    pub cpu: u32,
+    /// Its sequence number in that buffer.
+    pub seq: u64,
+    /// `RECORD_*` type.
+    pub rtype: u16,
+    /// `RECORD_FLAG_*`.
+    pub flags: u16,
+    /// Guest timestamp.
+    pub timestamp_ns: u64,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+impl RecordRef<'_> {
+    /// An owned copy.
+    pub fn to_record(&self) -> Record {
+        Record {
+            cpu: self.cpu,
+            seq: self.seq,
+            rtype: self.rtype,
+            flags: self.flags,
+            timestamp_ns: self.timestamp_ns,
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
 /// Counters of one CPU buffer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BufferStats {
@@ -281,18 +312,28 @@ impl RelayReader {
     /// them to `out`, and releases consumed sub-buffers back to the guest. An error
     /// means the guest broke the protocol: the caller should drop the channel.
     pub fn poll(&mut self, region: &SharedRegion, out: &mut Vec<Record>) -> Result<(), RelayError> {
+        self.poll_with(region, |r| out.push(r.to_record()))
+    }
+
+    /// Like [`RelayReader::poll`], but hands each record to `f` as a view into the
+    /// reader's single copy of the sub-buffer bytes: no allocation per record.
+    pub fn poll_with<F: FnMut(RecordRef<'_>)>(
+        &mut self,
+        region: &SharedRegion,
+        mut f: F,
+    ) -> Result<(), RelayError> {
         self.check_grants(region)?;
         for cpu in 0..self.spec.n_cpus {
-            self.poll_cpu(region, cpu, out)?;
+            self.poll_cpu(region, cpu, &mut f)?;
         }
         Ok(())
     }
 
-    fn poll_cpu(
+    fn poll_cpu<F: FnMut(RecordRef<'_>)>(
         &mut self,
         region: &SharedRegion,
         cpu: u32,
-        out: &mut Vec<Record>,
+        out: &mut F,
     ) -> Result<(), RelayError> {
         let (id, n, size) = (self.spec.id, self.spec.n_subbufs, self.spec.subbuf_size);
         let shmem = |source| RelayError::Shmem {
@@ -413,13 +454,13 @@ fn position(spec: &ChannelSpec, region: &SharedRegion, cpu: u32) -> Result<(u32,
 }
 
 /// Parses the records in one copy of sub-buffer bytes starting at sub-buffer offset `base`.
-fn parse(
+fn parse<F: FnMut(RecordRef<'_>)>(
     bytes: &[u8],
     channel: u32,
     cpu: u32,
     base: u32,
     c: &mut Cursor,
-    out: &mut Vec<Record>,
+    out: &mut F,
 ) -> Result<(), RelayError> {
     let mut at = 0usize;
     while at < bytes.len() {
@@ -451,13 +492,13 @@ fn parse(
         c.lost += h.seq - c.next_seq;
         c.next_seq = h.seq + 1;
         c.received += 1;
-        out.push(Record {
+        out(RecordRef {
             cpu,
             seq: h.seq,
             rtype: h.rtype,
             flags: h.flags,
             timestamp_ns: h.timestamp_ns,
-            payload: rest[HEADER..len].to_vec(),
+            payload: &rest[HEADER..len],
         });
         at += len.next_multiple_of(RECORD_ALIGN as usize).min(rest.len());
     }
