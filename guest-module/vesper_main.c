@@ -1102,6 +1102,8 @@ static void vf_remove(struct pci_dev *pdev)
 	struct vesper_pushed *p, *tmp;
 	u32 ref;
 
+	/* Open relay channels are closed with the host while the worker still runs. */
+	vr_front_unbinding(fe);
 	kthread_stop(fe->worker);
 	/* Relay writers stop touching the region before it goes away. */
 	vr_front_unbound(fe);

@@ -41,6 +41,8 @@
 #include <linux/io.h>
 #include <linux/err.h>
 #include <linux/string.h>
+#include <linux/delay.h>
+#include <linux/jiffies.h>
 #include <asm/local64.h>
 
 #include "vesper_abi.h"
@@ -366,6 +368,50 @@ void vr_front_bound(struct vesper_front *fe)
 	mutex_unlock(&vr_lock);
 }
 
+/*
+ * The frontend is about to unbind, its worker still runs: stop the writers of its
+ * open channels and close them with the host (which then reads what is left), waiting
+ * up to 2 s. The owners' later vesper_relay_close() finds them closed (DONE).
+ */
+void vr_front_unbinding(struct vesper_front *fe)
+{
+	unsigned long deadline = jiffies + 2 * HZ;
+	struct vesper_relay *r;
+	unsigned int n = 0, busy;
+
+	mutex_lock(&vr_lock);
+	list_for_each_entry(r, &vr_channels, node) {
+		if (r->fe == fe && r->state == VR_OPEN) {
+			WRITE_ONCE(r->connected, false);
+			n++;
+		}
+	}
+	mutex_unlock(&vr_lock);
+	if (!n)
+		return;
+	synchronize_rcu();
+
+	mutex_lock(&vr_lock);
+	list_for_each_entry(r, &vr_channels, node)
+		if (r->fe == fe && r->state == VR_OPEN)
+			r->state = VR_QUEUED_CLOSE;
+	vf_relay_kick(fe);
+	mutex_unlock(&vr_lock);
+
+	do {
+		msleep(20);
+		busy = 0;
+		mutex_lock(&vr_lock);
+		list_for_each_entry(r, &vr_channels, node)
+			if (r->fe == fe &&
+			    (r->state == VR_QUEUED_CLOSE || r->state == VR_CLOSING))
+				busy++;
+		mutex_unlock(&vr_lock);
+	} while (busy && time_before(jiffies, deadline));
+	pr_info(VR_NAME ": unbinding: closed %u of %u open relay channel(s) with the host\n",
+		n - busy, n);
+}
+
 void vr_front_unbound(struct vesper_front *fe)
 {
 	struct vesper_relay *r, *tmp;
@@ -378,15 +424,17 @@ void vr_front_unbound(struct vesper_front *fe)
 		WRITE_ONCE(r->connected, false);
 		r->fe = NULL;
 		r->has_pages = false;	/* the region goes away with the frontend */
-		if (r->state != VR_OPEN)
-			r->result = -ENODEV;
+		if (r->state != VR_DONE) {
+			if (r->state != VR_OPEN)
+				r->result = -ENODEV;
+			n++;
+		}
 		r->state = VR_DISCONNECTED;
 		if (r->abandoned) {
 			list_del(&r->node);
 			vr_free(r);
 		} else {
 			complete(&r->done);
-			n++;
 		}
 	}
 	if (vr_fe == fe)
@@ -576,13 +624,16 @@ void vesper_relay_close(struct vesper_relay *r)
 	if (r->state == VR_DONE || r->state == VR_DISCONNECTED) {
 		list_del(&r->node);
 		vr_free(r);
+		mutex_unlock(&vr_lock);
+		pr_info(VR_NAME ": relay channel %u closed (written %llu, dropped %llu)\n",
+			id, written, dropped);
 	} else {
-		/* Still queued or posted: the worker (or the unbind) frees it. */
+		/* Still queued or posted: the worker (or the unbind) finishes and frees it. */
 		r->abandoned = true;
+		mutex_unlock(&vr_lock);
+		pr_info(VR_NAME ": relay channel %u closing in the background (written %llu, dropped %llu)\n",
+			id, written, dropped);
 	}
-	mutex_unlock(&vr_lock);
-	pr_info(VR_NAME ": relay channel %u closed (written %llu, dropped %llu)\n",
-		id, written, dropped);
 }
 EXPORT_SYMBOL_GPL(vesper_relay_close);
 

@@ -52,8 +52,11 @@ int vf_wait_relay(struct vesper_front *fe, bool (*done)(void *arg), void *arg,
 
 /* ---- provided by vesper_relay.c ------------------------------------------------ */
 
-/* A frontend bound / is unbinding (after its worker stopped, before unmapping). */
+/* A frontend bound. */
 void vr_front_bound(struct vesper_front *fe);
+/* A frontend is unbinding, its worker still runs: close its open channels (<= 2 s). */
+void vr_front_unbinding(struct vesper_front *fe);
+/* A frontend unbinds, its worker stopped, before unmapping: disconnect the rest. */
 void vr_front_unbound(struct vesper_front *fe);
 
 /* vesper_relay_open with the owner given by name (NULL = "vmlinux"). */

@@ -107,8 +107,9 @@ static void vesper_exit_report(long code)
 					 VESPER_RECORD_FLAG_URGENT, &rec, sizeof(rec));
 	if (!ret)
 		atomic_long_inc(&vesper_exit_reported);
-	pr_info("vesper_exit_probe: watched exit comm=%s pid=%d tid=%d code=%#x signal=%d status=%d relay=%d\n",
-		rec.comm, rec.pid, rec.tid, rec.exit_code, rec.signal, rec.status, ret);
+	pr_info_ratelimited("vesper_exit_probe: watched exit comm=%s pid=%d tid=%d code=%#x signal=%d status=%d relay=%d\n",
+			    rec.comm, rec.pid, rec.tid, rec.exit_code, rec.signal, rec.status,
+			    ret);
 }
 
 static int vesper_exit_pre(struct kprobe *p, struct pt_regs *regs)
