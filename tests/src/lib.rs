@@ -177,6 +177,54 @@ impl Daemon {
         }
     }
 
+    /// Types `command` into VM `name`'s serial console (the test init's hand, in
+    /// `--mode hand`) and returns the console text from the reply line that starts with
+    /// `vesper-hand: ` + `reply_prefix` on.
+    pub fn hand(&self, name: &str, command: &str, reply_prefix: &str) -> String {
+        use std::io::Write;
+        let sock = self.run_dir.path().join("guests").join(name).join("console.sock");
+        let before = self.console(name).len();
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect console socket");
+        s.write_all(format!("{command}\n").as_bytes()).expect("type into console");
+        let needle = format!("vesper-hand: {reply_prefix}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.console(name);
+            if let Some(at) = c[before.min(c.len())..].find(&needle) {
+                return c[before + at..].to_string();
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} after {command:?}:\n{}", &c[before.min(c.len())..]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Records of `module` (`channel`) as JSON, read through `vesper relay cat --json`.
+    pub fn relay_records(&self, guest: &str, module: &str, channel: &str) -> Vec<Value> {
+        let out = self.cli(&["--json", "relay", "cat", guest, module, channel]);
+        if out.code != 0 {
+            return Vec::new();
+        }
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+            .map(|v| v["result"].clone())
+            .filter(|r| r["kind"] == "record")
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the records of `module`/`channel`.
+    pub fn wait_records(&self, guest: &str, module: &str, channel: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let recs = self.relay_records(guest, module, channel);
+            if pred(&recs) {
+                return recs;
+            }
+            assert!(Instant::now() < deadline, "records of {module}/{channel} never matched; have {}: {:?}\ndaemon log:\n{}", recs.len(), recs.iter().rev().take(3).collect::<Vec<_>>(), self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// QEMU's pid for VM `name`.
     pub fn qemu_pid(&self, name: &str) -> i32 {
         let list = self.cli(&["--json", "vm", "list"]).ok().json();
