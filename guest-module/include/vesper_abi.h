@@ -90,6 +90,9 @@
 #define VESPER_OP_LIST 0x3U
 /* Command: return the tail of the kernel log. */
 #define VESPER_OP_KMSG 0x4U
+/* Command: answer at once; the completion's `guest_time_ns` lets the host map the
+ * guest's clock onto its own (NTP-style, from the round trip). */
+#define VESPER_OP_CLOCK 0x5U
 /* Unload flag: force (`O_TRUNC` to `delete_module`). */
 #define VESPER_UNLOAD_FLAG_FORCE 0x1U
 /* Completion stage: no failure. */
@@ -314,9 +317,10 @@ struct vesper_completion_request {
 	uint32_t data_grant;
 	uint32_t data_len;
 	uint32_t log_len;
+	uint64_t guest_time_ns;
 	uint8_t log[3584];
 };
-_Static_assert(sizeof(struct vesper_completion_request) == 3616, "vesper_completion_request size");
+_Static_assert(sizeof(struct vesper_completion_request) == 3624, "vesper_completion_request size");
 _Static_assert(offsetof(struct vesper_completion_request, command_id) == 0, "vesper_completion_request.command_id");
 _Static_assert(offsetof(struct vesper_completion_request, op) == 8, "vesper_completion_request.op");
 _Static_assert(offsetof(struct vesper_completion_request, error) == 12, "vesper_completion_request.error");
@@ -324,7 +328,8 @@ _Static_assert(offsetof(struct vesper_completion_request, stage) == 16, "vesper_
 _Static_assert(offsetof(struct vesper_completion_request, data_grant) == 20, "vesper_completion_request.data_grant");
 _Static_assert(offsetof(struct vesper_completion_request, data_len) == 24, "vesper_completion_request.data_len");
 _Static_assert(offsetof(struct vesper_completion_request, log_len) == 28, "vesper_completion_request.log_len");
-_Static_assert(offsetof(struct vesper_completion_request, log) == 32, "vesper_completion_request.log");
+_Static_assert(offsetof(struct vesper_completion_request, guest_time_ns) == 32, "vesper_completion_request.guest_time_ns");
+_Static_assert(offsetof(struct vesper_completion_request, log) == 40, "vesper_completion_request.log");
 
 /* One module in an `OP_LIST` result. */
 struct vesper_module_entry {

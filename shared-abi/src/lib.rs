@@ -224,6 +224,9 @@ abi_consts! {
     pub const OP_LIST: u32 = 3;
     /// Command: return the tail of the kernel log.
     pub const OP_KMSG: u32 = 4;
+    /// Command: answer at once; the completion's `guest_time_ns` lets the host map the
+    /// guest's clock onto its own (NTP-style, from the round trip).
+    pub const OP_CLOCK: u32 = 5;
     /// Unload flag: force (`O_TRUNC` to `delete_module`).
     pub const UNLOAD_FLAG_FORCE: u32 = 1;
 
@@ -465,6 +468,8 @@ wire_structs! {
         pub data_len: u32,
         /// Bytes used in `log`.
         pub log_len: u32,
+        /// Guest `ktime_get_ns()` when the completion was posted.
+        pub guest_time_ns: u64,
         /// Kernel log tail (failures, `OP_KMSG`), not NUL-terminated.
         pub log: [u8; 3584],
     }

@@ -300,6 +300,17 @@ pub struct RecordView {
     pub guest_time_ns: u64,
     /// Host clock (Unix ns) when read from the guest's buffer.
     pub host_time_ns: u64,
+    /// The guest timestamp mapped onto the host clock (Unix ns), once the daemon has
+    /// synchronised with the guest's clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_time_host_ns: Option<u64>,
+    /// From the guest writing the record to the host reading it, in ns (± the clock
+    /// error below).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ns: Option<i64>,
+    /// Error bound of the clock mapping (half the best round trip), ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_error_ns: Option<u64>,
     /// Typed content.
     pub decoded: Decoded,
     /// The payload as text, when it is UTF-8 (raw records of relayfs probes).

@@ -73,6 +73,8 @@ pub enum Command {
     List,
     /// Fetch the guest kernel log tail.
     Kmsg,
+    /// Read the guest's clock (answered at once).
+    Clock,
 }
 
 impl Command {
@@ -82,6 +84,7 @@ impl Command {
             Command::Unload { .. } => OP_UNLOAD,
             Command::List => OP_LIST,
             Command::Kmsg => OP_KMSG,
+            Command::Clock => OP_CLOCK,
         }
     }
 
@@ -91,6 +94,7 @@ impl Command {
             Command::Unload { .. } => "unload",
             Command::List => "list",
             Command::Kmsg => "kmsg",
+            Command::Clock => "clock",
         }
     }
 }
@@ -131,6 +135,8 @@ pub enum Reply {
     Modules(Vec<GuestModule>),
     /// The guest kernel log tail.
     Kmsg(String),
+    /// The guest's `ktime_get_ns()` when it answered.
+    Clock(u64),
 }
 
 /// What the guest told the host about itself in its hello.
@@ -601,7 +607,7 @@ impl Session {
                     return Ok(());
                 }
             }
-            Command::List | Command::Kmsg => {}
+            Command::List | Command::Kmsg | Command::Clock => {}
         }
         self.standing_wait = None;
         self.respond(region, &wait, 0, c.as_slice(), out)?;
@@ -724,6 +730,7 @@ impl Session {
                 }),
                 Command::Unload { name, .. } => Ok(Reply::Unloaded { name: name.clone() }),
                 Command::Kmsg => Ok(Reply::Kmsg(log)),
+                Command::Clock => Ok(Reply::Clock(c.guest_time_ns)),
                 Command::List => {
                     read_module_list(region, &c, msg.header.generation).map(Reply::Modules)
                 }

@@ -15,7 +15,7 @@ use vesper_core::{
 use vesper_ivshmem::IvshmemTransport;
 use vesper_shared_abi::{VECTOR_CONTROL, VECTOR_RELAY};
 
-use crate::relay::RelayStore;
+use crate::relay::{ClockMap, RelayStore};
 
 /// How long QEMU gets to quit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -50,6 +50,62 @@ pub struct GuestHandle {
     pub relay: Arc<Mutex<RelayStore>>,
 }
 
+/// Clock exchanges per synchronisation; the one with the shortest round trip wins.
+const CLOCK_ROUNDS: usize = 5;
+/// How often the clock mapping is refreshed.
+const CLOCK_REFRESH: Duration = Duration::from_secs(60);
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Maps the guest's clock onto the host's (NTP-style over `OP_CLOCK`) for relay record
+/// timestamps, now and every `CLOCK_REFRESH`.
+async fn clock_sync(tx: mpsc::WeakSender<GuestMsg>, relay: Arc<Mutex<RelayStore>>, name: String) {
+    loop {
+        let mut best: Option<ClockMap> = None;
+        for _ in 0..CLOCK_ROUNDS {
+            let Some(tx) = tx.upgrade() else { return };
+            let (reply, rx) = oneshot::channel();
+            let h0 = unix_ns();
+            if tx
+                .send(GuestMsg::Run {
+                    cmd: Command::Clock,
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let guest_ns = match rx.await {
+                Ok(Ok(Reply::Clock(g))) => g,
+                Ok(Err(e)) => {
+                    tracing::info!(guest = %name, "no clock mapping (relay latencies unavailable): {e}");
+                    return;
+                }
+                _ => return,
+            };
+            let h1 = unix_ns();
+            let map = ClockMap {
+                offset_ns: guest_ns as i128 - ((h0 as i128 + h1 as i128) / 2),
+                error_ns: (h1 - h0) / 2,
+            };
+            if best.is_none_or(|b| map.error_ns < b.error_ns) {
+                best = Some(map);
+            }
+        }
+        if let Some(m) = best {
+            tracing::debug!(guest = %name, offset_ns = %m.offset_ns, error_ns = m.error_ns, "guest clock mapped");
+            relay.lock().expect("relay lock").set_clock(Some(m));
+        }
+        tokio::time::sleep(CLOCK_REFRESH).await;
+    }
+}
+
 impl GuestHandle {
     /// Current frontend info, if up.
     pub fn info(&self) -> Option<GuestInfo> {
@@ -68,6 +124,9 @@ pub struct GuestTask {
     pub started: Instant,
     pub qmp: std::path::PathBuf,
     pub relay: Arc<Mutex<RelayStore>>,
+    /// Its own command channel (weak, so the task still ends when the daemon lets go).
+    pub self_tx: mpsc::WeakSender<GuestMsg>,
+    pub clock_sync: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Registers a duplicate of `fd` with the reactor, for readiness only.
@@ -199,6 +258,9 @@ impl GuestTask {
             }
         }
         let _ = self.child.start_kill();
+        if let Some(sync) = self.clock_sync.take() {
+            sync.abort();
+        }
     }
 
     fn handle_events(
@@ -219,6 +281,14 @@ impl GuestTask {
                     st.boot_secs.get_or_insert(boot);
                     drop(st);
                     let _ = self.up.send(Some(info));
+                    // A restarted guest has a new clock: map it afresh.
+                    self.relay.lock().expect("relay lock").set_clock(None);
+                    if let Some(old) = self.clock_sync.take() {
+                        old.abort();
+                    }
+                    let sync =
+                        clock_sync(self.self_tx.clone(), self.relay.clone(), self.name.clone());
+                    self.clock_sync = Some(tokio::spawn(sync));
                 }
                 SessionEvent::Done { id, result } => {
                     if let Some(tx) = pending.remove(&id) {

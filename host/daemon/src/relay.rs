@@ -23,9 +23,19 @@ struct ChannelLog {
     error: Option<String>,
 }
 
+/// How the guest's clock maps onto the host's: `host_unix_ns = guest_ns - offset_ns`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockMap {
+    /// Guest ktime minus host Unix time, ns.
+    pub offset_ns: i128,
+    /// Half the round trip of the exchange it came from, ns.
+    pub error_ns: u64,
+}
+
 /// The relay history of one guest.
 pub struct RelayStore {
     guest: String,
+    clock: Option<ClockMap>,
     channels: Vec<ChannelLog>,
     tx: broadcast::Sender<Arc<RecordView>>,
 }
@@ -41,6 +51,7 @@ impl RelayStore {
     pub fn new(guest: &str) -> Self {
         Self {
             guest: guest.to_string(),
+            clock: None,
             channels: Vec::new(),
             tx: broadcast::channel(FOLLOW_BUFFER).0,
         }
@@ -67,6 +78,11 @@ impl RelayStore {
         &mut self.channels[i]
     }
 
+    /// Sets (or, on a guest restart, forgets) the clock mapping.
+    pub fn set_clock(&mut self, clock: Option<ClockMap>) {
+        self.clock = clock;
+    }
+
     /// A channel opened (or reopened: a module reloaded keeps its history).
     pub fn opened(&mut self, spec: Arc<ChannelSpec>) {
         let log = self.log(&spec);
@@ -80,6 +96,7 @@ impl RelayStore {
         let guest = self.guest.clone();
         let host_time_ns = now_ns();
         let tx = self.tx.clone();
+        let clock = self.clock;
         let log = self.log(spec);
         for r in records {
             let text = std::str::from_utf8(&r.payload)
@@ -96,6 +113,12 @@ impl RelayStore {
                 urgent: r.flags & RECORD_FLAG_URGENT != 0,
                 guest_time_ns: r.timestamp_ns,
                 host_time_ns,
+                guest_time_host_ns: clock
+                    .map(|c| (r.timestamp_ns as i128 - c.offset_ns).max(0) as u64),
+                latency_ns: clock.map(|c| {
+                    (host_time_ns as i128 - (r.timestamp_ns as i128 - c.offset_ns)) as i64
+                }),
+                clock_error_ns: clock.map(|c| c.error_ns),
                 decoded: decode(r.rtype, &r.payload),
                 text,
             });

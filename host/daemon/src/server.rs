@@ -568,6 +568,8 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
         started: Instant::now(),
         qmp,
         relay: relay.clone(),
+        self_tx: tx.downgrade(),
+        clock_sync: None,
     };
     tokio::spawn(task.run(rx, stop_rx));
     daemon.guests.lock().expect("guests lock").insert(

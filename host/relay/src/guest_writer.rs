@@ -224,7 +224,7 @@ impl GuestChannel {
         if size as usize <= rec.len() {
             rec[..hl].copy_from_slice(h.as_slice());
             rec[hl..hl + payload.len()].copy_from_slice(payload);
-            region.write_slice(&rec[..size as usize], at)?;
+            region.guest_write(&rec[..size as usize], at)?;
         } else {
             region.write_slice(h.as_slice(), at)?;
             region.write_slice(payload, at + hl as u64)?;
@@ -235,7 +235,7 @@ impl GuestChannel {
         // Only the position per record; the counters go out at switches and `flush`.
         let pos = ((s.produced as u64) << 32) | s.committed as u64;
         let ctl = self.control + cpu as u64 * 64 + offset_of!(RelayBufControl, position) as u64;
-        region.store_u64(pos, ctl, Ordering::Release)?;
+        region.guest_store_u64(pos, ctl, Ordering::Release)?;
         Ok(Ok(switched))
     }
 

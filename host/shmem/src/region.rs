@@ -154,6 +154,39 @@ impl SharedRegion {
             .map_err(|_| ShmemError::OutOfBounds { offset, len: 8 })
     }
 
+    /// For code that plays the guest (tests, benchmarks): one bounds check and a plain
+    /// copy, as the guest's C writer does. Host code uses [`SharedRegion::write_slice`].
+    #[doc(hidden)]
+    pub fn guest_write(&self, buf: &[u8], offset: u64) -> Result<(), ShmemError> {
+        let at = self.check(offset, buf.len() as u64)?;
+        // SAFETY: `check` proved [at, at + len) lies inside the mapping, which lives as
+        // long as `self`; `buf` is host memory, so the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.mapping.as_ptr().add(at), buf.len())
+        };
+        Ok(())
+    }
+
+    /// For code that plays the guest: an atomic 64-bit store with one bounds check.
+    #[doc(hidden)]
+    pub fn guest_store_u64(
+        &self,
+        val: u64,
+        offset: u64,
+        order: Ordering,
+    ) -> Result<(), ShmemError> {
+        let at = self.check(offset, 8)?;
+        if at % 8 != 0 {
+            return Err(ShmemError::OutOfBounds { offset, len: 8 });
+        }
+        // SAFETY: in bounds (checked), 8-byte aligned (the mapping is page-aligned and
+        // `at` is a multiple of 8), and only ever accessed atomically or volatilely.
+        let word =
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(self.mapping.as_ptr().add(at).cast()) };
+        word.store(val, order);
+        Ok(())
+    }
+
     /// A copy of the header, taken once.
     pub fn header(&self) -> Result<RegionHeader, ShmemError> {
         self.read_obj(0)
