@@ -182,10 +182,16 @@ impl Daemon {
     /// `vesper-hand: ` + `reply_prefix` on.
     pub fn hand(&self, name: &str, command: &str, reply_prefix: &str) -> String {
         use std::io::Write;
-        let sock = self.run_dir.path().join("guests").join(name).join("console.sock");
+        let sock = self
+            .run_dir
+            .path()
+            .join("guests")
+            .join(name)
+            .join("console.sock");
         let before = self.console(name).len();
         let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect console socket");
-        s.write_all(format!("{command}\n").as_bytes()).expect("type into console");
+        s.write_all(format!("{command}\n").as_bytes())
+            .expect("type into console");
         let needle = format!("vesper-hand: {reply_prefix}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -193,7 +199,11 @@ impl Daemon {
             if let Some(at) = c[before.min(c.len())..].find(&needle) {
                 return c[before + at..].to_string();
             }
-            assert!(Instant::now() < deadline, "no {needle:?} after {command:?}:\n{}", &c[before.min(c.len())..]);
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} after {command:?}:\n{}",
+                &c[before.min(c.len())..]
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -213,14 +223,27 @@ impl Daemon {
     }
 
     /// Waits until `pred` holds for the records of `module`/`channel`.
-    pub fn wait_records(&self, guest: &str, module: &str, channel: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_records(
+        &self,
+        guest: &str,
+        module: &str,
+        channel: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let recs = self.relay_records(guest, module, channel);
             if pred(&recs) {
                 return recs;
             }
-            assert!(Instant::now() < deadline, "records of {module}/{channel} never matched; have {}: {:?}\ndaemon log:\n{}", recs.len(), recs.iter().rev().take(3).collect::<Vec<_>>(), self.log());
+            assert!(
+                Instant::now() < deadline,
+                "records of {module}/{channel} never matched; have {}: {:?}\ndaemon log:\n{}",
+                recs.len(),
+                recs.iter().rev().take(3).collect::<Vec<_>>(),
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -9,8 +9,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn pid_of(reply: &str) -> i64 {
     let line = reply.lines().next().unwrap_or_default();
-    let pid = line.split("pid=").nth(1).and_then(|p| p.split_whitespace().next()).unwrap_or_default();
-    pid.trim().parse().unwrap_or_else(|_| panic!("no pid in {line:?}"))
+    let pid = line
+        .split("pid=")
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next())
+        .unwrap_or_default();
+    pid.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid in {line:?}"))
 }
 
 #[test]
@@ -18,22 +24,39 @@ fn a_killed_watched_service_arrives_as_an_exit_record_with_pid_name_and_signal()
     let d = Daemon::start(&[]);
     d.vm_start_with("vm1", &["--mode", "hand"]);
     d.wait_console("vm1", "vesper-init: hand ready", WAIT);
-    d.cli(&["insmod", "vm1", &module("vesper_exit_probe"), "watch_comm=svc", "quiet=1"]).ok();
+    d.cli(&[
+        "insmod",
+        "vm1",
+        &module("vesper_exit_probe"),
+        "watch_comm=svc",
+        "quiet=1",
+    ])
+    .ok();
     let pid = pid_of(&d.hand("vm1", "start svc", "started svc"));
     // Another process that is not watched exits too: it must not show up.
     d.hand("vm1", "start other", "started other");
     d.hand("vm1", "kill 9 other", "killed other");
     d.hand("vm1", "kill 9 svc", "killed svc");
     let recs = d.wait_records("vm1", "vesper_exit_probe", "exit", WAIT, |r| !r.is_empty());
-    assert_eq!(recs.len(), 1, "exactly one record for one watched death: {recs:?}");
+    assert_eq!(
+        recs.len(),
+        1,
+        "exactly one record for one watched death: {recs:?}"
+    );
     let exit = &recs[0]["decoded"];
     assert_eq!(exit["type"], "exit");
     assert_eq!(exit["comm"], "svc");
     assert_eq!(exit["pid"].as_i64().unwrap(), pid);
     assert_eq!(exit["signal"], 9);
     assert_eq!(recs[0]["urgent"], true);
-    let human = d.cli(&["relay", "cat", "vm1", "vesper_exit_probe"]).ok().stdout;
-    assert!(human.contains("exit svc") && human.contains("SIGKILL"), "{human}");
+    let human = d
+        .cli(&["relay", "cat", "vm1", "vesper_exit_probe"])
+        .ok()
+        .stdout;
+    assert!(
+        human.contains("exit svc") && human.contains("SIGKILL"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -41,7 +64,8 @@ fn a_panic_record_is_held_by_the_host_after_the_guest_is_dead() {
     let d = Daemon::start(&[]);
     d.vm_start_with("vm1", &["--mode", "hand"]);
     d.wait_console("vm1", "vesper-init: hand ready", WAIT);
-    d.cli(&["insmod", "vm1", &module("vesper_panic_probe")]).ok();
+    d.cli(&["insmod", "vm1", &module("vesper_panic_probe")])
+        .ok();
     d.hand("vm1", "panic", "panicking");
     let deadline = Instant::now() + WAIT;
     loop {
@@ -68,7 +92,12 @@ fn stress(d: &Daemon, n: u64, params: &[&str]) -> (Vec<Value>, Value) {
     args.extend_from_slice(params);
     d.cli(&args).ok();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !d.cli(&["dmesg", "vm1"]).ok().stdout.contains("vesper_stress: wrote") {
+    while !d
+        .cli(&["dmesg", "vm1"])
+        .ok()
+        .stdout
+        .contains("vesper_stress: wrote")
+    {
         assert!(Instant::now() < deadline, "stress never finished");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -86,7 +115,12 @@ fn stress(d: &Daemon, n: u64, params: &[&str]) -> (Vec<Value>, Value) {
 }
 
 fn sum(ch: &Value, field: &str) -> u64 {
-    ch["cpus"].as_array().unwrap().iter().map(|c| c[field].as_u64().unwrap()).sum()
+    ch["cpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[field].as_u64().unwrap())
+        .sum()
 }
 
 #[test]
@@ -96,7 +130,10 @@ fn no_overwrite_delivers_exactly_n_and_overwrite_accounts_for_every_record() {
     let n = 20_000u64;
     let (recs, ch) = stress(&d, n, &[]);
     assert_eq!(recs.len() as u64, n);
-    let mut idx: Vec<u64> = recs.iter().map(|r| r["decoded"]["index"].as_u64().unwrap()).collect();
+    let mut idx: Vec<u64> = recs
+        .iter()
+        .map(|r| r["decoded"]["index"].as_u64().unwrap())
+        .collect();
     idx.sort();
     assert!(idx.iter().copied().eq(0..n), "every index once");
     assert_eq!(sum(&ch, "received"), n);
@@ -110,7 +147,11 @@ fn no_overwrite_delivers_exactly_n_and_overwrite_accounts_for_every_record() {
     let (recs, ch) = stress(&d, n, &["overwrite=1", "n_subbufs=2"]);
     let (received, lost, dropped) = (sum(&ch, "received"), sum(&ch, "lost"), sum(&ch, "dropped"));
     assert_eq!(received, recs.len() as u64);
-    assert_eq!(received + lost + dropped, n, "received {received} + lost {lost} + dropped {dropped}");
+    assert_eq!(
+        received + lost + dropped,
+        n,
+        "received {received} + lost {lost} + dropped {dropped}"
+    );
 }
 
 #[test]
@@ -132,7 +173,8 @@ fn the_oom_killers_victim_arrives_with_its_pid_name_and_memory() {
 fn a_relayfs_probe_is_exported_by_adding_two_calls() {
     let d = Daemon::start(&[]);
     d.vm_start("vm1");
-    d.cli(&["insmod", "vm1", &module("vesper_relay_sample")]).ok();
+    d.cli(&["insmod", "vm1", &module("vesper_relay_sample")])
+        .ok();
     let deadline = Instant::now() + WAIT;
     loop {
         let out = d.cli(&["relay", "cat", "vm1", "vesper_relay_sample"]);
@@ -150,7 +192,14 @@ fn a_guest_scribbling_its_region_is_reported_and_the_daemon_keeps_serving_others
     let d = Daemon::start(&[]);
     d.vm_start("good");
     d.vm_start("bad");
-    d.cli(&["insmod", "bad", &module("vesper_stress"), "n=1000000", "overwrite=1"]).ok();
+    d.cli(&[
+        "insmod",
+        "bad",
+        &module("vesper_stress"),
+        "n=1000000",
+        "overwrite=1",
+    ])
+    .ok();
     let region = qemu_region(d.qemu_pid("bad"));
     let size = region.size();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -168,9 +217,57 @@ fn a_guest_scribbling_its_region_is_reported_and_the_daemon_keeps_serving_others
     }
     // The host noticed, and kept serving the other guest.
     let log = d.log();
-    assert!(log.contains("misbehaving") || log.contains("relay channel dropped") || log.contains("refused"), "{log}");
-    d.cli(&["insmod", "good", &module("vesper_exit_probe")]).ok();
-    assert!(d.module_names("good").contains(&"vesper_exit_probe".to_string()));
+    assert!(
+        log.contains("misbehaving")
+            || log.contains("relay channel dropped")
+            || log.contains("refused"),
+        "{log}"
+    );
+    d.cli(&["insmod", "good", &module("vesper_exit_probe")])
+        .ok();
+    assert!(d
+        .module_names("good")
+        .contains(&"vesper_exit_probe".to_string()));
     d.cli(&["rmmod", "good", "vesper_exit_probe"]).ok();
     assert_eq!(d.cli(&["vm", "list"]).code, 0, "daemon alive");
+}
+
+#[test]
+fn a_guest_reboot_bumps_the_generation_and_old_rings_are_never_read_as_new() {
+    let d = Daemon::start(&[]);
+    let vm = d.vm_start_with("vm1", &["--mode", "hand", "--allow-reboot"]);
+    assert_eq!(vm["guest"]["generation"], 1);
+    d.wait_console("vm1", "vesper-init: hand ready", WAIT);
+    // A channel left open across the reboot, with 100 records in it.
+    d.cli(&["insmod", "vm1", &module("vesper_stress"), "n=100"])
+        .ok();
+    d.wait_records("vm1", "vesper_stress", "stress", WAIT, |r| r.len() == 100);
+    d.hand("vm1", "reboot", "rebooting");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = d.cli(&["--json", "vm", "list"]).ok().json();
+        let vm = &list["result"]["vms"][0];
+        if vm["guest"]["generation"] == 2 && vm["state"] == "up" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second generation: {vm}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The old channel is gone with its generation; its records are not read again.
+    let stat = d.cli(&["--json", "relay", "stat", "vm1"]).ok().json();
+    let ch = &stat["result"]["channels"][0];
+    assert_eq!(ch["open"], false);
+    assert_eq!(ch["error"], "guest restarted");
+    assert!(!d.module_names("vm1").contains(&"vesper_stress".to_string()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.relay_records("vm1", "vesper_stress", "stress").len(), 100);
+    // The new generation works: a new channel, fresh sequence numbers.
+    d.cli(&["insmod", "vm1", &module("vesper_stress"), "n=50"])
+        .ok();
+    let recs = d.wait_records("vm1", "vesper_stress", "stress", WAIT, |r| r.len() == 150);
+    assert_eq!(recs[100]["seq"], 0);
 }

@@ -39,6 +39,9 @@ pub enum Request {
         extra_cmdline: Option<String>,
         /// Wait this long for the frontend's hello; 0 = don't wait.
         wait_secs: u64,
+        /// Restart the guest in place when it reboots (otherwise the VM exits).
+        #[serde(default)]
+        allow_reboot: bool,
     },
     /// Stop a VM.
     VmStop {

@@ -128,6 +128,9 @@ enum VmCmd {
         /// Seconds to wait for the guest's frontend.
         #[arg(long, default_value_t = 120)]
         boot_timeout: u64,
+        /// Restart the guest in place when it reboots (default: the VM exits).
+        #[arg(long)]
+        allow_reboot: bool,
     },
     /// Stop a VM.
     Stop {
@@ -212,6 +215,7 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                     append,
                     no_wait,
                     boot_timeout,
+                    allow_reboot,
                 },
         } => {
             let accel: AccelRequest = accel
@@ -229,6 +233,7 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 mode: mode.clone(),
                 extra_cmdline: append.clone(),
                 wait_secs: if *no_wait { 0 } else { *boot_timeout },
+                allow_reboot: *allow_reboot,
             }
         }
         Cmd::Vm {

@@ -162,6 +162,7 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
             mode,
             extra_cmdline,
             wait_secs,
+            allow_reboot,
         } => {
             vm_start(
                 daemon,
@@ -174,6 +175,7 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
                     mode,
                     extra_cmdline,
                     wait_secs,
+                    allow_reboot,
                 },
             )
             .await
@@ -444,6 +446,7 @@ struct VmStartArgs {
     mode: String,
     extra_cmdline: Option<String>,
     wait_secs: u64,
+    allow_reboot: bool,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -520,6 +523,7 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
         serial_socket: dir.join("console.sock"),
         qmp_socket: qmp.clone(),
         pvpanic: true,
+        allow_reboot: a.allow_reboot,
     };
     let qemu_log_path = dir.join("qemu.log");
     let qemu_log = std::fs::File::create(&qemu_log_path)

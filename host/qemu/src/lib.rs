@@ -73,6 +73,8 @@ pub struct VmSpec {
     pub qmp_socket: PathBuf,
     /// Add a pvpanic-pci device (QMP `GUEST_PANICKED` on guest panic).
     pub pvpanic: bool,
+    /// Let a guest reboot restart it in place; otherwise QEMU exits (`-no-reboot`).
+    pub allow_reboot: bool,
 }
 
 impl VmSpec {
@@ -85,7 +87,6 @@ impl VmSpec {
             "-no-user-config".into(),
             "-display".into(),
             "none".into(),
-            "-no-reboot".into(),
             "-machine".into(),
             "q35".into(),
         ];
@@ -125,6 +126,9 @@ impl VmSpec {
                 self.ivshmem_vectors
             ),
         ]);
+        if !self.allow_reboot {
+            a.push("-no-reboot".into());
+        }
         if self.pvpanic {
             a.extend(["-device".into(), "pvpanic-pci".into()]);
         }
@@ -151,6 +155,7 @@ mod tests {
             serial_socket: "/run/console.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
             pvpanic: true,
+            allow_reboot: false,
         }
     }
 

@@ -52,6 +52,7 @@ freeze() {
 #                    | no process NAME
 #   panic           -> panicking                     (then sysrq-c: kernel panic)
 #   oom             -> oom hog pid=PID               (/bin/hog eats memory until OOM-killed)
+#   reboot          -> rebooting                     (then sysrq-b: immediate reboot)
 #   anything else   -> unknown command: LINE
 #   malformed args  -> error: ...
 # NAME: 1-15 of [A-Za-z0-9._-] (it becomes the kernel's comm, which holds 15 bytes). A svc
@@ -155,6 +156,12 @@ hand_panic() {
     echo c >/proc/sysrq-trigger
 }
 
+hand_reboot() {
+    hand_say "rebooting"
+    sleep 0.2
+    echo b >/proc/sysrq-trigger
+}
+
 # Runs one command line ($*, already split into words).
 hand_do() {
     local line="$*"
@@ -203,6 +210,9 @@ hand_do() {
             ;;
         oom)
             if [ $# -eq 1 ]; then hand_oom; else hand_say "error: usage: oom"; fi
+            ;;
+        reboot)
+            if [ $# -eq 1 ]; then hand_reboot; else hand_say "error: usage: reboot"; fi
             ;;
         *)
             hand_say "unknown command: $line"
