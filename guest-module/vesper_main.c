@@ -765,9 +765,7 @@ static const char *vf_op_name(u32 op)
 	case VESPER_OP_UNLOAD: return "unload";
 	case VESPER_OP_LIST: return "list";
 	case VESPER_OP_KMSG: return "kmsg";
-#ifdef VESPER_OP_CLOCK
 	case VESPER_OP_CLOCK: return "clock";
-#endif
 	default: return "unknown";
 	}
 }
@@ -808,10 +806,8 @@ static int vf_run_command(struct vesper_front *fe)
 	case VESPER_OP_KMSG:
 		vf_fill_log(c);
 		break;
-#ifdef VESPER_OP_CLOCK
 	case VESPER_OP_CLOCK:
 		break;	/* completed at once; guest_time_ns is stamped below */
-#endif
 	default:
 		pr_info(VESPER_DRV_NAME ": unknown command op %u\n", fe->cmd.op);
 		vf_fail(&r, -EINVAL, VESPER_STAGE_COMMAND);
@@ -829,10 +825,8 @@ static int vf_run_command(struct vesper_front *fe)
 		vf_fill_log(c);
 	}
 
-#ifdef VESPER_OP_CLOCK
 	/* As late as possible before posting: the host brackets it with its round trip. */
 	c->guest_time_ns = ktime_get_ns();
-#endif
 	ret = vf_post(fe, VESPER_REQ_COMPLETION, c, sizeof(*c), &id);
 	if (ret) {
 		vf_revoke_list_grant(fe);
