@@ -227,15 +227,16 @@ fn a_guest_that_stops_answering_mid_transfer_times_out_and_nothing_is_half_loade
     d.vm_start("vm1");
     let pid = d.qemu_pid("vm1");
     let region = qemu_region(pid);
-    let rsp_producer = || {
-        region
-            .load_u32(
-                vesper_shared_abi::RSP_RING_OFFSET,
-                std::sync::atomic::Ordering::Acquire,
-            )
-            .unwrap()
+    // The newest request the guest posted, if it is a fetch of image chunk at `offset`.
+    let fetching_at = || -> Option<u64> {
+        use std::sync::atomic::Ordering::Acquire;
+        use vesper_shared_abi::*;
+        let producer = region.load_u32(REQ_RING_OFFSET, Acquire).ok()?;
+        let at = slot_offset(REQ_RING_OFFSET, producer.wrapping_sub(1));
+        let h: MsgHeader = region.read_obj(at).ok()?;
+        let req: FetchChunkRequest = region.read_obj(at + 32).ok()?;
+        (h.kind == REQ_FETCH_CHUNK).then_some(req.offset)
     };
-    let start = rsp_producer();
     let big = module("vesper_big");
     let socket = d.socket.clone();
     let bin = vesper_e2e::bin_dir().join("vesper");
@@ -247,9 +248,9 @@ fn a_guest_that_stops_answering_mid_transfer_times_out_and_nothing_is_half_loade
             .output()
             .unwrap()
     });
-    // Freeze the whole VM once the command and two chunks went out (of seven).
+    // Freeze the whole VM once it asks for the third of its seven 1 MiB chunks.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while rsp_producer().wrapping_sub(start) < 3 {
+    while fetching_at().is_none_or(|off| off < 2 << 20) {
         assert!(Instant::now() < deadline, "transfer never started");
         std::thread::sleep(Duration::from_micros(200));
     }

@@ -50,6 +50,14 @@ pub enum Request {
     },
     /// List VMs.
     VmList,
+    /// Type a line into a VM's serial console (for test hands and kernel developers:
+    /// Vesper itself never needs the guest's user space).
+    VmSend {
+        /// VM name.
+        name: String,
+        /// The line, without newline.
+        line: String,
+    },
     /// Push and load a module.
     Insmod {
         /// Guest name.
@@ -226,6 +234,11 @@ pub enum Reply {
     VmList {
         /// Every VM.
         vms: Vec<VmStatus>,
+    },
+    /// A line was typed into the console.
+    VmSent {
+        /// VM name.
+        name: String,
     },
     /// Module loaded.
     Loaded {

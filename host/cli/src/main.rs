@@ -139,6 +139,14 @@ enum VmCmd {
     },
     /// List VMs.
     List,
+    /// Type a line into a VM's serial console (the guest's user space, if it listens).
+    Send {
+        /// VM name.
+        name: String,
+        /// Words of the line.
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
 }
 
 fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
@@ -240,6 +248,12 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
             cmd: VmCmd::Stop { name },
         } => Request::VmStop { name: name.clone() },
         Cmd::Vm { cmd: VmCmd::List } => Request::VmList,
+        Cmd::Vm {
+            cmd: VmCmd::Send { name, text },
+        } => Request::VmSend {
+            name: name.clone(),
+            line: text.join(" "),
+        },
         Cmd::Insmod {
             guest,
             file,
@@ -444,6 +458,7 @@ fn print_human(reply: &Reply) {
             println!("console log: {}", v.console_log.display());
         }
         Reply::VmStopped { name } => println!("{name}: stopped"),
+        Reply::VmSent { .. } => {}
         Reply::VmList { vms } if vms.is_empty() => println!("no VMs"),
         Reply::VmList { vms } => vms.iter().for_each(|v| println!("{}", vm_line(v))),
         Reply::Loaded {

@@ -25,6 +25,11 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A message to a guest task.
 pub enum GuestMsg {
+    /// Live relay counters of every open channel.
+    RelayStats {
+        /// Where they go.
+        reply: oneshot::Sender<Vec<vesper_relay::ChannelStats>>,
+    },
     /// Run a command.
     Run {
         /// The command.
@@ -48,6 +53,10 @@ pub struct GuestHandle {
     pub stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
     /// Relay history.
     pub relay: Arc<Mutex<RelayStore>>,
+    /// The daemon's connection to the serial console, opened on first use and kept:
+    /// QEMU drops input a client sent but the UART had not taken yet when the client
+    /// hangs up.
+    pub console: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
 }
 
 /// Clock exchanges per synchronisation; the one with the shortest round trip wins.
@@ -199,6 +208,9 @@ impl GuestTask {
                     self.transport.ack_doorbell(VECTOR_RELAY);
                 }
                 msg = rx.recv() => match msg {
+                    Some(GuestMsg::RelayStats { reply }) => {
+                        let _ = reply.send(self.session.relay_stats(self.transport.region()));
+                    }
                     Some(GuestMsg::Run { cmd, reply }) => {
                         if qemu_running {
                             let id = self.session.submit(cmd, Instant::now());

@@ -181,6 +181,7 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
             .await
         }
         Request::VmStop { name } => vm_stop(daemon, &name).await,
+        Request::VmSend { name, line } => vm_send(daemon, &name, &line).await,
         Request::VmList => {
             let guests = daemon.guests.lock().expect("guests lock");
             let mut vms: Vec<VmStatus> = guests
@@ -216,7 +217,21 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
             other => Err(unexpected(other)),
         },
         Request::RelayStat { guest } => {
-            let store = relay_store(daemon, &guest)?;
+            let (store, tx) = {
+                let guests = daemon.guests.lock().expect("guests lock");
+                let g = guests
+                    .get(&guest)
+                    .ok_or_else(|| unknown_guest(&guests, &guest))?;
+                (g.relay.clone(), g.tx.clone())
+            };
+            // Live counters of open channels (a dead guest's task may be gone: then the
+            // last counters read are what there is).
+            let (reply, rx) = oneshot::channel();
+            if tx.send(GuestMsg::RelayStats { reply }).await.is_ok() {
+                if let Ok(stats) = rx.await {
+                    store.lock().expect("relay lock").update_stats(stats);
+                }
+            }
             let channels = store.lock().expect("relay lock").views();
             Ok(Reply::RelayStats { guest, channels })
         }
@@ -585,6 +600,7 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
             exited: exited_rx.clone(),
             stop: Some(stop_tx),
             relay,
+            console: Arc::new(tokio::sync::Mutex::new(None)),
         },
     );
     if a.wait_secs > 0 {
@@ -619,6 +635,74 @@ async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
     }
     let st = status.lock().expect("status lock").clone();
     Ok(Reply::VmStarted(st))
+}
+
+async fn vm_send(daemon: &Shared, name: &str, line: &str) -> Response {
+    if line.contains(['\n', '\r']) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "send one line at a time (no newline in the text)",
+        ));
+    }
+    let (path, console) = {
+        let guests = daemon.guests.lock().expect("guests lock");
+        let g = guests
+            .get(name)
+            .ok_or_else(|| unknown_guest(&guests, name))?;
+        if *g.exited.borrow() {
+            return Err(ApiError::new(
+                ErrorCode::GuestNotReady,
+                format!("{name}: the VM has exited"),
+            ));
+        }
+        let path = g
+            .status
+            .lock()
+            .expect("status lock")
+            .console_log
+            .with_file_name("console.sock");
+        (path, g.console.clone())
+    };
+    let failed = |e: std::io::Error| {
+        ApiError::new(
+            ErrorCode::GuestNotReady,
+            format!("{name}: serial console {}: {e}", path.display()),
+        )
+    };
+    let mut conn = console.lock().await;
+    for attempt in 0..2 {
+        if conn.is_none() {
+            let (mut output, input) = UnixStream::connect(&path)
+                .await
+                .map_err(failed)?
+                .into_split();
+            // QEMU writes the console to every client byte by byte; an unread client fills
+            // its socket within a few hundred bytes and stalls the guest's UART (a guest
+            // printing a panic would spin forever). The log file has the text: discard.
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while matches!(tokio::io::AsyncReadExt::read(&mut output, &mut sink).await, Ok(n) if n > 0)
+                {
+                }
+            });
+            *conn = Some(input);
+        }
+        let stream = conn.as_mut().expect("connected above");
+        match stream.write_all(format!("{line}\n").as_bytes()).await {
+            Ok(()) => {
+                return Ok(Reply::VmSent {
+                    name: name.to_string(),
+                })
+            }
+            // QEMU closed our connection (e.g. the guest reset): reconnect once.
+            Err(e) if attempt == 0 => {
+                tracing::debug!(guest = %name, "console connection lost ({e}); reconnecting");
+                *conn = None;
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    unreachable!("the loop returns on its second attempt")
 }
 
 fn tail(path: &Path, lines: usize) -> String {
