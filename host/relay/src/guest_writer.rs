@@ -218,17 +218,10 @@ impl GuestChannel {
             seq: s.seq,
             timestamp_ns: 0,
         };
-        // One copy into the buffer, as the C writer does (header and payload together).
+        // Straight into the buffer, as the C writer does.
         let hl = size_of::<RecordHeader>();
-        let mut rec = [0u8; 256];
-        if size as usize <= rec.len() {
-            rec[..hl].copy_from_slice(h.as_slice());
-            rec[hl..hl + payload.len()].copy_from_slice(payload);
-            region.guest_write(&rec[..size as usize], at)?;
-        } else {
-            region.write_slice(h.as_slice(), at)?;
-            region.write_slice(payload, at + hl as u64)?;
-        }
+        region.guest_write(h.as_slice(), at)?;
+        region.guest_write(payload, at + hl as u64)?;
         s.seq += 1;
         s.committed += size;
         s.written += 1;

@@ -462,8 +462,17 @@ fn parse<F: FnMut(RecordRef<'_>)>(
     c: &mut Cursor,
     out: &mut F,
 ) -> Result<(), RelayError> {
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u32_at =
+        |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let (mut next_seq, mut lost, mut received) = (c.next_seq, c.lost, c.received);
     let mut at = 0usize;
-    while at < bytes.len() {
+    let result = loop {
+        if at >= bytes.len() {
+            break Ok(());
+        }
         let bad = |what: String| RelayError::BadRecord {
             channel,
             cpu,
@@ -472,38 +481,46 @@ fn parse<F: FnMut(RecordRef<'_>)>(
         };
         let rest = &bytes[at..];
         if rest.len() < HEADER {
-            return Err(bad(format!(
+            break Err(bad(format!(
                 "{} trailing bytes, shorter than a record header",
                 rest.len()
             )));
         }
-        let mut h = RecordHeader::default();
-        h.as_mut_slice().copy_from_slice(&rest[..HEADER]);
-        let len = h.len as usize;
+        // Field offsets of `RecordHeader`: len 0, rtype 4, flags 6, seq 8, timestamp 16.
+        let len = u32_at(rest, 0) as usize;
         if len < HEADER || len > rest.len() {
-            return Err(bad(format!(
+            break Err(bad(format!(
                 "length {len} outside {HEADER}..={}",
                 rest.len()
             )));
         }
-        if h.seq < c.next_seq {
-            return Err(bad(format!("sequence {} after {}", h.seq, c.next_seq)));
+        let seq = u64_at(rest, 8);
+        if seq < next_seq {
+            break Err(bad(format!("sequence {seq} after {next_seq}")));
         }
-        c.lost += h.seq - c.next_seq;
-        c.next_seq = h.seq + 1;
-        c.received += 1;
+        lost += seq - next_seq;
+        next_seq = seq + 1;
+        received += 1;
         out(RecordRef {
             cpu,
-            seq: h.seq,
-            rtype: h.rtype,
-            flags: h.flags,
-            timestamp_ns: h.timestamp_ns,
+            seq,
+            rtype: u16_at(rest, 4),
+            flags: u16_at(rest, 6),
+            timestamp_ns: u64_at(rest, 16),
             payload: &rest[HEADER..len],
         });
         at += len.next_multiple_of(RECORD_ALIGN as usize).min(rest.len());
-    }
-    Ok(())
+    };
+    (c.next_seq, c.lost, c.received) = (next_seq, lost, received);
+    result
 }
+
+// The parser reads header fields at fixed offsets: they must be where the ABI puts them.
+const _: () = {
+    assert!(offset_of!(RecordHeader, len) == 0 && offset_of!(RecordHeader, rtype) == 4);
+    assert!(offset_of!(RecordHeader, flags) == 6 && offset_of!(RecordHeader, seq) == 8);
+    assert!(offset_of!(RecordHeader, timestamp_ns) == 16);
+};
 
 #[cfg(test)]
 mod tests;
