@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use vesper_shared_abi::*;
 use vesper_shmem::grant::GrantNeed;
 use vesper_shmem::{SharedRegion, ValidGrant};
-use vm_memory::ByteValued;
 
 use crate::RelayError;
 
