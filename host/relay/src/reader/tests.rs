@@ -1,4 +1,5 @@
 use super::*;
+use vm_memory::ByteValued;
 use crate::guest_writer::{GuestChannel, WriteError};
 use vesper_shmem::guest_side::scribble;
 
