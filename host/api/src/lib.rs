@@ -17,32 +17,36 @@ pub use vesper_relay::{BufferStats, Decoded};
 /// plus slack).
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 
+/// What `vm start` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmStartRequest {
+    /// VM name.
+    pub name: String,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Accelerator request.
+    pub accel: AccelRequest,
+    /// Guest-kit directory, or the daemon's default.
+    pub kit_dir: Option<PathBuf>,
+    /// Init mode of the test initramfs (`vesper.mode=`).
+    pub mode: String,
+    /// Extra kernel command-line words.
+    pub extra_cmdline: Option<String>,
+    /// Wait this long for the frontend's hello; 0 = don't wait.
+    pub wait_secs: u64,
+    /// Restart the guest in place when it reboots (otherwise the VM exits).
+    #[serde(default)]
+    pub allow_reboot: bool,
+}
+
 /// A request to the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Start a test VM.
-    VmStart {
-        /// VM name.
-        name: String,
-        /// Memory in MiB.
-        memory_mib: u32,
-        /// vCPUs.
-        cpus: u32,
-        /// Accelerator request.
-        accel: AccelRequest,
-        /// Guest-kit directory, or the daemon's default.
-        kit_dir: Option<PathBuf>,
-        /// Init mode of the test initramfs (`vesper.mode=`).
-        mode: String,
-        /// Extra kernel command-line words.
-        extra_cmdline: Option<String>,
-        /// Wait this long for the frontend's hello; 0 = don't wait.
-        wait_secs: u64,
-        /// Restart the guest in place when it reboots (otherwise the VM exits).
-        #[serde(default)]
-        allow_reboot: bool,
-    },
+    VmStart(VmStartRequest),
     /// Stop a VM.
     VmStop {
         /// VM name.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use vesper_api::{
     call, call_stream, default_socket, AccelRequest, ApiError, ClientError, Decoded, RecordView,
-    Reply, Request, Response, VmStatus,
+    Reply, Request, Response, VmStartRequest, VmStatus,
 };
 
 const AFTER_HELP: &str = "\
@@ -232,7 +232,7 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
             let kit_dir = kit_dir
                 .as_ref()
                 .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
-            Request::VmStart {
+            Request::VmStart(VmStartRequest {
                 name: name.clone(),
                 memory_mib: *memory,
                 cpus: *cpus,
@@ -242,7 +242,7 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 extra_cmdline: append.clone(),
                 wait_secs: if *no_wait { 0 } else { *boot_timeout },
                 allow_reboot: *allow_reboot,
-            }
+            })
         }
         Cmd::Vm {
             cmd: VmCmd::Stop { name },

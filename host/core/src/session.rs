@@ -388,12 +388,8 @@ impl Session {
         let status = match validate_open(region, &req, msg.header.generation) {
             Ok(spec) if self.channels.iter().any(|(s, _)| s.id == spec.id) => {
                 out.events
-                    .push(SessionEvent::RelayRefused(RelayError::BadGeometry {
+                    .push(SessionEvent::RelayRefused(RelayError::DuplicateChannel {
                         channel: spec.id,
-                        what: "channel id (already open)",
-                        value: spec.id as u64,
-                        min: 0,
-                        max: 0,
                     }));
                 -EEXIST
             }

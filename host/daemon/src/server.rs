@@ -11,7 +11,9 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
-use vesper_api::{ApiError, ErrorCode, Reply, Request, Response, VmStatus, WireResponse};
+use vesper_api::{
+    ApiError, ErrorCode, Reply, Request, Response, VmStartRequest, VmStatus, WireResponse,
+};
 use vesper_core::{Command, CommandError, Reply as GuestReply, Session};
 use vesper_ivshmem::IvshmemTransport;
 use vesper_qemu::{choose_accel, VmSpec};
@@ -153,33 +155,7 @@ async fn serve_connection(daemon: Shared, stream: UnixStream) {
 
 async fn handle(daemon: &Shared, req: Request) -> Response {
     match req {
-        Request::VmStart {
-            name,
-            memory_mib,
-            cpus,
-            accel,
-            kit_dir,
-            mode,
-            extra_cmdline,
-            wait_secs,
-            allow_reboot,
-        } => {
-            vm_start(
-                daemon,
-                VmStartArgs {
-                    name,
-                    memory_mib,
-                    cpus,
-                    accel,
-                    kit_dir,
-                    mode,
-                    extra_cmdline,
-                    wait_secs,
-                    allow_reboot,
-                },
-            )
-            .await
-        }
+        Request::VmStart(a) => vm_start(daemon, a).await,
         Request::VmStop { name } => vm_stop(daemon, &name).await,
         Request::VmSend { name, line } => vm_send(daemon, &name, &line).await,
         Request::VmList => {
@@ -452,18 +428,6 @@ fn check_params(params: &[String]) -> Result<String, ApiError> {
     Ok(joined)
 }
 
-struct VmStartArgs {
-    name: String,
-    memory_mib: u32,
-    cpus: u32,
-    accel: vesper_api::AccelRequest,
-    kit_dir: Option<PathBuf>,
-    mode: String,
-    extra_cmdline: Option<String>,
-    wait_secs: u64,
-    allow_reboot: bool,
-}
-
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
@@ -472,7 +436,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-async fn vm_start(daemon: &Shared, a: VmStartArgs) -> Response {
+async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     let bad = |m: String| Err(ApiError::new(ErrorCode::BadRequest, m));
     if !valid_name(&a.name) {
         return bad(format!(

@@ -161,21 +161,20 @@ fn crossbeam() -> Duration {
     t
 }
 
-/// ringbuf's consumer alone: the queue is filled, then drained; only draining is timed.
-fn ringbuf_reader_alone() -> Duration {
-    let (mut tx, mut rx) = ringbuf::HeapRb::<Rec>::new(CAPACITY).split();
+/// A queue's consumer alone: the queue is filled through `push` (false = full), then
+/// drained through `pop`; only draining is timed.
+fn queue_reader_alone(mut push: impl FnMut(Rec) -> bool, mut pop: impl FnMut() -> Rec) -> Duration {
     let (mut total, mut busy, mut sum) = (0u64, Duration::ZERO, 0u64);
     let mut rec = [0u8; 64];
     while total < RECORDS {
         let mut filled = 0u64;
-        while tx.try_push(rec).is_ok() {
+        while push(rec) {
             filled += 1;
             rec[0] = rec[0].wrapping_add(1);
         }
         let t = Instant::now();
         for _ in 0..filled {
-            let r = rx.try_pop().expect("filled");
-            sum = consume(sum, &r);
+            sum = consume(sum, &pop());
         }
         busy += t.elapsed();
         total += filled;
@@ -184,27 +183,17 @@ fn ringbuf_reader_alone() -> Duration {
     busy.mul_f64(RECORDS as f64 / total as f64)
 }
 
-/// crossbeam's consumer alone, measured like [`ringbuf_reader_alone`].
+fn ringbuf_reader_alone() -> Duration {
+    let (mut tx, mut rx) = ringbuf::HeapRb::<Rec>::new(CAPACITY).split();
+    queue_reader_alone(|r| tx.try_push(r).is_ok(), || rx.try_pop().expect("filled"))
+}
+
 fn crossbeam_reader_alone() -> Duration {
     let (tx, rx) = crossbeam_channel::bounded::<Rec>(CAPACITY);
-    let (mut total, mut busy, mut sum) = (0u64, Duration::ZERO, 0u64);
-    let mut rec = [0u8; 64];
-    while total < RECORDS {
-        let mut filled = 0u64;
-        while tx.try_send(rec).is_ok() {
-            filled += 1;
-            rec[0] = rec[0].wrapping_add(1);
-        }
-        let t = Instant::now();
-        for _ in 0..filled {
-            let r = rx.try_recv().expect("filled");
-            sum = consume(sum, &r);
-        }
-        busy += t.elapsed();
-        total += filled;
-    }
-    std::hint::black_box(sum);
-    busy.mul_f64(RECORDS as f64 / total as f64)
+    queue_reader_alone(
+        |r| tx.try_send(r).is_ok(),
+        || rx.try_recv().expect("filled"),
+    )
 }
 
 fn best(f: fn() -> Duration) -> f64 {

@@ -55,6 +55,12 @@ pub enum RelayError {
         #[source]
         source: ShmemError,
     },
+    /// The guest opened a channel id that is already open.
+    #[error("channel {channel} is already open")]
+    DuplicateChannel {
+        /// Channel id.
+        channel: u32,
+    },
     /// A grant changed or was revoked while the channel was open.
     #[error("channel {channel}: grant {grant_ref} changed while the channel was open")]
     GrantChanged {

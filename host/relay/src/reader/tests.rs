@@ -1,7 +1,7 @@
 use super::*;
-use vm_memory::ByteValued;
 use crate::guest_writer::{GuestChannel, WriteError};
 use vesper_shmem::guest_side::scribble;
+use vm_memory::ByteValued;
 
 const GEN: u32 = 3;
 const BASE: u64 = DATA_AREA_OFFSET + 0x10_0000;
