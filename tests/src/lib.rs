@@ -218,7 +218,7 @@ impl Daemon {
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
             .map(|v| v["result"].clone())
-            .filter(|r| r["kind"] == "record")
+            .filter(|r| r["reply"] == "record")
             .collect()
     }
 

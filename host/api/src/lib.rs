@@ -10,6 +10,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 pub use vesper_core::{GuestInfo, GuestModule};
+pub use vesper_events::{Event, EventKind, Filter, Source};
 pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
 pub use vesper_relay::{BufferStats, Decoded};
 
@@ -109,6 +110,23 @@ pub enum Request {
         /// Guest name.
         guest: String,
     },
+    /// One VM's state and health.
+    VmStatus {
+        /// VM name.
+        name: String,
+    },
+    /// Stream events (one `Event` reply per line): the history from `from_seq` (if
+    /// given), then, when following, every new event that passes `filter`.
+    Subscribe {
+        /// Which events.
+        #[serde(default)]
+        filter: Filter,
+        /// Resume from this sequence number (within the daemon's history).
+        from_seq: Option<u64>,
+        /// Keep streaming.
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 impl Request {
@@ -162,6 +180,8 @@ pub enum ErrorCode {
     VmStartFailed,
     /// A daemon-side failure.
     Internal,
+    /// The caller's uid/gid is not allowed to use the daemon.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -173,6 +193,7 @@ impl ErrorCode {
             ErrorCode::GuestNotReady | ErrorCode::Timeout => 75, // EX_TEMPFAIL
             ErrorCode::VmStartFailed => 71,                     // EX_OSERR
             ErrorCode::Internal => 70,                          // EX_SOFTWARE
+            ErrorCode::PermissionDenied => 77,                  // EX_NOPERM
             ErrorCode::GuestExists => 73,                       // EX_CANTCREAT
             ErrorCode::AlreadyLoaded
             | ErrorCode::NotLoaded
@@ -221,11 +242,25 @@ pub struct VmStatus {
     pub console_log: PathBuf,
     /// Seconds from start to the frontend's hello.
     pub boot_secs: Option<f64>,
+    /// The first failure Vesper saw since the guest last came up, if any.
+    #[serde(default)]
+    pub failure: Option<FailureView>,
+}
+
+/// A failure seen in a guest, as `vm status` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailureView {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// Its kind.
+    pub kind: EventKind,
+    /// One line saying what happened.
+    pub summary: String,
 }
 
 /// A success reply.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     /// VM started (and up, if waited for).
     VmStarted(VmStatus),
@@ -280,7 +315,8 @@ pub enum Reply {
     },
     /// One relay record of a stream.
     Record(RecordView),
-    /// Records a follower missed because it read too slowly.
+    /// Records or events a follower missed (it read too slowly, or resumed from a
+    /// sequence number the daemon no longer keeps).
     Gap {
         /// How many.
         missed: u64,
@@ -290,6 +326,10 @@ pub enum Reply {
         /// Records sent.
         records: u64,
     },
+    /// One VM.
+    VmStatus(VmStatus),
+    /// One event of a stream.
+    Event(Event),
     /// Relay counters.
     RelayStats {
         /// Guest.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vesper_api::{
-    call, call_stream, default_socket, AccelRequest, ApiError, ClientError, Decoded, RecordView,
-    Reply, Request, Response, VmStartRequest, VmStatus,
+    call, call_stream, default_socket, AccelRequest, ApiError, ClientError, Decoded, Event,
+    EventKind, Filter, RecordView, Reply, Request, Response, VmStartRequest, VmStatus,
 };
 
 const AFTER_HELP: &str = "\
@@ -69,6 +69,22 @@ enum Cmd {
     Dmesg {
         /// Guest name.
         guest: String,
+    },
+    /// Failure events and decisions (probes, QEMU, the failover engine).
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this guest (repeatable).
+        #[arg(long = "guest")]
+        guests: Vec<String>,
+        /// Only this kind (repeatable): panic, service_exit, oom, guest_panicked,
+        /// shutdown, stop, reset, vm_exit, guest_up, decision.
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Start from this sequence number (resume).
+        #[arg(long)]
+        since: Option<u64>,
     },
     /// Probe output read from the guest's shared relay buffers.
     Relay {
@@ -139,6 +155,12 @@ enum VmCmd {
     },
     /// List VMs.
     List,
+    /// One VM's state and health. Exit status (LSB): 0 running and healthy, 1 running
+    /// but Vesper saw a failure since it came up, 3 not running.
+    Status {
+        /// VM name.
+        name: String,
+    },
     /// Type a line into a VM's serial console (the guest's user space, if it listens).
     Send {
         /// VM name.
@@ -163,6 +185,21 @@ fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Events {
+        follow,
+        guests,
+        kinds,
+        since,
+    } = &cli.cmd
+    {
+        return events(&cli, *follow, guests, kinds, *since);
+    }
+    if let Cmd::Vm {
+        cmd: VmCmd::Status { name },
+    } = &cli.cmd
+    {
+        return vm_status(&cli, name);
+    }
     if let Cmd::Relay {
         cmd:
             RelayCmd::Cat {
@@ -293,11 +330,20 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
         },
         Cmd::Relay {
             cmd: RelayCmd::Cat { .. },
-        } => unreachable!("streamed in main"),
+        }
+        | Cmd::Events { .. }
+        | Cmd::Vm {
+            cmd: VmCmd::Status { .. },
+        } => unreachable!("handled in main"),
     })
 }
 
 fn relay_cat(cli: &Cli, req: &Request) -> ExitCode {
+    stream(cli, req)
+}
+
+/// Prints a streamed reply (records, events, gaps) line by line until it ends.
+fn stream(cli: &Cli, req: &Request) -> ExitCode {
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
     let mut failure = None;
     let json = cli.json;
@@ -324,6 +370,134 @@ fn relay_cat(cli: &Cli, req: &Request) -> ExitCode {
         }
         (Ok(()), None) => ExitCode::SUCCESS,
     }
+}
+
+fn events(
+    cli: &Cli,
+    follow: bool,
+    guests: &[String],
+    kinds: &[String],
+    since: Option<u64>,
+) -> ExitCode {
+    let mut filter = Filter {
+        guests: guests.to_vec(),
+        kinds: Vec::new(),
+    };
+    for k in kinds {
+        match k.parse::<EventKind>() {
+            Ok(k) => filter.kinds.push(k),
+            Err(e) => return fail(cli.json, 2, "usage", &e.to_string()),
+        }
+    }
+    let req = Request::Subscribe {
+        filter,
+        from_seq: since,
+        follow,
+    };
+    stream(cli, &req)
+}
+
+/// LSB status codes, for init scripts and the OCF agent.
+const STATUS_RUNNING: u8 = 0;
+const STATUS_FAILED: u8 = 1;
+const STATUS_NOT_RUNNING: u8 = 3;
+
+fn vm_status(cli: &Cli, name: &str) -> ExitCode {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let req = Request::VmStatus {
+        name: name.to_string(),
+    };
+    match call(&socket, &req, Duration::from_secs(cli.timeout)) {
+        Err(e @ ClientError::Connect { .. }) => fail(cli.json, 69, "unreachable", &e.to_string()),
+        Err(e) => fail(cli.json, 70, "internal", &e.to_string()),
+        Ok(Err(ApiError {
+            code: vesper_api::ErrorCode::UnknownGuest,
+            message,
+        })) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": { "code": "unknown_guest", "message": message } })
+                );
+            } else {
+                println!("{name}: not running ({message})");
+            }
+            ExitCode::from(STATUS_NOT_RUNNING)
+        }
+        Ok(Err(ApiError { code, message })) => {
+            let kind = serde_json::to_value(code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            fail(cli.json, code.exit_code(), &kind, &message)
+        }
+        Ok(Ok(Reply::VmStatus(v))) => {
+            let code = match (&v.state[..], &v.failure) {
+                ("exited", _) => STATUS_NOT_RUNNING,
+                ("booting", _) => STATUS_NOT_RUNNING,
+                (_, Some(_)) => STATUS_FAILED,
+                _ => STATUS_RUNNING,
+            };
+            if cli.json {
+                println!("{}", serde_json::json!({ "ok": true, "result": v }));
+            } else {
+                println!("{}", vm_line(&v));
+                if let Some(f) = &v.failure {
+                    println!(
+                        "{name}: FAILED: {} (event #{}, {})",
+                        f.summary, f.seq, f.kind
+                    );
+                }
+            }
+            ExitCode::from(code)
+        }
+        Ok(Ok(other)) => fail(
+            cli.json,
+            70,
+            "internal",
+            &format!("unexpected reply {other:?}"),
+        ),
+    }
+}
+
+fn event_line(e: &Event) -> String {
+    let secs = e.time_ns / 1_000_000_000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let src = match &e.source {
+        vesper_api::Source::Probe { module, channel } => format!("probe {module}/{channel}"),
+        vesper_api::Source::Qmp { event } => format!("qmp {event}"),
+        vesper_api::Source::Process => "process".into(),
+        vesper_api::Source::Frontend => "frontend".into(),
+        vesper_api::Source::Engine => "engine".into(),
+    };
+    let detail = match e.kind {
+        EventKind::Decision => e.payload["reason"].as_str().unwrap_or_default().to_string(),
+        EventKind::GuestUp => format!(
+            "kernel {} gen {}",
+            e.payload["kernel_release"].as_str().unwrap_or("?"),
+            e.payload["generation"]
+        ),
+        _ => {
+            let mut p = e.payload.clone();
+            if let Some(o) = p.as_object_mut() {
+                for k in ["type", "cpu", "record_seq", "latency_ns"] {
+                    o.remove(k);
+                }
+            }
+            if p.is_null() {
+                String::new()
+            } else {
+                p.to_string()
+            }
+        }
+    };
+    format!(
+        "#{:<6} {h:02}:{m:02}:{s:02}.{:06} {:<10} {:<14} [{src}] {detail}",
+        e.seq,
+        (e.time_ns / 1000) % 1_000_000,
+        e.guest,
+        e.kind.name()
+    )
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -503,7 +677,11 @@ fn print_human(reply: &Reply) {
         ),
         Reply::RelayStats { channels, .. } => print_relay_stats(channels),
         Reply::Record(r) => println!("{}", record_line(r)),
-        Reply::Gap { missed } => println!("-- {missed} records missed (reader too slow) --"),
+        Reply::Gap { missed } => {
+            println!("-- {missed} missed (reader too slow, or older than the daemon keeps) --")
+        }
+        Reply::Event(e) => println!("{}", event_line(e)),
+        Reply::VmStatus(v) => println!("{}", vm_line(v)),
         Reply::End { .. } => {}
     }
 }

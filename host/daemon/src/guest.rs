@@ -15,7 +15,10 @@ use vesper_core::{
 use vesper_ivshmem::IvshmemTransport;
 use vesper_shared_abi::{VECTOR_CONTROL, VECTOR_RELAY};
 
+use crate::events::{note_failure, EventBus};
 use crate::relay::{ClockMap, RelayStore};
+use vesper_api::Decoded;
+use vesper_events::{EventKind, Source};
 
 /// How long QEMU gets to quit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -57,6 +60,59 @@ pub struct GuestHandle {
     /// QEMU drops input a client sent but the UART had not taken yet when the client
     /// hangs up.
     pub console: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
+}
+
+/// Listens to QEMU's event-only QMP socket and publishes the events a failover engine
+/// cares about (`GUEST_PANICKED` from pvpanic, `SHUTDOWN`, `STOP`, `RESET`).
+async fn qmp_events(
+    path: std::path::PathBuf,
+    name: String,
+    bus: Arc<EventBus>,
+    status: Arc<Mutex<VmStatus>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    // QEMU creates the socket while it starts.
+    let mut stream = None;
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::UnixStream::connect(&path).await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(stream) = stream else {
+        return tracing::warn!(guest = %name, "no QMP event socket at {}; QMP events unavailable", path.display());
+    };
+    let (r, mut w) = stream.into_split();
+    if w.write_all(vesper_qemu::QMP_CAPABILITIES.as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Some(ev) = vesper_qemu::parse_event(&line) else {
+            continue;
+        };
+        let kind = match ev.name.as_str() {
+            "GUEST_PANICKED" => EventKind::GuestPanicked,
+            "SHUTDOWN" => EventKind::Shutdown,
+            "STOP" => EventKind::Stop,
+            "RESET" => EventKind::Reset,
+            _ => continue,
+        };
+        let e = bus.publish(
+            &name,
+            kind,
+            Source::Qmp {
+                event: ev.name.clone(),
+            },
+            ev.timestamp_ns,
+            ev.data,
+        );
+        note_failure(&status, &e);
+    }
 }
 
 /// Clock exchanges per synchronisation; the one with the shortest round trip wins.
@@ -136,6 +192,9 @@ pub struct GuestTask {
     /// Its own command channel (weak, so the task still ends when the daemon lets go).
     pub self_tx: mpsc::WeakSender<GuestMsg>,
     pub clock_sync: Option<tokio::task::JoinHandle<()>>,
+    pub bus: Arc<EventBus>,
+    /// QEMU's event-only QMP socket.
+    pub qmp_events: std::path::PathBuf,
 }
 
 /// Registers a duplicate of `fd` with the reactor, for readiness only.
@@ -175,6 +234,12 @@ impl GuestTask {
             (Some(Ok(c)), Some(Ok(r))) => (c, r),
             _ => return tracing::error!(guest = %name, "cannot watch the doorbell eventfds"),
         };
+        let qmp = tokio::spawn(qmp_events(
+            self.qmp_events.clone(),
+            name.clone(),
+            self.bus.clone(),
+            self.status.clone(),
+        ));
         let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> =
             HashMap::new();
         let mut qemu_running = true;
@@ -229,6 +294,9 @@ impl GuestTask {
                     // the region: read it before telling anyone the VM is gone.
                     let last = self.session.drain_relays(self.transport.region());
                     self.handle_events(last.events, &mut pending, &mut misbehaviours);
+                    let payload = serde_json::json!({ "status": format!("{status:?}") });
+                    let e = self.bus.publish(&name, EventKind::VmExit, Source::Process, None, payload);
+                    note_failure(&self.status, &e);
                     let _ = self.exited.send(true);
                     for ev in self.session.close() {
                         if let SessionEvent::Done { id, result } = ev {
@@ -273,6 +341,7 @@ impl GuestTask {
         if let Some(sync) = self.clock_sync.take() {
             sync.abort();
         }
+        qmp.abort();
     }
 
     fn handle_events(
@@ -292,7 +361,11 @@ impl GuestTask {
                     st.guest = Some(info.clone());
                     st.boot_secs.get_or_insert(boot);
                     drop(st);
-                    let _ = self.up.send(Some(info));
+                    let _ = self.up.send(Some(info.clone()));
+                    self.status.lock().expect("status lock").failure = None;
+                    let payload = serde_json::to_value(&info).unwrap_or_default();
+                    self.bus
+                        .publish(name, EventKind::GuestUp, Source::Frontend, None, payload);
                     // A restarted guest has a new clock: map it afresh.
                     self.relay.lock().expect("relay lock").set_clock(None);
                     if let Some(old) = self.clock_sync.take() {
@@ -326,10 +399,31 @@ impl GuestTask {
                     tracing::warn!(guest = %name, "relay channel refused: {e}");
                 }
                 SessionEvent::Records { channel, records } => {
-                    self.relay
+                    let stored = self
+                        .relay
                         .lock()
                         .expect("relay lock")
                         .push(&channel, records);
+                    for r in stored {
+                        let kind = match r.decoded {
+                            Decoded::Panic { .. } => EventKind::Panic,
+                            Decoded::Exit { .. } => EventKind::ServiceExit,
+                            Decoded::Oom { .. } => EventKind::Oom,
+                            _ => continue,
+                        };
+                        let mut payload = serde_json::to_value(&r.decoded).unwrap_or_default();
+                        payload["cpu"] = r.cpu.into();
+                        payload["record_seq"] = r.seq.into();
+                        payload["latency_ns"] = r.latency_ns.into();
+                        let source = Source::Probe {
+                            module: r.module.clone(),
+                            channel: r.channel.clone(),
+                        };
+                        let e = self
+                            .bus
+                            .publish(name, kind, source, r.guest_time_host_ns, payload);
+                        note_failure(&self.status, &e);
+                    }
                 }
                 SessionEvent::RelayClosed {
                     channel,

@@ -1,6 +1,7 @@
 //! `vesperd`: the Vesper host daemon.
 #![deny(missing_docs)]
 
+mod events;
 mod guest;
 mod relay;
 mod server;
@@ -31,6 +32,24 @@ struct Args {
     /// Largest module image accepted, in bytes.
     #[arg(long, default_value_t = vesper_modcheck::DEFAULT_MAX_IMAGE_SIZE)]
     max_image_size: u64,
+    /// Also allow this uid on the API socket (repeatable; the daemon's own uid and root
+    /// are always allowed).
+    #[arg(long = "allow-uid")]
+    allow_uids: Vec<u32>,
+    /// Allow members of this primary gid on the API socket (repeatable).
+    #[arg(long = "allow-gid")]
+    allow_gids: Vec<u32>,
+    /// Permission bits of the API socket, octal (others than the owner need it widened,
+    /// and are then still checked against the allowlist).
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal permission mode like 600 or 660"))
 }
 
 fn main() -> ExitCode {
@@ -56,6 +75,9 @@ fn main() -> ExitCode {
         kit_dir: args.kit_dir,
         step_timeout: Duration::from_millis(args.step_timeout_ms),
         max_image_size: args.max_image_size,
+        allow_uids: args.allow_uids,
+        allow_gids: args.allow_gids,
+        socket_mode: args.socket_mode,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

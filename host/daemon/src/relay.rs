@@ -91,13 +91,14 @@ impl RelayStore {
         log.error = None;
     }
 
-    /// Records read from `spec`.
-    pub fn push(&mut self, spec: &Arc<ChannelSpec>, records: Vec<Record>) {
+    /// Records read from `spec`; returns them as stored.
+    pub fn push(&mut self, spec: &Arc<ChannelSpec>, records: Vec<Record>) -> Vec<Arc<RecordView>> {
         let guest = self.guest.clone();
         let host_time_ns = now_ns();
         let tx = self.tx.clone();
         let clock = self.clock;
         let log = self.log(spec);
+        let mut stored = Vec::with_capacity(records.len());
         for r in records {
             let text = std::str::from_utf8(&r.payload)
                 .ok()
@@ -127,8 +128,10 @@ impl RelayStore {
             }
             log.records.push_back(view.clone());
             // No follower is fine.
-            let _ = tx.send(view);
+            let _ = tx.send(view.clone());
+            stored.push(view);
         }
+        stored
     }
 
     /// Counters read while the channel was open.

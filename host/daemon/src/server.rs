@@ -18,6 +18,7 @@ use vesper_core::{Command, CommandError, Reply as GuestReply, Session};
 use vesper_ivshmem::IvshmemTransport;
 use vesper_qemu::{choose_accel, VmSpec};
 
+use crate::events::{EventBus, WRITE_TIMEOUT};
 use crate::guest::{GuestHandle, GuestMsg, GuestTask};
 use crate::relay::RelayStore;
 
@@ -29,6 +30,9 @@ pub struct DaemonConfig {
     pub kit_dir: Option<PathBuf>,
     pub step_timeout: Duration,
     pub max_image_size: u64,
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+    pub socket_mode: u32,
 }
 
 /// Why the daemon could not run.
@@ -45,6 +49,7 @@ pub enum DaemonError {
 struct Daemon {
     config: DaemonConfig,
     guests: Mutex<HashMap<String, GuestHandle>>,
+    bus: Arc<EventBus>,
 }
 
 type Shared = Arc<Daemon>;
@@ -63,12 +68,16 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     }
     let listener = UnixListener::bind(&config.socket)
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
-    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    std::fs::set_permissions(
+        &config.socket,
+        std::fs::Permissions::from_mode(config.socket_mode),
+    )
+    .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     tracing::info!(socket = %config.socket.display(), "vesperd listening");
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         guests: Mutex::new(HashMap::new()),
+        bus: Arc::new(EventBus::new()),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
@@ -97,8 +106,38 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Why a peer may not use the daemon, or `None` if it may: root, the daemon's own uid,
+/// and the configured uids and gids are allowed.
+fn refusal(config: &DaemonConfig, uid: u32, gid: u32) -> Option<String> {
+    let own = nix::unistd::geteuid().as_raw();
+    if uid == 0
+        || uid == own
+        || config.allow_uids.contains(&uid)
+        || config.allow_gids.contains(&gid)
+    {
+        return None;
+    }
+    Some(format!(
+        "permission denied: uid {uid} (gid {gid}) may not use vesperd; it allows root, uid {own}{}{} (vesperd --allow-uid / --allow-gid)",
+        if config.allow_uids.is_empty() { String::new() } else { format!(", uids {:?}", config.allow_uids) },
+        if config.allow_gids.is_empty() { String::new() } else { format!(", gids {:?}", config.allow_gids) },
+    ))
+}
+
 async fn serve_connection(daemon: Shared, stream: UnixStream) {
+    let cred = stream.peer_cred();
     let (r, mut w) = stream.into_split();
+    let refused = match cred {
+        Ok(c) => refusal(&daemon.config, c.uid(), c.gid()),
+        Err(e) => Some(format!(
+            "permission denied: cannot read the peer's credentials ({e})"
+        )),
+    };
+    if let Some(why) = refused {
+        tracing::warn!("refused a client: {why}");
+        let _ = send_line(&mut w, Err(ApiError::new(ErrorCode::PermissionDenied, why))).await;
+        return;
+    }
     let mut lines = BufReader::new(r);
     loop {
         let mut line = String::new();
@@ -133,6 +172,14 @@ async fn serve_connection(daemon: Shared, stream: UnixStream) {
                     // Streams until done or the client goes away; then the connection ends.
                     let _ = relay_cat(&daemon, &mut w, &guest, &module, channel.as_deref(), follow)
                         .await;
+                    return;
+                }
+                Ok(Request::Subscribe {
+                    filter,
+                    from_seq,
+                    follow,
+                }) => {
+                    let _ = subscribe(&daemon, &mut w, filter, from_seq, follow).await;
                     return;
                 }
                 Ok(req) => handle(&daemon, req).await,
@@ -211,9 +258,17 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
             let channels = store.lock().expect("relay lock").views();
             Ok(Reply::RelayStats { guest, channels })
         }
-        Request::RelayCat { .. } => Err(ApiError::new(
+        Request::VmStatus { name } => {
+            let guests = daemon.guests.lock().expect("guests lock");
+            let g = guests
+                .get(&name)
+                .ok_or_else(|| unknown_guest(&guests, &name))?;
+            let status = g.status.lock().expect("status lock").clone();
+            Ok(Reply::VmStatus(status))
+        }
+        Request::RelayCat { .. } | Request::Subscribe { .. } => Err(ApiError::new(
             ErrorCode::Internal,
-            "relay_cat is served as a stream",
+            "streams are served by serve_connection",
         )),
     }
 }
@@ -226,10 +281,58 @@ fn relay_store(daemon: &Shared, guest: &str) -> Result<Arc<Mutex<RelayStore>>, A
     Ok(g.relay.clone())
 }
 
+/// Writes one reply line; a client that does not take it within `WRITE_TIMEOUT` is
+/// dropped (it never holds anything up but its own connection).
 async fn send_line(w: &mut tokio::net::unix::OwnedWriteHalf, r: Response) -> std::io::Result<()> {
     let mut out = serde_json::to_string(&WireResponse::from(r)).map_err(std::io::Error::other)?;
     out.push('\n');
-    w.write_all(out.as_bytes()).await
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(out.as_bytes())).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client not reading",
+        )),
+    }
+}
+
+/// Streams events: history (all of it, or from `from_seq`), a `Gap` if part of the
+/// asked-for history is gone, then, when following, each new event passing `filter`.
+/// A follower that falls behind gets a `Gap` with the count it missed.
+async fn subscribe(
+    daemon: &Shared,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    filter: vesper_events::Filter,
+    from_seq: Option<u64>,
+    follow: bool,
+) -> std::io::Result<()> {
+    let (history, missed, mut rx) = if from_seq.is_none() && !follow {
+        let (_, _, rx) = daemon.bus.subscribe(None, &filter);
+        (daemon.bus.history(&filter), 0, rx)
+    } else {
+        daemon.bus.subscribe(from_seq, &filter)
+    };
+    if missed > 0 {
+        send_line(w, Ok(Reply::Gap { missed })).await?;
+    }
+    let mut sent = 0u64;
+    for e in history {
+        send_line(w, Ok(Reply::Event(e))).await?;
+        sent += 1;
+    }
+    if !follow {
+        return send_line(w, Ok(Reply::End { records: sent })).await;
+    }
+    loop {
+        match rx.recv().await {
+            Ok(e) if filter.matches(&e) => send_line(w, Ok(Reply::Event((*e).clone()))).await?,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::info!(missed, "a slow event subscriber missed events");
+                send_line(w, Ok(Reply::Gap { missed })).await?;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
 }
 
 /// Streams `guest`'s records of `module` (and `channel`): the history, then, when
@@ -501,6 +604,7 @@ async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         serial_log: console.clone(),
         serial_socket: dir.join("console.sock"),
         qmp_socket: qmp.clone(),
+        qmp_events_socket: dir.join("qmp-events.sock"),
         pvpanic: true,
         allow_reboot: a.allow_reboot,
     };
@@ -531,6 +635,7 @@ async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         guest: None,
         console_log: console.clone(),
         boot_secs: None,
+        failure: None,
     }));
     let (up_tx, mut up_rx) = watch::channel(None);
     let (exited_tx, mut exited_rx) = watch::channel(false);
@@ -553,6 +658,8 @@ async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         relay: relay.clone(),
         self_tx: tx.downgrade(),
         clock_sync: None,
+        bus: daemon.bus.clone(),
+        qmp_events: dir.join("qmp-events.sock"),
     };
     tokio::spawn(task.run(rx, stop_rx));
     daemon.guests.lock().expect("guests lock").insert(

@@ -158,7 +158,7 @@ pub struct Filter {
 impl Filter {
     /// True when `e` passes.
     pub fn matches(&self, e: &Event) -> bool {
-        (self.guests.is_empty() || self.guests.iter().any(|g| *g == e.guest))
+        (self.guests.is_empty() || self.guests.contains(&e.guest))
             && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
     }
 }

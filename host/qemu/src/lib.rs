@@ -5,7 +5,7 @@ mod accel;
 mod qmp;
 
 pub use accel::{choose_accel, Accel, AccelChoice, AccelRequest};
-pub use qmp::Qmp;
+pub use qmp::{parse_event, Qmp, QmpEvent, CAPABILITIES as QMP_CAPABILITIES};
 
 use std::path::PathBuf;
 
@@ -69,8 +69,10 @@ pub struct VmSpec {
     pub serial_log: PathBuf,
     /// Serial console socket (QEMU listens; a client can type into the console).
     pub serial_socket: PathBuf,
-    /// QMP socket to create.
+    /// QMP socket to create (commands).
     pub qmp_socket: PathBuf,
+    /// A second QMP socket, for a client that only listens to events.
+    pub qmp_events_socket: PathBuf,
     /// Add a pvpanic-pci device (QMP `GUEST_PANICKED` on guest panic).
     pub pvpanic: bool,
     /// Let a guest reboot restart it in place; otherwise QEMU exits (`-no-reboot`).
@@ -115,6 +117,11 @@ impl VmSpec {
             "chardev:serial0".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp_socket.display()),
+            "-qmp".into(),
+            format!(
+                "unix:{},server=on,wait=off",
+                self.qmp_events_socket.display()
+            ),
             "-chardev".into(),
             format!(
                 "socket,path={},id=vesper-ivshmem",
@@ -130,7 +137,15 @@ impl VmSpec {
             a.push("-no-reboot".into());
         }
         if self.pvpanic {
-            a.extend(["-device".into(), "pvpanic-pci".into()]);
+            // QEMU reports the panic (QMP GUEST_PANICKED) and lets the guest finish its
+            // panic path — the probes' own panic records among it — instead of powering
+            // it off on the spot: what happens next is the failover engine's call.
+            a.extend([
+                "-device".into(),
+                "pvpanic-pci".into(),
+                "-action".into(),
+                "panic=none".into(),
+            ]);
         }
         a
     }
@@ -154,6 +169,7 @@ mod tests {
             serial_log: "/run/console.log".into(),
             serial_socket: "/run/console.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
+            qmp_events_socket: "/run/qmp-events.sock".into(),
             pvpanic: true,
             allow_reboot: false,
         }
@@ -170,7 +186,7 @@ mod tests {
         ));
         assert!(a.contains("-serial chardev:serial0"));
         assert!(a.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
-        assert!(a.contains("pvpanic-pci"));
+        assert!(a.contains("-device pvpanic-pci -action panic=none"));
         assert!(spec(Accel::Kvm)
             .args()
             .join(" ")

@@ -101,3 +101,57 @@ impl Qmp {
         std::mem::take(&mut self.events)
     }
 }
+
+/// One QMP event, parsed from a line QEMU sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QmpEvent {
+    /// Event name (`GUEST_PANICKED`).
+    pub name: String,
+    /// Its `data` member (`null` if absent).
+    pub data: Value,
+    /// QEMU's timestamp, Unix ns.
+    pub timestamp_ns: Option<u64>,
+}
+
+/// Parses one line from a QMP connection: `Some` for an event, `None` for anything else
+/// (greeting, command return, malformed text).
+pub fn parse_event(line: &str) -> Option<QmpEvent> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let name = v.get("event")?.as_str()?.to_string();
+    let ts = &v["timestamp"];
+    let timestamp_ns = match (ts["seconds"].as_u64(), ts["microseconds"].as_u64()) {
+        (Some(s), Some(us)) => Some(s * 1_000_000_000 + us * 1_000),
+        _ => None,
+    };
+    Some(QmpEvent {
+        name,
+        data: v.get("data").cloned().unwrap_or(Value::Null),
+        timestamp_ns,
+    })
+}
+
+/// The `qmp_capabilities` command line that opens command mode.
+pub const CAPABILITIES: &str = "{\"execute\":\"qmp_capabilities\"}\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse_and_everything_else_does_not() {
+        let e = parse_event(
+            r#"{"timestamp": {"seconds": 1700000000, "microseconds": 250}, "event": "GUEST_PANICKED", "data": {"action": "pause", "info": {"type": "hyper-v"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.name, "GUEST_PANICKED");
+        assert_eq!(e.timestamp_ns, Some(1_700_000_000_000_250_000));
+        assert_eq!(e.data["action"], "pause");
+        assert!(parse_event(r#"{"return": {}}"#).is_none());
+        assert!(parse_event(r#"{"QMP": {"version": {}}}"#).is_none());
+        assert!(parse_event("not json").is_none());
+        assert_eq!(
+            parse_event(r#"{"event":"STOP"}"#).unwrap().data,
+            Value::Null
+        );
+    }
+}

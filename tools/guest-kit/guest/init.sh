@@ -26,6 +26,15 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+# Drivers a real guest image loads through udev: pvpanic tells QEMU the guest panicked.
+for drv in pvpanic pvpanic-pci; do
+    if out=$(insmod "/lib/drivers/$drv.ko" 2>&1); then
+        echo "vesper-init: loaded $drv"
+    else
+        echo "vesper-init: could not load $drv: $out"
+    fi
+done
+
 FRONT=/lib/vesper/vesper_front.ko
 if [ ! -e "$FRONT" ]; then
     echo "vesper-init: FRONTEND NOT LOADED: $FRONT is missing from the initramfs"

@@ -584,7 +584,10 @@ impl Builder {
         let kernel = kernel_dir.join("vmlinuz");
         let kernel_config = kernel_dir.join(format!("config-{release}"));
         self.p.step(4, &format!("kernel image {release}"), || {
-            if kernel.is_file() && kernel_config.is_file() {
+            let drivers_present = GUEST_DRIVERS
+                .iter()
+                .all(|d| drivers_dir(&kernel_dir).join(format!("{d}.ko")).is_file());
+            if kernel.is_file() && kernel_config.is_file() && drivers_present {
                 return Ok(((), format!("cached at {}", kernel.display())));
             }
             fetch_kernel(apt, dir, &release, &kernel_dir)?;
@@ -611,7 +614,16 @@ impl Builder {
         // 7. initramfs
         let initramfs = dir.join(format!("initramfs-{release}.cpio"));
         p.step(7, "packing the initramfs", || {
-            let bytes = initramfs_bytes(&modules, &helpers)?;
+            let drivers: Vec<(String, PathBuf)> = GUEST_DRIVERS
+                .iter()
+                .map(|d| {
+                    (
+                        d.to_string(),
+                        drivers_dir(&kernel_dir).join(format!("{d}.ko")),
+                    )
+                })
+                .collect();
+            let bytes = initramfs_bytes(&modules, &helpers, &drivers)?;
             let size = bytes.len();
             if initramfs.is_file() && read(&initramfs)? == bytes {
                 return Ok(((), format!("up to date ({} KiB)", size / 1024)));
@@ -757,9 +769,24 @@ fn fetch_kernel(
         &[
             format!("*boot/{vmlinuz_name}"),
             format!("*boot/{config_name}"),
+            "*/drivers/misc/pvpanic/*.ko".to_string(),
         ],
     )?;
     fs::create_dir_all(kernel_dir).map_err(io_err("create", kernel_dir))?;
+    let drivers = drivers_dir(kernel_dir);
+    fs::create_dir_all(&drivers).map_err(io_err("create", &drivers))?;
+    let pvpanic_src = tmp.join(format!("lib/modules/{release}/kernel/drivers/misc/pvpanic"));
+    for d in GUEST_DRIVERS {
+        let src = pvpanic_src.join(format!("{d}.ko"));
+        if !src.is_file() {
+            return Err(KitError::MissingFile {
+                what: format!("{d}.ko in {}", deb.display()),
+                path: src,
+            });
+        }
+        let dst = drivers.join(format!("{d}.ko"));
+        fs::rename(&src, &dst).map_err(io_err("move into", &dst))?;
+    }
     // config first: vmlinuz is the marker of a complete kernel directory
     for (from, to) in [
         (config_name.as_str(), config_name.as_str()),
@@ -778,6 +805,16 @@ fn fetch_kernel(
     let _ = fs::remove_dir_all(&tmp);
     fs::remove_file(&deb).map_err(io_err("remove", &deb))?;
     Ok(())
+}
+
+/// Kernel drivers a real guest image would load through udev and the test guest loads
+/// from its init: pvpanic makes the guest tell QEMU it panicked (QMP `GUEST_PANICKED`).
+/// In load order; Debian builds them as modules.
+const GUEST_DRIVERS: [&str; 2] = ["pvpanic", "pvpanic-pci"];
+
+/// Where the extracted guest drivers live in a kernel directory.
+fn drivers_dir(kernel_dir: &Path) -> PathBuf {
+    kernel_dir.join("drivers")
 }
 
 const MODULES_STAMP: &str = ".sources-hash";
@@ -954,6 +991,7 @@ fn build_helper(bin_dir: &Path, h: &Helper) -> Result<bool, KitError> {
 fn initramfs_bytes(
     modules: &BTreeMap<String, PathBuf>,
     helpers: &[(&str, PathBuf)],
+    drivers: &[(String, PathBuf)],
 ) -> Result<Vec<u8>, KitError> {
     let busybox = Path::new(BUSYBOX);
     if !busybox.is_file() {
@@ -971,6 +1009,7 @@ fn initramfs_bytes(
         "/tmp",
         "/lib",
         "/lib/vesper",
+        "/lib/drivers",
     ] {
         w.dir(d, 0o755);
     }
@@ -985,6 +1024,9 @@ fn initramfs_bytes(
     }
     for (name, path) in modules {
         w.file(&format!("/lib/vesper/{name}.ko"), 0o644, &read(path)?);
+    }
+    for (name, path) in drivers {
+        w.file(&format!("/lib/drivers/{name}.ko"), 0o644, &read(path)?);
     }
     w.file("/init", 0o755, INIT_SCRIPT.as_bytes());
     Ok(w.finish())

@@ -1,0 +1,135 @@
+//! The daemon's event bus: one numbered history, broadcast to subscribers.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+use vesper_api::{FailureView, VmStatus};
+use vesper_events::{Event, EventKind, EventLog, Filter, Source};
+
+/// Events kept for resumes.
+pub const HISTORY: usize = 100_000;
+/// Events a subscriber may fall behind before it gets a gap.
+pub const SUBSCRIBER_BUFFER: usize = 4096;
+/// Longest a subscriber may take to accept one line before it is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Unix time now, ns.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Numbers, keeps and broadcasts every event of the host.
+pub struct EventBus {
+    log: Mutex<EventLog>,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl EventBus {
+    pub fn new() -> Self {
+        Self {
+            log: Mutex::new(EventLog::new(HISTORY)),
+            tx: broadcast::channel(SUBSCRIBER_BUFFER).0,
+        }
+    }
+
+    /// Publishes an event about `guest`; returns it numbered.
+    pub fn publish(
+        &self,
+        guest: &str,
+        kind: EventKind,
+        source: Source,
+        happened_ns: Option<u64>,
+        payload: Value,
+    ) -> Arc<Event> {
+        let e = Event {
+            seq: 0,
+            guest: guest.to_string(),
+            kind,
+            time_ns: now_ns(),
+            happened_ns,
+            source,
+            payload,
+        };
+        // Numbering and sending under one lock keeps every subscriber's order the log's.
+        let mut log = self.log.lock().expect("event log lock");
+        let e = Arc::new(log.push(e));
+        let _ = self.tx.send(e.clone());
+        e
+    }
+
+    /// History from `from_seq` matching `filter`, the number of events already forgotten
+    /// before it, and a receiver for what follows — taken together, so nothing is lost
+    /// or doubled between the two.
+    pub fn subscribe(
+        &self,
+        from_seq: Option<u64>,
+        filter: &Filter,
+    ) -> (Vec<Event>, u64, broadcast::Receiver<Arc<Event>>) {
+        let log = self.log.lock().expect("event log lock");
+        let (history, missed) = match from_seq {
+            Some(from) => log.since(from, filter),
+            None => (Vec::new(), 0),
+        };
+        (history, missed, self.tx.subscribe())
+    }
+
+    /// The whole kept history (non-following `events` without `--since`).
+    pub fn history(&self, filter: &Filter) -> Vec<Event> {
+        self.log.lock().expect("event log lock").since(0, filter).0
+    }
+}
+
+/// One line saying what a failure event means.
+pub fn summary(e: &Event) -> String {
+    let p = &e.payload;
+    match e.kind {
+        EventKind::ServiceExit if p["signal"].as_i64().unwrap_or(0) != 0 => {
+            format!(
+                "{} (pid {}) killed by signal {}",
+                p["comm"].as_str().unwrap_or("?"),
+                p["pid"],
+                p["signal"]
+            )
+        }
+        EventKind::ServiceExit => {
+            format!(
+                "{} (pid {}) exited with status {}",
+                p["comm"].as_str().unwrap_or("?"),
+                p["pid"],
+                p["status"]
+            )
+        }
+        EventKind::Panic => format!(
+            "kernel panic: {}",
+            p["message"].as_str().unwrap_or("?").trim_end()
+        ),
+        EventKind::Oom => format!(
+            "OOM killer killed {} (pid {})",
+            p["comm"].as_str().unwrap_or("?"),
+            p["pid"]
+        ),
+        EventKind::GuestPanicked => "QEMU reports GUEST_PANICKED (pvpanic)".to_string(),
+        EventKind::VmExit => "the VM process ended".to_string(),
+        other => other.name().to_string(),
+    }
+}
+
+/// Records a failure in the VM's health, unless one is already recorded since it came up.
+pub fn note_failure(status: &Mutex<VmStatus>, e: &Event) {
+    if !e.kind.is_failure() {
+        return;
+    }
+    let mut st = status.lock().expect("status lock");
+    if st.failure.is_none() {
+        st.failure = Some(FailureView {
+            seq: e.seq,
+            kind: e.kind,
+            summary: summary(e),
+        });
+    }
+}
