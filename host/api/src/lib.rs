@@ -505,7 +505,9 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     let mut w = stream.try_clone()?;
     let mut line = serde_json::to_string(req).map_err(|e| ClientError::Malformed(e.to_string()))?;
     line.push('\n');
-    w.write_all(line.as_bytes())?;
+    // The daemon may answer (a refusal) and close before reading the request: a failed
+    // write is then followed by the reply, which says why.
+    let sent = w.write_all(line.as_bytes());
     let mut reply = String::new();
     match BufReader::new(stream).read_line(&mut reply) {
         Ok(_) => {}
@@ -520,6 +522,8 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
         Err(e) => return Err(e.into()),
     }
     if reply.is_empty() {
+        // No reply: if the request never got out, that is the error to report.
+        sent?;
         return Err(ClientError::Malformed(
             "connection closed without a reply".into(),
         ));
@@ -545,7 +549,8 @@ pub fn call_stream(
     let mut w = stream.try_clone()?;
     let mut line = serde_json::to_string(req).map_err(|e| ClientError::Malformed(e.to_string()))?;
     line.push('\n');
-    w.write_all(line.as_bytes())?;
+    // As in `call`: a refusal may arrive although the request could not be written.
+    let _ = w.write_all(line.as_bytes());
     for line in BufReader::new(stream).lines() {
         let line = match line {
             Ok(l) => l,

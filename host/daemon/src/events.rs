@@ -10,8 +10,6 @@ use vesper_events::{Event, EventKind, EventLog, Filter, Source};
 
 /// Events kept for resumes.
 pub const HISTORY: usize = 100_000;
-/// Events a subscriber may fall behind before it gets a gap.
-pub const SUBSCRIBER_BUFFER: usize = 4096;
 /// Longest a subscriber may take to accept one line before it is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,10 +28,12 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    pub fn new() -> Self {
+    /// A bus whose subscribers may fall `subscriber_buffer` events behind before they
+    /// are sent a gap.
+    pub fn new(subscriber_buffer: usize) -> Self {
         Self {
             log: Mutex::new(EventLog::new(HISTORY)),
-            tx: broadcast::channel(SUBSCRIBER_BUFFER).0,
+            tx: broadcast::channel(subscriber_buffer.max(1)).0,
         }
     }
 

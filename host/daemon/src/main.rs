@@ -43,6 +43,9 @@ struct Args {
     /// and are then still checked against the allowlist).
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Events a subscriber may fall behind before it is sent a gap.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    event_buffer: u32,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         allow_uids: args.allow_uids,
         allow_gids: args.allow_gids,
         socket_mode: args.socket_mode,
+        event_buffer: args.event_buffer as usize,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -19,6 +19,9 @@ use vesper_ivshmem::IvshmemTransport;
 use vesper_qemu::{choose_accel, VmSpec};
 
 use crate::events::{EventBus, WRITE_TIMEOUT};
+
+/// Socket send buffer of an event subscriber's connection.
+const SUBSCRIBER_SNDBUF: usize = 4 << 10;
 use crate::guest::{GuestHandle, GuestMsg, GuestTask};
 use crate::relay::RelayStore;
 
@@ -33,6 +36,7 @@ pub struct DaemonConfig {
     pub allow_uids: Vec<u32>,
     pub allow_gids: Vec<u32>,
     pub socket_mode: u32,
+    pub event_buffer: usize,
 }
 
 /// Why the daemon could not run.
@@ -77,7 +81,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         guests: Mutex::new(HashMap::new()),
-        bus: Arc::new(EventBus::new()),
+        bus: Arc::new(EventBus::new(config.event_buffer)),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
@@ -305,6 +309,14 @@ async fn subscribe(
     from_seq: Option<u64>,
     follow: bool,
 ) -> std::io::Result<()> {
+    // A small send buffer: a subscriber that stops reading blocks its own writer (and
+    // then lags, and gets a gap) after a few lines, not after the kernel buffered
+    // hundreds of them for it.
+    let _ = nix::sys::socket::setsockopt(
+        &std::os::fd::AsFd::as_fd(w.as_ref()),
+        nix::sys::socket::sockopt::SndBuf,
+        &SUBSCRIBER_SNDBUF,
+    );
     let (history, missed, mut rx) = if from_seq.is_none() && !follow {
         let (_, _, rx) = daemon.bus.subscribe(None, &filter);
         (daemon.bus.history(&filter), 0, rx)
