@@ -106,6 +106,7 @@ fn subscribers_follow_filter_resume_and_a_slow_one_gets_a_gap() {
     let seqs: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     let _ = follower.kill();
+    let _ = follower.wait();
 
     // Resume from the fifth exit: exactly the later events of that kind.
     let from = seqs[4].to_string();
