@@ -245,6 +245,9 @@ pub struct VmStatus {
     /// The first failure Vesper saw since the guest last came up, if any.
     #[serde(default)]
     pub failure: Option<FailureView>,
+    /// Memory given to the VM, MiB.
+    #[serde(default)]
+    pub memory_mib: u32,
 }
 
 /// A failure seen in a guest, as `vm status` reports it.

@@ -86,10 +86,24 @@ enum Cmd {
         #[arg(long)]
         since: Option<u64>,
     },
+    /// Failover policies.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Probe output read from the guest's shared relay buffers.
     Relay {
         #[command(subcommand)]
         cmd: RelayCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Check a policy file and summarise it (no daemon needed). Exit 0 if valid, 65 if not.
+    Check {
+        /// The TOML policy.
+        file: PathBuf,
     },
 }
 
@@ -193,6 +207,33 @@ fn main() -> ExitCode {
     } = &cli.cmd
     {
         return events(&cli, *follow, guests, kinds, *since);
+    }
+    if let Cmd::Policy {
+        cmd: PolicyCmd::Check { file },
+    } = &cli.cmd
+    {
+        return match vesper_failover::check(file) {
+            Ok(summary) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "ok": true, "result": { "valid": true, "summary": summary } })
+                    );
+                } else {
+                    println!("{}: valid\n{summary}", file.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                fail(cli.json, 65, "invalid_policy", &msg)
+            }
+        };
     }
     if let Cmd::Vm {
         cmd: VmCmd::Status { name },
@@ -332,6 +373,7 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
             cmd: RelayCmd::Cat { .. },
         }
         | Cmd::Events { .. }
+        | Cmd::Policy { .. }
         | Cmd::Vm {
             cmd: VmCmd::Status { .. },
         } => unreachable!("handled in main"),

@@ -25,6 +25,9 @@ pub fn now_ns() -> u64 {
 pub struct EventBus {
     log: Mutex<EventLog>,
     tx: broadcast::Sender<Arc<Event>>,
+    /// The failover engine sees every event, never a gap: its queue is not bounded by
+    /// subscriber buffers (it only ever holds what the engine has not decided on yet).
+    engine: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Arc<Event>>>>,
 }
 
 impl EventBus {
@@ -34,7 +37,15 @@ impl EventBus {
         Self {
             log: Mutex::new(EventLog::new(HISTORY)),
             tx: broadcast::channel(subscriber_buffer.max(1)).0,
+            engine: Mutex::new(None),
         }
+    }
+
+    /// The queue the failover engine reads every event from (one engine per bus).
+    pub fn engine_feed(&self) -> tokio::sync::mpsc::UnboundedReceiver<Arc<Event>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.engine.lock().expect("engine feed lock") = Some(tx);
+        rx
     }
 
     /// Publishes an event about `guest`; returns it numbered.
@@ -59,6 +70,9 @@ impl EventBus {
         let mut log = self.log.lock().expect("event log lock");
         let e = Arc::new(log.push(e));
         let _ = self.tx.send(e.clone());
+        if let Some(engine) = self.engine.lock().expect("engine feed lock").as_ref() {
+            let _ = engine.send(e.clone());
+        }
         e
     }
 

@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod events;
+mod failover;
 mod guest;
 mod relay;
 mod server;
@@ -43,6 +44,9 @@ struct Args {
     /// and are then still checked against the allowlist).
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Failover policy (TOML) for the engine; without it vesperd only reports events.
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Events a subscriber may fall behind before it is sent a gap.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     event_buffer: u32,
@@ -72,6 +76,24 @@ fn main() -> ExitCode {
             run_dir.join("vesperd.sock")
         }
     });
+    let policy = match args
+        .policy
+        .as_deref()
+        .map(vesper_failover::Policy::load)
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("vesperd: invalid failover policy: {msg}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
     let config = server::DaemonConfig {
         run_dir,
         socket,
@@ -82,6 +104,7 @@ fn main() -> ExitCode {
         allow_gids: args.allow_gids,
         socket_mode: args.socket_mode,
         event_buffer: args.event_buffer as usize,
+        policy,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

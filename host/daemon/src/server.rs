@@ -37,6 +37,7 @@ pub struct DaemonConfig {
     pub allow_gids: Vec<u32>,
     pub socket_mode: u32,
     pub event_buffer: usize,
+    pub policy: Option<vesper_failover::Policy>,
 }
 
 /// Why the daemon could not run.
@@ -50,13 +51,26 @@ pub enum DaemonError {
     Listen(PathBuf, #[source] std::io::Error),
 }
 
-struct Daemon {
-    config: DaemonConfig,
+pub(crate) struct Daemon {
+    pub(crate) config: DaemonConfig,
     guests: Mutex<HashMap<String, GuestHandle>>,
-    bus: Arc<EventBus>,
+    pub(crate) bus: Arc<EventBus>,
 }
 
-type Shared = Arc<Daemon>;
+impl Daemon {
+    /// The guests running now and their memory, for the failover engine's capacity checks.
+    pub(crate) fn running(&self) -> Vec<(String, u32)> {
+        let guests = self.guests.lock().expect("guests lock");
+        guests
+            .values()
+            .map(|g| g.status.lock().expect("status lock").clone())
+            .filter(|s| s.state != "exited")
+            .map(|s| (s.name, s.memory_mib))
+            .collect()
+    }
+}
+
+pub(crate) type Shared = Arc<Daemon>;
 
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     std::fs::DirBuilder::new()
@@ -83,6 +97,10 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         guests: Mutex::new(HashMap::new()),
         bus: Arc::new(EventBus::new(config.event_buffer)),
     });
+    if let Some(policy) = config.policy.clone() {
+        let feed = daemon.bus.engine_feed();
+        tokio::spawn(crate::failover::run(daemon.clone(), policy, feed));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     loop {
@@ -223,7 +241,11 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
             file_name,
             image_b64,
             params,
-        } => insmod(daemon, &guest, &file_name, &image_b64, params).await,
+        } => {
+            let image = vesper_api::decode_image(&image_b64)
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
+            insmod(daemon, &guest, &file_name, image, params).await
+        }
         Request::Rmmod { guest, name, force } => {
             let started = Instant::now();
             match run_command(daemon, &guest, Command::Unload { name, force }).await? {
@@ -477,11 +499,11 @@ async fn run_command(daemon: &Shared, guest: &str, cmd: Command) -> Result<Guest
     }
 }
 
-async fn insmod(
+pub(crate) async fn insmod(
     daemon: &Shared,
     guest: &str,
     file_name: &str,
-    image_b64: &str,
+    image: Vec<u8>,
     params: Vec<String>,
 ) -> Response {
     let started = Instant::now();
@@ -492,8 +514,6 @@ async fn insmod(
             .ok_or_else(|| unknown_guest(&guests, guest))?;
         g.info().map(|i| i.vermagic)
     };
-    let image =
-        vesper_api::decode_image(image_b64).map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
     let info =
         vesper_modcheck::check_module(&image, vermagic.as_deref(), daemon.config.max_image_size)
             .map_err(|e| ApiError::new(ErrorCode::BadModule, format!("{file_name}: {e}")))?;
@@ -551,7 +571,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
+pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     let bad = |m: String| Err(ApiError::new(ErrorCode::BadRequest, m));
     if !valid_name(&a.name) {
         return bad(format!(
@@ -648,6 +668,7 @@ async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         console_log: console.clone(),
         boot_secs: None,
         failure: None,
+        memory_mib: a.memory_mib,
     }));
     let (up_tx, mut up_rx) = watch::channel(None);
     let (exited_tx, mut exited_rx) = watch::channel(false);
@@ -796,7 +817,7 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-async fn vm_stop(daemon: &Shared, name: &str) -> Response {
+pub(crate) async fn vm_stop(daemon: &Shared, name: &str) -> Response {
     let stop = {
         let mut guests = daemon.guests.lock().expect("guests lock");
         match guests.get_mut(name) {

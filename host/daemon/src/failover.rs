@@ -1,0 +1,175 @@
+//! Runs the failover engine in the daemon: every event in, decisions out as events,
+//! actions carried out on this host's VMs.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use vesper_api::{AccelRequest, VmStartRequest};
+use vesper_events::{Event, EventKind, Source};
+use vesper_failover::{Action, Engine, Policy, View};
+
+use crate::events::now_ns;
+use crate::server::{insmod, vm_start, vm_stop, Shared};
+
+/// Longest the engine waits for a VM it starts to come up.
+const START_TIMEOUT_SECS: u64 = 180;
+
+/// Decides on every event, in order, and carries out each decision in its own task (a
+/// slow VM start never delays the next decision).
+pub async fn run(daemon: Shared, policy: Policy, mut feed: mpsc::UnboundedReceiver<Arc<Event>>) {
+    let mut engine = Engine::new(policy.clone());
+    tracing::info!("failover engine running:\n{}", policy.summary());
+    while let Some(event) = feed.recv().await {
+        if event.kind == EventKind::Decision {
+            continue;
+        }
+        let view = View {
+            running: daemon.running(),
+        };
+        for d in engine.on_event(&event, &view, now_ns()) {
+            let e = d.to_event(now_ns());
+            let published = daemon.bus.publish(
+                &e.guest,
+                EventKind::Decision,
+                Source::Engine,
+                None,
+                e.payload,
+            );
+            tracing::info!(seq = published.seq, "failover decision: {}", d.reason);
+            tokio::spawn(carry_out(
+                daemon.clone(),
+                policy.clone(),
+                d.action,
+                event.clone(),
+            ));
+        }
+    }
+}
+
+async fn carry_out(daemon: Shared, policy: Policy, action: Action, event: Arc<Event>) {
+    let result = match action {
+        Action::Restart { guest } => {
+            let _ = vm_stop(&daemon, &guest).await;
+            start(&daemon, &policy, &guest).await
+        }
+        Action::StartStandby {
+            standby,
+            replaces,
+            stop_failed,
+        } => {
+            if stop_failed {
+                if let Err(e) = vm_stop(&daemon, &replaces).await {
+                    tracing::warn!(guest = %replaces, "could not stop the failed guest: {}", e.message);
+                }
+            }
+            start(&daemon, &policy, &standby).await
+        }
+        Action::Stop { guest } | Action::Fence { guest } => vm_stop(&daemon, &guest)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.message),
+        Action::Hook {
+            command,
+            timeout_secs,
+            env,
+        } => hook(&command, timeout_secs, &env, &event).await,
+        Action::GiveUp { .. } => Ok(()),
+    };
+    if let Err(why) = result {
+        tracing::warn!("failover action after event {} failed: {why}", event.seq);
+    }
+}
+
+/// Starts `guest` as the policy declares it and pushes its probes.
+async fn start(daemon: &Shared, policy: &Policy, guest: &str) -> Result<(), String> {
+    let spec = policy
+        .guest(guest)
+        .ok_or_else(|| format!("{guest} is not declared in the policy"))?;
+    let req = VmStartRequest {
+        name: spec.name.clone(),
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+        accel: AccelRequest::Auto,
+        kit_dir: None,
+        mode: spec.mode.clone(),
+        extra_cmdline: None,
+        wait_secs: START_TIMEOUT_SECS,
+        allow_reboot: false,
+    };
+    vm_start(daemon, req).await.map_err(|e| e.message)?;
+    for probe in &spec.probes {
+        let path = probe_path(daemon, &probe.module)?;
+        let image = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        insmod(daemon, guest, &file_name, image, probe.params.clone())
+            .await
+            .map_err(|e| e.message)?;
+    }
+    tracing::info!(
+        guest,
+        "failover engine started the guest and pushed {} probe(s)",
+        spec.probes.len()
+    );
+    Ok(())
+}
+
+/// A probe named in the policy: a path to a `.ko`, or the name of a guest-kit module.
+fn probe_path(daemon: &Shared, module: &str) -> Result<std::path::PathBuf, String> {
+    let p = Path::new(module);
+    if p.is_file() {
+        return Ok(p.to_path_buf());
+    }
+    let kit =
+        vesper_guest_kit::Kit::load(daemon.config.kit_dir.as_deref()).map_err(|e| e.to_string())?;
+    let path = kit.module(module);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "probe {module:?} is neither a file nor a module of the guest kit ({})",
+            kit.modules_dir.display()
+        ))
+    }
+}
+
+/// Runs a hook with the event in its environment, killed after `timeout_secs`.
+async fn hook(
+    command: &[String],
+    timeout_secs: u64,
+    env: &[(String, String)],
+    event: &Event,
+) -> Result<(), String> {
+    let (prog, args) = command.split_first().ok_or("empty hook command")?;
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("hook {prog}: cannot run it: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(timeout_secs), child.wait_with_output()).await {
+        Err(_) => Err(format!(
+            "hook {prog} for event {} did not finish within {timeout_secs} s; killed",
+            event.seq
+        )),
+        Ok(Err(e)) => Err(format!("hook {prog}: {e}")),
+        Ok(Ok(out)) if out.status.success() => {
+            tracing::info!(hook = %prog, event = event.seq, "hook ran");
+            Ok(())
+        }
+        Ok(Ok(out)) => Err(format!(
+            "hook {prog} for event {} failed ({}): {}",
+            event.seq,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}

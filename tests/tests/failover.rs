@@ -1,0 +1,185 @@
+//! The failover engine in vesperd, end to end on real guests.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vesper_e2e::{module, Daemon};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn policy(dir: &std::path::Path) -> std::path::PathBuf {
+    let hook_out = dir.join("hook.out");
+    let text = format!(
+        r#"
+[host]
+max_guests = 3
+max_memory_mib = 2048
+
+[[guest]]
+name = "web1"
+memory_mib = 512
+mode = "hand"
+probes = [ {{ module = "vesper_exit_probe", params = ["watch_comm=svc", "quiet=1"] }}, {{ module = "vesper_panic_probe" }} ]
+
+[[guest]]
+name = "web2"
+memory_mib = 512
+mode = "hand"
+probes = [ {{ module = "vesper_exit_probe", params = ["watch_comm=svc", "quiet=1"] }}, {{ module = "vesper_panic_probe" }} ]
+
+[[group]]
+name = "web"
+primary = "web1"
+standbys = ["web2"]
+
+[[rule]]
+on = "service_exit"
+where = {{ comm = "svc" }}
+group = "web"
+action = "start_standby"
+
+# A panicked guest finishes its panic path (QEMU reports GUEST_PANICKED) and exits on
+# its own (panic=-1, -no-reboot): no need to stop it.
+[[rule]]
+on = "panic"
+group = "web"
+action = "start_standby"
+stop_failed = false
+
+[[rule]]
+on = "guest_panicked"
+group = "web"
+action = "start_standby"
+stop_failed = false
+
+[[rule]]
+on = "service_exit"
+action = "hook"
+command = ["/bin/sh", "-c", "echo \"$VESPER_EVENT_KIND $VESPER_GUEST $VESPER_EVENT_SEQ\" >> {}"]
+timeout_secs = 5
+"#,
+        hook_out.display()
+    );
+    let p = dir.join("policy.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn events(d: &Daemon) -> Vec<Value> {
+    d.cli(&["--json", "events"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
+        .filter(|r| r["reply"] == "event")
+        .collect()
+}
+
+fn start_primary(d: &Daemon) {
+    d.vm_start_with("web1", &["--mode", "hand"]);
+    d.wait_console("web1", "vesper-init: hand ready", WAIT);
+    d.cli(&[
+        "insmod",
+        "web1",
+        &module("vesper_exit_probe"),
+        "watch_comm=svc",
+        "quiet=1",
+    ])
+    .ok();
+    d.cli(&["insmod", "web1", &module("vesper_panic_probe")])
+        .ok();
+}
+
+fn wait_standby_up(d: &Daemon) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ev = events(d);
+        if ev
+            .iter()
+            .any(|e| e["kind"] == "guest_up" && e["guest"] == "web2")
+            && d.cli(&["vm", "status", "web2"]).code == 0
+        {
+            let mods = d.module_names("web2");
+            if mods.contains(&"vesper_exit_probe".to_string())
+                && mods.contains(&"vesper_panic_probe".to_string())
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "standby never came up with its probes:\n{:#?}\n{}",
+            events(d),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_killed_service_in_the_primary_starts_the_standby_and_the_decision_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&["--policy", policy(dir.path()).to_str().unwrap()]);
+    start_primary(&d);
+    d.hand("web1", "start svc", "started svc");
+    d.hand("web1", "kill 9 svc", "killed svc");
+    wait_standby_up(&d);
+    let ev = events(&d);
+    let exit = ev
+        .iter()
+        .find(|e| e["kind"] == "service_exit")
+        .expect("exit event");
+    let decisions: Vec<&Value> = ev.iter().filter(|e| e["kind"] == "decision").collect();
+    assert!(!decisions.is_empty());
+    let failover = decisions
+        .iter()
+        .find(|d| d["payload"]["action"]["type"] == "start_standby")
+        .expect("a start_standby decision");
+    assert_eq!(failover["source"]["type"], "engine");
+    assert_eq!(failover["payload"]["action"]["standby"], "web2");
+    assert_eq!(failover["payload"]["event_seq"], exit["seq"]);
+    let reason = failover["payload"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("service_exit") && reason.contains("web1") && reason.contains("web2"),
+        "{reason}"
+    );
+    assert!(failover["seq"].as_u64() > exit["seq"].as_u64());
+    // The hook ran with the event in its environment.
+    let hook = std::fs::read_to_string(dir.path().join("hook.out")).unwrap_or_default();
+    assert!(
+        hook.contains(&format!("service_exit web1 {}", exit["seq"])),
+        "{hook:?}"
+    );
+}
+
+#[test]
+fn a_panic_seen_by_the_probe_and_by_qmp_is_acted_on_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&["--policy", policy(dir.path()).to_str().unwrap()]);
+    start_primary(&d);
+    d.hand("web1", "panic", "panicking");
+    wait_standby_up(&d);
+    let deadline = Instant::now() + WAIT;
+    while !events(&d)
+        .iter()
+        .any(|e| e["kind"] == "vm_exit" && e["guest"] == "web1")
+    {
+        assert!(Instant::now() < deadline, "web1 never exited");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ev = events(&d);
+    let kinds: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["guest"] == "web1")
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"panic") && kinds.contains(&"guest_panicked"),
+        "{kinds:?}"
+    );
+    let failovers: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["kind"] == "decision" && e["payload"]["action"]["type"] == "start_standby")
+        .collect();
+    assert_eq!(failovers.len(), 1, "acted more than once: {failovers:#?}");
+}
