@@ -28,6 +28,10 @@ pub const HOST_PACKAGES: &[&str] = &[
     "gcc",
     "make",
     "libc6-dev",
+    // ocf-tester for the OCF agent's e2e test (tools/ocf), and xmllint, which it lints
+    // the agent's meta-data with (only a Recommends of resource-agents).
+    "resource-agents",
+    "libxml2-utils",
 ];
 
 /// Directories (relative to the repository root) whose Makefiles build guest modules.
