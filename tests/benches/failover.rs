@@ -175,10 +175,6 @@ fn main() {
         "vesper is {:.0}x sooner (means); at VirtualDomain's 10 s default a poller's expected mean is ~5000 ms (half the interval, plus its check) -> ~{:.0}x",
         pm / vm,
         5000.0 / vm
-    ); at VirtualDomain's 10 s default a poller's expected mean is ~5000 ms + its check ({:.0} ms here) -> ~{:.0}x",
-        pm / vm,
-        pm - 500.0 * POLL_INTERVAL.as_secs_f64(),
-        (5000.0 + pm - 500.0 * POLL_INTERVAL.as_secs_f64()) / vm
     );
     println!(
         "targets: vesper decides in < 10 ms -> {} (p99 {:.2} ms); >= 100x sooner than the 1 s poller -> {}",
