@@ -57,6 +57,18 @@ on = "service_exit"
 action = "hook"
 command = ["/bin/sh", "-c", "echo \"$VESPER_EVENT_KIND $VESPER_GUEST $VESPER_EVENT_SEQ\" >> {}"]
 timeout_secs = 5
+
+# Hooks that hang or fail are bounded and reported; nothing else waits for them.
+[[rule]]
+on = "service_exit"
+action = "hook"
+command = ["/bin/sleep", "600"]
+timeout_secs = 1
+
+[[rule]]
+on = "service_exit"
+action = "hook"
+command = ["/bin/false"]
 "#,
         hook_out.display()
     );
@@ -150,6 +162,51 @@ fn a_killed_service_in_the_primary_starts_the_standby_and_the_decision_says_why(
         hook.contains(&format!("service_exit web1 {}", exit["seq"])),
         "{hook:?}"
     );
+    // The hanging hook was killed after its timeout, the failing one reported.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(d.log().contains("/bin/sleep for event")
+        && d.log().contains("hook /bin/false for event"))
+    {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        d.log().contains("did not finish within 1 s; killed"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.cli(&["vm", "list"]).code, 0, "daemon keeps serving");
+}
+
+#[test]
+fn a_malformed_policy_stops_vesperd_with_a_located_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[host]\nmax_guests = 2\nmax_memory_mib = 1024\n\n[[rule]]\non = \"meltdown\"\naction = \"restart\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(vesper_e2e::bin_dir().join("vesperd"))
+        .args([
+            "--run-dir",
+            dir.path().to_str().unwrap(),
+            "--policy",
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("bad.toml:6") && err.contains("meltdown") && err.contains("service_exit"),
+        "{err}"
+    );
+    let check = std::process::Command::new(vesper_e2e::bin_dir().join("vesper"))
+        .args(["policy", "check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(65));
 }
 
 #[test]
