@@ -21,10 +21,28 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// An event as subscribers receive it: encoded for the wire once, whatever the number of
+/// subscribers.
+#[derive(Clone)]
+pub struct Published {
+    /// The event.
+    pub event: Arc<Event>,
+    /// Its reply line (`{"ok":true,"result":{"reply":"event",…}}` and a newline).
+    pub line: Arc<str>,
+}
+
+fn wire_line(e: &Event) -> Arc<str> {
+    let reply: vesper_api::Response = Ok(vesper_api::Reply::Event(e.clone()));
+    let mut line =
+        serde_json::to_string(&vesper_api::WireResponse::from(reply)).unwrap_or_default();
+    line.push('\n');
+    line.into()
+}
+
 /// Numbers, keeps and broadcasts every event of the host.
 pub struct EventBus {
     log: Mutex<EventLog>,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Published>,
     /// The failover engine sees every event, never a gap: its queue is not bounded by
     /// subscriber buffers (it only ever holds what the engine has not decided on yet).
     engine: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Arc<Event>>>>,
@@ -69,7 +87,10 @@ impl EventBus {
         // Numbering and sending under one lock keeps every subscriber's order the log's.
         let mut log = self.log.lock().expect("event log lock");
         let e = Arc::new(log.push(e));
-        let _ = self.tx.send(e.clone());
+        let _ = self.tx.send(Published {
+            event: e.clone(),
+            line: wire_line(&e),
+        });
         if let Some(engine) = self.engine.lock().expect("engine feed lock").as_ref() {
             let _ = engine.send(e.clone());
         }
@@ -83,7 +104,7 @@ impl EventBus {
         &self,
         from_seq: Option<u64>,
         filter: &Filter,
-    ) -> (Vec<Event>, u64, broadcast::Receiver<Arc<Event>>) {
+    ) -> (Vec<Event>, u64, broadcast::Receiver<Published>) {
         let log = self.log.lock().expect("event log lock");
         let (history, missed) = match from_seq {
             Some(from) => log.since(from, filter),
@@ -145,5 +166,33 @@ pub fn note_failure(status: &Mutex<VmStatus>, e: &Event) {
             kind: e.kind,
             summary: summary(e),
         });
+    }
+}
+
+/// Turns the typed failure records among `stored` (panic, watched exit, OOM) into events
+/// about `guest`, and notes failures in its health.
+pub fn publish_records(
+    bus: &EventBus,
+    status: &Mutex<VmStatus>,
+    guest: &str,
+    stored: Vec<Arc<vesper_api::RecordView>>,
+) {
+    for r in stored {
+        let kind = match r.decoded {
+            vesper_api::Decoded::Panic { .. } => EventKind::Panic,
+            vesper_api::Decoded::Exit { .. } => EventKind::ServiceExit,
+            vesper_api::Decoded::Oom { .. } => EventKind::Oom,
+            _ => continue,
+        };
+        let mut payload = serde_json::to_value(&r.decoded).unwrap_or_default();
+        payload["cpu"] = r.cpu.into();
+        payload["record_seq"] = r.seq.into();
+        payload["latency_ns"] = r.latency_ns.into();
+        let source = Source::Probe {
+            module: r.module.clone(),
+            channel: r.channel.clone(),
+        };
+        let e = bus.publish(guest, kind, source, r.guest_time_host_ns, payload);
+        note_failure(status, &e);
     }
 }

@@ -15,9 +15,8 @@ use vesper_core::{
 use vesper_ivshmem::IvshmemTransport;
 use vesper_shared_abi::{VECTOR_CONTROL, VECTOR_RELAY};
 
-use crate::events::{note_failure, EventBus};
+use crate::events::{note_failure, publish_records, EventBus};
 use crate::relay::{ClockMap, RelayStore};
-use vesper_api::Decoded;
 use vesper_events::{EventKind, Source};
 
 /// How long QEMU gets to quit before it is killed.
@@ -404,26 +403,7 @@ impl GuestTask {
                         .lock()
                         .expect("relay lock")
                         .push(&channel, records);
-                    for r in stored {
-                        let kind = match r.decoded {
-                            Decoded::Panic { .. } => EventKind::Panic,
-                            Decoded::Exit { .. } => EventKind::ServiceExit,
-                            Decoded::Oom { .. } => EventKind::Oom,
-                            _ => continue,
-                        };
-                        let mut payload = serde_json::to_value(&r.decoded).unwrap_or_default();
-                        payload["cpu"] = r.cpu.into();
-                        payload["record_seq"] = r.seq.into();
-                        payload["latency_ns"] = r.latency_ns.into();
-                        let source = Source::Probe {
-                            module: r.module.clone(),
-                            channel: r.channel.clone(),
-                        };
-                        let e = self
-                            .bus
-                            .publish(name, kind, source, r.guest_time_host_ns, payload);
-                        note_failure(&self.status, &e);
-                    }
+                    publish_records(&self.bus, &self.status, name, stored);
                 }
                 SessionEvent::RelayClosed {
                     channel,

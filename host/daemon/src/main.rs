@@ -6,6 +6,7 @@ mod failover;
 mod guest;
 mod relay;
 mod server;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,13 @@ struct Args {
     /// Failover policy (TOML) for the engine; without it vesperd only reports events.
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// Load testing: also run this many simulated guests (`sim0`…) that speak the guest
+    /// protocol from host threads over real shared regions.
+    #[arg(long, default_value_t = 0)]
+    simulate_guests: usize,
+    /// Watched-service exits each simulated guest reports per second.
+    #[arg(long, default_value_t = 1.0)]
+    simulate_rate: f64,
     /// Events a subscriber may fall behind before it is sent a gap.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     event_buffer: u32,
@@ -105,6 +113,8 @@ fn main() -> ExitCode {
         socket_mode: args.socket_mode,
         event_buffer: args.event_buffer as usize,
         policy,
+        simulate_guests: args.simulate_guests,
+        simulate_rate: args.simulate_rate,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -38,6 +38,8 @@ pub struct DaemonConfig {
     pub socket_mode: u32,
     pub event_buffer: usize,
     pub policy: Option<vesper_failover::Policy>,
+    pub simulate_guests: usize,
+    pub simulate_rate: f64,
 }
 
 /// Why the daemon could not run.
@@ -97,6 +99,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         guests: Mutex::new(HashMap::new()),
         bus: Arc::new(EventBus::new(config.event_buffer)),
     });
+    if config.simulate_guests > 0 {
+        crate::simulate::spawn(
+            daemon.bus.clone(),
+            config.simulate_guests,
+            config.simulate_rate,
+        )
+        .map_err(|e| DaemonError::Listen(config.socket.clone(), std::io::Error::other(e)))?;
+    }
     if let Some(policy) = config.policy.clone() {
         let feed = daemon.bus.engine_feed();
         tokio::spawn(crate::failover::run(daemon.clone(), policy, feed));
@@ -312,7 +322,12 @@ fn relay_store(daemon: &Shared, guest: &str) -> Result<Arc<Mutex<RelayStore>>, A
 async fn send_line(w: &mut tokio::net::unix::OwnedWriteHalf, r: Response) -> std::io::Result<()> {
     let mut out = serde_json::to_string(&WireResponse::from(r)).map_err(std::io::Error::other)?;
     out.push('\n');
-    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(out.as_bytes())).await {
+    write_line(w, &out).await
+}
+
+/// Writes one encoded line with the `WRITE_TIMEOUT` bound.
+async fn write_line(w: &mut tokio::net::unix::OwnedWriteHalf, line: &str) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(line.as_bytes())).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -358,7 +373,7 @@ async fn subscribe(
     }
     loop {
         match rx.recv().await {
-            Ok(e) if filter.matches(&e) => send_line(w, Ok(Reply::Event((*e).clone()))).await?,
+            Ok(p) if filter.matches(&p.event) => write_line(w, &p.line).await?,
             Ok(_) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::info!(missed, "a slow event subscriber missed events");
