@@ -28,16 +28,6 @@ fn now_ns() -> u64 {
         .as_nanos() as u64
 }
 
-fn events(d: &Daemon) -> Vec<Value> {
-    d.cli(&["--json", "events"])
-        .ok()
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
-        .filter(|r| r["reply"] == "event")
-        .collect()
-}
-
 /// QMP `query-status` on a fresh connection: true when the VM runs.
 fn qmp_running(sock: &std::path::Path) -> bool {
     let Ok(s) = UnixStream::connect(sock) else {
@@ -109,7 +99,7 @@ fn main() {
         // Vesper: the decision event for this death.
         let deadline = Instant::now() + Duration::from_secs(30);
         let (death_ns, decision_ns) = loop {
-            let ev = events(&d);
+            let ev = d.events(&[]);
             let exits: Vec<&Value> = ev.iter().filter(|e| e["kind"] == "service_exit").collect();
             if let Some(exit) = exits.get(i) {
                 if let Some(dec) = ev
@@ -125,7 +115,7 @@ fn main() {
             assert!(
                 Instant::now() < deadline,
                 "no decision for death {i}: {:#?}",
-                events(&d)
+                d.events(&[])
             );
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -194,7 +184,8 @@ fn main() {
         d.hand(&name, "panic", "panicking");
         let deadline = Instant::now() + Duration::from_secs(60);
         let (probe, qmp) = loop {
-            let ev: Vec<Value> = events(&d)
+            let ev: Vec<Value> = d
+                .events(&[])
                 .into_iter()
                 .filter(|e| e["guest"] == name.as_str())
                 .collect();

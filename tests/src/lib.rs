@@ -224,6 +224,20 @@ impl Daemon {
         }
     }
 
+    /// Events as JSON, read through `vesper --json events ARGS`.
+    pub fn events(&self, args: &[&str]) -> Vec<Value> {
+        let mut a = vec!["--json", "events"];
+        a.extend_from_slice(args);
+        self.cli(&a)
+            .ok()
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+            .map(|v| v["result"].clone())
+            .filter(|r| r["reply"] == "event")
+            .collect()
+    }
+
     /// Records of `module` (`channel`) as JSON, read through `vesper relay cat --json`.
     pub fn relay_records(&self, guest: &str, module: &str, channel: &str) -> Vec<Value> {
         let out = self.cli(&["--json", "relay", "cat", guest, module, channel]);

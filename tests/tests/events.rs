@@ -15,19 +15,6 @@ fn kill_svc(d: &Daemon, guest: &str) {
     d.hand(guest, "kill 9 svc", "killed svc");
 }
 
-/// Events as JSON values, from `vesper events --json ARGS`.
-fn events(d: &Daemon, args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["--json", "events"];
-    a.extend_from_slice(args);
-    let out = d.cli(&a).ok();
-    out.stdout
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
-        .map(|v| v["result"].clone())
-        .filter(|r| r["reply"] == "event")
-        .collect()
-}
-
 #[test]
 fn subscribers_follow_filter_resume_and_a_slow_one_gets_a_gap() {
     let d = Daemon::start(&["--event-buffer", "4"]);
@@ -110,10 +97,7 @@ fn subscribers_follow_filter_resume_and_a_slow_one_gets_a_gap() {
 
     // Resume from the fifth exit: exactly the later events of that kind.
     let from = seqs[4].to_string();
-    let resumed = events(
-        &d,
-        &["--since", &from, "--kind", "service_exit", "--guest", "vm1"],
-    );
+    let resumed = d.events(&["--since", &from, "--kind", "service_exit", "--guest", "vm1"]);
     assert_eq!(
         resumed
             .iter()
@@ -121,8 +105,8 @@ fn subscribers_follow_filter_resume_and_a_slow_one_gets_a_gap() {
             .collect::<Vec<_>>(),
         seqs[4..]
     );
-    assert!(events(&d, &["--guest", "nobody"]).is_empty());
-    let all = events(&d, &[]);
+    assert!(d.events(&["--guest", "nobody"]).is_empty());
+    let all = d.events(&[]);
     assert!(all
         .iter()
         .any(|e| e["kind"] == "guest_up" && e["source"]["type"] == "frontend"));
@@ -170,7 +154,7 @@ fn a_panic_arrives_as_a_probe_event_and_as_qmp_guest_panicked() {
     d.hand("vm1", "panic", "panicking");
     let deadline = Instant::now() + WAIT;
     loop {
-        let ev = events(&d, &["--guest", "vm1"]);
+        let ev = d.events(&["--guest", "vm1"]);
         let kinds: Vec<&str> = ev.iter().filter_map(|e| e["kind"].as_str()).collect();
         if kinds.contains(&"vm_exit") {
             assert!(kinds.contains(&"panic"), "{kinds:?}");

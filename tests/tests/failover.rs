@@ -77,16 +77,6 @@ command = ["/bin/false"]
     p
 }
 
-fn events(d: &Daemon) -> Vec<Value> {
-    d.cli(&["--json", "events"])
-        .ok()
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
-        .filter(|r| r["reply"] == "event")
-        .collect()
-}
-
 fn start_primary(d: &Daemon) {
     d.vm_start_with("web1", &["--mode", "hand"]);
     d.wait_console("web1", "vesper-init: hand ready", WAIT);
@@ -105,7 +95,7 @@ fn start_primary(d: &Daemon) {
 fn wait_standby_up(d: &Daemon) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let ev = events(d);
+        let ev = d.events(&[]);
         if ev
             .iter()
             .any(|e| e["kind"] == "guest_up" && e["guest"] == "web2")
@@ -121,7 +111,7 @@ fn wait_standby_up(d: &Daemon) {
         assert!(
             Instant::now() < deadline,
             "standby never came up with its probes:\n{:#?}\n{}",
-            events(d),
+            d.events(&[]),
             d.log()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -136,7 +126,7 @@ fn a_killed_service_in_the_primary_starts_the_standby_and_the_decision_says_why(
     d.hand("web1", "start svc", "started svc");
     d.hand("web1", "kill 9 svc", "killed svc");
     wait_standby_up(&d);
-    let ev = events(&d);
+    let ev = d.events(&[]);
     let exit = ev
         .iter()
         .find(|e| e["kind"] == "service_exit")
@@ -217,14 +207,15 @@ fn a_panic_seen_by_the_probe_and_by_qmp_is_acted_on_once() {
     d.hand("web1", "panic", "panicking");
     wait_standby_up(&d);
     let deadline = Instant::now() + WAIT;
-    while !events(&d)
+    while !d
+        .events(&[])
         .iter()
         .any(|e| e["kind"] == "vm_exit" && e["guest"] == "web1")
     {
         assert!(Instant::now() < deadline, "web1 never exited");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let ev = events(&d);
+    let ev = d.events(&[]);
     let kinds: Vec<&str> = ev
         .iter()
         .filter(|e| e["guest"] == "web1")

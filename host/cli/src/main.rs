@@ -197,6 +197,15 @@ fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+/// Exits for a daemon-side error with the code its kind maps to.
+fn api_fail(json: bool, e: ApiError) -> ExitCode {
+    let kind = serde_json::to_value(e.code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    fail(json, e.code.exit_code(), &kind, &e.message)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Events {
@@ -224,15 +233,7 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                fail(cli.json, 65, "invalid_policy", &msg)
-            }
+            Err(e) => fail(cli.json, 65, "invalid_policy", &e.report()),
         };
     }
     if let Cmd::Vm {
@@ -267,13 +268,7 @@ fn main() -> ExitCode {
     match call(&socket, &req, Duration::from_secs(cli.timeout)) {
         Err(e @ ClientError::Connect { .. }) => fail(cli.json, 69, "unreachable", &e.to_string()),
         Err(e) => fail(cli.json, 70, "internal", &e.to_string()),
-        Ok(Err(ApiError { code, message })) => {
-            let kind = serde_json::to_value(code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            fail(cli.json, code.exit_code(), &kind, &message)
-        }
+        Ok(Err(e)) => api_fail(cli.json, e),
         Ok(Ok(reply)) => {
             if cli.json {
                 println!("{}", serde_json::json!({ "ok": true, "result": reply }));
@@ -403,13 +398,7 @@ fn stream(cli: &Cli, req: &Request) -> ExitCode {
             fail(cli.json, 69, "unreachable", &e.to_string())
         }
         (Err(e), _) => fail(cli.json, 70, "internal", &e.to_string()),
-        (Ok(()), Some(ApiError { code, message })) => {
-            let kind = serde_json::to_value(code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            fail(cli.json, code.exit_code(), &kind, &message)
-        }
+        (Ok(()), Some(e)) => api_fail(cli.json, e),
         (Ok(()), None) => ExitCode::SUCCESS,
     }
 }
@@ -466,13 +455,7 @@ fn vm_status(cli: &Cli, name: &str) -> ExitCode {
             }
             ExitCode::from(STATUS_NOT_RUNNING)
         }
-        Ok(Err(ApiError { code, message })) => {
-            let kind = serde_json::to_value(code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            fail(cli.json, code.exit_code(), &kind, &message)
-        }
+        Ok(Err(e)) => api_fail(cli.json, e),
         Ok(Ok(Reply::VmStatus(v))) => {
             let code = match (&v.state[..], &v.failure) {
                 ("exited", _) => STATUS_NOT_RUNNING,

@@ -310,3 +310,17 @@ pub enum PolicyError {
         max_memory_mib: u64,
     },
 }
+
+impl PolicyError {
+    /// The message with its causes (`Io` keeps why the file could not be read in its
+    /// source), for a one-line report.
+    pub fn report(&self) -> String {
+        let mut msg = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        msg
+    }
+}
