@@ -406,11 +406,15 @@ _Static_assert(offsetof(struct vesper_relay_buf_control, reserved) == 24, "vespe
 /* Reader state of one CPU buffer, host-written (through the consumer grant). */
 struct vesper_relay_consumer {
 	uint32_t consumed;
-	uint32_t reserved[15];
+	uint32_t read_offset;
+	uint64_t next_seq;
+	uint32_t reserved[12];
 };
 _Static_assert(sizeof(struct vesper_relay_consumer) == 64, "vesper_relay_consumer size");
 _Static_assert(offsetof(struct vesper_relay_consumer, consumed) == 0, "vesper_relay_consumer.consumed");
-_Static_assert(offsetof(struct vesper_relay_consumer, reserved) == 4, "vesper_relay_consumer.reserved");
+_Static_assert(offsetof(struct vesper_relay_consumer, read_offset) == 4, "vesper_relay_consumer.read_offset");
+_Static_assert(offsetof(struct vesper_relay_consumer, next_seq) == 8, "vesper_relay_consumer.next_seq");
+_Static_assert(offsetof(struct vesper_relay_consumer, reserved) == 16, "vesper_relay_consumer.reserved");
 
 /* Header of every relay record. */
 struct vesper_record_header {

@@ -550,10 +550,17 @@ wire_structs! {
     /// Reader state of one CPU buffer, host-written (through the consumer grant).
     c_name = "vesper_relay_consumer";
     pub struct RelayConsumer {
-        /// Sub-buffers the host has finished with (free-running).
+        /// Sub-buffers the host has finished with (free-running). The only word the
+        /// guest reads.
         pub consumed: u32,
+        /// Host bookkeeping: bytes of sub-buffer `consumed` already parsed. Never read
+        /// by the guest; lets a restarted host resume exactly where it stopped.
+        pub read_offset: u32,
+        /// Host bookkeeping: the next record sequence number the host expects. Never
+        /// read by the guest.
+        pub next_seq: u64,
         /// Reserved, zero.
-        pub reserved: [u32; 15],
+        pub reserved: [u32; 12],
     }
 
     /// Header of every relay record.

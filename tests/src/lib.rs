@@ -70,11 +70,30 @@ impl From<Output> for CliOutput {
     }
 }
 
+/// A daemon's run directory: a temporary one it owns, or one handed over from an
+/// earlier daemon (restart tests).
+pub enum RunDir {
+    /// Deleted when dropped.
+    Owned(tempfile::TempDir),
+    /// Left alone.
+    Path(PathBuf),
+}
+
+impl RunDir {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        match self {
+            RunDir::Owned(t) => t.path(),
+            RunDir::Path(p) => p,
+        }
+    }
+}
+
 /// A running `vesperd` with its own run directory; stopped (with its VMs) on drop.
 pub struct Daemon {
     child: Child,
     /// Its run directory.
-    pub run_dir: tempfile::TempDir,
+    pub run_dir: RunDir,
     /// Its API socket.
     pub socket: PathBuf,
 }
@@ -82,13 +101,23 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with extra arguments (e.g. `--step-timeout-ms`).
     pub fn start(extra: &[&str]) -> Self {
-        let kit = kit();
         let run_dir = tempfile::Builder::new()
             .prefix("vesper-e2e-")
             .tempdir()
             .expect("tempdir");
+        Self::start_in(RunDir::Owned(run_dir), extra)
+    }
+
+    /// Starts a daemon on an existing run directory (e.g. one an earlier daemon detached
+    /// from, leaving its VMs running); its log is appended to `vesperd.log`.
+    pub fn start_in(run_dir: RunDir, extra: &[&str]) -> Self {
+        let kit = kit();
         let socket = run_dir.path().join("vesperd.sock");
-        let log = std::fs::File::create(run_dir.path().join("vesperd.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.path().join("vesperd.log"))
+            .expect("log");
         let child = Command::new(bin_dir().join("vesperd"))
             .arg("--run-dir")
             .arg(run_dir.path())
@@ -113,6 +142,23 @@ impl Daemon {
             run_dir,
             socket,
         }
+    }
+
+    /// Detaches the daemon (SIGQUIT: it exits and leaves its VMs running), waits for it
+    /// to exit, and hands back its run directory.
+    pub fn detach(mut self) -> RunDir {
+        signal(self.child.id() as i32, nix::sys::signal::Signal::SIGQUIT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                assert!(st.success(), "vesperd exited with {st} on SIGQUIT");
+                break;
+            }
+            assert!(Instant::now() < deadline, "vesperd did not exit on SIGQUIT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let path = self.run_dir.path().to_path_buf();
+        std::mem::replace(&mut self.run_dir, RunDir::Path(path))
     }
 
     /// The daemon's pid.

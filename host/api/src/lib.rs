@@ -248,6 +248,10 @@ pub struct VmStatus {
     /// Memory given to the VM, MiB.
     #[serde(default)]
     pub memory_mib: u32,
+    /// Set when this vesperd adopted the VM from an earlier one (daemon restart), with
+    /// what that costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<String>,
 }
 
 /// A failure seen in a guest, as `vm status` reports it.

@@ -262,6 +262,101 @@ impl Session {
         }
     }
 
+    /// The session another host process was running over `region` (a restarted
+    /// daemon), for a guest whose last hello was `info`.
+    ///
+    /// The host ring indices come back from the region's host-owned words; the guest's
+    /// standing `REQ_WAIT_COMMAND` (consumed by the old host, never answered) is found
+    /// among the last consumed request slots. If the guest restarted meanwhile (the
+    /// header's generation is not `info.generation`) or the indices make no sense, the
+    /// session starts afresh and waits for the guest's next hello: then
+    /// [`Session::guest`] is `None` and relay channels of the old generation must not
+    /// be resumed.
+    pub fn resume(config: SessionConfig, region: &SharedRegion, info: GuestInfo) -> Self {
+        let mut s = Self::new(config);
+        // Ids the old host handed out must not be mistaken for ours.
+        s.next_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            .max(1);
+        let rings = match HostRings::resume(region) {
+            Ok(Some(r)) => r,
+            _ => {
+                tracing::warn!("host ring indices in the region are inconsistent; starting afresh");
+                if let Ok(r) = HostRings::skip_to_now(region) {
+                    s.rings = r;
+                }
+                return s;
+            }
+        };
+        s.rings = rings;
+        let generation = region.header().map(|h| h.generation);
+        if generation.as_ref().ok() != Some(&info.generation) {
+            tracing::info!(
+                ?generation,
+                persisted = info.generation,
+                "the guest restarted meanwhile; waiting for its hello"
+            );
+            return s;
+        }
+        s.standing_wait = s.find_standing_wait(region, info.generation);
+        s.info = Some(info);
+        s
+    }
+
+    /// The most recent consumed `REQ_WAIT_COMMAND` of `generation`, if it was never
+    /// answered.
+    fn find_standing_wait(&self, region: &SharedRegion, generation: u32) -> Option<MsgHeader> {
+        // Slots the guest may have reused for requests posted since are not looked at.
+        let producer = region
+            .load_u32(
+                REQ_RING_OFFSET + std::mem::offset_of!(RingControl, producer) as u64,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .ok()?;
+        let consumer = region
+            .load_u32(
+                REQ_RING_OFFSET + std::mem::offset_of!(RingControl, consumer) as u64,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .ok()?;
+        let pending = producer.wrapping_sub(consumer).min(RING_SLOTS);
+        for back in 1..=(RING_SLOTS - pending) {
+            let h = self.rings.consumed_request(region, back).ok()?;
+            if h.kind == REQ_WAIT_COMMAND && h.generation == generation {
+                return match self.rings.answered(region, h.id, generation) {
+                    Ok(false) => Some(h),
+                    _ => None,
+                };
+            }
+            if h.kind == REQ_HELLO && h.generation == generation {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Re-opens, on a resumed session, a relay channel the old host had accepted:
+    /// `req` is checked again (its grants must still be live) and the reader resumes
+    /// from the cursors kept in the consumer area.
+    pub fn resume_channel(
+        &mut self,
+        region: &SharedRegion,
+        req: &RelayOpenRequest,
+    ) -> Result<ChannelSpec, RelayError> {
+        let generation = self.info.as_ref().map(|i| i.generation).unwrap_or(0);
+        let spec = validate_open(region, req, generation)?;
+        if self.channels.iter().any(|(s, _)| s.id == spec.id) {
+            return Err(RelayError::DuplicateChannel { channel: spec.id });
+        }
+        self.channels.push((
+            Arc::new(spec.clone()),
+            RelayReader::resume(spec.clone(), region),
+        ));
+        Ok(spec)
+    }
+
     /// The guest's hello, once it said one.
     pub fn guest(&self) -> Option<&GuestInfo> {
         self.info.as_ref()

@@ -128,7 +128,11 @@ fn unix_ns() -> u64 {
 
 /// Maps the guest's clock onto the host's (NTP-style over `OP_CLOCK`) for relay record
 /// timestamps, now and every `CLOCK_REFRESH`.
-async fn clock_sync(tx: mpsc::WeakSender<GuestMsg>, relay: Arc<Mutex<RelayStore>>, name: String) {
+pub(crate) async fn clock_sync(
+    tx: mpsc::WeakSender<GuestMsg>,
+    relay: Arc<Mutex<RelayStore>>,
+    name: String,
+) {
     loop {
         let mut best: Option<ClockMap> = None;
         for _ in 0..CLOCK_ROUNDS {
@@ -177,11 +181,100 @@ impl GuestHandle {
     }
 }
 
+/// The QEMU process of a guest.
+pub enum Process {
+    /// Started by this vesperd.
+    Child(Child),
+    /// Started by an earlier vesperd and adopted: not our child, so its end is seen by
+    /// polling `/proc`.
+    Adopted {
+        /// Its pid.
+        pid: u32,
+        /// Its start time (`/proc/PID/stat` field 22).
+        start_time: u64,
+    },
+}
+
+impl Process {
+    /// Waits until the process ends; says how.
+    async fn wait(&mut self) -> String {
+        match self {
+            Process::Child(c) => format!("{:?}", c.wait().await),
+            Process::Adopted { pid, start_time } => {
+                while crate::persist::alive(*pid, *start_time) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                "gone (adopted process)".into()
+            }
+        }
+    }
+
+    fn start_kill(&mut self) {
+        match self {
+            Process::Child(c) => {
+                let _ = c.start_kill();
+            }
+            Process::Adopted { pid, start_time } => {
+                if crate::persist::alive(*pid, *start_time) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// How the daemon reaches the guest's region.
+pub enum Link {
+    /// This vesperd's ivshmem server: doorbells both ways.
+    Ivshmem(IvshmemTransport),
+    /// The region of an adopted QEMU, mapped through its memfd. QEMU's ivshmem client
+    /// cannot re-attach to a new server, so there are no doorbells: both sides poll.
+    Adopted(vesper_shmem::SharedRegion),
+}
+
+impl Link {
+    fn region(&self) -> &vesper_shmem::SharedRegion {
+        match self {
+            Link::Ivshmem(t) => t.region(),
+            Link::Adopted(r) => r,
+        }
+    }
+
+    fn notify_guest(&self) -> std::io::Result<()> {
+        match self {
+            Link::Ivshmem(t) => t.notify_guest(),
+            // The guest re-scans every 100 ms.
+            Link::Adopted(_) => Ok(()),
+        }
+    }
+}
+
+/// Waits until `fd` is readable (forever without one).
+async fn readable(fd: Option<&AsyncFd<OwnedFd>>) {
+    match fd {
+        Some(fd) => {
+            if let Ok(mut g) = fd.readable().await {
+                g.clear_ready();
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 pub struct GuestTask {
     pub name: String,
-    pub transport: IvshmemTransport,
+    pub transport: Link,
     pub session: Session,
-    pub child: Child,
+    pub child: Process,
+    /// Where its vm.json and channels.json live.
+    pub dir: std::path::PathBuf,
+    /// What vm.json says.
+    pub record: crate::persist::VmRecord,
+    /// The relay channels open now (channels.json).
+    pub channels: crate::persist::Channels,
     pub status: Arc<Mutex<VmStatus>>,
     pub up: watch::Sender<Option<GuestInfo>>,
     pub exited: watch::Sender<bool>,
@@ -222,16 +315,25 @@ impl GuestTask {
         mut stop: oneshot::Receiver<oneshot::Sender<()>>,
     ) {
         let name = self.name.clone();
-        let listener = match dup(self.transport.listener_fd()) {
-            Ok(fd) => fd,
-            Err(e) => return tracing::error!(guest = %name, "cannot watch the ivshmem socket: {e}"),
-        };
-        let (control, relay) = match (
-            self.transport.doorbell_fd(VECTOR_CONTROL).map(dup),
-            self.transport.doorbell_fd(VECTOR_RELAY).map(dup),
-        ) {
-            (Some(Ok(c)), Some(Ok(r))) => (c, r),
-            _ => return tracing::error!(guest = %name, "cannot watch the doorbell eventfds"),
+        let (listener, control, relay) = match &self.transport {
+            Link::Ivshmem(t) => {
+                let listener = match dup(t.listener_fd()) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        return tracing::error!(guest = %name, "cannot watch the ivshmem socket: {e}")
+                    }
+                };
+                match (
+                    t.doorbell_fd(VECTOR_CONTROL).map(dup),
+                    t.doorbell_fd(VECTOR_RELAY).map(dup),
+                ) {
+                    (Some(Ok(c)), Some(Ok(r))) => (Some(listener), Some(c), Some(r)),
+                    _ => {
+                        return tracing::error!(guest = %name, "cannot watch the doorbell eventfds")
+                    }
+                }
+            }
+            Link::Adopted(_) => (None, None, None),
         };
         let qmp = tokio::spawn(qmp_events(
             self.qmp_events.clone(),
@@ -250,26 +352,25 @@ impl GuestTask {
             if kill_at.is_some_and(|t| now >= t) {
                 kill_at = None;
                 tracing::warn!(guest = %name, "QEMU did not quit in time; killing it");
-                let _ = self.child.start_kill();
+                self.child.start_kill();
             }
             let wake = [self.session.next_deadline(), kill_at]
                 .into_iter()
                 .flatten()
                 .fold(now + POLL_INTERVAL, Instant::min);
             tokio::select! {
-                r = listener.readable() => {
-                    if let Ok(mut g) = r { g.clear_ready(); }
-                    if let Err(e) = self.transport.accept() {
-                        tracing::warn!(guest = %name, "ivshmem accept failed: {e}");
+                _ = readable(listener.as_ref()) => {
+                    if let Link::Ivshmem(t) = &mut self.transport {
+                        if let Err(e) = t.accept() {
+                            tracing::warn!(guest = %name, "ivshmem accept failed: {e}");
+                        }
                     }
                 }
-                r = control.readable() => {
-                    if let Ok(mut g) = r { g.clear_ready(); }
-                    self.transport.ack_doorbell(VECTOR_CONTROL);
+                _ = readable(control.as_ref()) => {
+                    if let Link::Ivshmem(t) = &self.transport { t.ack_doorbell(VECTOR_CONTROL); }
                 }
-                r = relay.readable() => {
-                    if let Ok(mut g) = r { g.clear_ready(); }
-                    self.transport.ack_doorbell(VECTOR_RELAY);
+                _ = readable(relay.as_ref()) => {
+                    if let Link::Ivshmem(t) = &self.transport { t.ack_doorbell(VECTOR_RELAY); }
                 }
                 msg = rx.recv() => match msg {
                     Some(GuestMsg::RelayStats { reply }) => {
@@ -287,13 +388,14 @@ impl GuestTask {
                 },
                 status = self.child.wait(), if qemu_running => {
                     qemu_running = false;
-                    tracing::info!(guest = %name, "QEMU exited: {status:?}");
+                    tracing::info!(guest = %name, "QEMU exited: {status}");
                     self.status.lock().expect("status lock").state = "exited".into();
                     // What the guest wrote before it died (a panic record) is still in
                     // the region: read it before telling anyone the VM is gone.
                     let last = self.session.drain_relays(self.transport.region());
                     self.handle_events(last.events, &mut pending, &mut misbehaviours);
-                    let payload = serde_json::json!({ "status": format!("{status:?}") });
+                    crate::persist::remove(&self.dir);
+                    let payload = serde_json::json!({ "status": status });
                     let e = self.bus.publish(&name, EventKind::VmExit, Source::Process, None, payload);
                     note_failure(&self.status, &e);
                     let _ = self.exited.send(true);
@@ -336,7 +438,8 @@ impl GuestTask {
                 }
             }
         }
-        let _ = self.child.start_kill();
+        self.child.start_kill();
+        crate::persist::remove(&self.dir);
         if let Some(sync) = self.clock_sync.take() {
             sync.abort();
         }
@@ -361,6 +464,8 @@ impl GuestTask {
                     st.boot_secs.get_or_insert(boot);
                     drop(st);
                     let _ = self.up.send(Some(info.clone()));
+                    self.record.guest = Some(info.clone());
+                    self.record.save(&self.dir);
                     self.status.lock().expect("status lock").failure = None;
                     let payload = serde_json::to_value(&info).unwrap_or_default();
                     self.bus
@@ -388,6 +493,8 @@ impl GuestTask {
                 }
                 SessionEvent::RelayOpened(spec) => {
                     tracing::info!(guest = %name, module = %spec.module, channel = %spec.name, cpus = spec.n_cpus, "relay channel opened");
+                    self.channels.insert(spec.open_request());
+                    self.channels.save(&self.dir);
                     self.relay
                         .lock()
                         .expect("relay lock")
@@ -417,6 +524,9 @@ impl GuestTask {
                         None => {
                             tracing::info!(guest = %name, module = %channel.module, channel = %channel.name, "relay channel closed")
                         }
+                    }
+                    if self.channels.0.remove(&channel.id).is_some() {
+                        self.channels.save(&self.dir);
                     }
                     let mut store = self.relay.lock().expect("relay lock");
                     store.update_stats(vec![stats]);

@@ -4,6 +4,7 @@
 mod events;
 mod failover;
 mod guest;
+mod persist;
 mod relay;
 mod server;
 mod simulate;

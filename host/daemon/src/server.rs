@@ -22,7 +22,8 @@ use crate::events::{EventBus, WRITE_TIMEOUT};
 
 /// Socket send buffer of an event subscriber's connection.
 const SUBSCRIBER_SNDBUF: usize = 4 << 10;
-use crate::guest::{GuestHandle, GuestMsg, GuestTask};
+use crate::guest::{GuestHandle, GuestMsg, GuestTask, Link, Process};
+use crate::persist::{Channels, VmRecord};
 use crate::relay::RelayStore;
 
 /// Daemon settings.
@@ -113,6 +114,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
+        .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    adopt_all(&daemon);
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
@@ -121,6 +125,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             },
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = quit.recv() => {
+                // Detach: leave every VM running for the next vesperd to adopt. Exiting
+                // the process directly runs no destructor, so no QEMU child is killed on
+                // drop.
+                tracing::info!("SIGQUIT: detaching; VMs keep running for the next vesperd");
+                let _ = std::fs::remove_file(&config.socket);
+                std::process::exit(0);
+            }
         }
     }
     tracing::info!("shutting down: stopping every VM");
@@ -633,6 +645,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     let console = dir.join("console.log");
     let qmp = dir.join("qmp.sock");
     let _ = std::fs::remove_file(&console);
+    crate::persist::remove(&dir);
     let mut cmdline = format!("console=ttyS0 panic=-1 vesper.mode={}", a.mode);
     if let Some(extra) = &a.extra_cmdline {
         cmdline.push(' ');
@@ -684,20 +697,41 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         boot_secs: None,
         failure: None,
         memory_mib: a.memory_mib,
+        adopted: None,
     }));
     let (up_tx, mut up_rx) = watch::channel(None);
     let (exited_tx, mut exited_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(16);
     let (stop_tx, stop_rx) = oneshot::channel();
     let relay = Arc::new(Mutex::new(RelayStore::new(&a.name)));
+    let pid = child.id().unwrap_or(0);
+    let record = VmRecord {
+        name: a.name.clone(),
+        pid,
+        start_time: crate::persist::proc_start(pid).map(|s| s.0).unwrap_or(0),
+        memory_mib: a.memory_mib,
+        cpus: a.cpus,
+        accel: accel.clone(),
+        mode: a.mode.clone(),
+        console_log: console.clone(),
+        console_sock: dir.join("console.sock"),
+        qmp: qmp.clone(),
+        qmp_events: dir.join("qmp-events.sock"),
+        region_size: vesper_shared_abi::DEFAULT_REGION_SIZE,
+        guest: None,
+    };
+    record.save(&dir);
     let task = GuestTask {
         name: a.name.clone(),
-        transport,
+        transport: Link::Ivshmem(transport),
         session: Session::new(GuestTask::config(
             daemon.config.step_timeout,
             daemon.config.max_image_size,
         )),
-        child,
+        child: Process::Child(child),
+        dir: dir.clone(),
+        record,
+        channels: Channels::default(),
         status: status.clone(),
         up: up_tx,
         exited: exited_tx,
@@ -754,6 +788,150 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     }
     let st = status.lock().expect("status lock").clone();
     Ok(Reply::VmStarted(st))
+}
+
+/// What an adopted VM lacks, shown by `vm list`.
+const ADOPTED: &str =
+    "adopted: no doorbells (QEMU cannot re-attach to a new ivshmem server); polling until QEMU restarts";
+
+/// Finds the VMs an earlier vesperd left running in this run directory and takes them
+/// over (see README.md: daemon restart).
+fn adopt_all(daemon: &Shared) {
+    let Ok(dirs) = std::fs::read_dir(daemon.config.run_dir.join("guests")) else {
+        return;
+    };
+    for dir in dirs.flatten().map(|d| d.path()) {
+        if !dir.join("vm.json").exists() {
+            continue;
+        }
+        let record = match VmRecord::load(&dir) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("ignoring {}/vm.json: {e}", dir.display());
+                crate::persist::remove(&dir);
+                continue;
+            }
+        };
+        if !crate::persist::alive(record.pid, record.start_time)
+            || !crate::persist::is_qemu(record.pid)
+        {
+            tracing::info!(guest = %record.name, pid = record.pid, "QEMU of a previous vesperd is gone; forgetting it");
+            crate::persist::remove(&dir);
+            continue;
+        }
+        let name = record.name.clone();
+        if let Err(e) = adopt(daemon, &dir, record) {
+            tracing::warn!(guest = %name, "cannot adopt the running VM: {e}");
+        }
+    }
+}
+
+fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
+    let file = crate::persist::open_region(record.pid)?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    if size != record.region_size {
+        return Err(format!(
+            "region is {size} bytes, vm.json says {}",
+            record.region_size
+        ));
+    }
+    let region = vesper_shmem::SharedRegion::map(file, size).map_err(|e| e.to_string())?;
+    let config = GuestTask::config(daemon.config.step_timeout, daemon.config.max_image_size);
+    // Generation 0 is never a live frontend's: without a known hello, start afresh.
+    let known = record.guest.clone().unwrap_or(vesper_core::GuestInfo {
+        kernel_release: String::new(),
+        vermagic: String::new(),
+        nr_cpus: 0,
+        region_size: size,
+        generation: 0,
+    });
+    let mut session = Session::resume(config, &region, known);
+    let relay = Arc::new(Mutex::new(RelayStore::new(&record.name)));
+    let mut channels = Channels::load(dir);
+    if session.guest().is_some() {
+        let mut kept = Channels::default();
+        for req in channels.requests() {
+            match session.resume_channel(&region, &req) {
+                Ok(spec) => {
+                    tracing::info!(guest = %record.name, module = %spec.module, channel = %spec.name, "relay channel resumed");
+                    kept.insert(&req);
+                    relay.lock().expect("relay lock").opened(Arc::new(spec));
+                }
+                Err(e) => {
+                    tracing::warn!(guest = %record.name, "relay channel not resumed: {e}")
+                }
+            }
+        }
+        channels = kept;
+    } else {
+        channels = Channels::default();
+    }
+    channels.save(dir);
+    let info = session.guest().cloned();
+    let status = Arc::new(Mutex::new(VmStatus {
+        name: record.name.clone(),
+        state: if info.is_some() { "up" } else { "booting" }.into(),
+        pid: Some(record.pid),
+        accel: record.accel.clone(),
+        guest: info.clone(),
+        console_log: record.console_log.clone(),
+        boot_secs: None,
+        failure: None,
+        memory_mib: record.memory_mib,
+        adopted: Some(ADOPTED.into()),
+    }));
+    let mut record = record;
+    record.guest = info.clone();
+    record.save(dir);
+    let (up_tx, up_rx) = watch::channel(info.clone());
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(16);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let name = record.name.clone();
+    tracing::info!(guest = %name, pid = record.pid, resumed = info.is_some(), "adopted a running VM (no doorbells: polling)");
+    let mut task = GuestTask {
+        name: name.clone(),
+        transport: Link::Adopted(region),
+        session,
+        child: Process::Adopted {
+            pid: record.pid,
+            start_time: record.start_time,
+        },
+        dir: dir.to_path_buf(),
+        qmp: record.qmp.clone(),
+        qmp_events: record.qmp_events.clone(),
+        record,
+        channels,
+        status: status.clone(),
+        up: up_tx,
+        exited: exited_tx,
+        started: Instant::now(),
+        relay: relay.clone(),
+        self_tx: tx.downgrade(),
+        clock_sync: None,
+        bus: daemon.bus.clone(),
+    };
+    if info.is_some() {
+        task.clock_sync = Some(tokio::spawn(crate::guest::clock_sync(
+            tx.downgrade(),
+            relay.clone(),
+            name.clone(),
+        )));
+    }
+    tokio::spawn(task.run(rx, stop_rx));
+    daemon.guests.lock().expect("guests lock").insert(
+        name,
+        GuestHandle {
+            tx,
+            status,
+            up: up_rx,
+            exited: exited_rx,
+            stop: Some(stop_tx),
+            relay,
+            console: Arc::new(tokio::sync::Mutex::new(None)),
+        },
+    );
+    Ok(())
 }
 
 async fn vm_send(daemon: &Shared, name: &str, line: &str) -> Response {

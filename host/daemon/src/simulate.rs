@@ -97,6 +97,7 @@ async fn serve(
         boot_secs: None,
         failure: None,
         memory_mib: 0,
+        adopted: None,
     });
     loop {
         tokio::select! {

@@ -39,6 +39,16 @@ pub struct ChannelSpec {
     buffers: Vec<ValidGrant>,
     #[serde(skip)]
     generation: u32,
+    #[serde(skip)]
+    request: RelayOpenRequest,
+}
+
+impl ChannelSpec {
+    /// The `REQ_RELAY_OPEN` the channel was accepted from (kept by the daemon so that a
+    /// restarted one can check it again and resume the channel).
+    pub fn open_request(&self) -> &RelayOpenRequest {
+        &self.request
+    }
 }
 
 fn range(
@@ -167,6 +177,7 @@ pub fn validate_open(
         consumer,
         buffers,
         generation,
+        request: *req,
     })
 }
 
@@ -251,6 +262,10 @@ struct Cursor {
     next_seq: u64,
     lost: u64,
     received: u64,
+    /// After a resume: records below this sequence number were already delivered by
+    /// the previous host and are skipped; the first one at or above it re-anchors
+    /// `next_seq` without counting a loss.
+    floor: Option<u64>,
 }
 
 /// Reads one channel. Holds the host's cursors; the guest's state is read afresh, once,
@@ -272,6 +287,50 @@ impl RelayReader {
             cursors,
             scratch,
         }
+    }
+
+    /// A reader for a channel another host process was reading (a restarted
+    /// `vesperd`): its cursors come back from the host-owned words of the consumer area
+    /// (`consumed`, `read_offset`, `next_seq`), so nothing already delivered is read
+    /// again. A cursor that cannot be right (past the writer, offset beyond the
+    /// sub-buffer or the committed bytes) starts at the writer's current position
+    /// instead: records may be missed, never re-read.
+    pub fn resume(spec: ChannelSpec, region: &SharedRegion) -> Self {
+        let mut reader = Self::new(spec);
+        for cpu in 0..reader.spec.n_cpus {
+            let base = reader.spec.consumer.offset + cpu as u64 * CONSUMER;
+            let load = |field: usize| region.load_u32(base + field as u64, Ordering::Acquire);
+            let stored = (
+                load(offset_of!(RelayConsumer, consumed)),
+                load(offset_of!(RelayConsumer, read_offset)),
+                region.load_u64(
+                    base + offset_of!(RelayConsumer, next_seq) as u64,
+                    Ordering::Acquire,
+                ),
+                position(&reader.spec, region, cpu),
+            );
+            let (n, size) = (reader.spec.n_subbufs, reader.spec.subbuf_size);
+            let c = &mut reader.cursors[cpu as usize];
+            match stored {
+                (Ok(consumed), Ok(offset), Ok(next_seq), Ok((produced, committed)))
+                    if offset <= size
+                        && produced.wrapping_sub(consumed) <= n
+                        && (consumed != produced || offset <= committed) =>
+                {
+                    c.consumed = consumed;
+                    c.offset = offset;
+                    c.next_seq = next_seq;
+                    c.floor = Some(next_seq);
+                }
+                (_, _, _, Ok((produced, committed))) => {
+                    c.consumed = produced;
+                    c.offset = committed;
+                    c.floor = Some(0);
+                }
+                _ => c.floor = Some(0),
+            }
+        }
+        reader
     }
 
     /// The channel.
@@ -340,6 +399,10 @@ impl RelayReader {
             source,
         };
         let (produced, committed) = position(&self.spec, region, cpu)?;
+        let before = {
+            let c = &self.cursors[cpu as usize];
+            (c.consumed, c.offset)
+        };
         let c = &mut self.cursors[cpu as usize];
         let behind = produced.wrapping_sub(c.consumed);
         if behind > n {
@@ -393,12 +456,16 @@ impl RelayReader {
             }
             c.consumed = c.consumed.wrapping_add(1);
             c.offset = 0;
+            save_cursor(&self.spec, region, cpu, c)?;
             let at = self.spec.consumer.offset
                 + cpu as u64 * CONSUMER
                 + offset_of!(RelayConsumer, consumed) as u64;
             region
                 .store_u32(c.consumed, at, Ordering::Release)
                 .map_err(shmem)?;
+        }
+        if (c.consumed, c.offset) != before {
+            save_cursor(&self.spec, region, cpu, c)?;
         }
         Ok(())
     }
@@ -425,6 +492,36 @@ impl RelayReader {
             cpus,
         }
     }
+}
+
+/// Writes `cpu`'s parse position into the host-owned words of its consumer area
+/// (next_seq first, then the offset: a host that dies in between re-parses records
+/// it then skips by sequence, never skips unread ones).
+fn save_cursor(
+    spec: &ChannelSpec,
+    region: &SharedRegion,
+    cpu: u32,
+    c: &Cursor,
+) -> Result<(), RelayError> {
+    let base = spec.consumer.offset + cpu as u64 * CONSUMER;
+    let shmem = |source| RelayError::Shmem {
+        channel: spec.id,
+        source,
+    };
+    region
+        .store_u64(
+            c.next_seq,
+            base + offset_of!(RelayConsumer, next_seq) as u64,
+            Ordering::Release,
+        )
+        .map_err(shmem)?;
+    region
+        .store_u32(
+            c.offset,
+            base + offset_of!(RelayConsumer, read_offset) as u64,
+            Ordering::Release,
+        )
+        .map_err(shmem)
 }
 
 /// The writer's `(produced, committed)` of `cpu`, loaded once.
@@ -494,6 +591,15 @@ fn parse<F: FnMut(RecordRef<'_>)>(
             )));
         }
         let seq = u64_at(rest, 8);
+        if let Some(floor) = c.floor {
+            if seq < floor {
+                // Delivered before the host restarted.
+                at += len.next_multiple_of(RECORD_ALIGN as usize).min(rest.len());
+                continue;
+            }
+            c.floor = None;
+            next_seq = seq;
+        }
         if seq < next_seq {
             break Err(bad(format!("sequence {seq} after {next_seq}")));
         }

@@ -70,6 +70,64 @@ impl HostRings {
         }
     }
 
+    /// The host end as another host process left it in `region` (a restarted daemon):
+    /// the request `consumer` and response `producer` words read back. `None` when they
+    /// are not consistent with the guest's words (more than `RING_SLOTS` apart).
+    pub fn resume(region: &SharedRegion) -> Result<Option<Self>, ShmemError> {
+        let load = |at| region.load_u32(at, Ordering::Acquire);
+        let req_producer = load(REQ_RING_OFFSET + PRODUCER)?;
+        let req_consumer = load(REQ_RING_OFFSET + CONSUMER)?;
+        let rsp_producer = load(RSP_RING_OFFSET + PRODUCER)?;
+        let rsp_consumer = load(RSP_RING_OFFSET + CONSUMER)?;
+        if req_producer.wrapping_sub(req_consumer) > RING_SLOTS
+            || rsp_producer.wrapping_sub(rsp_consumer) > RING_SLOTS
+        {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            req_consumer,
+            rsp_producer,
+        }))
+    }
+
+    /// A host end that ignores whatever is pending now: requests already posted are
+    /// skipped, responses continue from the guest's response consumer.
+    pub fn skip_to_now(region: &SharedRegion) -> Result<Self, ShmemError> {
+        Ok(Self {
+            req_consumer: region.load_u32(REQ_RING_OFFSET + PRODUCER, Ordering::Acquire)?,
+            rsp_producer: region.load_u32(RSP_RING_OFFSET + CONSUMER, Ordering::Acquire)?,
+        })
+    }
+
+    /// The header of the request `back` slots before the host's consumer (1 = the last
+    /// one consumed), copied once.
+    pub fn consumed_request(
+        &self,
+        region: &SharedRegion,
+        back: u32,
+    ) -> Result<MsgHeader, ShmemError> {
+        let index = self.req_consumer.wrapping_sub(back);
+        region.read_obj(slot_offset(REQ_RING_OFFSET, index))
+    }
+
+    /// True if one of the last `RING_SLOTS` responses the host produced answers request
+    /// `id` of `generation`.
+    pub fn answered(
+        &self,
+        region: &SharedRegion,
+        id: u64,
+        generation: u32,
+    ) -> Result<bool, ShmemError> {
+        for back in 1..=RING_SLOTS {
+            let index = self.rsp_producer.wrapping_sub(back);
+            let h: MsgHeader = region.read_obj(slot_offset(RSP_RING_OFFSET, index))?;
+            if h.kind & RSP_FLAG != 0 && h.id == id && h.generation == generation {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Takes the next request, if any, copying its slot once.
     pub fn pop_request(&mut self, region: &SharedRegion) -> Result<Option<Message>, ShmemError> {
         let producer = region.load_u32(REQ_RING_OFFSET + PRODUCER, Ordering::Acquire)?;

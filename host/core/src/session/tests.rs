@@ -550,3 +550,71 @@ fn relay_channels_open_deliver_records_close_and_die_with_their_generation() {
         .any(|e| matches!(e, SessionEvent::RelayClosed { error: Some(_), .. })));
     assert!(s.relay_stats(&g.region).is_empty());
 }
+
+fn set_header_generation(g: &Guest) {
+    let at = std::mem::offset_of!(RegionHeader, generation) as u64;
+    scribble(&g.region, at, &g.generation.to_le_bytes()).unwrap();
+}
+
+#[test]
+fn a_resumed_session_answers_the_standing_wait_the_old_host_consumed() {
+    let now = Instant::now();
+    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
+    set_header_generation(&g);
+    up(&mut s, &mut g, now);
+    // One command through the old host, then the guest waits again.
+    s.submit(Command::Kmsg, now);
+    assert!(s.poll(&g.region, now).notify);
+    let cmd: CommandResponse = g.response().payload_as().unwrap();
+    g.complete(cmd.command_id, OP_KMSG, 0, STAGE_COMMAND, "log");
+    let wait = g.wait();
+    let out = s.poll(&g.region, now);
+    assert!(done(out).is_ok());
+    let _ = g.response(); // the completion's answer
+    let info = s.guest().unwrap().clone();
+    drop(s); // the old host is gone
+
+    let mut s2 = Session::resume(cfg(), &g.region, info.clone());
+    assert_eq!(s2.guest(), Some(&info));
+    let id = s2.submit(Command::Kmsg, now);
+    assert!(
+        s2.poll(&g.region, now).notify,
+        "the standing wait was not recovered"
+    );
+    let r = g.response();
+    assert_eq!(r.header.id, wait);
+    assert_eq!(r.header.kind, REQ_WAIT_COMMAND | RSP_FLAG);
+    let cmd: CommandResponse = r.payload_as().unwrap();
+    assert_eq!((cmd.command_id, cmd.op), (id, OP_KMSG));
+    g.complete(id, OP_KMSG, 0, STAGE_COMMAND, "again");
+    g.wait();
+    assert_eq!(
+        done(s2.poll(&g.region, now)).unwrap(),
+        Reply::Kmsg("again".into())
+    );
+    let _ = g.response(); // the completion's answer
+
+    // A wait already answered is not answered twice: the next resume finds none
+    // (the guest is mid-command), and dispatches only once the guest waits again.
+    let info = s2.guest().unwrap().clone();
+    s2.submit(Command::Kmsg, now);
+    assert!(s2.poll(&g.region, now).notify);
+    let cmd: CommandResponse = g.response().payload_as().unwrap();
+    drop(s2);
+    let mut s3 = Session::resume(cfg(), &g.region, info.clone());
+    let id3 = s3.submit(Command::List, now);
+    assert!(!s3.poll(&g.region, now).notify);
+    assert!(take_response(&g.region).unwrap().is_none());
+    g.complete(cmd.command_id, OP_KMSG, 0, STAGE_COMMAND, "");
+    g.wait();
+    assert!(s3.poll(&g.region, now).notify);
+    let _ = g.response(); // completion answered
+    let c: CommandResponse = g.response().payload_as().unwrap();
+    assert_eq!((c.command_id, c.op), (id3, OP_LIST));
+
+    // The guest restarted while no host ran: a fresh session that waits for a hello.
+    g.generation += 1;
+    set_header_generation(&g);
+    let s4 = Session::resume(cfg(), &g.region, info);
+    assert!(s4.guest().is_none());
+}

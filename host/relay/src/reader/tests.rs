@@ -205,3 +205,63 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_resumed_reader_continues_exactly_where_the_old_one_stopped() {
+    let (region, mut ch, mut rd) = setup(2, 4, false);
+    let index = |r: &Record| match crate::decode(r.rtype, &r.payload) {
+        crate::Decoded::Stress { index, .. } => index,
+        other => panic!("{other:?}"),
+    };
+    let mut got = Vec::new();
+    // Enough to switch sub-buffers a few times, and stop mid-sub-buffer.
+    for i in 0..300u64 {
+        ch.write(&region, (i % 2) as u32, RECORD_STRESS, 0, &stress(i, 0))
+            .unwrap()
+            .unwrap();
+        if i % 37 == 0 {
+            rd.poll(&region, &mut got).unwrap();
+        }
+    }
+    rd.poll(&region, &mut got).unwrap();
+    assert_eq!(got.len(), 300);
+    let spec = rd.spec().clone();
+    drop(rd); // the old host is gone
+    for i in 300..420u64 {
+        ch.write(&region, (i % 2) as u32, RECORD_STRESS, 0, &stress(i, 0))
+            .unwrap()
+            .unwrap();
+    }
+    let mut rd = RelayReader::resume(spec.clone(), &region);
+    let mut after = Vec::new();
+    rd.poll(&region, &mut after).unwrap();
+    let idx: Vec<u64> = after.iter().map(index).collect();
+    let mut sorted = idx.clone();
+    sorted.sort();
+    assert!(sorted.iter().copied().eq(300..420), "{idx:?}");
+    assert_eq!(
+        rd.stats(&region).cpus.iter().map(|c| c.lost).sum::<u64>(),
+        0
+    );
+
+    // Impossible cursors (a scribbled consumer area) skip to the writer, never re-read.
+    let cons = region.grant(
+        rd.spec().consumer.grant_ref,
+        GrantNeed {
+            access: GRANT_READ | GRANT_WRITE,
+            owner: GRANT_OWNER_RELAY,
+            generation: GEN,
+        },
+    );
+    let cons = cons.unwrap();
+    scribble(&region, cons.offset, &[0xff; 128]).unwrap();
+    let mut rd = RelayReader::resume(spec, &region);
+    let mut none = Vec::new();
+    rd.poll(&region, &mut none).unwrap();
+    assert!(none.is_empty(), "{} records re-read", none.len());
+    ch.write(&region, 0, RECORD_STRESS, 0, &stress(999, 0))
+        .unwrap()
+        .unwrap();
+    rd.poll(&region, &mut none).unwrap();
+    assert_eq!(none.iter().map(index).collect::<Vec<_>>(), vec![999]);
+}
