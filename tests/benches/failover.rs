@@ -69,14 +69,7 @@ fn main() {
     let vm = d.vm_start_with("vm1", &["--mode", "hand"]);
     let accel = format!("{} ({})", vm["accel"]["accel"], vm["accel"]["reason"]);
     d.wait_console("vm1", "vesper-init: hand ready", Duration::from_secs(60));
-    d.cli(&[
-        "insmod",
-        "vm1",
-        &module("vesper_exit_probe"),
-        "watch_comm=svc",
-        "quiet=1",
-    ])
-    .ok();
+    d.watch_svc("vm1");
     let qmp = d.run_dir.path().join("guests/vm1/qmp.sock");
 
     // The poller: one decision per death, at the first poll that finds svc gone.

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use vesper_e2e::{module, Daemon};
+use vesper_e2e::Daemon;
 
 const N: usize = 40;
 
@@ -21,14 +21,7 @@ fn main() {
     let vm = d.vm_start_with("lat", &["--mode", "hand"]);
     let accel = format!("{} ({})", vm["accel"]["accel"], vm["accel"]["reason"]);
     d.wait_console("lat", "vesper-init: hand ready", Duration::from_secs(60));
-    d.cli(&[
-        "insmod",
-        "lat",
-        &module("vesper_exit_probe"),
-        "watch_comm=svc",
-        "quiet=1",
-    ])
-    .ok();
+    d.watch_svc("lat");
     let (mut lat, mut err) = (Vec::new(), Vec::new());
     for i in 0..N {
         d.hand("lat", "start svc", "started svc");

@@ -207,6 +207,19 @@ impl Daemon {
         out.json()["result"].clone()
     }
 
+    /// Pushes the exit probe into `guest`, watching processes named `svc` (quietly: no
+    /// log line per exit), as most tests of failure signals need.
+    pub fn watch_svc(&self, guest: &str) {
+        self.cli(&[
+            "insmod",
+            guest,
+            &module("vesper_exit_probe"),
+            "watch_comm=svc",
+            "quiet=1",
+        ])
+        .ok();
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.run_dir.path().join("vesperd.log")).unwrap_or_default()

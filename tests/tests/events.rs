@@ -20,14 +20,7 @@ fn subscribers_follow_filter_resume_and_a_slow_one_gets_a_gap() {
     let d = Daemon::start(&["--event-buffer", "4"]);
     d.vm_start_with("vm1", &["--mode", "hand"]);
     d.wait_console("vm1", "vesper-init: hand ready", WAIT);
-    d.cli(&[
-        "insmod",
-        "vm1",
-        &module("vesper_exit_probe"),
-        "watch_comm=svc",
-        "quiet=1",
-    ])
-    .ok();
+    d.watch_svc("vm1");
 
     // A follower through the CLI, filtered to service exits.
     let mut follower = Command::new(bin_dir().join("vesper"))

@@ -80,14 +80,7 @@ command = ["/bin/false"]
 fn start_primary(d: &Daemon) {
     d.vm_start_with("web1", &["--mode", "hand"]);
     d.wait_console("web1", "vesper-init: hand ready", WAIT);
-    d.cli(&[
-        "insmod",
-        "web1",
-        &module("vesper_exit_probe"),
-        "watch_comm=svc",
-        "quiet=1",
-    ])
-    .ok();
+    d.watch_svc("web1");
     d.cli(&["insmod", "web1", &module("vesper_panic_probe")])
         .ok();
 }

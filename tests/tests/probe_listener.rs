@@ -24,14 +24,7 @@ fn a_killed_watched_service_arrives_as_an_exit_record_with_pid_name_and_signal()
     let d = Daemon::start(&[]);
     d.vm_start_with("vm1", &["--mode", "hand"]);
     d.wait_console("vm1", "vesper-init: hand ready", WAIT);
-    d.cli(&[
-        "insmod",
-        "vm1",
-        &module("vesper_exit_probe"),
-        "watch_comm=svc",
-        "quiet=1",
-    ])
-    .ok();
+    d.watch_svc("vm1");
     let pid = pid_of(&d.hand("vm1", "start svc", "started svc"));
     // Another process that is not watched exits too: it must not show up.
     d.hand("vm1", "start other", "started other");

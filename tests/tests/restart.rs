@@ -105,14 +105,7 @@ fn a_restarted_daemon_adopts_its_running_guest_without_re_reading_records() {
     let _guard = QemuGuard(qemu);
     let vm_dir = d1.run_dir.path().join("guests").join("vm1");
     d1.wait_console("vm1", "vesper-init: hand ready", WAIT);
-    d1.cli(&[
-        "insmod",
-        "vm1",
-        &module("vesper_exit_probe"),
-        "watch_comm=svc",
-        "quiet=1",
-    ])
-    .ok();
+    d1.watch_svc("vm1");
     let first = kill_svc(&vm_dir);
     let recs = d1.wait_records("vm1", "vesper_exit_probe", "exit", WAIT, |r| !r.is_empty());
     assert_eq!(exit_pids(&recs), vec![first]);
