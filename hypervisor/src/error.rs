@@ -1,0 +1,123 @@
+//! The crate's one error type.
+
+use std::time::Duration;
+
+use crate::vcpu::{ExitKind, VcpuSnapshot};
+
+/// Why building or running a VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// The config is malformed (zero vCPUs, unaligned RAM size, …).
+    #[error("invalid VM config: {0}")]
+    InvalidConfig(&'static str),
+    /// More vCPUs than this host's KVM allows.
+    #[error("{requested} vCPUs requested, KVM on this host allows at most {max}")]
+    TooManyVcpus {
+        /// Requested count.
+        requested: u32,
+        /// KVM's `KVM_CAP_MAX_VCPUS`.
+        max: u32,
+    },
+    /// More guest RAM than the host has.
+    #[error("{requested} bytes of guest RAM requested, the host has {host_total} bytes")]
+    NotEnoughMemory {
+        /// Requested bytes.
+        requested: u64,
+        /// The host's `MemTotal`.
+        host_total: u64,
+    },
+    /// The host's memory size could not be read.
+    #[error("cannot read the host's memory size from /proc/meminfo")]
+    HostMemInfo(#[source] std::io::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM {op} failed")]
+    Kvm {
+        /// Which operation.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest RAM could not be allocated.
+    #[error("cannot allocate guest RAM")]
+    GuestMemory(#[source] vm_memory::mmap::FromRangesError),
+    /// An image does not fit in guest RAM at the given address.
+    #[error("{len} bytes at guest address {addr:#x} do not fit in guest RAM")]
+    LoadOutOfRange {
+        /// Guest physical address.
+        addr: u64,
+        /// Image length.
+        len: usize,
+    },
+    /// A bus range is empty or wraps around the address space.
+    #[error("bus range {base:#x}+{len:#x} is empty or wraps")]
+    InvalidBusRange {
+        /// First address.
+        base: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A bus range overlaps a range already on the bus (or guest RAM, for MMIO).
+    #[error("bus range {base:#x}+{len:#x} overlaps {other_base:#x}+{other_len:#x}")]
+    BusOverlap {
+        /// First address of the refused range.
+        base: u64,
+        /// Its length.
+        len: u64,
+        /// First address of the range it collides with.
+        other_base: u64,
+        /// That range's length.
+        other_len: u64,
+    },
+    /// A port range goes beyond port 0xffff.
+    #[error("port range {base:#x}+{len:#x} goes beyond port 0xffff")]
+    PortRangeTooLarge {
+        /// First port.
+        base: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler (errno {0})")]
+    SignalHandler(i32),
+    /// A vCPU thread could not be started.
+    #[error("cannot start vCPU thread")]
+    SpawnThread(#[source] std::io::Error),
+    /// A vCPU thread did not leave `KVM_RUN` after being kicked; the VM is unusable.
+    #[error("vCPU {0} did not stop after being kicked")]
+    VcpuUnresponsive(u32),
+    /// A vCPU thread panicked or vanished; the VM is unusable.
+    #[error("vCPU {0} thread ended without reporting")]
+    VcpuLost(u32),
+    /// An earlier run lost vCPUs; the VM cannot run again.
+    #[error("the VM lost vCPUs in an earlier run")]
+    VmUnusable,
+    /// The guest stopped the vCPU in a way the VMM does not handle.
+    #[error("vCPU {vcpu}: unexpected exit {kind}; {regs}")]
+    UnexpectedExit {
+        /// vCPU index.
+        vcpu: u32,
+        /// What KVM reported.
+        kind: ExitKind,
+        /// Registers at the exit.
+        regs: Box<VcpuSnapshot>,
+    },
+    /// The run's deadline passed; every vCPU was stopped.
+    #[error("guest did not stop within {after:?}")]
+    Timeout {
+        /// The deadline given to `run`.
+        after: Duration,
+        /// Registers of each vCPU where it was stopped.
+        vcpus: Vec<VcpuSnapshot>,
+    },
+}
+
+/// Shorthand.
+pub type Result<T> = std::result::Result<T, HypervisorError>;
+
+pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HypervisorError {
+    move |source| HypervisorError::Kvm { op, source }
+}

@@ -1,0 +1,23 @@
+//! Vesper's embedded KVM VMM, first layer: guest RAM, vCPU threads, a checked I/O bus,
+//! an 8250 console, clean stops with a deadline, and unexpected exits reported with the
+//! vCPU's registers.
+//!
+//! Lock order (outer first): a bus device's mutex → the run control
+//! (`power::RunControl`). The buses themselves are immutable during a run and unlocked.
+//! Nothing a guest does panics the host: unmapped accesses are counted, the run has a
+//! deadline, unknown exits become `HypervisorError::UnexpectedExit`.
+#![deny(missing_docs)]
+
+pub mod bus;
+mod error;
+pub mod power;
+pub mod serial;
+pub mod vcpu;
+mod vm;
+
+pub use bus::{Bus, BusDevice, BusRange, SharedDevice};
+pub use error::{HypervisorError, Result};
+pub use power::{StopRequest, DEBUG_EXIT_PORT, RESET_PORT};
+pub use serial::{Serial, SharedBuffer, COM1_PORT};
+pub use vcpu::{ExitKind, Segment, UnmappedAccesses, VcpuSnapshot};
+pub use vm::{RealModeEntry, RunReport, Stop, Vm, VmConfig, PAGE_SIZE, STOP_GRACE};

@@ -1,0 +1,465 @@
+//! A VM: config checks, guest RAM, vCPUs, the buses and a run with a deadline.
+
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
+
+use crate::bus::{Bus, BusRange, SharedDevice};
+use crate::error::{kvm, HypervisorError, Result};
+use crate::power::{DebugExit, ResetControl, RunControl, StopRequest, DEBUG_EXIT_PORT, RESET_PORT};
+use crate::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
+use crate::vcpu::{
+    install_kick_handler, kick, run_vcpu, ExitStats, UnmappedAccesses, VcpuContext, VcpuEnd,
+    VcpuSnapshot,
+};
+
+/// Guest RAM granularity.
+pub const PAGE_SIZE: u64 = 4096;
+/// How long stopping vCPUs may take before they are declared unresponsive.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+/// Where KVM's real-mode TSS pages go (Intel needs three pages below 4 GiB).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// What to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Number of vCPUs (at least 1).
+    pub vcpus: u32,
+    /// Guest RAM in bytes, a multiple of `PAGE_SIZE`, mapped at guest address 0.
+    pub mem_size: u64,
+}
+
+/// Where every vCPU starts, in real mode: `cs:ip`, with ds = es = ss = cs and `sp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RealModeEntry {
+    /// Code (and data, stack) segment.
+    pub segment: u16,
+    /// Instruction pointer.
+    pub ip: u16,
+    /// Stack pointer.
+    pub sp: u16,
+}
+
+/// How a run ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Every vCPU executed HLT.
+    Halted,
+    /// The guest wrote `code` to the debug-exit port.
+    PowerOff(u8),
+    /// The guest asked for a reset; call `Vm::reset` before running again.
+    ResetRequested,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    /// Why it ended.
+    pub stop: Stop,
+    /// Each vCPU's registers where it stopped, by index.
+    pub vcpus: Vec<VcpuSnapshot>,
+}
+
+/// A KVM virtual machine.
+pub struct Vm {
+    // Drop order is declaration order: vCPUs, then the VM, then the RAM it maps.
+    vcpus: Vec<VcpuFd>,
+    vm_fd: VmFd,
+    memory: GuestMemoryMmap,
+    config: VmConfig,
+    boot_state: Vec<(kvm_regs, kvm_sregs)>,
+    pio: Bus,
+    mmio: Bus,
+    control: Arc<RunControl>,
+    stats: Arc<ExitStats>,
+    serial: Arc<Mutex<Serial>>,
+}
+
+impl Vm {
+    /// Checks `config` against the host, then creates the VM, its RAM and vCPUs, and puts
+    /// the console (COM1, into `serial_out`), the debug-exit and the reset port on the
+    /// port bus.
+    pub fn new(config: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Self> {
+        if config.vcpus == 0 {
+            return Err(HypervisorError::InvalidConfig("zero vCPUs"));
+        }
+        if config.mem_size == 0 || !config.mem_size.is_multiple_of(PAGE_SIZE) {
+            return Err(HypervisorError::InvalidConfig(
+                "guest RAM must be a non-zero multiple of 4 KiB",
+            ));
+        }
+        let host_total = host_mem_total()?;
+        if config.mem_size > host_total {
+            return Err(HypervisorError::NotEnoughMemory {
+                requested: config.mem_size,
+                host_total,
+            });
+        }
+        let mem_len = usize::try_from(config.mem_size)
+            .map_err(|_| HypervisorError::InvalidConfig("guest RAM larger than usize"))?;
+
+        let host_kvm = Kvm::new().map_err(HypervisorError::OpenKvm)?;
+        let max = u32::try_from(host_kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+        if config.vcpus > max {
+            return Err(HypervisorError::TooManyVcpus {
+                requested: config.vcpus,
+                max,
+            });
+        }
+
+        let vm_fd = host_kvm.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+        if let Err(e) = vm_fd.set_tss_address(TSS_ADDRESS) {
+            // Only Intel without unrestricted guest needs it; kvm_pvm refuses it.
+            tracing::debug!(%e, "KVM_SET_TSS_ADDR refused; continuing");
+        }
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_len)])
+            .map_err(HypervisorError::GuestMemory)?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|_| HypervisorError::InvalidConfig("guest RAM region has no mapping"))?;
+            let desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live anonymous mapping of `memory_size` bytes owned by
+            // `memory`, which the Vm keeps for as long as `vm_fd` (fields drop in order:
+            // `vm_fd` before `memory`).
+            unsafe { vm_fd.set_user_memory_region(desc) }
+                .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let mut vcpus = Vec::new();
+        let mut boot_state = Vec::new();
+        for id in 0..config.vcpus {
+            let fd = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm("KVM_CREATE_VCPU"))?;
+            let regs = fd.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+            let sregs = fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            boot_state.push((regs, sregs));
+            vcpus.push(fd);
+        }
+
+        let control = Arc::new(RunControl::default());
+        let serial = Arc::new(Mutex::new(Serial::new(serial_out)));
+        let mut vm = Self {
+            config,
+            vm_fd,
+            memory,
+            vcpus,
+            boot_state,
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            control: control.clone(),
+            stats: Arc::default(),
+            serial: serial.clone(),
+        };
+        vm.register_pio(BusRange::new(COM1_PORT.into(), SERIAL_PORT_LEN)?, serial)?;
+        vm.register_pio(
+            BusRange::new(DEBUG_EXIT_PORT.into(), 1)?,
+            Arc::new(Mutex::new(DebugExit(control.clone()))),
+        )?;
+        vm.register_pio(
+            BusRange::new(RESET_PORT.into(), 1)?,
+            Arc::new(Mutex::new(ResetControl { control, value: 0 })),
+        )?;
+        Ok(vm)
+    }
+
+    /// The config it was built with.
+    pub fn config(&self) -> VmConfig {
+        self.config
+    }
+
+    /// The KVM VM, for the layers above (ioeventfd, irqfd).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The console, e.g. to queue input.
+    pub fn serial(&self) -> Arc<Mutex<Serial>> {
+        self.serial.clone()
+    }
+
+    /// Guest accesses that hit nothing, so far.
+    pub fn unmapped_accesses(&self) -> UnmappedAccesses {
+        self.stats.snapshot()
+    }
+
+    /// Copies `image` into guest RAM at `addr`.
+    pub fn load(&self, addr: u64, image: &[u8]) -> Result<()> {
+        let err = || HypervisorError::LoadOutOfRange {
+            addr,
+            len: image.len(),
+        };
+        let end = addr.checked_add(image.len() as u64).ok_or_else(err)?;
+        if end > self.config.mem_size {
+            return Err(err());
+        }
+        self.memory
+            .write_slice(image, GuestAddress(addr))
+            .map_err(|_| err())
+    }
+
+    /// Adds a device on the port bus.
+    pub fn register_pio(&mut self, range: BusRange, device: SharedDevice) -> Result<()> {
+        if range.last() > u64::from(u16::MAX) {
+            return Err(HypervisorError::PortRangeTooLarge {
+                base: range.base(),
+                len: range.len(),
+            });
+        }
+        self.pio.insert(range, device)
+    }
+
+    /// Adds a device on the MMIO bus; it must not overlap guest RAM.
+    pub fn register_mmio(&mut self, range: BusRange, device: SharedDevice) -> Result<()> {
+        let ram = BusRange::new(0, self.config.mem_size)?;
+        if range.overlaps(&ram) {
+            return Err(HypervisorError::BusOverlap {
+                base: range.base(),
+                len: range.len(),
+                other_base: 0,
+                other_len: self.config.mem_size,
+            });
+        }
+        self.mmio.insert(range, device)
+    }
+
+    /// Starts every vCPU in real mode at `entry`; also the state `reset` returns to.
+    pub fn set_real_mode_entry(&mut self, entry: RealModeEntry) -> Result<()> {
+        for (fd, state) in self.vcpus.iter().zip(self.boot_state.iter_mut()) {
+            let mut sregs = fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            for seg in [&mut sregs.cs, &mut sregs.ds, &mut sregs.es, &mut sregs.ss] {
+                seg.selector = entry.segment;
+                seg.base = u64::from(entry.segment) << 4;
+            }
+            sregs.cr0 &= !1; // real mode
+            let regs = kvm_regs {
+                rip: entry.ip.into(),
+                rsp: entry.sp.into(),
+                rflags: 0x2,
+                ..Default::default()
+            };
+            fd.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
+            fd.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))?;
+            *state = (regs, sregs);
+        }
+        Ok(())
+    }
+
+    /// Puts every vCPU back in its boot state and the console in its power-on state.
+    /// RAM is kept, as on a real machine.
+    pub fn reset(&mut self) -> Result<()> {
+        if self.vcpus.len() != self.boot_state.len() {
+            return Err(HypervisorError::VmUnusable);
+        }
+        for (fd, (regs, sregs)) in self.vcpus.iter().zip(&self.boot_state) {
+            fd.set_sregs(sregs).map_err(kvm("KVM_SET_SREGS"))?;
+            fd.set_regs(regs).map_err(kvm("KVM_SET_REGS"))?;
+        }
+        self.serial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reset();
+        self.control.clear();
+        Ok(())
+    }
+
+    /// Runs every vCPU on its own thread until all halt, the guest asks to stop, a vCPU
+    /// exits unexpectedly, or `timeout` passes (then every vCPU is kicked out and
+    /// `HypervisorError::Timeout` returned). The vCPUs can be run again afterwards.
+    pub fn run(&mut self, timeout: Duration) -> Result<RunReport> {
+        if self.vcpus.len() != self.boot_state.len() {
+            return Err(HypervisorError::VmUnusable);
+        }
+        install_kick_handler()?;
+        self.control.clear();
+        let ctx = Arc::new(VcpuContext {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            control: self.control.clone(),
+            stats: self.stats.clone(),
+        });
+        let (tx, rx) = mpsc::channel::<VcpuMsg>();
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut spawn_error = None;
+        for (index, mut fd) in (0u32..).zip(std::mem::take(&mut self.vcpus)) {
+            let ctx = ctx.clone();
+            let tx = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    let result = run_vcpu(index, &mut fd, &ctx);
+                    // The receiver only goes away if `run` itself gave up on this vCPU.
+                    let _ = tx.send((index, fd, result));
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The fd went down with the closure: this VM cannot run again.
+                    self.control.stop();
+                    spawn_error = Some(HypervisorError::SpawnThread(e));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let deadline = (spawn_error.is_none()).then(|| Instant::now() + timeout);
+        let (results, timed_out) = self.collect(&rx, threads, deadline)?;
+        if let Some(e) = spawn_error {
+            return Err(e);
+        }
+
+        let mut snapshots = Vec::new();
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok((_, snap)) => snapshots.push(snap),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let request = self.control.take_request();
+        self.control.clear();
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let stop = match request {
+            Some(StopRequest::PowerOff(code)) => Stop::PowerOff(code),
+            Some(StopRequest::Reset) => Stop::ResetRequested,
+            None if timed_out => {
+                return Err(HypervisorError::Timeout {
+                    after: timeout,
+                    vcpus: snapshots,
+                })
+            }
+            None => Stop::Halted,
+        };
+        Ok(RunReport {
+            stop,
+            vcpus: snapshots,
+        })
+    }
+
+    /// Waits for every thread in `threads` (vCPU `i` is `threads[i]`) to report and takes
+    /// the vCPU fds back. Until `deadline` (none: stop at once) any report but a halt
+    /// stops the others; at the deadline all are stopped. Stopping sets the stop flag and
+    /// kicks every unreported thread each `KICK_INTERVAL`, for at most `STOP_GRACE`.
+    /// Returns the results by vCPU index and whether the deadline did the stopping.
+    fn collect(
+        &mut self,
+        rx: &mpsc::Receiver<VcpuMsg>,
+        threads: Vec<JoinHandle<()>>,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<VcpuResult>, bool)> {
+        let n = threads.len();
+        let mut results: Vec<Option<VcpuResult>> = (0..n).map(|_| None).collect();
+        let mut fds: Vec<Option<VcpuFd>> = (0..n).map(|_| None).collect();
+        let mut pending = n;
+        let mut stopping_since = if deadline.is_none() {
+            self.control.stop();
+            Some(Instant::now())
+        } else {
+            None
+        };
+        let mut timed_out = false;
+        let kick_pending = |results: &[Option<VcpuResult>]| {
+            for (t, r) in threads.iter().zip(results) {
+                if r.is_none() {
+                    kick(t.as_pthread_t());
+                }
+            }
+        };
+        if stopping_since.is_some() {
+            kick_pending(&results);
+        }
+        while pending > 0 {
+            let wait = match (stopping_since, deadline) {
+                (None, Some(d)) => d.saturating_duration_since(Instant::now()),
+                _ => KICK_INTERVAL,
+            };
+            match rx.recv_timeout(wait) {
+                Ok((index, fd, result)) => {
+                    let i = index as usize;
+                    let terminal = !matches!(result, Ok((VcpuEnd::Halted, _)));
+                    if let (Some(slot), Some(fd_slot)) = (results.get_mut(i), fds.get_mut(i)) {
+                        *slot = Some(result);
+                        *fd_slot = Some(fd);
+                        pending -= 1;
+                    }
+                    if terminal && stopping_since.is_none() {
+                        self.control.stop();
+                        stopping_since = Some(Instant::now());
+                        kick_pending(&results);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => match stopping_since {
+                    None => {
+                        timed_out = true;
+                        self.control.stop();
+                        stopping_since = Some(Instant::now());
+                        kick_pending(&results);
+                    }
+                    Some(since) if since.elapsed() > STOP_GRACE => {
+                        let stuck = results.iter().position(Option::is_none).unwrap_or(0);
+                        tracing::error!(vcpu = stuck, "vCPU did not stop; VM unusable");
+                        // Threads still running keep their fds; the others are dropped.
+                        return Err(HypervisorError::VcpuUnresponsive(stuck as u32));
+                    }
+                    Some(_) => kick_pending(&results),
+                },
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let lost = results.iter().position(Option::is_none).unwrap_or(0);
+                    return Err(HypervisorError::VcpuLost(lost as u32));
+                }
+            }
+        }
+        for t in threads {
+            // Each thread has already sent its report; a panic after that changes nothing.
+            let _ = t.join();
+        }
+        self.vcpus = fds.into_iter().flatten().collect();
+        Ok((results.into_iter().flatten().collect(), timed_out))
+    }
+}
+
+type VcpuResult = Result<(VcpuEnd, VcpuSnapshot)>;
+type VcpuMsg = (u32, VcpuFd, VcpuResult);
+
+/// The host's `MemTotal` in bytes.
+fn host_mem_total() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").map_err(HypervisorError::HostMemInfo)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .and_then(|kb| kb.checked_mul(1024))
+        .ok_or_else(|| {
+            HypervisorError::HostMemInfo(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no MemTotal line",
+            ))
+        })
+}
