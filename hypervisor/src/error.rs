@@ -105,6 +105,12 @@ pub enum HypervisorError {
         /// Registers at the exit.
         regs: Box<VcpuSnapshot>,
     },
+    /// An eventfd (or a region fd duplicate) could not be created.
+    #[error("cannot create an eventfd or duplicate a region fd")]
+    EventFd(#[source] std::io::Error),
+    /// A device region could not be mapped.
+    #[error("cannot map a device region")]
+    MapRegion(#[source] vm_memory::mmap::MmapRegionError),
     /// The run's deadline passed; every vCPU was stopped.
     #[error("guest did not stop within {after:?}")]
     Timeout {

@@ -10,9 +10,11 @@
 
 pub mod bus;
 mod error;
+pub mod pci;
 pub mod power;
 pub mod serial;
 pub mod vcpu;
+pub mod vesper;
 mod vm;
 
 pub use bus::{Bus, BusDevice, BusRange, SharedDevice};
@@ -20,4 +22,5 @@ pub use error::{HypervisorError, Result};
 pub use power::{StopRequest, DEBUG_EXIT_PORT, RESET_PORT};
 pub use serial::{Serial, SharedBuffer, COM1_PORT};
 pub use vcpu::{ExitKind, Segment, UnmappedAccesses, VcpuSnapshot};
+pub use vesper::{VesperConfig, VesperHandle};
 pub use vm::{RealModeEntry, RunReport, Stop, Vm, VmConfig, PAGE_SIZE, STOP_GRACE};

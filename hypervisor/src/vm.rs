@@ -8,20 +8,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::mmap::MmapRegion;
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusRange, SharedDevice};
 use crate::error::{kvm, HypervisorError, Result};
-use crate::power::{DebugExit, ResetControl, RunControl, StopRequest, DEBUG_EXIT_PORT, RESET_PORT};
+use crate::pci::{PciPorts, PciRoot, PCI_CONFIG_ADDRESS_PORT, PCI_PORTS_LEN};
+use crate::power::{DebugExit, ResetControl, RunControl, StopRequest, DEBUG_EXIT_PORT};
 use crate::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
 use crate::vcpu::{
     install_kick_handler, kick, run_vcpu, ExitStats, UnmappedAccesses, VcpuContext, VcpuEnd,
     VcpuSnapshot,
 };
+use crate::vesper::{self, Bar0, Registers, VesperConfig, VesperHandle, HOST_PEER, HOST_VECTORS};
 
 /// Guest RAM granularity.
 pub const PAGE_SIZE: u64 = 4096;
@@ -76,7 +80,10 @@ pub struct Vm {
     // Drop order is declaration order: vCPUs, then the VM, then the RAM it maps.
     vcpus: Vec<VcpuFd>,
     vm_fd: VmFd,
+    /// Device memory (the Vesper region) mapped into the guest as its own memslots.
+    device_memory: Vec<MmapRegion<()>>,
     memory: GuestMemoryMmap,
+    pci: Arc<Mutex<PciRoot>>,
     config: VmConfig,
     boot_state: Vec<(kvm_regs, kvm_sregs)>,
     pio: Bus,
@@ -163,6 +170,8 @@ impl Vm {
             memory,
             vcpus,
             boot_state,
+            device_memory: Vec::new(),
+            pci: Arc::new(Mutex::new(PciRoot::new())),
             pio: Bus::new(),
             mmio: Bus::new(),
             control: control.clone(),
@@ -174,9 +183,14 @@ impl Vm {
             BusRange::new(DEBUG_EXIT_PORT.into(), 1)?,
             Arc::new(Mutex::new(DebugExit(control.clone()))),
         )?;
+        // 0xCF9 (reset) sits inside the PCI config-address dword at 0xCF8: one device.
+        let ports = PciPorts {
+            root: vm.pci.clone(),
+            reset: ResetControl { control, value: 0 },
+        };
         vm.register_pio(
-            BusRange::new(RESET_PORT.into(), 1)?,
-            Arc::new(Mutex::new(ResetControl { control, value: 0 })),
+            BusRange::new(PCI_CONFIG_ADDRESS_PORT.into(), PCI_PORTS_LEN)?,
+            Arc::new(Mutex::new(ports)),
         )?;
         Ok(vm)
     }
@@ -232,6 +246,25 @@ impl Vm {
         self.pio.insert(range, device)
     }
 
+    /// Refuses `range` if it overlaps guest RAM or a device on the MMIO bus.
+    fn check_mmio_free(&self, range: &BusRange) -> Result<()> {
+        let ram = BusRange::new(0, self.config.mem_size)?;
+        let other = if range.overlaps(&ram) {
+            Some(ram)
+        } else {
+            self.mmio.overlapping(range)
+        };
+        match other {
+            Some(o) => Err(HypervisorError::BusOverlap {
+                base: range.base(),
+                len: range.len(),
+                other_base: o.base(),
+                other_len: o.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Adds a device on the MMIO bus; it must not overlap guest RAM.
     pub fn register_mmio(&mut self, range: BusRange, device: SharedDevice) -> Result<()> {
         let ram = BusRange::new(0, self.config.mem_size)?;
@@ -244,6 +277,106 @@ impl Vm {
             });
         }
         self.mmio.insert(range, device)
+    }
+
+    /// The PCI bus 0 (host bridge at 00:00.0, devices added by the VMM).
+    pub fn pci(&self) -> Arc<Mutex<PciRoot>> {
+        self.pci.clone()
+    }
+
+    /// Adds the Vesper device at 00:01.0: BAR0 on the MMIO bus with one ioeventfd per
+    /// host doorbell vector, BAR2 = `config.region` mapped shared as its own memslot. The
+    /// BARs are fixed at `config.bar0` / `config.bar2` (see `pci`).
+    pub fn add_vesper_device(&mut self, config: VesperConfig<'_>) -> Result<VesperHandle> {
+        let space = vesper::config_space(config.bar0, config.bar2, config.region_size).ok_or(
+            HypervisorError::InvalidConfig(
+                "Vesper BARs: sizes must be powers of two, addresses aligned to them",
+            ),
+        )?;
+        if config.region_size < PAGE_SIZE {
+            return Err(HypervisorError::InvalidConfig(
+                "Vesper region smaller than a page",
+            ));
+        }
+        let region_len = usize::try_from(config.region_size)
+            .map_err(|_| HypervisorError::InvalidConfig("Vesper region larger than usize"))?;
+        let bar0_range = BusRange::new(config.bar0, vesper::BAR0_SIZE)?;
+        let bar2_range = BusRange::new(config.bar2, config.region_size)?;
+        if bar0_range.overlaps(&bar2_range) {
+            return Err(HypervisorError::BusOverlap {
+                base: bar2_range.base(),
+                len: bar2_range.len(),
+                other_base: bar0_range.base(),
+                other_len: bar0_range.len(),
+            });
+        }
+        self.check_mmio_free(&bar0_range)?;
+        self.check_mmio_free(&bar2_range)?;
+        if self
+            .pci
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .function(1, 0)
+            .is_some()
+        {
+            return Err(HypervisorError::InvalidConfig("00:01.0 is taken"));
+        }
+
+        let mut doorbells = Vec::new();
+        let mut host_vectors = Vec::new();
+        for vector in 0..HOST_VECTORS {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(HypervisorError::EventFd)?;
+            let datamatch = vesper::Doorbell {
+                peer: HOST_PEER,
+                vector,
+            }
+            .encode();
+            self.vm_fd
+                .register_ioevent(
+                    &fd,
+                    &IoEventAddress::Mmio(config.bar0 + vesper::DOORBELL),
+                    datamatch,
+                )
+                .map_err(kvm("KVM_IOEVENTFD"))?;
+            host_vectors.push(fd.try_clone().map_err(HypervisorError::EventFd)?);
+            doorbells.push(fd);
+        }
+        let bar0 = Arc::new(Mutex::new(Bar0 {
+            registers: Registers::new(config.peer_id),
+            host_vectors,
+            dropped: 0,
+            in_vmm: 0,
+        }));
+        self.register_mmio(bar0_range, bar0.clone())?;
+
+        let file = std::fs::File::from(
+            config
+                .region
+                .try_clone_to_owned()
+                .map_err(HypervisorError::EventFd)?,
+        );
+        let mapping = MmapRegion::<()>::from_file(FileOffset::new(file, 0), region_len)
+            .map_err(HypervisorError::MapRegion)?;
+        let slot = u32::try_from(self.memory.num_regions() + self.device_memory.len())
+            .map_err(|_| HypervisorError::InvalidConfig("too many memslots"))?;
+        let desc = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: config.bar2,
+            memory_size: config.region_size,
+            userspace_addr: mapping.as_ptr() as u64,
+        };
+        // SAFETY: `mapping` is a live shared mapping of `memory_size` bytes of the region
+        // file; the Vm keeps it in `device_memory`, which drops after `vm_fd`. The guest
+        // range does not overlap RAM or another slot (checked above).
+        unsafe { self.vm_fd.set_user_memory_region(desc) }
+            .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        self.device_memory.push(mapping);
+        self.pci
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add(1, 0, space);
+        Ok(VesperHandle { bar0, doorbells })
     }
 
     /// Starts every vCPU in real mode at `entry`; also the state `reset` returns to.

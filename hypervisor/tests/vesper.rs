@@ -1,0 +1,347 @@
+//! Real-mode guests drive the Vesper PCI device: config space through 0xCF8/0xCFC, BAR
+//! sizing, BAR0 registers, the doorbell ioeventfd and the BAR2 shared window. Each test
+//! skips loudly if /dev/kvm cannot be opened.
+//!
+//! The BARs are fixed by the VMM below 1 MiB + 64 KiB so a real-mode guest reaches them
+//! with es = 0xffff: BAR0 at 0x100000 (es:0x0010), BAR2 = a 32 KiB memfd at 0x108000
+//! (es:0x8010). Guest RAM is 1 MiB.
+
+use std::fs::File;
+use std::os::fd::{AsFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vesper_hypervisor::vesper::{DEVICE_ID, VENDOR_ID};
+use vesper_hypervisor::{
+    BusDevice, BusRange, HypervisorError, RealModeEntry, Stop, VesperConfig, VesperHandle, Vm,
+    VmConfig,
+};
+
+const LOAD: u64 = 0x1000;
+const MIB: u64 = 1 << 20;
+const RUN: Duration = Duration::from_secs(10);
+const BAR0: u64 = 0x10_0000;
+const BAR2: u64 = 0x10_8000;
+const REGION: u64 = 0x8000;
+const REPORT_PORT: u16 = 0x7000;
+
+fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("!!! SKIPPING {test}: cannot open /dev/kvm ({e}) — needs KVM access");
+            false
+        }
+    }
+}
+
+/// Records every dword the guest writes to `REPORT_PORT`.
+#[derive(Default)]
+struct Reports(Vec<u32>);
+
+impl BusDevice for Reports {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if let &[a, b, c, d] = data {
+            self.0.push(u32::from_le_bytes([a, b, c, d]));
+        }
+    }
+}
+
+/// A zeroed memfd of `REGION` bytes.
+fn memfd() -> File {
+    // SAFETY: the name is a NUL-terminated string; the returned fd is checked and owned.
+    let fd = unsafe { libc::memfd_create(c"vesper-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh fd nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(REGION).unwrap();
+    file
+}
+
+struct Setup {
+    vm: Vm,
+    device: VesperHandle,
+    region: File,
+    reports: Arc<Mutex<Reports>>,
+}
+
+fn setup(code: &[u8]) -> Setup {
+    let mut vm = Vm::new(
+        VmConfig {
+            vcpus: 1,
+            mem_size: MIB,
+        },
+        Box::new(std::io::sink()),
+    )
+    .expect("create VM");
+    vm.load(LOAD, code).expect("load guest");
+    vm.set_real_mode_entry(RealModeEntry {
+        segment: 0,
+        ip: LOAD as u16,
+        sp: 0x8000,
+    })
+    .expect("entry");
+    let reports = Arc::new(Mutex::new(Reports::default()));
+    vm.register_pio(
+        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
+        reports.clone(),
+    )
+    .unwrap();
+    let region = memfd();
+    let device = vm
+        .add_vesper_device(VesperConfig {
+            peer_id: 1,
+            bar0: BAR0,
+            bar2: BAR2,
+            region: region.as_fd(),
+            region_size: REGION,
+        })
+        .expect("add the Vesper device");
+    Setup {
+        vm,
+        device,
+        region,
+        reports,
+    }
+}
+
+// Instruction builders (16-bit code). Each returns the bytes of the listed instructions.
+
+fn le16(v: u16) -> [u8; 2] {
+    v.to_le_bytes()
+}
+
+/// `mov dx, port; mov eax, value; out dx, eax`
+fn out32(port: u16, value: u32) -> Vec<u8> {
+    let mut c = vec![0xba];
+    c.extend(le16(port));
+    c.extend([0x66, 0xb8]);
+    c.extend(value.to_le_bytes());
+    c.extend([0x66, 0xef]);
+    c
+}
+
+/// `mov dx, port; in eax, dx`
+fn in32(port: u16) -> Vec<u8> {
+    let mut c = vec![0xba];
+    c.extend(le16(port));
+    c.extend([0x66, 0xed]);
+    c
+}
+
+/// `mov dx, REPORT_PORT; out dx, eax`
+fn report() -> Vec<u8> {
+    let mut c = vec![0xba];
+    c.extend(le16(REPORT_PORT));
+    c.extend([0x66, 0xef]);
+    c
+}
+
+/// Config read of `address` into eax, then reported.
+fn cfg_read_report(address: u32) -> Vec<u8> {
+    let mut c = out32(0xcf8, address);
+    c.extend(in32(0xcfc));
+    c.extend(report());
+    c
+}
+
+/// Config write of `value` at `address`.
+fn cfg_write(address: u32, value: u32) -> Vec<u8> {
+    let mut c = out32(0xcf8, address);
+    c.extend(out32(0xcfc, value));
+    c
+}
+
+/// `mov ax, 0xffff; mov es, ax`
+const ES_HIGH: [u8; 5] = [0xb8, 0xff, 0xff, 0x8e, 0xc0];
+
+/// `mov eax, es:[disp]`
+fn load_es(disp: u16) -> Vec<u8> {
+    let mut c = vec![0x26, 0x66, 0xa1];
+    c.extend(le16(disp));
+    c
+}
+
+/// `mov eax, value; mov es:[disp], eax`
+fn store_es(disp: u16, value: u32) -> Vec<u8> {
+    let mut c = vec![0x66, 0xb8];
+    c.extend(value.to_le_bytes());
+    c.extend([0x26, 0x66, 0xa3]);
+    c.extend(le16(disp));
+    c
+}
+
+/// es:disp for a guest physical address in [1 MiB, 1 MiB + 64 KiB - 16).
+fn es_disp(addr: u64) -> u16 {
+    u16::try_from(addr - 0xffff0).unwrap()
+}
+
+/// `cli; hlt`
+const HALT: [u8; 2] = [0xfa, 0xf4];
+/// `jmp $`
+const SPIN: [u8; 2] = [0xeb, 0xfe];
+
+/// Config address of 00:dev.0, register `reg`.
+fn cfg(dev: u32, reg: u32) -> u32 {
+    0x8000_0000 | (dev << 11) | reg
+}
+
+#[test]
+fn guest_enumerates_pci_finds_vesper_and_sizes_its_bars() {
+    if !kvm_available("pci enumeration") {
+        return;
+    }
+    let mut code = Vec::new();
+    code.extend(cfg_read_report(cfg(0, 0))); //              host bridge id
+    code.extend(cfg_read_report(cfg(1, 0))); //              vendor/device
+    code.extend(cfg_read_report(cfg(1, 8))); //              class/revision
+    code.extend(cfg_read_report(cfg(2, 0))); //              absent device
+    code.extend(cfg_write(cfg(1, 0x10), 0xffff_ffff)); //    size BAR0
+    code.extend(cfg_read_report(cfg(1, 0x10)));
+    code.extend(cfg_write(cfg(1, 0x10), BAR0 as u32)); //    restore
+    code.extend(cfg_read_report(cfg(1, 0x10)));
+    code.extend(cfg_write(cfg(1, 0x18), 0xffff_ffff)); //    size BAR2 (64-bit)
+    code.extend(cfg_write(cfg(1, 0x1c), 0xffff_ffff));
+    code.extend(cfg_read_report(cfg(1, 0x18)));
+    code.extend(cfg_read_report(cfg(1, 0x1c)));
+    code.extend(cfg_write(cfg(1, 0x18), BAR2 as u32)); //    restore
+    code.extend(cfg_write(cfg(1, 0x1c), 0));
+    code.extend(cfg_read_report(cfg(1, 0x18)));
+    code.extend(cfg_write(cfg(1, 0x04), 0x2)); //            memory space enable
+    code.extend(cfg_read_report(cfg(1, 0x04)));
+    code.extend(ES_HIGH);
+    code.extend(load_es(es_disp(BAR0 + 8))); //             IVPosition
+    code.extend(report());
+    code.extend(HALT);
+    let mut s = setup(&code);
+    assert_eq!(s.vm.run(RUN).expect("run").stop, Stop::Halted);
+    let r = s.reports.lock().unwrap().0.clone();
+    assert_eq!(
+        r,
+        vec![
+            0x1237_8086,
+            (u32::from(DEVICE_ID) << 16) | u32::from(VENDOR_ID),
+            0x0500_0001,
+            0xffff_ffff,
+            0xffff_ff00, // 256 bytes, 32-bit memory
+            BAR0 as u32,
+            !(REGION as u32 - 1) | 0xc, // 32 KiB, 64-bit prefetchable
+            0xffff_ffff,
+            BAR2 as u32 | 0xc,
+            0x2,
+            1, // IVPosition: the guest's peer id
+        ]
+    );
+    let pci = s.vm.pci();
+    let f = pci.lock().unwrap();
+    let dev = f.function(1, 0).unwrap();
+    assert!(dev.memory_enabled());
+    assert_eq!(dev.refused_relocations(), 0);
+    assert_eq!(s.vm.unmapped_accesses().total(), 0);
+}
+
+#[test]
+fn guest_doorbell_fires_the_host_eventfd_while_the_guest_runs() {
+    if !kvm_available("doorbell") {
+        return;
+    }
+    let mut code = Vec::from(ES_HIGH);
+    let bell = es_disp(BAR0 + 12);
+    code.extend(store_es(bell, 1)); //          peer 0, vector 1
+    code.extend(store_es(bell, 0x0001_0000)); // peer 1: not the host, dropped
+    code.extend(store_es(bell, 0)); //          peer 0, vector 0
+    code.extend(SPIN);
+    let s = setup(&code);
+    let (mut vm, device) = (s.vm, s.device);
+    let runner = std::thread::spawn(move || vm.run(Duration::from_secs(3)));
+    // Both arrive while the vCPU is still spinning.
+    assert_eq!(device.wait_doorbell(0, Duration::from_secs(2)).unwrap(), 1);
+    assert_eq!(device.wait_doorbell(1, Duration::from_secs(2)).unwrap(), 1);
+    assert!(!runner.is_finished(), "the guest is still running");
+    assert!(matches!(
+        runner.join().unwrap(),
+        Err(HypervisorError::Timeout { .. })
+    ));
+    // Only the doorbell to peer 1 exited to the VMM; the kernel took the other two.
+    assert_eq!(device.doorbells_in_vmm(), 1);
+    assert_eq!(device.dropped_doorbells(), 1);
+    assert_eq!(device.wait_doorbell(0, Duration::ZERO).unwrap(), 0);
+}
+
+#[test]
+fn guest_and_host_share_bytes_through_bar2() {
+    if !kvm_available("bar2") {
+        return;
+    }
+    let mut code = Vec::from(ES_HIGH);
+    code.extend(store_es(es_disp(BAR2), 0x5345_5056)); //         "VPES" at region offset 0
+    code.extend(store_es(es_disp(BAR2 + REGION - 0x20), 0x0102_0304)); // near the end
+    code.extend(load_es(es_disp(BAR2 + 0x100))); //                 host bytes at 0x100
+    code.extend(report());
+    code.extend(HALT);
+    let mut s = setup(&code);
+    s.region.write_all_at(b"host", 0x100).unwrap();
+    assert_eq!(s.vm.run(RUN).expect("run").stop, Stop::Halted);
+    let mut got = [0u8; 4];
+    s.region.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(&got, b"VPES");
+    s.region.read_exact_at(&mut got, REGION - 0x20).unwrap();
+    assert_eq!(got, [4, 3, 2, 1]);
+    assert_eq!(
+        s.reports.lock().unwrap().0,
+        vec![u32::from_le_bytes(*b"host")]
+    );
+    // The window is memory, not MMIO: nothing reached the VMM's buses.
+    assert_eq!(s.vm.unmapped_accesses().total(), 0);
+    assert_eq!(s.device.doorbells_in_vmm(), 0);
+}
+
+#[test]
+fn bad_device_placements_are_refused() {
+    if !kvm_available("bad placements") {
+        return;
+    }
+    let mut vm = Vm::new(
+        VmConfig {
+            vcpus: 1,
+            mem_size: MIB,
+        },
+        Box::new(std::io::sink()),
+    )
+    .unwrap();
+    let region = memfd();
+    let cfg = |bar0, bar2, region_size| VesperConfig {
+        peer_id: 1,
+        bar0,
+        bar2,
+        region: region.as_fd(),
+        region_size,
+    };
+    for (bar0, bar2, size) in [
+        (0x8_0000, BAR2, REGION),      // BAR0 in RAM
+        (BAR0, 0x8_0000, REGION),      // BAR2 in RAM
+        (BAR0, BAR2 + 0x1000, REGION), // misaligned BAR2
+        (BAR0, BAR2, 0x6000),          // not a power of two
+        (BAR2 + 0x80, BAR2, REGION),   // BAR0 inside BAR2
+        (BAR0, BAR2, 0x800),           // smaller than a page
+    ] {
+        assert!(
+            vm.add_vesper_device(cfg(bar0, bar2, size)).is_err(),
+            "{bar0:#x} {bar2:#x} {size:#x}"
+        );
+    }
+    vm.add_vesper_device(cfg(BAR0, BAR2, REGION)).unwrap();
+    assert!(
+        vm.add_vesper_device(cfg(0x20_0000, 0x40_0000, REGION))
+            .is_err(),
+        "slot taken"
+    );
+}
