@@ -85,6 +85,7 @@ pub struct Vm {
     memory: GuestMemoryMmap,
     pci: Arc<Mutex<PciRoot>>,
     config: VmConfig,
+    irqchip: bool,
     boot_state: Vec<(kvm_regs, kvm_sregs)>,
     pio: Bus,
     mmio: Bus,
@@ -96,8 +97,19 @@ pub struct Vm {
 impl Vm {
     /// Checks `config` against the host, then creates the VM, its RAM and vCPUs, and puts
     /// the console (COM1, into `serial_out`), the debug-exit and the reset port on the
-    /// port bus.
+    /// port bus. No interrupt controller: a vCPU's HLT ends its run.
     pub fn new(config: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Self> {
+        Self::build(config, serial_out, false)
+    }
+
+    /// As `new`, with KVM's in-kernel irqchip (PIC, IOAPIC, a LAPIC per vCPU), so
+    /// `register_irqfd` works. HLT then waits in the kernel for an interrupt and never
+    /// ends a run: guests stop through the debug-exit or reset port, or the deadline.
+    pub fn with_irqchip(config: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Self> {
+        Self::build(config, serial_out, true)
+    }
+
+    fn build(config: VmConfig, serial_out: Box<dyn Write + Send>, irqchip: bool) -> Result<Self> {
         if config.vcpus == 0 {
             return Err(HypervisorError::InvalidConfig("zero vCPUs"));
         }
@@ -129,6 +141,10 @@ impl Vm {
         if let Err(e) = vm_fd.set_tss_address(TSS_ADDRESS) {
             // Only Intel without unrestricted guest needs it; kvm_pvm refuses it.
             tracing::debug!(%e, "KVM_SET_TSS_ADDR refused; continuing");
+        }
+        if irqchip {
+            // Must come before the vCPUs so each gets an in-kernel LAPIC.
+            vm_fd.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
         }
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_len)])
             .map_err(HypervisorError::GuestMemory)?;
@@ -166,6 +182,7 @@ impl Vm {
         let serial = Arc::new(Mutex::new(Serial::new(serial_out)));
         let mut vm = Self {
             config,
+            irqchip,
             vm_fd,
             memory,
             vcpus,
@@ -277,6 +294,21 @@ impl Vm {
             });
         }
         self.mmio.insert(range, device)
+    }
+
+    /// An eventfd that raises `gsi` (edge) each time it is written: KVM's irqfd. Needs
+    /// the in-kernel irqchip (`with_irqchip`); GSIs 0-15 reach the PIC and IOAPIC.
+    pub fn register_irqfd(&self, gsi: u32) -> Result<EventFd> {
+        if !self.irqchip {
+            return Err(HypervisorError::InvalidConfig(
+                "irqfd needs the in-kernel irqchip (Vm::with_irqchip)",
+            ));
+        }
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(HypervisorError::EventFd)?;
+        self.vm_fd
+            .register_irqfd(&fd, gsi)
+            .map_err(kvm("KVM_IRQFD"))?;
+        Ok(fd)
     }
 
     /// The PCI bus 0 (host bridge at 00:00.0, devices added by the VMM).

@@ -345,3 +345,88 @@ fn bad_device_placements_are_refused() {
         "slot taken"
     );
 }
+
+/// The PIC routes IRQ `IRQ` to vector 8 + `IRQ` after the guest's init below.
+const IRQ: u8 = 5;
+const READY: u32 = 0x5244_5952; // "RYDR"
+const IRQ_SEEN: u32 = 0x1d;
+
+/// Installs a handler for IRQ 5, programs the PIC (base 8, only IRQ 5 unmasked), reports
+/// READY, then `sti; hlt` in a loop. The handler sends EOI, reports IRQ_SEEN and powers
+/// the VM off with code 0.
+fn irq_guest() -> Vec<u8> {
+    let vector_slot = 4 * (8 + u16::from(IRQ));
+    let mut c = vec![0xfa]; //                  cli
+    let handler_at = c.len() + 2; // patched below
+    c.extend([0xc7, 0x06]); //                  mov word [vector_slot], handler
+    c.extend(le16(vector_slot));
+    c.extend([0, 0]);
+    c.extend([0xc7, 0x06]); //                  mov word [vector_slot + 2], 0
+    c.extend(le16(vector_slot + 2));
+    c.extend([0, 0]);
+    for (port, value) in [
+        (0x20, 0x11),          //                        ICW1: edge, cascade, ICW4
+        (0x21, 0x08),          //                        ICW2: vector base 8
+        (0x21, 0x04),          //                        ICW3: slave on IRQ 2
+        (0x21, 0x01),          //                        ICW4: 8086 mode
+        (0x21, !(1u8 << IRQ)), //               OCW1: unmask IRQ 5 only
+    ] {
+        c.extend([0xb0, value, 0xe6, port]); // mov al, value; out port, al
+    }
+    c.extend(out32(REPORT_PORT, READY));
+    c.push(0xfb); //                            sti
+    c.extend([0xf4, 0xeb, 0xfd]); //      wait: hlt; jmp wait
+    let handler = (LOAD as usize + c.len()) as u16;
+    c[handler_at + 2..handler_at + 4].copy_from_slice(&le16(handler));
+    c.extend([0xb0, 0x20, 0xe6, 0x20]); //      mov al, 0x20; out 0x20, al   ; EOI
+    c.extend(out32(REPORT_PORT, IRQ_SEEN));
+    c.extend([0xba, 0x01, 0x05, 0xb0, 0x00, 0xee]); // mov dx, 0x501; mov al, 0; out dx, al
+    c.extend(HALT);
+    c
+}
+
+#[test]
+fn an_irqfd_write_reaches_a_real_mode_interrupt_handler() {
+    if !kvm_available("irqfd") {
+        return;
+    }
+    let config = VmConfig {
+        vcpus: 1,
+        mem_size: MIB,
+    };
+    assert!(
+        Vm::new(config, Box::new(std::io::sink()))
+            .unwrap()
+            .register_irqfd(IRQ.into())
+            .is_err(),
+        "no irqchip, no irqfd"
+    );
+    let mut vm = Vm::with_irqchip(config, Box::new(std::io::sink())).expect("irqchip VM");
+    vm.load(LOAD, &irq_guest()).unwrap();
+    vm.set_real_mode_entry(RealModeEntry {
+        segment: 0,
+        ip: LOAD as u16,
+        sp: 0x8000,
+    })
+    .unwrap();
+    let reports = Arc::new(Mutex::new(Reports::default()));
+    vm.register_pio(
+        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
+        reports.clone(),
+    )
+    .unwrap();
+    let irq = vm.register_irqfd(IRQ.into()).expect("irqfd");
+    let runner = std::thread::spawn(move || vm.run(RUN));
+    let start = std::time::Instant::now();
+    while reports.lock().unwrap().0.is_empty() {
+        assert!(start.elapsed() < RUN, "guest never got ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Halted with interrupts on, waiting: nothing has come yet.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(reports.lock().unwrap().0, vec![READY]);
+    irq.write(1).unwrap();
+    let report = runner.join().unwrap().expect("run");
+    assert_eq!(report.stop, Stop::PowerOff(0));
+    assert_eq!(reports.lock().unwrap().0, vec![READY, IRQ_SEEN]);
+}
