@@ -7,23 +7,12 @@ use vesper_hypervisor::{
     BusDevice, BusRange, HypervisorError, RealModeEntry, SharedBuffer, Stop, Vm, VmConfig,
 };
 
+mod common;
+use common::kvm_available;
+
 const LOAD: u64 = 0x1000;
 const MIB: u64 = 1 << 20;
 const RUN: Duration = Duration::from_secs(10);
-
-fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("!!! SKIPPING {test}: cannot open /dev/kvm ({e}) — needs KVM access");
-            false
-        }
-    }
-}
 
 /// A 1 MiB, one-vCPU VM with `code` at 0000:1000, console into the returned buffer.
 fn vm_with(code: &[u8]) -> (Vm, SharedBuffer) {

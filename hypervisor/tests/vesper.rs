@@ -18,6 +18,9 @@ use vesper_hypervisor::{
     VmConfig,
 };
 
+mod common;
+use common::kvm_available;
+
 const LOAD: u64 = 0x1000;
 const MIB: u64 = 1 << 20;
 const RUN: Duration = Duration::from_secs(10);
@@ -25,20 +28,6 @@ const BAR0: u64 = 0x10_0000;
 const BAR2: u64 = 0x10_8000;
 const REGION: u64 = 0x8000;
 const REPORT_PORT: u16 = 0x7000;
-
-fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("!!! SKIPPING {test}: cannot open /dev/kvm ({e}) — needs KVM access");
-            false
-        }
-    }
-}
 
 /// Records every dword the guest writes to `REPORT_PORT`.
 #[derive(Default)]

@@ -40,21 +40,20 @@ fn consume(acc: u64, bytes: &[u8]) -> u64 {
     })
 }
 
+/// The benchmark's no-overwrite channel, as the guest lays it out, and the host's reader.
+fn channel(region: &SharedRegion) -> (GuestChannel, RelayReader) {
+    let (ch, req) =
+        GuestChannel::create(region, 1, 1, 1, SUBBUFS, SUBBUF, false, DATA_AREA_OFFSET, 0)
+            .expect("channel");
+    (
+        ch,
+        RelayReader::new(validate_open(region, &req, 1).expect("open")),
+    )
+}
+
 fn vesper() -> Duration {
     let region = Arc::new(SharedRegion::create("bench", 16 << 20).expect("region"));
-    let (mut ch, req) = GuestChannel::create(
-        &region,
-        1,
-        1,
-        1,
-        SUBBUFS,
-        SUBBUF,
-        false,
-        DATA_AREA_OFFSET,
-        0,
-    )
-    .expect("channel");
-    let mut reader = RelayReader::new(validate_open(&region, &req, 1).expect("open"));
+    let (mut ch, mut reader) = channel(&region);
     // The relay doorbell: rung at each sub-buffer switch (and once at the end, as an
     // urgent record would), exactly as the guest rings VECTOR_RELAY.
     let bell = Arc::new(AtomicU64::new(0));
@@ -268,19 +267,7 @@ fn producer_alone() -> Duration {
 /// The reader alone: the channel is filled (no reader running), then drained.
 fn reader_alone() -> Duration {
     let region = SharedRegion::create("bench", 16 << 20).expect("region");
-    let (mut ch, req) = GuestChannel::create(
-        &region,
-        1,
-        1,
-        1,
-        SUBBUFS,
-        SUBBUF,
-        false,
-        DATA_AREA_OFFSET,
-        0,
-    )
-    .expect("channel");
-    let mut reader = RelayReader::new(validate_open(&region, &req, 1).expect("open"));
+    let (mut ch, mut reader) = channel(&region);
     let mut payload = StressRecord::default();
     let (mut total, mut busy, mut acc) = (0u64, Duration::ZERO, 0u64);
     while total < RECORDS {
