@@ -12,6 +12,7 @@ pub mod bus;
 mod error;
 pub mod pci;
 pub mod power;
+pub mod pvpanic;
 pub mod serial;
 pub mod vcpu;
 pub mod vesper;
@@ -19,7 +20,7 @@ mod vm;
 
 pub use bus::{Bus, BusDevice, BusRange, SharedDevice};
 pub use error::{HypervisorError, Result};
-pub use power::{StopRequest, DEBUG_EXIT_PORT, RESET_PORT};
+pub use power::{StopHandle, StopRequest, DEBUG_EXIT_PORT, RESET_PORT};
 pub use serial::{Serial, SharedBuffer, COM1_PORT};
 pub use vcpu::{ExitKind, Segment, UnmappedAccesses, VcpuSnapshot};
 pub use vesper::{VesperConfig, VesperHandle};

@@ -18,6 +18,8 @@ pub enum StopRequest {
     PowerOff(u8),
     /// Asked for a reset.
     Reset,
+    /// The host asked the run to end (`StopHandle::stop`).
+    Host,
 }
 
 /// Shared by the vCPU threads of one run: a stop flag they check before every entry and
@@ -44,6 +46,10 @@ impl RunControl {
         self.stop();
     }
 
+    pub(crate) fn peek_request(&self) -> Option<StopRequest> {
+        *self.request.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn take_request(&self) -> Option<StopRequest> {
         self.request
             .lock()
@@ -54,6 +60,19 @@ impl RunControl {
     pub(crate) fn clear(&self) {
         self.take_request();
         self.stop.store(false, Ordering::Release);
+    }
+}
+
+/// Ends a run from another thread: the running `Vm::run` notices within its kick interval,
+/// pulls every vCPU out of `KVM_RUN` and returns `Stop::HostStopped`.
+#[derive(Clone)]
+pub struct StopHandle(pub(crate) Arc<RunControl>);
+
+impl StopHandle {
+    /// Asks the current (or next) run to end. The guest's own request, if it came
+    /// first, wins.
+    pub fn stop(&self) {
+        self.0.request(StopRequest::Host);
     }
 }
 

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bus::{Bus, BusRange, SharedDevice};
 use crate::error::{kvm, HypervisorError, Result};
 use crate::pci::{PciPorts, PciRoot, PCI_CONFIG_ADDRESS_PORT, PCI_PORTS_LEN};
-use crate::power::{DebugExit, ResetControl, RunControl, StopRequest, DEBUG_EXIT_PORT};
+use crate::power::{DebugExit, ResetControl, RunControl, StopHandle, StopRequest, DEBUG_EXIT_PORT};
 use crate::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
 use crate::vcpu::{
     install_kick_handler, kick, run_vcpu, ExitStats, UnmappedAccesses, VcpuContext, VcpuEnd,
@@ -32,6 +32,8 @@ pub const PAGE_SIZE: u64 = 4096;
 /// How long stopping vCPUs may take before they are declared unresponsive.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
+/// How often a run looks for a stop asked from outside the vCPU threads.
+const HOST_STOP_POLL: Duration = Duration::from_millis(20);
 /// Where KVM's real-mode TSS pages go (Intel needs three pages below 4 GiB).
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
@@ -64,6 +66,8 @@ pub enum Stop {
     PowerOff(u8),
     /// The guest asked for a reset; call `Vm::reset` before running again.
     ResetRequested,
+    /// The host ended the run through a `StopHandle`.
+    HostStopped,
 }
 
 /// The result of a run.
@@ -225,6 +229,11 @@ impl Vm {
     /// Guest RAM.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// A handle that ends the current or next run from any thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.control.clone())
     }
 
     /// The console, e.g. to queue input.
@@ -459,6 +468,14 @@ impl Vm {
             return Err(HypervisorError::VmUnusable);
         }
         install_kick_handler()?;
+        // A host stop that arrived between runs ends this one before it starts.
+        if self.control.peek_request() == Some(StopRequest::Host) {
+            self.control.clear();
+            return Ok(RunReport {
+                stop: Stop::HostStopped,
+                vcpus: Vec::new(),
+            });
+        }
         self.control.clear();
         let ctx = Arc::new(VcpuContext {
             pio: self.pio.clone(),
@@ -490,7 +507,12 @@ impl Vm {
             }
         }
         drop(tx);
-        let deadline = (spawn_error.is_none()).then(|| Instant::now() + timeout);
+        // `Duration::MAX` means "no deadline": a year is as good and cannot overflow.
+        let deadline = (spawn_error.is_none()).then(|| {
+            let now = Instant::now();
+            now.checked_add(timeout)
+                .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+        });
         let (results, timed_out) = self.collect(&rx, threads, deadline)?;
         if let Some(e) = spawn_error {
             return Err(e);
@@ -514,6 +536,7 @@ impl Vm {
         let stop = match request {
             Some(StopRequest::PowerOff(code)) => Stop::PowerOff(code),
             Some(StopRequest::Reset) => Stop::ResetRequested,
+            Some(StopRequest::Host) => Stop::HostStopped,
             None if timed_out => {
                 return Err(HypervisorError::Timeout {
                     after: timeout,
@@ -561,10 +584,20 @@ impl Vm {
             kick_pending(&results);
         }
         while pending > 0 {
+            // Until stopping, wake up every `HOST_STOP_POLL` to see whether a
+            // `StopHandle` (or a device) asked for a stop: a vCPU halted in the kernel
+            // would otherwise not notice until the deadline.
             let wait = match (stopping_since, deadline) {
-                (None, Some(d)) => d.saturating_duration_since(Instant::now()),
+                (None, Some(d)) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(HOST_STOP_POLL),
                 _ => KICK_INTERVAL,
             };
+            if stopping_since.is_none() && self.control.stop_requested() {
+                stopping_since = Some(Instant::now());
+                kick_pending(&results);
+                continue;
+            }
             match rx.recv_timeout(wait) {
                 Ok((index, fd, result)) => {
                     let i = index as usize;
@@ -581,6 +614,7 @@ impl Vm {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => match stopping_since {
+                    None if deadline.is_some_and(|d| Instant::now() < d) => {}
                     None => {
                         timed_out = true;
                         self.control.stop();

@@ -328,3 +328,33 @@ fn two_vcpus_each_run_on_their_own_thread() {
     assert_eq!(report.vcpus.len(), 2);
     assert_eq!(out.contents(), b"xx");
 }
+
+#[test]
+fn a_host_stop_ends_a_run_without_deadline_and_one_asked_between_runs_is_kept() {
+    if !kvm_available("host stop") {
+        return;
+    }
+    let (mut vm, _) = vm_with(&SPIN);
+    let stop = vm.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        stop.stop();
+    });
+    let start = Instant::now();
+    let report = vm.run(Duration::MAX).expect("run");
+    let took = start.elapsed();
+    stopper.join().unwrap();
+    assert_eq!(report.stop, Stop::HostStopped);
+    assert_eq!(report.vcpus[0].rip, 0x1000, "stopped on the jmp");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    // Asked while no run is under way: the next run ends at once, the one after runs.
+    vm.stop_handle().stop();
+    assert_eq!(vm.run(RUN).unwrap().stop, Stop::HostStopped);
+    assert!(matches!(
+        vm.run(Duration::from_millis(100)),
+        Err(HypervisorError::Timeout { .. })
+    ));
+}
