@@ -1,6 +1,7 @@
 //! Every host parser of guest-written bytes at once: the request ring, the grant table,
 //! relay control words, padding and record headers. The input patches a region that
-//! holds a live session and an open relay channel, then the host polls it.
+//! holds a live session and an open relay channel, then the host polls it; last, both
+//! grant checkers (region range and guest frames) run over the patched grant table.
 #![no_main]
 
 use std::time::Instant;
@@ -9,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use vesper_core::{Session, SessionConfig};
 use vesper_relay::guest_writer::GuestChannel;
 use vesper_shared_abi::*;
+use vesper_shmem::grant::{check_entry, check_frame_entry, GrantNeed};
 use vesper_shmem::guest_side::{post_request, scribble};
 use vesper_shmem::SharedRegion;
 use vm_memory::ByteValued;
@@ -49,4 +51,28 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = session.poll(&region, Instant::now());
     let _ = session.relay_stats(&region);
+    check_grant_table(&region);
 });
+
+/// Both grant checkers over the (patched) table: a region-range grant never names guest
+/// frames, a frame grant is always whole pages, bounded, and ends without overflow.
+fn check_grant_table(region: &SharedRegion) {
+    let generation = region.header().map_or(GEN, |h| h.generation);
+    for grant_ref in 0..GRANT_ENTRIES {
+        let at = grant_entry_offset(grant_ref).unwrap();
+        let Ok(entry) = region.read_obj::<GrantEntry>(at) else { continue };
+        let need = GrantNeed { access: GRANT_READ, owner: entry.owner, generation };
+        if let Ok(g) = check_entry(grant_ref, &entry, need, region.size()) {
+            assert_eq!(entry.access & GRANT_GUEST_FRAMES, 0);
+            assert!(g.offset >= DATA_AREA_OFFSET);
+            assert!(g.offset + u64::from(g.len) <= region.size());
+        }
+        if let Ok(g) = check_frame_entry(grant_ref, &entry, need) {
+            assert_ne!(g.access & GRANT_GUEST_FRAMES, 0);
+            assert!(g.gpa.is_multiple_of(PAGE_SIZE));
+            assert!(g.len > 0 && g.len <= GRANT_FRAMES_MAX_LEN);
+            assert!(u64::from(g.len).is_multiple_of(PAGE_SIZE));
+            assert!(g.gpa.checked_add(u64::from(g.len)).is_some());
+        }
+    }
+}

@@ -44,6 +44,8 @@
 #define VESPER_SLOT_PAYLOAD_SIZE 0xfe0U
 /* Start of the grantable data area; grants below it are invalid. */
 #define VESPER_DATA_AREA_OFFSET 0x100000U
+/* Host feature bit: the host owns guest RAM and honours [`GRANT_GUEST_FRAMES`]. */
+#define VESPER_HOST_FEATURE_GUEST_FRAMES 0x1U
 /* Host state: region initialised, backend listening. */
 #define VESPER_HOST_STATE_READY 0x1U
 /* Guest state: no frontend bound (initial zero). */
@@ -56,6 +58,14 @@
 #define VESPER_GRANT_READ 0x1U
 /* Grant access bit: host may write. */
 #define VESPER_GRANT_WRITE 0x2U
+/* Grant access bit: `offset` is a guest-physical address (page aligned) and `len` a
+ * multiple of [`PAGE_SIZE`] up to [`GRANT_FRAMES_MAX_LEN`]: the grant names guest RAM
+ * frames, not a region range. Only for hosts that offer
+ * [`HOST_FEATURE_GUEST_FRAMES`] (a VMM that owns guest RAM); others refuse it. */
+#define VESPER_GRANT_GUEST_FRAMES 0x4U
+/* Longest guest-frame grant: 4 MiB, the largest physically contiguous block the
+ * kernel's page allocator hands out (order 10). */
+#define VESPER_GRANT_FRAMES_MAX_LEN 0x400000U
 /* Grant entry state: unused. */
 #define VESPER_GRANT_STATE_FREE 0x0U
 /* Grant entry state: live. */

@@ -111,6 +111,43 @@ pub enum HypervisorError {
     /// A device region could not be mapped.
     #[error("cannot map a device region")]
     MapRegion(#[source] vm_memory::mmap::MmapRegionError),
+    /// A grant of guest RAM frames failed its entry checks (guest misbehaviour).
+    #[error("guest RAM frame grant refused")]
+    FrameGrant(#[source] vesper_shmem::ShmemError),
+    /// A frame grant names addresses that are not all guest RAM (guest misbehaviour).
+    #[error("grant {grant_ref} names {gpa:#x}+{len:#x}, which is not all guest RAM (PCI hole, device memory or past the end of RAM)")]
+    GrantNotGuestRam {
+        /// Grant reference.
+        grant_ref: u32,
+        /// Guest-physical address in the entry.
+        gpa: u64,
+        /// Length in the entry.
+        len: u32,
+    },
+    /// The host was asked for bytes beyond a frame grant (the guest announced more than
+    /// it granted).
+    #[error("bytes {at:#x}+{len:#x} lie outside grant {grant_ref} of {granted:#x} bytes")]
+    GrantOutside {
+        /// Grant reference.
+        grant_ref: u32,
+        /// Granted length.
+        granted: u32,
+        /// Offset asked for inside the grant.
+        at: u64,
+        /// Bytes asked for.
+        len: u64,
+    },
+    /// Guest RAM refused a copy the grant checks allowed (a VMM bug, not the guest's).
+    #[error("cannot copy {len:#x} bytes at guest address {gpa:#x}")]
+    GuestRamAccess {
+        /// Guest-physical address.
+        gpa: u64,
+        /// Bytes.
+        len: u64,
+        /// What vm-memory said.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
     /// The run's deadline passed; every vCPU was stopped.
     #[error("guest did not stop within {after:?}")]
     Timeout {

@@ -4,12 +4,14 @@
 //!
 //! Lock order (outer first): a bus device's mutex → the run control
 //! (`power::RunControl`). The buses themselves are immutable during a run and unlocked.
+//! The frame-grant log budget (`grants`) is a leaf: nothing is taken while it is held.
 //! Nothing a guest does panics the host: unmapped accesses are counted, the run has a
 //! deadline, unknown exits become `HypervisorError::UnexpectedExit`.
 #![deny(missing_docs)]
 
 pub mod bus;
 mod error;
+pub mod grants;
 pub mod pci;
 pub mod power;
 pub mod pvpanic;
@@ -20,6 +22,7 @@ mod vm;
 
 pub use bus::{Bus, BusDevice, BusRange, SharedDevice};
 pub use error::{HypervisorError, Result};
+pub use grants::{FrameGrantStats, GuestFrameGrants};
 pub use power::{StopHandle, StopRequest, DEBUG_EXIT_PORT, RESET_PORT};
 pub use serial::{Serial, SharedBuffer, COM1_PORT};
 pub use vcpu::{ExitKind, Segment, UnmappedAccesses, VcpuSnapshot};

@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusRange, SharedDevice};
 use crate::error::{kvm, HypervisorError, Result};
+use crate::grants::GuestFrameGrants;
 use crate::pci::{PciPorts, PciRoot, PCI_CONFIG_ADDRESS_PORT, PCI_PORTS_LEN};
 use crate::power::{DebugExit, ResetControl, RunControl, StopHandle, StopRequest, DEBUG_EXIT_PORT};
 use crate::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
@@ -87,6 +88,8 @@ pub struct Vm {
     /// Device memory (the Vesper region) mapped into the guest as its own memslots.
     device_memory: Vec<MmapRegion<()>>,
     memory: GuestMemoryMmap,
+    /// The host's access to guest RAM through frame grants (shares `memory`).
+    frame_grants: GuestFrameGrants,
     pci: Arc<Mutex<PciRoot>>,
     config: VmConfig,
     irqchip: bool,
@@ -184,7 +187,9 @@ impl Vm {
 
         let control = Arc::new(RunControl::default());
         let serial = Arc::new(Mutex::new(Serial::new(serial_out)));
+        let frame_grants = GuestFrameGrants::new(memory.clone());
         let mut vm = Self {
+            frame_grants,
             config,
             irqchip,
             vm_fd,
@@ -234,6 +239,12 @@ impl Vm {
     /// A handle that ends the current or next run from any thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(self.control.clone())
+    }
+
+    /// The host's access to guest RAM frames the guest granted (see `grants`); clone it
+    /// to use it from another thread while the VM runs.
+    pub fn frame_grants(&self) -> &GuestFrameGrants {
+        &self.frame_grants
     }
 
     /// The console, e.g. to queue input.

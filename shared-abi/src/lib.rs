@@ -175,6 +175,9 @@ abi_consts! {
     /// Start of the grantable data area; grants below it are invalid.
     pub const DATA_AREA_OFFSET: u64 = 0x10_0000;
 
+    /// Host feature bit: the host owns guest RAM and honours [`GRANT_GUEST_FRAMES`].
+    pub const HOST_FEATURE_GUEST_FRAMES: u32 = 1;
+
     /// Host state: region initialised, backend listening.
     pub const HOST_STATE_READY: u32 = 1;
     /// Guest state: no frontend bound (initial zero).
@@ -188,6 +191,14 @@ abi_consts! {
     pub const GRANT_READ: u32 = 1;
     /// Grant access bit: host may write.
     pub const GRANT_WRITE: u32 = 2;
+    /// Grant access bit: `offset` is a guest-physical address (page aligned) and `len` a
+    /// multiple of [`PAGE_SIZE`] up to [`GRANT_FRAMES_MAX_LEN`]: the grant names guest RAM
+    /// frames, not a region range. Only for hosts that offer
+    /// [`HOST_FEATURE_GUEST_FRAMES`] (a VMM that owns guest RAM); others refuse it.
+    pub const GRANT_GUEST_FRAMES: u32 = 4;
+    /// Longest guest-frame grant: 4 MiB, the largest physically contiguous block the
+    /// kernel's page allocator hands out (order 10).
+    pub const GRANT_FRAMES_MAX_LEN: u32 = 4 << 20;
     /// Grant entry state: unused.
     pub const GRANT_STATE_FREE: u32 = 0;
     /// Grant entry state: live.
@@ -309,7 +320,7 @@ wire_structs! {
         pub magic: u64,
         /// [`ABI_VERSION`], written by the host.
         pub abi_version: u32,
-        /// Features the host offers (none in v1).
+        /// `HOST_FEATURE_*` bits the host offers, written by the host.
         pub host_features: u32,
         /// `HOST_STATE_*`, host-owned.
         pub host_state: u32,
@@ -328,11 +339,12 @@ wire_structs! {
     /// One grant: a range of the data area the guest lets the host read or write.
     c_name = "vesper_grant_entry";
     pub struct GrantEntry {
-        /// Region offset of the range; at or above [`DATA_AREA_OFFSET`].
+        /// Region offset of the range; at or above [`DATA_AREA_OFFSET`]. With
+        /// `GRANT_GUEST_FRAMES`: the guest-physical address of the first frame.
         pub offset: u64,
         /// Length in bytes.
         pub len: u32,
-        /// `GRANT_READ` | `GRANT_WRITE`.
+        /// `GRANT_READ` | `GRANT_WRITE`, optionally | `GRANT_GUEST_FRAMES`.
         pub access: u32,
         /// `GRANT_OWNER_*`: what the range is for.
         pub owner: u32,
@@ -665,6 +677,8 @@ const _: () = {
     assert!(DATA_AREA_OFFSET < MIN_REGION_SIZE);
     assert!(RING_SLOTS.is_power_of_two());
     assert!(DEFAULT_REGION_SIZE.is_power_of_two());
+    assert!((GRANT_FRAMES_MAX_LEN as u64).is_multiple_of(PAGE_SIZE));
+    assert!(GRANT_GUEST_FRAMES & (GRANT_READ | GRANT_WRITE) == 0);
 };
 
 /// Region offset of the slot at free-running `index` in the ring whose control block

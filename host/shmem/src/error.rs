@@ -1,5 +1,5 @@
 use thiserror::Error;
-use vesper_shared_abi::{RING_SLOTS, SLOT_PAYLOAD_SIZE};
+use vesper_shared_abi::{GRANT_FRAMES_MAX_LEN, RING_SLOTS, SLOT_PAYLOAD_SIZE};
 
 /// Errors of the shared-region layer. Variants after `OutOfBounds` are guest
 /// misbehaviour: [`ShmemError::is_guest_misbehaviour`] tells them apart.
@@ -100,6 +100,38 @@ pub enum ShmemError {
         grant_ref: u32,
         /// Offset in the entry.
         offset: u64,
+        /// Length in the entry.
+        len: u32,
+    },
+    /// A grant of guest RAM frames reached a transport that shares only the region.
+    #[error("grant {0} names guest RAM frames (GRANT_GUEST_FRAMES), which this transport cannot reach; the guest must grant a data-area range (the host does not offer HOST_FEATURE_GUEST_FRAMES)")]
+    GrantIsGuestFrames(u32),
+    /// A region-range grant where guest RAM frames were expected.
+    #[error("grant {0} names a region range; guest RAM frames (GRANT_GUEST_FRAMES) were expected")]
+    GrantNotGuestFrames(u32),
+    /// A guest-frame grant whose address is not page aligned.
+    #[error("grant {grant_ref} names frames at {gpa:#x}, which is not page aligned")]
+    GrantFrameMisaligned {
+        /// Grant reference.
+        grant_ref: u32,
+        /// Guest-physical address in the entry.
+        gpa: u64,
+    },
+    /// A guest-frame grant whose length is zero, not whole pages, or too long.
+    #[error("grant {grant_ref} names {len:#x} bytes of frames; it must be a non-zero multiple of 4 KiB up to {GRANT_FRAMES_MAX_LEN:#x}")]
+    GrantFrameLength {
+        /// Grant reference.
+        grant_ref: u32,
+        /// Length in the entry.
+        len: u32,
+    },
+    /// A guest-frame grant that runs past the end of the address space.
+    #[error("grant {grant_ref} names frames {gpa:#x}+{len:#x}, past the end of the address space")]
+    GrantFrameOverflow {
+        /// Grant reference.
+        grant_ref: u32,
+        /// Guest-physical address in the entry.
+        gpa: u64,
         /// Length in the entry.
         len: u32,
     },

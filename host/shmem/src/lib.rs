@@ -18,6 +18,6 @@ mod region;
 mod ring;
 
 pub use error::ShmemError;
-pub use grant::ValidGrant;
+pub use grant::{ValidFrameGrant, ValidGrant};
 pub use region::SharedRegion;
 pub use ring::{guest_side, HostRings, Message};

@@ -45,6 +45,15 @@ impl SharedRegion {
         Ok(region)
     }
 
+    /// Offers `HOST_FEATURE_*` bits in the header (before the guest starts): a transport
+    /// that owns guest RAM offers `HOST_FEATURE_GUEST_FRAMES`.
+    pub fn offer_host_features(&self, features: u32) -> Result<(), ShmemError> {
+        self.write_obj(
+            features,
+            std::mem::offset_of!(RegionHeader, host_features) as u64,
+        )
+    }
+
     /// Maps an existing region file of `size` bytes without writing anything.
     pub fn map(file: File, size: u64) -> Result<Self, ShmemError> {
         let mapping_file = file.try_clone().map_err(ShmemError::Create)?;
@@ -206,6 +215,15 @@ mod tests {
         assert_eq!(h.host_state, HOST_STATE_READY);
         assert_eq!(h.region_size, MIN_REGION_SIZE);
         assert_eq!(h.generation, 0);
+        assert_eq!(h.host_features, 0);
+        r.offer_host_features(vesper_shared_abi::HOST_FEATURE_GUEST_FRAMES)
+            .unwrap();
+        let h = r.header().unwrap();
+        assert_eq!(
+            h.host_features,
+            vesper_shared_abi::HOST_FEATURE_GUEST_FRAMES
+        );
+        assert_eq!(h.magic, REGION_MAGIC, "only the feature word changed");
     }
 
     #[test]
