@@ -4,8 +4,10 @@
 //! [`Kit::ensure`] installs what the host needs (QEMU, busybox-static, compiler, the cloud
 //! kernel's headers), fetches the current `linux-image-<ver>-cloud-amd64` kernel, builds the
 //! guest modules and the static helpers ([`HELPERS`]: `bench-insmod`, `svc`, `hog`), and
-//! packs a busybox initramfs — all cached under one git-ignored directory
-//! ([`default_kit_dir`]), rebuilt only when inputs change. [`Kit::load`] reads an already built kit without building anything.
+//! packs a busybox initramfs, and builds the mini frontend ([`build_mini_frontend`]: the
+//! freestanding guest that speaks the Vesper protocol without Linux, for the built-in
+//! VMM) — all cached under one git-ignored directory ([`default_kit_dir`]), rebuilt only
+//! when inputs change. [`Kit::load`] reads an already built kit without building anything.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -36,6 +38,13 @@ pub const HOST_PACKAGES: &[&str] = &[
 
 /// Directories (relative to the repository root) whose Makefiles build guest modules.
 pub const MODULE_DIRS: &[&str] = &["guest-module", "probes", "tests/modules"];
+
+/// Sources of the mini frontend (relative to the repository root).
+pub const MINI_FRONTEND_DIR: &str = "tests/guests/mini-frontend";
+/// The generated wire header the mini frontend is built against (relative to the root).
+pub const ABI_HEADER: &str = "guest-module/include/vesper_abi.h";
+/// File name of the mini frontend's ELF in its output directory.
+pub const MINI_FRONTEND_ELF: &str = "mini-frontend.elf";
 
 /// Busybox applets linked in the initramfs's `/bin`.
 pub const APPLETS: &[&str] = &[
@@ -83,9 +92,10 @@ pub const HELPERS: &[Helper] = &[
 ];
 
 const MANIFEST: &str = "manifest.json";
-/// 2: `svc` and `hog` helpers (hand mode); older kits must be rebuilt.
-const MANIFEST_FORMAT: u32 = 2;
-const STEPS: usize = 8;
+/// 2: `svc` and `hog` helpers (hand mode); 3: the mini frontend. Older kits must be
+/// rebuilt.
+const MANIFEST_FORMAT: u32 = 3;
+const STEPS: usize = 9;
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Everything that can go wrong while building or loading a kit.
@@ -206,6 +216,9 @@ pub struct Kit {
     pub svc: PathBuf,
     /// The static `hog` helper (also in the initramfs as `/bin/hog`).
     pub hog: PathBuf,
+    /// The mini frontend: a freestanding ELF64 guest speaking the Vesper protocol without
+    /// Linux (`tests/guests/mini-frontend`), for `Vm::boot_elf64` in the built-in VMM.
+    pub mini_frontend: PathBuf,
     /// QEMU accelerator hint for this host: `kvm` (VT-x/AMD-V KVM present) or `tcg`.
     pub accel: String,
 }
@@ -295,6 +308,7 @@ impl Kit {
             &m.kit.bench_insmod,
             &m.kit.svc,
             &m.kit.hog,
+            &m.kit.mini_frontend,
         ] {
             if !p.is_file() {
                 return Err(KitError::NotBuilt {
@@ -615,9 +629,21 @@ impl Builder {
         })?;
         let helper_path = |name: &str| bin_dir.join(name);
 
-        // 7. initramfs
+        // 7. the mini frontend (independent of the kernel)
+        let mini_dir = dir.join("mini-frontend");
+        let mini_frontend = p.step(7, "building the mini frontend (freestanding ELF64)", || {
+            let (elf, built) = build_mini_frontend(root, &mini_dir)?;
+            let note = if built {
+                format!("built {}", elf.display())
+            } else {
+                "up to date (sources unchanged)".to_string()
+            };
+            Ok((elf, note))
+        })?;
+
+        // 8. initramfs
         let initramfs = dir.join(format!("initramfs-{release}.cpio"));
-        p.step(7, "packing the initramfs", || {
+        p.step(8, "packing the initramfs", || {
             let drivers: Vec<(String, PathBuf)> = GUEST_DRIVERS
                 .iter()
                 .map(|d| {
@@ -639,7 +665,7 @@ impl Builder {
             ))
         })?;
 
-        // 8. manifest
+        // 9. manifest
         let kit = Kit {
             dir: dir.clone(),
             release: release.clone(),
@@ -652,9 +678,10 @@ impl Builder {
             bench_insmod: helper_path("bench-insmod"),
             svc: helper_path("svc"),
             hog: helper_path("hog"),
+            mini_frontend,
             accel: accel_hint().to_string(),
         };
-        p.step(8, "writing manifest.json", || {
+        p.step(9, "writing manifest.json", || {
             let path = dir.join(MANIFEST);
             let m = Manifest {
                 format: MANIFEST_FORMAT,
@@ -990,7 +1017,76 @@ fn build_helper(bin_dir: &Path, h: &Helper) -> Result<bool, KitError> {
     Ok(true)
 }
 
-/// Step 7: the initramfs as bytes (deterministic, so unchanged inputs give equal bytes).
+/// Sources of the mini frontend under `dir`: C, headers, assembly, the linker script and
+/// the Makefile, sorted (build output and hidden entries skipped).
+fn mini_frontend_sources(dir: &Path) -> Result<Vec<PathBuf>, KitError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let e = e.map_err(io_err("list", dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with('.') || !e.file_type().map_err(io_err("stat", &path))?.is_file() {
+            continue;
+        }
+        let source = [".c", ".h", ".S", ".ld"].iter().any(|x| name.ends_with(x));
+        if source || name == "Makefile" {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Builds the mini frontend from `<repo_root>/tests/guests/mini-frontend` into
+/// `out_dir/mini-frontend.elf` with its Makefile (gcc, `-Wall -Wextra -Werror`), unless
+/// `out_dir/.sources-hash` says its sources and the wire header are unchanged. Returns
+/// the ELF's path and whether it was (re)built. Needs only gcc and make, not the rest of
+/// the kit, so tests of the built-in VMM can call it alone; a lock file in `out_dir`
+/// serialises concurrent builders.
+pub fn build_mini_frontend(repo_root: &Path, out_dir: &Path) -> Result<(PathBuf, bool), KitError> {
+    let src = repo_root.join(MINI_FRONTEND_DIR);
+    let header = repo_root.join(ABI_HEADER);
+    if !src.join("Makefile").is_file() {
+        return Err(KitError::MissingFile {
+            what: "the mini frontend's Makefile".into(),
+            path: src.join("Makefile"),
+        });
+    }
+    fs::create_dir_all(out_dir).map_err(io_err("create", out_dir))?;
+    let lock_path = out_dir.join(".lock");
+    let lock = fs::File::create(&lock_path).map_err(io_err("create", &lock_path))?;
+    lock.lock().map_err(io_err("lock", &lock_path))?;
+
+    let mut h = Fnv::new();
+    for s in mini_frontend_sources(&src)?.iter().chain([&header]) {
+        let name = s.strip_prefix(repo_root).unwrap_or(s);
+        h.bytes(name.as_os_str().as_encoded_bytes())
+            .bytes(&read(s)?);
+    }
+    let hash = h.hex();
+    let elf = out_dir.join(MINI_FRONTEND_ELF);
+    let stamp = out_dir.join(MODULES_STAMP);
+    if elf.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash) {
+        return Ok((elf, false));
+    }
+    let _ = fs::remove_file(&stamp);
+    cmd::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("O={}", out_dir.display())),
+    )?;
+    if !elf.is_file() {
+        return Err(KitError::MissingFile {
+            what: "the mini frontend ELF after make".into(),
+            path: elf,
+        });
+    }
+    write_atomic(&stamp, format!("{hash}\n").as_bytes(), None)?;
+    Ok((elf, true))
+}
+
+/// Step 8: the initramfs as bytes (deterministic, so unchanged inputs give equal bytes).
 /// `helpers` are installed as `/bin/<name>`.
 fn initramfs_bytes(
     modules: &BTreeMap<String, PathBuf>,
@@ -1159,6 +1255,7 @@ mod tests {
             bench_insmod: "/k/guest-bin/bench-insmod".into(),
             svc: "/k/guest-bin/svc".into(),
             hog: "/k/guest-bin/hog".into(),
+            mini_frontend: "/k/mini-frontend/mini-frontend.elf".into(),
             accel: "tcg".into(),
         };
         let json = serde_json::to_string(&Manifest {
@@ -1169,6 +1266,64 @@ mod tests {
         let back: Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(back.kit, kit);
         assert_eq!(kit.module("vesper_front"), kit.modules["vesper_front"]);
+    }
+
+    /// Reads a little-endian integer of `N` bytes at `at`.
+    fn le<const N: usize>(b: &[u8], at: usize) -> u64 {
+        let mut v = [0u8; 8];
+        v[..N].copy_from_slice(&b[at..at + N]);
+        u64::from_le_bytes(v)
+    }
+
+    #[test]
+    fn mini_frontend_builds_as_a_plain_elf64_at_4_mib_and_rebuilds_on_change() {
+        // A private copy of its sources, so changing one disturbs nobody.
+        let root = std::env::temp_dir().join(format!("guest-kit-mini-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let src = root.join(MINI_FRONTEND_DIR);
+        fs::create_dir_all(&src).unwrap();
+        for f in mini_frontend_sources(&repo_root().join(MINI_FRONTEND_DIR)).unwrap() {
+            fs::copy(&f, src.join(f.file_name().unwrap())).unwrap();
+        }
+        let header = root.join(ABI_HEADER);
+        fs::create_dir_all(header.parent().unwrap()).unwrap();
+        fs::copy(repo_root().join(ABI_HEADER), &header).unwrap();
+        let out = root.join("out");
+
+        let (elf, built) = build_mini_frontend(&root, &out).unwrap();
+        assert!(built);
+        let b = fs::read(&elf).unwrap();
+        assert_eq!(&b[..4], b"\x7fELF");
+        assert_eq!((b[4], b[5]), (2, 1), "ELF64, little-endian");
+        assert_eq!(le::<2>(&b, 16), 2, "ET_EXEC");
+        assert_eq!(le::<2>(&b, 18), 62, "EM_X86_64");
+        assert_eq!(le::<8>(&b, 24), 0x40_0000, "entry at the load address");
+        let (phoff, phentsize, phnum) = (
+            le::<8>(&b, 32) as usize,
+            le::<2>(&b, 54) as usize,
+            le::<2>(&b, 56) as usize,
+        );
+        let loads: Vec<(u64, u64)> = (0..phnum)
+            .map(|i| phoff + i * phentsize)
+            .filter(|&ph| le::<4>(&b, ph) == 1)
+            .map(|ph| (le::<8>(&b, ph + 16), le::<8>(&b, ph + 24)))
+            .collect();
+        assert!(!loads.is_empty());
+        assert!(loads
+            .iter()
+            .all(|&(vaddr, paddr)| vaddr == paddr && paddr >= 0x40_0000));
+        assert_eq!(loads[0].1, 0x40_0000);
+
+        assert_eq!(
+            build_mini_frontend(&root, &out).unwrap(),
+            (elf.clone(), false)
+        );
+        // A changed wire header (e.g. a regenerated vesper_abi.h) rebuilds it.
+        let mut h = fs::read_to_string(&header).unwrap();
+        h.push_str("\n/* changed */\n");
+        fs::write(&header, h).unwrap();
+        assert_eq!(build_mini_frontend(&root, &out).unwrap(), (elf, true));
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -76,6 +76,7 @@ fn print_summary(kit: &Kit) {
     println!("bench-insmod {}", kit.bench_insmod.display());
     println!("svc          {}", kit.svc.display());
     println!("hog          {}", kit.hog.display());
+    println!("mini front   {}", kit.mini_frontend.display());
     println!("accel        {}", kit.accel);
     if kit.modules.is_empty() {
         println!("modules      (none built yet)");

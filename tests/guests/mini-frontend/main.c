@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * main.c - the mini frontend: a freestanding 64-bit guest that speaks the real Vesper
+ * protocol (shared-abi/PROTOCOL.md) without Linux, for the built-in VMM's end-to-end
+ * tests on hosts where no stock kernel boots. See README.md.
+ *
+ * Entered by start.S in long mode with the identity map of [0, 4 GiB), interrupts off
+ * and no IDT: nothing here may fault. One loop polls the shared rings all the time and
+ * the console every CONSOLE_POLL_EVERY turns (each UART read is a VM exit).
+ */
+#include <stdint.h>
+
+#include "arch.h"
+#include "clock.h"
+#include "console.h"
+#include "front.h"
+#include "hand.h"
+#include "lib.h"
+#include "pci.h"
+
+/* Linux struct boot_params (the "zero page"): the offsets this program reads. */
+#define BP_E820_ENTRIES		0x1e8	/* u8 */
+#define BP_CMD_LINE_PTR		0x228	/* u32, setup header */
+#define BP_E820_TABLE		0x2d0	/* struct boot_e820_entry[] */
+#define BP_E820_MAX		128
+#define BP_SIZE			0x1000
+#define E820_ENTRY_SIZE		20
+#define E820_RAM		1
+#define CMDLINE_MAX		256
+/* Loop turns between console polls. */
+#define CONSOLE_POLL_EVERY	64
+
+void mini_main(const uint8_t *boot_params) __attribute__((noreturn));
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+/* Logs the command line and the RAM the e820 map describes; both only for the log. */
+static void log_boot_params(const uint8_t *bp)
+{
+	char cmdline[CMDLINE_MAX] = "";
+	uint64_t ram = 0;
+	uint32_t ptr;
+	unsigned int n;
+
+	/* Only inside the identity map, and clear of this low page's wraparound. */
+	if (!bp || (uintptr_t)bp > (1ULL << 32) - BP_SIZE) {
+		pr("vesper-mini: no boot parameters");
+		return;
+	}
+	ptr = get_u32(bp + BP_CMD_LINE_PTR);
+	if (ptr)
+		strscpy(cmdline, (const char *)(uintptr_t)ptr, sizeof(cmdline));
+	n = MIN((unsigned int)bp[BP_E820_ENTRIES], BP_E820_MAX);
+	for (unsigned int i = 0; i < n; i++) {
+		const uint8_t *e = bp + BP_E820_TABLE + i * E820_ENTRY_SIZE;
+
+		if (get_u32(e + 16) == E820_RAM)
+			ram += get_u64(e + 8);
+	}
+	pr("vesper-mini: command line \"%s\", %lu MiB of RAM in %u e820 entries", cmdline,
+	   (unsigned long)(ram >> 20), n);
+}
+
+void mini_main(const uint8_t *boot_params)
+{
+	struct pci_vesper dev;
+	char line[CONSOLE_LINE_MAX];
+	unsigned int turn = 0;
+
+	console_init();
+	pr("vesper-mini: mini frontend starting (freestanding, no kernel)");
+	log_boot_params(boot_params);
+	if (clock_init())
+		pr("vesper-mini: no calibrated clock: timestamps are 0 and OP_CLOCK is refused");
+	else
+		pr("vesper-mini: clock: %s", clock_source());
+
+	if (pci_find_vesper(&dev) || front_start(&dev))
+		pr("vesper-mini: no Vesper frontend; the console still answers");
+	pr("vesper-init: hand ready");
+
+	for (;;) {
+		front_poll();
+		if (++turn % CONSOLE_POLL_EVERY == 0) {
+			switch (console_poll(line)) {
+			case CONSOLE_LINE:
+				hand_run(line);
+				break;
+			case CONSOLE_TOO_LONG:
+				pr("vesper-hand: error: line longer than %u bytes",
+				   CONSOLE_LINE_MAX - 1);
+				break;
+			case CONSOLE_NONE:
+				break;
+			}
+		}
+		cpu_relax();
+	}
+}

@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * start.S - entry of the mini frontend, in 64-bit long mode as the VMM enters an ELF
+ * (Vm::boot_elf64): identity map of [0, 4 GiB), RSI = boot_params, interrupts off.
+ *
+ * A reset re-enters here with RAM as it was, so .bss is cleared on every entry (there
+ * is no initialised .data to restore: the linker script refuses any). The stack is in
+ * .bss and used only once it is cleared.
+ */
+	.code64
+	.section .text.start, "ax"
+	.globl _start
+_start:
+	cli
+	cld
+	mov	%rsi, %r12		/* boot_params, kept across the clearing */
+	lea	__bss_start(%rip), %rdi
+	lea	__bss_end(%rip), %rcx
+	sub	%rdi, %rcx
+	xor	%eax, %eax
+	rep stosb
+	lea	stack_top(%rip), %rsp
+	xor	%ebp, %ebp
+	mov	%r12, %rdi
+	call	mini_main
+1:	cli
+	hlt
+	jmp	1b
+
+	.section .bss
+	.balign	16
+stack_bottom:
+	.space	65536
+stack_top:
+
+	.section .note.GNU-stack, "", @progbits
