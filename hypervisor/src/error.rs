@@ -1,5 +1,6 @@
 //! The crate's one error type.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::vcpu::{ExitKind, VcpuSnapshot};
@@ -148,6 +149,150 @@ pub enum HypervisorError {
         #[source]
         source: vm_memory::GuestMemoryError,
     },
+    /// A kernel or guest image could not be read.
+    #[error("cannot read the kernel image {}: check the path and its permissions", .path.display())]
+    ImageRead {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is neither a bzImage nor an ELF file.
+    #[error(
+        "{} is not a kernel: neither a bzImage (no \"HdrS\" setup header at 0x202) nor an \
+         ELF file; pass a bzImage, an ELF vmlinux or a static ELF64 guest",
+        .path.display()
+    )]
+    NotAKernel {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The image is shorter than its own headers say.
+    #[error(
+        "{} is truncated: {len} bytes, but its headers need {needed}; copy or build it again",
+        .path.display()
+    )]
+    TruncatedImage {
+        /// The image.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// The length its headers need.
+        needed: u64,
+    },
+    /// An ELF file for another machine.
+    #[error("{} is an ELF file for machine {machine}, not x86-64 (62); build it for x86_64", .path.display())]
+    WrongArchitecture {
+        /// The image.
+        path: PathBuf,
+        /// Its `e_machine`.
+        machine: u16,
+    },
+    /// A kernel or ELF this loader does not boot (32-bit ELF, no 64-bit entry, …).
+    #[error("{} cannot be booted: {reason}", .path.display())]
+    UnsupportedImage {
+        /// The image.
+        path: PathBuf,
+        /// What is wrong and what to use instead.
+        reason: &'static str,
+    },
+    /// The kernel (with its decompression space) does not fit in RAM below the hole.
+    #[error(
+        "kernel {} needs guest RAM up to {needed:#x}, but RAM below the PCI hole ends at \
+         {ram_end:#x}; give the VM more RAM",
+        .path.display()
+    )]
+    KernelTooLarge {
+        /// The image.
+        path: PathBuf,
+        /// One past the last address the kernel needs.
+        needed: u64,
+        /// One past the last RAM address below the hole.
+        ram_end: u64,
+    },
+    /// A loadable ELF segment lies outside guest RAM.
+    #[error(
+        "{}: ELF segment {index} [{start:#x}, {end:#x}) is outside guest RAM; link it \
+         inside RAM or give the VM more",
+        .path.display()
+    )]
+    SegmentOutsideRam {
+        /// The image.
+        path: PathBuf,
+        /// Program header index.
+        index: usize,
+        /// First guest address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
+    /// A loadable ELF segment overlaps the zero page, page tables or command line.
+    #[error(
+        "{}: ELF segment {index} [{start:#x}, {end:#x}) overlaps the boot structures \
+         [0, {boot_end:#x}) (GDT, zero page, stack, page tables, command line); link it \
+         at or above {boot_end:#x}",
+        .path.display()
+    )]
+    SegmentOverlapsBoot {
+        /// The image.
+        path: PathBuf,
+        /// Program header index.
+        index: usize,
+        /// First guest address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+        /// Where the boot structures end.
+        boot_end: u64,
+    },
+    /// linux-loader refused or failed to copy the image.
+    #[error("loading {} into guest RAM failed", .path.display())]
+    KernelLoad {
+        /// The image.
+        path: PathBuf,
+        /// linux-loader's error.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    /// The initramfs could not be opened or read.
+    #[error("cannot read the initramfs {}: check the path and its permissions", .path.display())]
+    InitramfsRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initramfs does not fit between the kernel and the highest address allowed.
+    #[error(
+        "initramfs {} is {size} bytes, but only {room} bytes of guest RAM are free for it \
+         (between the kernel's end and {limit:#x}); give the VM more RAM or use a smaller \
+         initramfs",
+        .path.display()
+    )]
+    InitramfsTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Free bytes.
+        room: u64,
+        /// The highest end address allowed (RAM below the hole, the kernel's
+        /// `initrd_addr_max`).
+        limit: u64,
+    },
+    /// The command line does not fit.
+    #[error("the kernel command line is {len} bytes, at most {max} fit; shorten it")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The most that fits (the kernel's `cmdline_size`, or the reserved area).
+        max: usize,
+    },
+    /// The command line has bytes a kernel cannot take.
+    #[error("invalid kernel command line ({0}); use printable ASCII without NUL or newlines")]
+    InvalidCmdline(String),
     /// The run's deadline passed; every vCPU was stopped.
     #[error("guest did not stop within {after:?}")]
     Timeout {

@@ -9,6 +9,7 @@
 //! deadline, unknown exits become `HypervisorError::UnexpectedExit`.
 #![deny(missing_docs)]
 
+pub mod boot;
 pub mod bus;
 mod error;
 pub mod grants;
@@ -20,6 +21,7 @@ pub mod vcpu;
 pub mod vesper;
 mod vm;
 
+pub use boot::{BootInfo, LinuxBoot};
 pub use bus::{Bus, BusDevice, BusRange, SharedDevice};
 pub use error::{HypervisorError, Result};
 pub use grants::{FrameGrantStats, GuestFrameGrants};

@@ -58,7 +58,11 @@ pub struct Serial {
     dlm: u8,
     thre_pending: bool,
     write_errors: u64,
+    interrupt: Option<InterruptLine>,
 }
+
+/// Raises the UART's interrupt (e.g. writes an irqfd); called from the vCPU thread.
+pub type InterruptLine = Box<dyn Fn() + Send>;
 
 impl Serial {
     /// A UART in its power-on state, transmitting into `out`.
@@ -75,6 +79,7 @@ impl Serial {
             dlm: 0,
             thre_pending: false,
             write_errors: 0,
+            interrupt: None,
         }
     }
 
@@ -82,16 +87,36 @@ impl Serial {
     pub fn reset(&mut self) {
         let out = std::mem::replace(&mut self.out, Box::new(std::io::sink()));
         let write_errors = self.write_errors;
+        let interrupt = self.interrupt.take();
         *self = Self::new(out);
         self.write_errors = write_errors;
+        self.interrupt = interrupt;
     }
 
     /// Queues bytes for the guest to read; returns how many fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        let before = self.interrupt_pending();
         let room = RX_FIFO_CAPACITY.saturating_sub(self.rx.len());
         let n = room.min(bytes.len());
         self.rx.extend(&bytes[..n]);
+        self.signal(before, false);
         n
+    }
+
+    /// Connects the interrupt output: `line` is called each time an interrupt condition
+    /// arises (edge, as an ISA IRQ), and when IER is written while one is pending.
+    pub fn set_interrupt_line(&mut self, line: InterruptLine) {
+        self.interrupt = Some(line);
+    }
+
+    /// Raises the line on a rising edge of `interrupt_pending`, or when the guest
+    /// (re)enabled interrupts with one pending (8250 drivers test THRE that way).
+    fn signal(&self, before: bool, ier_written: bool) {
+        if let Some(line) = &self.interrupt {
+            if self.interrupt_pending() && (!before || ier_written) {
+                line();
+            }
+        }
     }
 
     /// Whether an enabled interrupt condition is pending (what IIR would report).
@@ -215,13 +240,17 @@ impl BusDevice for Serial {
     // A wider access (or string I/O) is taken byte by byte on the same register.
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         for b in data {
+            let before = self.interrupt_pending();
             *b = self.read_register(offset);
+            self.signal(before, false);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         for &b in data {
+            let before = self.interrupt_pending();
             self.write_register(offset, b);
+            self.signal(before, offset == IER && !self.dlab());
         }
     }
 }

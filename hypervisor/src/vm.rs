@@ -16,6 +16,7 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::boot::{layout, EntryExtra};
 use crate::bus::{Bus, BusRange, SharedDevice};
 use crate::error::{kvm, HypervisorError, Result};
 use crate::grants::GuestFrameGrants;
@@ -83,7 +84,7 @@ pub struct RunReport {
 /// A KVM virtual machine.
 pub struct Vm {
     // Drop order is declaration order: vCPUs, then the VM, then the RAM it maps.
-    vcpus: Vec<VcpuFd>,
+    pub(crate) vcpus: Vec<VcpuFd>,
     vm_fd: VmFd,
     /// Device memory (the Vesper region) mapped into the guest as its own memslots.
     device_memory: Vec<MmapRegion<()>>,
@@ -92,8 +93,10 @@ pub struct Vm {
     frame_grants: GuestFrameGrants,
     pci: Arc<Mutex<PciRoot>>,
     config: VmConfig,
-    irqchip: bool,
-    boot_state: Vec<(kvm_regs, kvm_sregs)>,
+    pub(crate) irqchip: bool,
+    pub(crate) boot_state: Vec<(kvm_regs, kvm_sregs)>,
+    /// FPU, MSRs, run state of the 64-bit entry, restored by `reset` (None: real mode).
+    pub(crate) boot_extra: Option<EntryExtra>,
     pio: Bus,
     mmio: Bus,
     control: Arc<RunControl>,
@@ -153,8 +156,14 @@ impl Vm {
             // Must come before the vCPUs so each gets an in-kernel LAPIC.
             vm_fd.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
         }
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_len)])
-            .map_err(HypervisorError::GuestMemory)?;
+        // RAM beyond 3 GiB continues at 4 GiB, around the PCI hole (see boot::layout).
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(config.mem_size)
+            .iter()
+            .map(|r| (GuestAddress(r.start), r.len as usize))
+            .collect();
+        debug_assert_eq!(ranges.iter().map(|r| r.1).sum::<usize>(), mem_len);
+        let memory =
+            GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(HypervisorError::GuestMemory)?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(MemoryRegionAddress(0))
@@ -196,6 +205,7 @@ impl Vm {
             memory,
             vcpus,
             boot_state,
+            boot_extra: None,
             device_memory: Vec::new(),
             pci: Arc::new(Mutex::new(PciRoot::new())),
             pio: Bus::new(),
@@ -263,8 +273,7 @@ impl Vm {
             addr,
             len: image.len(),
         };
-        let end = addr.checked_add(image.len() as u64).ok_or_else(err)?;
-        if end > self.config.mem_size {
+        if !layout::ram_contains(self.config.mem_size, addr, image.len() as u64) {
             return Err(err());
         }
         self.memory
@@ -285,9 +294,9 @@ impl Vm {
 
     /// Refuses `range` if it overlaps guest RAM or a device on the MMIO bus.
     fn check_mmio_free(&self, range: &BusRange) -> Result<()> {
-        let ram = BusRange::new(0, self.config.mem_size)?;
-        let other = if range.overlaps(&ram) {
-            Some(ram)
+        let ram = layout::ram_overlapping(self.config.mem_size, range.base(), range.last());
+        let other = if let Some(r) = ram {
+            Some(BusRange::new(r.start, r.len)?)
         } else {
             self.mmio.overlapping(range)
         };
@@ -304,13 +313,12 @@ impl Vm {
 
     /// Adds a device on the MMIO bus; it must not overlap guest RAM.
     pub fn register_mmio(&mut self, range: BusRange, device: SharedDevice) -> Result<()> {
-        let ram = BusRange::new(0, self.config.mem_size)?;
-        if range.overlaps(&ram) {
+        if let Some(r) = layout::ram_overlapping(self.config.mem_size, range.base(), range.last()) {
             return Err(HypervisorError::BusOverlap {
                 base: range.base(),
                 len: range.len(),
-                other_base: 0,
-                other_len: self.config.mem_size,
+                other_base: r.start,
+                other_len: r.len,
             });
         }
         self.mmio.insert(range, device)
@@ -450,6 +458,7 @@ impl Vm {
             fd.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))?;
             *state = (regs, sregs);
         }
+        self.boot_extra = None;
         Ok(())
     }
 
@@ -459,9 +468,12 @@ impl Vm {
         if self.vcpus.len() != self.boot_state.len() {
             return Err(HypervisorError::VmUnusable);
         }
-        for (fd, (regs, sregs)) in self.vcpus.iter().zip(&self.boot_state) {
+        for (i, (fd, (regs, sregs))) in self.vcpus.iter().zip(&self.boot_state).enumerate() {
             fd.set_sregs(sregs).map_err(kvm("KVM_SET_SREGS"))?;
             fd.set_regs(regs).map_err(kvm("KVM_SET_REGS"))?;
+            if let Some(extra) = &self.boot_extra {
+                extra.apply(i, fd)?;
+            }
         }
         self.serial
             .lock()
