@@ -1,0 +1,549 @@
+//! The mini frontend (`tests/guests/mini-frontend`, a freestanding guest that speaks the
+//! real Vesper protocol without Linux) in the builtin VMM, driven by the real host side:
+//! `vesper_core::Session` over the device's region and doorbells, `RelayReader` for the
+//! records, and the console commands of the Linux test guest's hand mode.
+//!
+//! What a user would notice: the guest comes up and says who it is; `lsmod` lists its
+//! frontend through a real grant; a module push is refused with a message saying why; a
+//! killed service arrives as exactly one exit record with its pid, name and signal; a
+//! reboot comes back as a new generation with a fresh channel; a panic arrives as a
+//! panic record and through pvpanic. Each test skips loudly without a usable /dev/kvm.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vesper_core::{
+    CommandError, GuestInfo, GuestModule, Reply, Session, SessionConfig, SessionEvent, Transport,
+};
+use vesper_guest_kit::{build_mini_frontend, default_kit_dir, repo_root};
+use vesper_hypervisor::pvpanic::{PvPanic, PvPanicEvent, PVPANIC_PORT};
+use vesper_hypervisor::{
+    BusRange, Serial, SharedBuffer, Stop, StopHandle, VesperConfig, VesperHandle, Vm, VmConfig,
+};
+use vesper_relay::{decode, ChannelSpec, Decoded, Record};
+use vesper_shared_abi::{RECORD_FLAG_URGENT, VECTOR_CONTROL, VECTOR_RELAY};
+use vesper_shmem::SharedRegion;
+
+const WAIT: Duration = Duration::from_secs(20);
+const MIB: u64 = 1 << 20;
+/// The guest is linked at 4 MiB; 32 MiB leaves room and stays far below the PCI hole.
+const RAM: u64 = 32 * MIB;
+const REGION: u64 = 4 * MIB;
+const BAR0: u64 = 0xc000_0000;
+const BAR2: u64 = 0xd000_0000;
+const HAND: &str = "vesper-hand: ";
+
+/// False (with a loud banner) when /dev/kvm cannot be opened here. Any KVM will do, the
+/// paravirtual kvm_pvm included: the guest is not Linux.
+fn kvm_usable(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!(
+                "\n*** SKIPPED {test}: cannot open /dev/kvm ({e}): the builtin VMM needs KVM ***\n"
+            );
+            false
+        }
+    }
+}
+
+fn mini_frontend() -> PathBuf {
+    let (elf, _) = build_mini_frontend(&repo_root(), &default_kit_dir().join("mini-frontend"))
+        .unwrap_or_else(|e| panic!("building the mini frontend: {e}"));
+    elf
+}
+
+/// The host's view of the device: the region, the guest's doorbells, MSI-X vector 0.
+struct DeviceTransport {
+    region: SharedRegion,
+    device: VesperHandle,
+}
+
+impl Transport for DeviceTransport {
+    fn region(&self) -> &SharedRegion {
+        &self.region
+    }
+
+    fn notify_guest(&self) -> std::io::Result<()> {
+        // The mini frontend polls its response ring; it takes no interrupt.
+        Ok(())
+    }
+
+    fn doorbell_fd(&self, vector: u32) -> Option<BorrowedFd<'_>> {
+        let fd = self.device.doorbell(u16::try_from(vector).ok()?)?;
+        // SAFETY: the eventfd is owned by `self.device`, which outlives the borrow.
+        Some(unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) })
+    }
+
+    fn ack_doorbell(&self, vector: u32) {
+        if let Some(fd) = u16::try_from(vector)
+            .ok()
+            .and_then(|v| self.device.doorbell(v))
+        {
+            let _ = fd.read();
+        }
+    }
+
+    fn describe(&self) -> String {
+        "builtin VMM Vesper device (test)".into()
+    }
+}
+
+/// A running mini frontend and the host session talking to it.
+struct Mini {
+    transport: DeviceTransport,
+    session: Session,
+    serial: Arc<Mutex<Serial>>,
+    console: SharedBuffer,
+    stop: StopHandle,
+    vm: Option<JoinHandle<Result<Stop, String>>>,
+    panics: Arc<AtomicU32>,
+    resets: Arc<AtomicU32>,
+    /// Guest hellos seen, in order.
+    hellos: Vec<GuestInfo>,
+    /// Relay records read so far, with their channel.
+    records: Vec<(Arc<ChannelSpec>, Record)>,
+    opened: Vec<ChannelSpec>,
+    closed: Vec<(Arc<ChannelSpec>, Option<String>)>,
+    misbehaviour: Vec<String>,
+    done: Vec<(u64, Result<Reply, CommandError>)>,
+}
+
+impl Mini {
+    fn boot() -> Mini {
+        let elf = mini_frontend();
+        let region = SharedRegion::create("mini-frontend-test", REGION).expect("region");
+        let console = SharedBuffer::new();
+        let mut vm = Vm::with_irqchip(
+            VmConfig {
+                vcpus: 1,
+                mem_size: RAM,
+            },
+            Box::new(console.clone()),
+        )
+        .expect("VM");
+        let device = vm
+            .add_vesper_device(VesperConfig {
+                peer_id: 1,
+                bar0: BAR0,
+                bar2: BAR2,
+                region: region.fd(),
+                region_size: REGION,
+            })
+            .expect("Vesper device");
+        let panics = Arc::new(AtomicU32::new(0));
+        let seen = panics.clone();
+        let pvpanic = PvPanic::new(Box::new(move |e| {
+            if e == PvPanicEvent::Panicked {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        vm.register_pio(
+            BusRange::new(u64::from(PVPANIC_PORT), 1).unwrap(),
+            Arc::new(Mutex::new(pvpanic)),
+        )
+        .expect("pvpanic");
+        vm.boot_elf64(&elf, "vesper.test=mini-frontend")
+            .expect("boot the mini frontend");
+        let (serial, stop) = (vm.serial(), vm.stop_handle());
+        let resets = Arc::new(AtomicU32::new(0));
+        let counted = resets.clone();
+        // A reset keeps RAM and only puts the vCPU back at the entry: the guest must
+        // re-initialise itself (nothing is reloaded).
+        let thread = std::thread::spawn(move || loop {
+            match vm
+                .run(Duration::from_secs(300))
+                .map_err(|e| e.to_string())?
+                .stop
+            {
+                Stop::ResetRequested => {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    vm.reset().map_err(|e| e.to_string())?;
+                }
+                other => return Ok(other),
+            }
+        });
+        Mini {
+            transport: DeviceTransport { region, device },
+            session: Session::new(SessionConfig::default()),
+            serial,
+            console,
+            stop,
+            vm: Some(thread),
+            panics,
+            resets,
+            hellos: Vec::new(),
+            records: Vec::new(),
+            opened: Vec::new(),
+            closed: Vec::new(),
+            misbehaviour: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn console_text(&self) -> String {
+        String::from_utf8_lossy(&self.console.contents()).into_owned()
+    }
+
+    /// Everything the test saw, for failure messages.
+    fn state(&self) -> String {
+        format!(
+            "console:\n{}\nhellos: {:?}\nmisbehaviour: {:?}\nrecords: {:?}",
+            self.console_text(),
+            self.hellos,
+            self.misbehaviour,
+            self.records
+        )
+    }
+
+    /// One round of the host side: what the daemon does on a doorbell or its tick.
+    fn pump(&mut self) {
+        for v in [VECTOR_CONTROL, VECTOR_RELAY] {
+            self.transport.ack_doorbell(v);
+        }
+        let out = self.session.poll(self.transport.region(), Instant::now());
+        if out.notify {
+            self.transport.notify_guest().expect("notify the guest");
+        }
+        for ev in out.events {
+            match ev {
+                SessionEvent::GuestUp { info, .. } => self.hellos.push(info),
+                SessionEvent::Done { id, result } => self.done.push((id, result)),
+                SessionEvent::Misbehaviour(e) => self.misbehaviour.push(e.to_string()),
+                SessionEvent::RelayOpened(spec) => self.opened.push(spec),
+                SessionEvent::RelayRefused(e) => self.misbehaviour.push(e.to_string()),
+                SessionEvent::Records { channel, records } => self
+                    .records
+                    .extend(records.into_iter().map(|r| (channel.clone(), r))),
+                SessionEvent::RelayClosed { channel, error, .. } => {
+                    self.closed.push((channel, error))
+                }
+                SessionEvent::LateStep { id, what } => {
+                    self.misbehaviour.push(format!("late step {id}: {what}"))
+                }
+            }
+        }
+    }
+
+    /// Pumps until `done` holds or WAIT passes (then fails with `what`).
+    fn pump_until(&mut self, what: &str, done: impl Fn(&Mini) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.state()
+            );
+            self.pump();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn run(&mut self, cmd: vesper_core::Command) -> Result<Reply, CommandError> {
+        let id = self.session.submit(cmd, Instant::now());
+        self.pump_until("a command's completion", |m| {
+            m.done.iter().any(|(d, _)| *d == id)
+        });
+        let i = self.done.iter().position(|(d, _)| *d == id).unwrap();
+        self.done.remove(i).1
+    }
+
+    /// Types `line` on the console and returns the first hand reply after it that
+    /// contains `expect`, pumping the host side meanwhile.
+    fn hand(&mut self, line: &str, expect: &str) -> String {
+        let from = self.console_text().len();
+        let bytes = format!("{line}\n").into_bytes();
+        let mut queued = 0;
+        let deadline = Instant::now() + WAIT;
+        while queued < bytes.len() {
+            queued += self
+                .serial
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .enqueue_input(&bytes[queued..]);
+            assert!(Instant::now() < deadline, "console input stalled");
+            self.pump();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Whole lines only: a reply may be caught half-written.
+        let find = |m: &Mini| {
+            let text = m.console_text();
+            let end = text.rfind('\n').map_or(from, |e| e.max(from));
+            text[from..end]
+                .lines()
+                .filter_map(|l| l.trim_end_matches('\r').strip_prefix(HAND))
+                .find(|r| r.contains(expect))
+                .map(str::to_owned)
+        };
+        self.pump_until(&format!("`{expect}` in reply to `{line}`"), |m| {
+            find(m).is_some()
+        });
+        find(self).unwrap()
+    }
+
+    /// Records of `rtype`-decoded kind read so far.
+    fn decoded(&self) -> Vec<(Arc<ChannelSpec>, &Record, Decoded)> {
+        self.records
+            .iter()
+            .map(|(c, r)| (c.clone(), r, decode(r.rtype, &r.payload)))
+            .collect()
+    }
+
+    fn exits(&self) -> Vec<Decoded> {
+        self.decoded()
+            .into_iter()
+            .map(|(_, _, d)| d)
+            .filter(|d| matches!(d, Decoded::Exit { .. }))
+            .collect()
+    }
+}
+
+impl Drop for Mini {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.vm.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pid_of(reply: &str) -> i32 {
+    reply
+        .split("pid=")
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {reply:?}"))
+}
+
+#[test]
+fn the_mini_frontend_says_hello_answers_commands_and_reports_a_killed_service_once() {
+    if !kvm_usable("mini frontend commands") {
+        return;
+    }
+    let mut m = Mini::boot();
+    m.pump_until("the hello", |m| !m.hellos.is_empty());
+    let hello = m.hellos[0].clone();
+    assert_eq!(hello.kernel_release, "vesper-mini", "{}", m.state());
+    assert!(hello.vermagic.contains("mini frontend"), "{hello:?}");
+    assert_eq!((hello.nr_cpus, hello.region_size), (1, REGION));
+    assert_eq!(hello.generation, 1, "first boot of a fresh region");
+    m.pump_until("the relay channel", |m| !m.opened.is_empty());
+    let chan = m.opened[0].clone();
+    assert_eq!(
+        (
+            chan.module.as_str(),
+            chan.name.as_str(),
+            chan.n_cpus,
+            chan.overwrite
+        ),
+        ("vesper_mini", "hand", 1, false)
+    );
+    m.pump_until("`vesper-mini: up` on the console", |m| {
+        m.console_text().contains("vesper-mini: up")
+    });
+    let region = m.transport.region();
+    assert_eq!(region.header().unwrap().guest_state, 1, "guest_state UP");
+
+    // lsmod: the frontend itself, read through its grant.
+    let list = m.run(vesper_core::Command::List).expect("list");
+    assert_eq!(
+        list,
+        Reply::Modules(vec![GuestModule {
+            name: "vesper_mini".into(),
+            size: 0,
+            refcount: 0,
+            state: "live".into(),
+            pushed: false,
+            frontend: true,
+        }])
+    );
+
+    // A push is refused before any transfer, with the reason in the guest log.
+    let image: Arc<[u8]> = vec![0x7f; 4096].into();
+    let err = m
+        .run(vesper_core::Command::Load {
+            name: "vesper_exit_probe".into(),
+            image,
+            params: String::new(),
+        })
+        .expect_err("the mini frontend cannot load modules");
+    let text = err.to_string();
+    assert!(
+        text.contains("EOPNOTSUPP")
+            && text.contains("the mini frontend cannot load kernel modules"),
+        "{text}"
+    );
+    let err = m
+        .run(vesper_core::Command::Unload {
+            name: "nothing_here".into(),
+            force: false,
+        })
+        .expect_err("nothing to unload");
+    assert!(
+        matches!(&err, CommandError::NotLoaded { name } if name == "nothing_here"),
+        "{err}"
+    );
+    let Reply::Kmsg(log) = m.run(vesper_core::Command::Kmsg).expect("kmsg") else {
+        panic!("kmsg answered with something else")
+    };
+    assert!(log.contains("vesper-mini: up"), "{log}");
+    assert!(log.contains("cannot load kernel modules"), "{log}");
+    // The clock: calibrated on KVM (kvmclock), else refused with the reason.
+    match m.run(vesper_core::Command::Clock) {
+        Ok(Reply::Clock(ns)) => assert!(ns > 0, "a running guest's clock is past 0"),
+        Err(e) => assert!(e.to_string().contains("no calibrated clock"), "{e}"),
+        Ok(other) => panic!("clock answered {other:?}"),
+    }
+
+    // The hand: the same lines as the Linux guest's.
+    assert_eq!(m.hand("ping", "pong"), "pong");
+    let pid = pid_of(&m.hand("start svc", "started svc"));
+    let other = pid_of(&m.hand("start other", "started other"));
+    assert_ne!(pid, other);
+    let killed = m.hand("kill 9 svc", "killed svc");
+    assert_eq!(killed, format!("killed svc pid={pid} sig=9"));
+    m.pump_until("the exit record", |m| !m.exits().is_empty());
+    // Nothing more is coming for that one death: a later, different record proves the
+    // reader is past it.
+    m.hand("exit other 3", "exit requested other");
+    m.pump_until("the second exit record", |m| m.exits().len() >= 2);
+    let exits = m.exits();
+    assert_eq!(
+        exits,
+        vec![
+            Decoded::Exit {
+                pid,
+                tid: pid,
+                exit_code: 9,
+                signal: 9,
+                status: 0,
+                comm: "svc".into()
+            },
+            Decoded::Exit {
+                pid: other,
+                tid: other,
+                exit_code: 3 << 8,
+                signal: 0,
+                status: 3,
+                comm: "other".into()
+            }
+        ],
+        "{}",
+        m.state()
+    );
+    let (chan, rec, _) = &m.decoded()[0];
+    assert_eq!(
+        (chan.module.as_str(), chan.name.as_str()),
+        ("vesper_mini", "hand")
+    );
+    assert_eq!((rec.seq, rec.flags), (0, RECORD_FLAG_URGENT));
+    assert_eq!(m.hand("kill 9 svc", "no process"), "no process svc");
+    assert_eq!(m.hand("kill FOO nobody", "no process"), "no process nobody");
+    assert_eq!(
+        m.hand("fly away", "unknown command"),
+        "unknown command: fly away"
+    );
+    assert!(m
+        .hand("start a/b", "error")
+        .starts_with("error: bad name a/b"));
+    assert!(m
+        .hand("exit other 256", "error")
+        .starts_with("error: bad exit code"));
+
+    let oom = pid_of(&m.hand("oom", "oom hog"));
+    m.pump_until("the OOM record", |m| {
+        m.decoded()
+            .iter()
+            .any(|(_, _, d)| matches!(d, Decoded::Oom { .. }))
+    });
+    let ooms: Vec<Decoded> = m
+        .decoded()
+        .into_iter()
+        .map(|(_, _, d)| d)
+        .filter(|d| matches!(d, Decoded::Oom { .. }))
+        .collect();
+    assert!(
+        matches!(&ooms[..], [Decoded::Oom { pid: p, comm, oom_score_adj: 1000, .. }] if *p == oom && comm == "hog"),
+        "{ooms:?}"
+    );
+    assert_eq!(m.exits().len(), 2, "no exit record beyond the two deaths");
+    assert!(m.misbehaviour.is_empty(), "{:?}", m.misbehaviour);
+}
+
+#[test]
+fn the_mini_frontend_reboots_into_a_new_generation_and_reports_its_panic() {
+    if !kvm_usable("mini frontend reboot and panic") {
+        return;
+    }
+    let mut m = Mini::boot();
+    m.pump_until("the first hello and channel", |m| {
+        !m.hellos.is_empty() && !m.opened.is_empty()
+    });
+    let first = m.hellos[0].generation;
+
+    assert_eq!(m.hand("reboot", "rebooting"), "rebooting");
+    m.pump_until("the hello after the reboot", |m| m.hellos.len() >= 2);
+    assert_eq!(
+        m.resets.load(Ordering::SeqCst),
+        1,
+        "one reset through 0xCF9"
+    );
+    let second = &m.hellos[1];
+    assert_eq!(second.generation, first + 1, "{}", m.state());
+    assert_eq!(second.kernel_release, "vesper-mini");
+    assert_eq!(m.transport.region().header().unwrap().generation, first + 1);
+    // The old channel went with the old generation (seen as the restart, or, when the
+    // host looked between the reset's grant clearing and the hello, as its revoked
+    // grants); the new boot opened a new one.
+    assert!(
+        m.closed
+            .iter()
+            .any(|(c, e)| c.name == "hand" && e.is_some()),
+        "{:?}",
+        m.closed
+    );
+    m.pump_until("the channel of the new generation", |m| m.opened.len() >= 2);
+    // The rebooted guest forgot its services, like a rebooted Linux guest.
+    assert_eq!(m.hand("kill 9 svc", "no process"), "no process svc");
+    let list = m
+        .run(vesper_core::Command::List)
+        .expect("list after reboot");
+    assert!(matches!(&list, Reply::Modules(v) if v.len() == 1 && v[0].frontend));
+
+    assert_eq!(m.hand("panic", "panicking"), "panicking");
+    m.pump_until("the panic record", |m| {
+        m.decoded()
+            .iter()
+            .any(|(_, _, d)| matches!(d, Decoded::Panic { .. }))
+    });
+    let panics: Vec<Decoded> = m
+        .decoded()
+        .into_iter()
+        .map(|(_, _, d)| d)
+        .filter(|d| matches!(d, Decoded::Panic { .. }))
+        .collect();
+    assert_eq!(
+        panics,
+        vec![Decoded::Panic {
+            cpu: 0,
+            pid: 1,
+            message: "mini frontend: panic requested".into()
+        }]
+    );
+    let deadline = Instant::now() + WAIT;
+    while m.panics.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no pvpanic write\n{}", m.state());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(m.panics.load(Ordering::SeqCst), 1);
+    assert!(m.misbehaviour.is_empty(), "{:?}", m.misbehaviour);
+}
