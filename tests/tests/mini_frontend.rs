@@ -7,7 +7,8 @@
 //! frontend through a real grant; a module push is refused with a message saying why; a
 //! killed service arrives as exactly one exit record with its pid, name and signal; a
 //! reboot comes back as a new generation with a fresh channel; a panic arrives as a
-//! panic record and through pvpanic. Each test skips loudly without a usable /dev/kvm.
+//! panic record and through pvpanic; a host writing nonsense into the response ring
+//! costs answers, not the guest. Each test skips loudly without a usable /dev/kvm.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
@@ -25,7 +26,10 @@ use vesper_hypervisor::{
     BusRange, Serial, SharedBuffer, Stop, StopHandle, VesperConfig, VesperHandle, Vm, VmConfig,
 };
 use vesper_relay::{decode, ChannelSpec, Decoded, Record};
-use vesper_shared_abi::{RECORD_FLAG_URGENT, VECTOR_CONTROL, VECTOR_RELAY};
+use vesper_shared_abi::{
+    PAGE_SIZE, RECORD_FLAG_URGENT, REQ_WAIT_COMMAND, RING_SLOTS, RSP_FLAG, RSP_RING_OFFSET,
+    SLOT_SIZE, VECTOR_CONTROL, VECTOR_RELAY,
+};
 use vesper_shmem::SharedRegion;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -115,6 +119,8 @@ struct Mini {
     closed: Vec<(Arc<ChannelSpec>, Option<String>)>,
     misbehaviour: Vec<String>,
     done: Vec<(u64, Result<Reply, CommandError>)>,
+    /// False once the test plays a rogue host on the region itself.
+    host_polls: bool,
 }
 
 impl Mini {
@@ -186,6 +192,7 @@ impl Mini {
             closed: Vec::new(),
             misbehaviour: Vec::new(),
             done: Vec::new(),
+            host_polls: true,
         }
     }
 
@@ -206,6 +213,9 @@ impl Mini {
 
     /// One round of the host side: what the daemon does on a doorbell or its tick.
     fn pump(&mut self) {
+        if !self.host_polls {
+            return;
+        }
         for v in [VECTOR_CONTROL, VECTOR_RELAY] {
             self.transport.ack_doorbell(v);
         }
@@ -546,4 +556,82 @@ fn the_mini_frontend_reboots_into_a_new_generation_and_reports_its_panic() {
     }
     assert_eq!(m.panics.load(Ordering::SeqCst), 1);
     assert!(m.misbehaviour.is_empty(), "{:?}", m.misbehaviour);
+}
+
+/// Writes a response slot header (kind, len, id, status, generation) at index `idx`.
+fn scribble_response(region: &SharedRegion, idx: u32, len: u32, generation: u32) {
+    let mut h = Vec::with_capacity(32);
+    h.extend_from_slice(&(REQ_WAIT_COMMAND | RSP_FLAG).to_le_bytes());
+    h.extend_from_slice(&len.to_le_bytes());
+    h.extend_from_slice(&u64::MAX.to_le_bytes());
+    h.extend_from_slice(&0i32.to_le_bytes());
+    h.extend_from_slice(&generation.to_le_bytes());
+    h.extend_from_slice(&[0; 8]);
+    let slot = RSP_RING_OFFSET + PAGE_SIZE + u64::from(idx % RING_SLOTS) * u64::from(SLOT_SIZE);
+    region.write_slice(&h, slot).unwrap();
+}
+
+#[test]
+fn a_rogue_host_writing_nonsense_into_the_response_ring_costs_answers_not_the_guest() {
+    if !kvm_usable("mini frontend rogue host") {
+        return;
+    }
+    let mut m = Mini::boot();
+    m.pump_until("the guest up", |m| {
+        !m.opened.is_empty() && m.console_text().contains("vesper-mini: up")
+    });
+    // From here the test is the host, and a bad one.
+    m.host_polls = false;
+    let region = &m.transport.region;
+    let generation = region.header().unwrap().generation;
+    let producer = RSP_RING_OFFSET;
+    let consumer = RSP_RING_OFFSET + 64;
+    let wait_for = |m: &Mini, text: &str| {
+        let deadline = Instant::now() + WAIT;
+        while !m.console_text().contains(text) {
+            assert!(Instant::now() < deadline, "no `{text}`\n{}", m.state());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+
+    // A producer far past the ring: skipped over, not read.
+    let p = region.load_u32(producer, Ordering::Acquire).unwrap();
+    region
+        .store_u32(p.wrapping_add(1000), producer, Ordering::Release)
+        .unwrap();
+    wait_for(&m, "ahead of consumer");
+    let c = region.load_u32(consumer, Ordering::Acquire).unwrap();
+    assert_eq!(
+        c,
+        p.wrapping_add(1000),
+        "the guest consumed up to the producer"
+    );
+
+    // A slot of the guest's generation whose length runs past the slot.
+    scribble_response(region, c, u32::MAX, generation);
+    region
+        .store_u32(c + 1, producer, Ordering::Release)
+        .unwrap();
+    wait_for(&m, "length past the slot");
+    // One of another generation, and one nobody asked for.
+    scribble_response(region, c + 1, 0, generation + 7);
+    scribble_response(region, c + 2, 0, generation);
+    region
+        .store_u32(c + 3, producer, Ordering::Release)
+        .unwrap();
+    wait_for(&m, "not our generation");
+    wait_for(&m, "unexpected");
+    assert_eq!(region.load_u32(consumer, Ordering::Acquire).unwrap(), c + 3);
+
+    // Still serving: the console answers and a killed service still becomes a record.
+    assert_eq!(m.hand("ping", "pong"), "pong");
+    let pid = pid_of(&m.hand("start svc", "started svc"));
+    m.hand("kill TERM svc", "killed svc");
+    m.host_polls = true;
+    m.pump_until("the exit record", |m| !m.exits().is_empty());
+    assert!(
+        matches!(&m.exits()[..], [Decoded::Exit { pid: p, signal: 15, .. }] if *p == pid),
+        "{}",
+        m.state()
+    );
 }
