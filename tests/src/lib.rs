@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vesper_guest_kit::{EnsureOptions, Kit};
 
+pub mod tiny_guest;
+
 /// The guest kit, built once per test process.
 pub fn kit() -> &'static Kit {
     static KIT: OnceLock<Kit> = OnceLock::new();
