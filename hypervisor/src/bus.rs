@@ -3,9 +3,11 @@
 //! The bus is built before a run and copied into each vCPU thread; it is never changed
 //! while vCPUs run, so it has no lock of its own. Each device sits behind its own mutex.
 //!
-//! Lock order (outer first): a device's mutex, then the VM's run control
-//! (`RunControl::request`). A vCPU thread holds at most one device mutex at a time, and a
-//! device never calls back into a bus.
+//! Lock order (outer first): a device's mutex (or the fallback's: the PCI root), then the
+//! VM's run control (`RunControl::request`). A vCPU thread holds at most one bus device
+//! mutex at a time, and a device never calls back into a bus. A bus may have a fallback
+//! for accesses no range holds: the PCI BARs, whose placement changes while vCPUs run
+//! (the ranges themselves never do).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +25,15 @@ pub trait BusDevice: Send {
 
 /// A shared device handle as the bus holds it.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+/// Where a bus sends an access no range holds (the PCI BARs, which move while the guest
+/// runs). Takes its own lock; returns `false` if it holds nothing there either.
+pub trait BusFallback: Send + Sync {
+    /// The guest reads at absolute address `addr`.
+    fn read(&self, addr: u64, data: &mut [u8]) -> bool;
+    /// The guest writes at absolute address `addr`.
+    fn write(&self, addr: u64, data: &[u8]) -> bool;
+}
 
 /// `[base, base + len)`, non-empty and not wrapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +92,7 @@ impl BusRange {
 #[derive(Clone, Default)]
 pub struct Bus {
     devices: BTreeMap<u64, (BusRange, SharedDevice)>,
+    fallback: Option<Arc<dyn BusFallback>>,
 }
 
 impl Bus {
@@ -101,6 +113,11 @@ impl Bus {
         }
         self.devices.insert(range.base, (range, device));
         Ok(())
+    }
+
+    /// Sends accesses no range holds to `fallback` (replacing any earlier one).
+    pub fn set_fallback(&mut self, fallback: Arc<dyn BusFallback>) {
+        self.fallback = Some(fallback);
     }
 
     /// A range already on the bus that overlaps `range`, if any.
@@ -125,7 +142,7 @@ impl Bus {
     /// Dispatches a read; `false` if nothing is mapped there.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         let Some((offset, device)) = self.lookup(addr, data.len() as u64) else {
-            return false;
+            return self.fallback.as_ref().is_some_and(|f| f.read(addr, data));
         };
         device
             .lock()
@@ -137,7 +154,7 @@ impl Bus {
     /// Dispatches a write; `false` if nothing is mapped there.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         let Some((offset, device)) = self.lookup(addr, data.len() as u64) else {
-            return false;
+            return self.fallback.as_ref().is_some_and(|f| f.write(addr, data));
         };
         device
             .lock()
@@ -233,6 +250,37 @@ mod tests {
         assert!(bus.write(0x3ff, &[9]));
         assert_eq!(a.lock().unwrap().last_write, Some((7, vec![9])));
         assert!(!bus.write(0x3f0, &[1]));
+    }
+
+    /// Holds [0x1000, 0x1010) at absolute addresses.
+    struct Window;
+
+    impl BusFallback for Window {
+        fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+            data.fill(addr as u8);
+            (0x1000..0x1010).contains(&addr)
+        }
+        fn write(&self, addr: u64, _data: &[u8]) -> bool {
+            (0x1000..0x1010).contains(&addr)
+        }
+    }
+
+    #[test]
+    fn misses_go_to_the_fallback() {
+        let mut bus = Bus::new();
+        let a = dev();
+        bus.insert(BusRange::new(0x1008, 4).unwrap(), a.clone())
+            .unwrap();
+        let mut data = [0u8; 1];
+        assert!(!bus.read(0x1000, &mut data), "no fallback yet");
+        bus.set_fallback(Arc::new(Window));
+        assert!(bus.read(0x1004, &mut data));
+        assert_eq!(data, [0x04], "absolute address");
+        assert!(bus.read(0x1009, &mut data));
+        assert_eq!(data, [1], "a range wins over the fallback");
+        assert!(bus.write(0x100f, &[1]));
+        assert!(!bus.write(0x1010, &[1]), "the fallback holds nothing there");
+        assert!(a.lock().unwrap().last_write.is_none());
     }
 
     #[test]

@@ -112,6 +112,49 @@ pub enum HypervisorError {
     /// A device region could not be mapped.
     #[error("cannot map a device region")]
     MapRegion(#[source] vm_memory::mmap::MmapRegionError),
+    /// A BAR cannot go where the config asks (or where the PCI root would decode it).
+    #[error(
+        "BAR{bar} at {addr:#x}+{size:#x} overlaps RAM, an APIC, a device or another BAR, is \
+         misaligned, or lies beyond the guest's address width: choose another address, or 0 \
+         to let the VMM place it"
+    )]
+    BarPlacement {
+        /// BAR index.
+        bar: usize,
+        /// Requested address.
+        addr: u64,
+        /// BAR size.
+        size: u64,
+    },
+    /// KVM refused to map a BAR (its memslot or doorbell ioeventfds) where it may go.
+    #[error("KVM refused to map BAR{bar} at {addr:#x} (the log has KVM's error): another memslot or ioeventfd is there")]
+    BarMapFailed {
+        /// BAR index.
+        bar: usize,
+        /// Its address.
+        addr: u64,
+    },
+    /// Automatic placement found no room for a BAR.
+    #[error(
+        "no room for BAR{bar} ({size:#x} bytes) in the PCI hole or above RAM: use a smaller region"
+    )]
+    NoRoomForBar {
+        /// BAR index.
+        bar: usize,
+        /// BAR size.
+        size: u64,
+    },
+    /// An MSI-X vector the device does not have.
+    #[error("MSI-X vector {vector} does not exist: the device has {vectors}")]
+    NoSuchVector {
+        /// Requested vector.
+        vector: u16,
+        /// Vectors the device has.
+        vectors: u16,
+    },
+    /// The guest enabled MSI-X but the VM cannot inject MSIs.
+    #[error("the guest enabled MSI-X but the VM has no in-kernel irqchip: build it with Vm::with_irqchip")]
+    MsixNeedsIrqchip,
     /// A grant of guest RAM frames failed its entry checks (guest misbehaviour).
     #[error("guest RAM frame grant refused")]
     FrameGrant(#[source] vesper_shmem::ShmemError),

@@ -2,8 +2,11 @@
 //! an 8250 console, clean stops with a deadline, and unexpected exits reported with the
 //! vCPU's registers.
 //!
-//! Lock order (outer first): a bus device's mutex → the run control
-//! (`power::RunControl`). The buses themselves are immutable during a run and unlocked.
+//! Lock order (outer first): a bus device's mutex (e.g. the PCI ports) → the PCI root
+//! (`pci::PciRoot`; the MMIO bus's fallback takes it for BAR accesses) → one PCI
+//! function's state (Vesper's BAR0 registers or its MSI-X state, never both) → the run
+//! control (`power::RunControl`). The buses' ranges are immutable during a run and
+//! unlocked; BARs move inside the PCI root, under its lock.
 //! The frame-grant log budget (`grants`) is a leaf: nothing is taken while it is held.
 //! Nothing a guest does panics the host: unmapped accesses are counted, the run has a
 //! deadline, unknown exits become `HypervisorError::UnexpectedExit`.
@@ -13,6 +16,7 @@ pub mod boot;
 pub mod bus;
 mod error;
 pub mod grants;
+pub mod msix;
 pub mod pci;
 pub mod power;
 pub mod pvpanic;
@@ -28,5 +32,5 @@ pub use grants::{FrameGrantStats, GuestFrameGrants};
 pub use power::{StopHandle, StopRequest, DEBUG_EXIT_PORT, RESET_PORT};
 pub use serial::{Serial, SharedBuffer, COM1_PORT};
 pub use vcpu::{ExitKind, Segment, UnmappedAccesses, VcpuSnapshot};
-pub use vesper::{VesperConfig, VesperHandle};
+pub use vesper::{InterruptStats, VesperConfig, VesperHandle};
 pub use vm::{RealModeEntry, RunReport, Stop, Vm, VmConfig, PAGE_SIZE, STOP_GRACE};

@@ -1,21 +1,43 @@
-//! The Vesper device: an `ivshmem-doorbell` PCI function (1af4:1110 rev 1). BAR0 holds
-//! four 32-bit registers (IntrMask 0, IntrStatus 4, IVPosition 8, Doorbell 12); BAR2 is
-//! the shared region, mapped into the guest as its own KVM memslot.
+//! The Vesper device: an `ivshmem-doorbell` PCI function (1af4:1110 rev 1) laid out as
+//! QEMU's: BAR0 holds four 32-bit registers (IntrMask 0, IntrStatus 4, IVPosition 8,
+//! Doorbell 12); BAR1 (4 KiB) the MSI-X table (offset 0) and PBA (0x800) of 2 vectors,
+//! announced by an MSI-X capability; BAR2 is the shared region, mapped into the guest as
+//! its own KVM memslot.
 //!
-//! `Registers` is the BAR0 logic with no fd. The glue (`Bar0`, `Vm::add_vesper_device`)
-//! registers one KVM ioeventfd per doorbell vector of the host peer, so a guest doorbell
+//! Pure logic, no fd: `Registers` (BAR0), `msix::Msix` (BAR1 and the capability bits),
+//! `config_space`, `VesperLogic` (the three as one `PciDevice`, for tests and fuzzing).
+//! Glue: `VesperFunction` follows BAR moves — BAR0's doorbell ioeventfds unregistered and
+//! registered at the new address, BAR2's memslot deleted and added at the new GPA — and
+//! `Interrupts` turns each vector's message into a KVM MSI route (GSI `MSI_GSI_BASE` +
+//! vector) with an irqfd, so the host's `VesperHandle::notify` interrupts the guest
+//! without any vCPU exit.
+//!
+//! Doorbells: one KVM ioeventfd per doorbell vector of the host peer, so a guest doorbell
 //! `(HOST_PEER << 16) | vector` (a dword write) is signalled by the kernel without the
 //! vCPU thread. Doorbell writes that do reach the VMM (other widths, no ioeventfd) are
 //! decoded by `Registers` and signal the same eventfd; doorbells to other peers are
 //! counted and dropped.
+//!
+//! Lock order: the PCI root → `Bar0` or `Interrupts` (never both at once). The handle
+//! takes one of them alone.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
-use crate::pci::{ConfigSpace, MemoryBar, PciId};
+use crate::error::{kvm, HypervisorError, Result};
+use crate::msix::{self, MsiMessage, Msix, MsixLayout, Notify};
+use crate::pci::{
+    AddError, ConfigSpace, MemoryBar, PciDevice, PciId, PciRoot, COMMAND_MEMORY, PCI_HOLE,
+};
 
 /// Vendor ID (Red Hat / virtio).
 pub const VENDOR_ID: u16 = 0x1af4;
@@ -27,6 +49,19 @@ pub const REVISION: u8 = 1;
 pub const CLASS: u32 = 0x05_00_00;
 /// Bytes in BAR0.
 pub const BAR0_SIZE: u64 = 256;
+/// Bytes in BAR1 (MSI-X table and PBA), as QEMU's exclusive MSI-X BAR.
+pub const BAR1_SIZE: u64 = 4096;
+/// MSI-X vectors (QEMU's ivshmem default; the guest driver asks for 1 to 2).
+pub const MSIX_VECTORS: u16 = 2;
+/// The MSI-X table and PBA in BAR1.
+pub const MSIX_LAYOUT: MsixLayout = MsixLayout {
+    table: 0,
+    pba: 0x800,
+};
+/// BAR1's index.
+pub const MSIX_BAR: u8 = 1;
+/// The GSI of MSI-X vector 0 (above the IOAPIC's 24 pins); vector n uses this + n.
+pub const MSI_GSI_BASE: u32 = 24;
 /// IntrMask register offset.
 pub const INTR_MASK: u64 = 0;
 /// IntrStatus register offset.
@@ -39,6 +74,8 @@ pub const DOORBELL: u64 = 12;
 pub const HOST_PEER: u16 = 0;
 /// Doorbell vectors the host peer listens on.
 pub const HOST_VECTORS: u16 = 2;
+/// Guest misbehaviours of one kind logged before further ones are only counted.
+const LOG_LIMIT: u64 = 16;
 
 /// A decoded doorbell write: notify `peer` on `vector`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +128,11 @@ impl Registers {
         self.intr_mask
     }
 
+    /// The guest's peer ID (IVPosition).
+    pub fn peer_id(&self) -> u16 {
+        self.peer_id
+    }
+
     /// A guest read. Only aligned dword accesses are decoded; others read zero. Reading
     /// IntrStatus clears it (as in QEMU's ivshmem).
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -124,10 +166,30 @@ impl Registers {
     }
 }
 
-/// The device's config space: BAR0 registers at `bar0`, BAR2 (64-bit, prefetchable) the
-/// shared region of `region_size` bytes at `bar2`. `None` if a BAR is invalid.
-pub fn config_space(bar0: u64, bar2: u64, region_size: u64) -> Option<ConfigSpace> {
-    ConfigSpace::new(PciId {
+/// Where the device's BARs start out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarAddresses {
+    /// BAR0 (registers).
+    pub bar0: u64,
+    /// BAR1 (MSI-X table and PBA).
+    pub bar1: u64,
+    /// BAR2 (the region).
+    pub bar2: u64,
+}
+
+/// The device's config space: BAR0 (32-bit, 256 bytes), BAR1 (32-bit, 4 KiB, MSI-X),
+/// BAR2 (64-bit prefetchable, the region's size) at `bars`, the MSI-X capability, and
+/// memory decoding on (the VMM placed the BARs, as firmware would). Returns the space and
+/// the capability's offset; `None` if a BAR is invalid.
+pub fn config_space(bars: BarAddresses, region_size: u64) -> Option<(ConfigSpace, usize)> {
+    let bar = |addr, size, is_64bit| MemoryBar {
+        addr,
+        size,
+        is_64bit,
+        prefetchable: is_64bit,
+    };
+    let (body, writable) = Msix::new(MSIX_VECTORS, MSIX_LAYOUT).capability(MSIX_BAR);
+    let (mut space, cap) = ConfigSpace::new(PciId {
         vendor: VENDOR_ID,
         device: DEVICE_ID,
         revision: REVISION,
@@ -135,24 +197,91 @@ pub fn config_space(bar0: u64, bar2: u64, region_size: u64) -> Option<ConfigSpac
         subsystem_vendor: VENDOR_ID,
         subsystem: 0x1100,
     })
-    .with_bar(
-        0,
-        MemoryBar {
-            addr: bar0,
-            size: BAR0_SIZE,
-            is_64bit: false,
-            prefetchable: false,
-        },
-    )?
-    .with_bar(
-        2,
-        MemoryBar {
-            addr: bar2,
-            size: region_size,
-            is_64bit: true,
-            prefetchable: true,
-        },
-    )
+    .with_bar(0, bar(bars.bar0, BAR0_SIZE, false))?
+    .with_bar(1, bar(bars.bar1, BAR1_SIZE, false))?
+    .with_bar(2, bar(bars.bar2, region_size, true))?
+    .with_capability(msix::CAPABILITY_ID, &body, &writable)?;
+    space.set_command(COMMAND_MEMORY);
+    Some((space, cap))
+}
+
+/// The MSI-X message control word of `config` (capability at `cap`).
+fn message_control(config: &ConfigSpace, cap: usize) -> u16 {
+    config.read_u16(cap + 2)
+}
+
+/// BAR0's registers and BAR1's MSI-X state as one `PciDevice`, with no fd: what the glue
+/// does minus KVM (doorbells and messages are only counted). For tests and fuzzing.
+#[derive(Clone, Debug)]
+pub struct VesperLogic {
+    /// BAR0.
+    pub registers: Registers,
+    /// BAR1 and the capability's bits.
+    pub msix: Msix,
+    /// Offset of the MSI-X capability.
+    pub msix_cap: usize,
+    /// Doorbells rung by the guest.
+    pub doorbells: u64,
+    /// Messages the device would have sent.
+    pub messages: Vec<(u16, MsiMessage)>,
+}
+
+impl VesperLogic {
+    /// The logic of a device seen by guest peer `peer_id`, capability at `msix_cap`.
+    pub fn new(peer_id: u16, msix_cap: usize) -> Self {
+        Self {
+            registers: Registers::new(peer_id),
+            msix: Msix::new(MSIX_VECTORS, MSIX_LAYOUT),
+            msix_cap,
+            doorbells: 0,
+            messages: Vec::new(),
+        }
+    }
+
+    /// The host notifies `vector`.
+    pub fn notify(&mut self, vector: u16) -> Notify {
+        let n = self.msix.notify(vector);
+        if let Notify::Deliver(m) = n {
+            self.messages.push((vector, m));
+        }
+        n
+    }
+
+    fn release(&mut self) {
+        let out = self.msix.take_deliverable();
+        self.messages.extend(out);
+        // Bounded whatever the guest does.
+        if self.messages.len() > 1024 {
+            self.messages.drain(..512);
+        }
+    }
+}
+
+impl PciDevice for VesperLogic {
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        match bar {
+            0 => self.registers.read(offset, data),
+            1 => self.msix.read(offset, data),
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        match bar {
+            0 if self.registers.write(offset, data).is_some() => self.doorbells += 1,
+            1 => {
+                self.msix.write(offset, data);
+                self.release();
+            }
+            _ => {}
+        }
+    }
+
+    fn config_written(&mut self, config: &ConfigSpace) {
+        self.msix
+            .set_control(message_control(config, self.msix_cap), config.bus_master());
+        self.release();
+    }
 }
 
 /// Where to put the device and what to map.
@@ -160,14 +289,208 @@ pub fn config_space(bar0: u64, bar2: u64, region_size: u64) -> Option<ConfigSpac
 pub struct VesperConfig<'a> {
     /// The guest's peer ID (IVPosition).
     pub peer_id: u16,
-    /// BAR0's guest physical address (256-byte aligned, below 4 GiB, outside RAM).
+    /// BAR0's guest physical address (256-byte aligned, below 4 GiB, outside RAM), or 0:
+    /// the VMM places it in the PCI hole.
     pub bar0: u64,
-    /// BAR2's guest physical address (aligned to the region size, outside RAM).
+    /// BAR2's guest physical address (aligned to the region size, outside RAM), or 0: the
+    /// VMM places it in the PCI hole (above RAM beyond 4 GiB if it does not fit).
     pub bar2: u64,
     /// The shared region's file (e.g. `SharedRegion::fd()`); it is mapped shared.
     pub region: BorrowedFd<'a>,
     /// The region's size: a power of two, at least one page.
     pub region_size: u64,
+}
+
+impl<'a> VesperConfig<'a> {
+    /// A device whose BARs the VMM places in the PCI hole [0xC000_0000, 0xFEC0_0000).
+    pub fn auto(peer_id: u16, region: BorrowedFd<'a>, region_size: u64) -> Self {
+        Self {
+            peer_id,
+            bar0: 0,
+            bar2: 0,
+            region,
+            region_size,
+        }
+    }
+}
+
+/// Host→guest interrupt counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterruptStats {
+    /// Messages sent to the guest (irqfd writes).
+    pub delivered: u64,
+    /// Messages dropped because the guest programmed an address that is not a LAPIC's.
+    pub not_lapic: u64,
+    /// Times the guest enabled MSI-X, or a message was due, on a VM without the
+    /// in-kernel irqchip.
+    pub no_irqchip: u64,
+}
+
+/// KVM's default GSI routes (`kvm_setup_default_irq_routing`), which a
+/// `KVM_SET_GSI_ROUTING` would otherwise drop: GSIs 0-15 to the PIC and the IOAPIC, 16-23
+/// to the IOAPIC only; then one MSI route per `(gsi, message)`.
+pub fn routing_table(msis: &[(u32, MsiMessage)]) -> Vec<kvm_irq_routing_entry> {
+    let chip = |gsi: u32, irqchip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = irqchip;
+        e.u.irqchip.pin = pin;
+        e
+    };
+    let mut entries = Vec::new();
+    for gsi in 0..MSI_GSI_BASE {
+        if gsi < 16 {
+            let pic = if gsi < 8 {
+                KVM_IRQCHIP_PIC_MASTER
+            } else {
+                KVM_IRQCHIP_PIC_SLAVE
+            };
+            entries.push(chip(gsi, pic, gsi % 8));
+        }
+        entries.push(chip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+    }
+    for &(gsi, m) in msis {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_MSI,
+            ..Default::default()
+        };
+        e.u.msi.address_lo = m.address as u32;
+        e.u.msi.address_hi = (m.address >> 32) as u32;
+        e.u.msi.data = m.data;
+        entries.push(e);
+    }
+    entries
+}
+
+/// The KVM side of MSI-X: one irqfd per vector on GSI `MSI_GSI_BASE + vector`, and the
+/// route each GSI has now.
+struct MsiRoutes {
+    vm_fd: Arc<VmFd>,
+    irqfds: Vec<EventFd>,
+    routed: Vec<Option<MsiMessage>>,
+}
+
+impl MsiRoutes {
+    fn new(vm_fd: Arc<VmFd>, vectors: u16) -> Result<Self> {
+        let mut routes = Self {
+            vm_fd,
+            irqfds: Vec::new(),
+            routed: vec![None; usize::from(vectors)],
+        };
+        for v in 0..u32::from(vectors) {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(HypervisorError::EventFd)?;
+            // Dropping `routes` on error unregisters the ones already registered.
+            routes
+                .vm_fd
+                .register_irqfd(&fd, MSI_GSI_BASE + v)
+                .map_err(kvm("KVM_IRQFD"))?;
+            routes.irqfds.push(fd);
+        }
+        Ok(routes)
+    }
+
+    /// Sends `m` on vector `v`: updates the GSI's route if the message changed, then
+    /// signals its irqfd (KVM injects it; no vCPU exit).
+    fn send(&mut self, v: u16, m: MsiMessage) -> Result<()> {
+        let i = usize::from(v);
+        let (Some(fd), Some(routed)) = (self.irqfds.get(i), self.routed.get(i)) else {
+            return Err(HypervisorError::NoSuchVector {
+                vector: v,
+                vectors: self.irqfds.len() as u16,
+            });
+        };
+        if *routed != Some(m) {
+            let mut msis: Vec<(u32, MsiMessage)> = Vec::new();
+            for (g, r) in (MSI_GSI_BASE..).zip(&self.routed) {
+                let msg = if g == MSI_GSI_BASE + u32::from(v) {
+                    Some(m)
+                } else {
+                    *r
+                };
+                if let Some(msg) = msg {
+                    msis.push((g, msg));
+                }
+            }
+            let table = KvmIrqRouting::from_entries(&routing_table(&msis))
+                .map_err(|_| HypervisorError::InvalidConfig("too many GSI routes"))?;
+            self.vm_fd
+                .set_gsi_routing(&table)
+                .map_err(kvm("KVM_SET_GSI_ROUTING"))?;
+            self.routed[i] = Some(m);
+        }
+        fd.write(1).map_err(HypervisorError::EventFd)
+    }
+}
+
+impl Drop for MsiRoutes {
+    fn drop(&mut self) {
+        for (gsi, fd) in (MSI_GSI_BASE..).zip(&self.irqfds) {
+            if let Err(e) = self.vm_fd.unregister_irqfd(fd, gsi) {
+                tracing::warn!(%e, gsi, "cannot unregister an MSI irqfd");
+            }
+        }
+    }
+}
+
+/// MSI-X state and its KVM side (none without the in-kernel irqchip).
+pub(crate) struct Interrupts {
+    msix: Msix,
+    routes: Option<MsiRoutes>,
+    stats: InterruptStats,
+}
+
+impl Interrupts {
+    /// Sends every pending message that became deliverable; failures are logged.
+    fn release(&mut self) {
+        for (v, m) in self.msix.take_deliverable() {
+            if let Err(e) = self.send(v, m) {
+                tracing::warn!(%e, vector = v, "cannot deliver a pending MSI-X message");
+            }
+        }
+    }
+
+    fn send(&mut self, v: u16, m: MsiMessage) -> Result<()> {
+        let Some(routes) = self.routes.as_mut() else {
+            self.stats.no_irqchip += 1;
+            if self.stats.no_irqchip <= LOG_LIMIT {
+                tracing::error!("MSI-X message due but the VM has no in-kernel irqchip");
+            }
+            return Err(HypervisorError::MsixNeedsIrqchip);
+        };
+        if !m.is_lapic() {
+            self.stats.not_lapic += 1;
+            if self.stats.not_lapic <= LOG_LIMIT {
+                tracing::warn!(
+                    vector = v,
+                    address = m.address,
+                    "guest programmed an MSI-X address that is not a LAPIC's; message dropped"
+                );
+            }
+            return Ok(());
+        }
+        routes.send(v, m)?;
+        self.stats.delivered += 1;
+        Ok(())
+    }
+
+    fn control_written(&mut self, control: u16, bus_master: bool) {
+        let was = self.msix.enabled();
+        self.msix.set_control(control, bus_master);
+        if self.msix.enabled() && !was && self.routes.is_none() {
+            self.stats.no_irqchip += 1;
+            if self.stats.no_irqchip <= LOG_LIMIT {
+                tracing::error!(
+                    "the guest enabled MSI-X but the VM has no in-kernel irqchip \
+                     (build it with Vm::with_irqchip); interrupts stay pending"
+                );
+            }
+        }
+        self.release();
+    }
 }
 
 /// BAR0 on the MMIO bus.
@@ -199,7 +522,7 @@ impl BusDevice for Bar0 {
             }
             None => {
                 self.dropped += 1;
-                if self.dropped <= 16 {
+                if self.dropped <= LOG_LIMIT {
                     tracing::warn!(?bell, "doorbell to an unknown peer or vector dropped");
                 }
             }
@@ -207,13 +530,349 @@ impl BusDevice for Bar0 {
     }
 }
 
-/// What the host keeps of a Vesper device: the doorbell eventfds and BAR0's state.
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The device's glue on the PCI root: BAR accesses to the logic, BAR moves to KVM.
+struct VesperFunction {
+    vm_fd: Arc<VmFd>,
+    bar0: Arc<Mutex<Bar0>>,
+    interrupts: Arc<Mutex<Interrupts>>,
+    msix_cap: usize,
+    /// Doorbell eventfds (clones of the handle's), and where they are registered.
+    doorbells: Vec<EventFd>,
+    doorbell_at: Option<u64>,
+    /// BAR2's memslot: the mapping's host address (owned by the `Vm`, which drops this
+    /// function first), its size, and where it is in the guest now.
+    slot: u32,
+    host_addr: u64,
+    region_size: u64,
+    region_at: Option<u64>,
+}
+
+impl VesperFunction {
+    fn unregister_doorbells(&mut self, upto: usize) {
+        let Some(base) = self.doorbell_at else {
+            return;
+        };
+        for (vector, fd) in (0..HOST_VECTORS).zip(&self.doorbells).take(upto) {
+            let datamatch = Doorbell {
+                peer: HOST_PEER,
+                vector,
+            }
+            .encode();
+            if let Err(e) =
+                self.vm_fd
+                    .unregister_ioevent(fd, &IoEventAddress::Mmio(base + DOORBELL), datamatch)
+            {
+                tracing::warn!(%e, "cannot unregister a doorbell ioeventfd");
+            }
+        }
+        self.doorbell_at = None;
+    }
+
+    fn move_doorbells(&mut self, to: Option<u64>) -> bool {
+        self.unregister_doorbells(self.doorbells.len());
+        let Some(base) = to else {
+            return true;
+        };
+        self.doorbell_at = Some(base);
+        for (i, (vector, fd)) in (0..HOST_VECTORS).zip(&self.doorbells).enumerate() {
+            let datamatch = Doorbell {
+                peer: HOST_PEER,
+                vector,
+            }
+            .encode();
+            if let Err(e) =
+                self.vm_fd
+                    .register_ioevent(fd, &IoEventAddress::Mmio(base + DOORBELL), datamatch)
+            {
+                tracing::warn!(%e, "cannot register a doorbell ioeventfd");
+                self.unregister_doorbells(i);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn set_memslot(&self, gpa: u64, size: u64) -> bool {
+        let desc = kvm_userspace_memory_region {
+            slot: self.slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: self.host_addr,
+        };
+        // SAFETY: `host_addr` is a live shared mapping of `region_size` bytes owned by the
+        // `Vm`, which removes this function (and so its memslot, see `Drop`) before the
+        // mapping drops. Size 0 deletes the slot. `PciRoot` only decodes BAR2 where it
+        // overlaps no RAM, no other BAR and no reserved range, so no other slot.
+        match unsafe { self.vm_fd.set_user_memory_region(desc) } {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%e, gpa, size, "KVM refused BAR2's memslot");
+                false
+            }
+        }
+    }
+
+    fn move_region(&mut self, to: Option<u64>) -> bool {
+        if let Some(old) = self.region_at.take() {
+            self.set_memslot(old, 0);
+        }
+        match to {
+            Some(gpa) if self.set_memslot(gpa, self.region_size) => {
+                self.region_at = Some(gpa);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+}
+
+impl PciDevice for VesperFunction {
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        match bar {
+            0 => lock(&self.bar0).read(offset, data),
+            1 => lock(&self.interrupts).msix.read(offset, data),
+            _ => data.fill(0xff), // BAR2 is memory; an exit here is a race with a move
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        match bar {
+            0 => lock(&self.bar0).write(offset, data),
+            1 => {
+                let mut irq = lock(&self.interrupts);
+                irq.msix.write(offset, data);
+                irq.release();
+            }
+            _ => {}
+        }
+    }
+
+    fn config_written(&mut self, config: &ConfigSpace) {
+        lock(&self.interrupts)
+            .control_written(message_control(config, self.msix_cap), config.bus_master());
+    }
+
+    fn bar_moved(&mut self, bar: usize, addr: Option<u64>) -> bool {
+        match bar {
+            0 => self.move_doorbells(addr),
+            2 => self.move_region(addr),
+            _ => true, // BAR1 is routed by the PCI root alone
+        }
+    }
+}
+
+impl Drop for VesperFunction {
+    fn drop(&mut self) {
+        // Whatever is still registered goes before the Vm unmaps the region.
+        self.move_doorbells(None);
+        self.move_region(None);
+    }
+}
+
+/// What `Vm::add_vesper_device` hands over to `attach`.
+pub(crate) struct Attach {
+    pub(crate) vm_fd: Arc<VmFd>,
+    pub(crate) pci: Arc<Mutex<PciRoot>>,
+    pub(crate) irqchip: bool,
+    /// Guest RAM ranges, [start, end).
+    pub(crate) ram: Vec<(u64, u64)>,
+    /// The guest's physical address width.
+    pub(crate) phys_bits: u8,
+    /// The memslot for BAR2 and the region mapping's host address.
+    pub(crate) slot: u32,
+    pub(crate) host_addr: u64,
+}
+
+/// Checks the region's size; what `Vm` maps it with.
+pub(crate) fn region_len(config: &VesperConfig<'_>) -> Result<usize> {
+    if config.region_size < crate::vm::PAGE_SIZE || !config.region_size.is_power_of_two() {
+        return Err(HypervisorError::InvalidConfig(
+            "Vesper region: its size must be a power of two of at least one page",
+        ));
+    }
+    usize::try_from(config.region_size)
+        .map_err(|_| HypervisorError::InvalidConfig("Vesper region larger than usize"))
+}
+
+/// Places the BARs (explicit ones checked, the others in the PCI hole), builds the
+/// device and adds it at 00:01.0 with its glue.
+pub(crate) fn attach(a: Attach, config: &VesperConfig<'_>) -> Result<VesperHandle> {
+    let mut pci = lock(&a.pci);
+    if pci.function(1, 0).is_some() {
+        return Err(HypervisorError::InvalidConfig("00:01.0 is taken"));
+    }
+    pci.set_rules(&a.ram, a.phys_bits);
+    let bars = place(&pci, &a.ram, config)?;
+    let (space, msix_cap) =
+        config_space(bars, config.region_size).ok_or(HypervisorError::InvalidConfig(
+            "Vesper BARs: sizes must be powers of two, addresses aligned to them",
+        ))?;
+
+    let mut doorbells = Vec::new();
+    let mut host_vectors = Vec::new();
+    let mut glue_doorbells = Vec::new();
+    for _ in 0..HOST_VECTORS {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(HypervisorError::EventFd)?;
+        host_vectors.push(fd.try_clone().map_err(HypervisorError::EventFd)?);
+        glue_doorbells.push(fd.try_clone().map_err(HypervisorError::EventFd)?);
+        doorbells.push(fd);
+    }
+    let bar0 = Arc::new(Mutex::new(Bar0 {
+        registers: Registers::new(config.peer_id),
+        host_vectors,
+        dropped: 0,
+        in_vmm: 0,
+    }));
+    let routes = if a.irqchip {
+        Some(MsiRoutes::new(a.vm_fd.clone(), MSIX_VECTORS)?)
+    } else {
+        None
+    };
+    let interrupts = Arc::new(Mutex::new(Interrupts {
+        msix: Msix::new(MSIX_VECTORS, MSIX_LAYOUT),
+        routes,
+        stats: InterruptStats::default(),
+    }));
+    let function = VesperFunction {
+        vm_fd: a.vm_fd.clone(),
+        bar0: bar0.clone(),
+        interrupts: interrupts.clone(),
+        msix_cap,
+        doorbells: glue_doorbells,
+        doorbell_at: None,
+        slot: a.slot,
+        host_addr: a.host_addr,
+        region_size: config.region_size,
+        region_at: None,
+    };
+    // On error the function is dropped inside: its ioeventfds and memslot go with it.
+    pci.add_device(1, 0, space, Box::new(function))
+        .map_err(|e| match e {
+            AddError::SlotTaken => HypervisorError::InvalidConfig("00:01.0 is taken"),
+            AddError::BarRefused { bar, addr, size } => {
+                HypervisorError::BarPlacement { bar, addr, size }
+            }
+            AddError::DeviceFailed { bar, addr } => HypervisorError::BarMapFailed { bar, addr },
+        })?;
+    drop(pci);
+    Ok(VesperHandle {
+        bar0,
+        interrupts,
+        doorbells,
+        pci: a.pci,
+    })
+}
+
+/// The BARs' first addresses: `config`'s explicit ones (checked), the rest first-fit in
+/// the PCI hole, largest first (BAR2 above RAM beyond 4 GiB if the hole is too small).
+fn place(pci: &PciRoot, ram: &[(u64, u64)], config: &VesperConfig<'_>) -> Result<BarAddresses> {
+    let mut taken: Vec<(u64, u64)> = Vec::new();
+    let mut fixed = |bar: usize, addr: u64, size: u64| -> Result<u64> {
+        let end = addr.checked_add(size);
+        let clash = end.is_none_or(|end| taken.iter().any(|&(s, e)| s < end && addr < e));
+        if !addr.is_multiple_of(size) || clash || !pci.is_free(addr, size) {
+            return Err(HypervisorError::BarPlacement { bar, addr, size });
+        }
+        taken.push((addr, addr + size));
+        Ok(addr)
+    };
+    let bar2 = match config.bar2 {
+        0 => None,
+        addr => Some(fixed(2, addr, config.region_size)?),
+    };
+    let bar0 = match config.bar0 {
+        0 => None,
+        addr => Some(fixed(0, addr, BAR0_SIZE)?),
+    };
+    let mut auto = |bar: usize, size: u64, above_4g: bool| -> Result<u64> {
+        let high_start = ram.iter().map(|&(_, e)| e).max().unwrap_or(0).max(1 << 32);
+        let found = find_free(pci, &taken, PCI_HOLE.0, PCI_HOLE.1, size).or_else(|| {
+            above_4g
+                .then(|| find_free(pci, &taken, high_start, pci.limit(), size))
+                .flatten()
+        });
+        let addr = found.ok_or(HypervisorError::NoRoomForBar { bar, size })?;
+        taken.push((addr, addr + size));
+        Ok(addr)
+    };
+    let bar2 = match bar2 {
+        Some(a) => a,
+        None => auto(2, config.region_size, true)?,
+    };
+    let bar1 = auto(1, BAR1_SIZE, false)?;
+    let bar0 = match bar0 {
+        Some(a) => a,
+        None => auto(0, BAR0_SIZE, false)?,
+    };
+    Ok(BarAddresses { bar0, bar1, bar2 })
+}
+
+/// `PciRoot::find_free` that also avoids `taken`.
+fn find_free(pci: &PciRoot, taken: &[(u64, u64)], start: u64, end: u64, size: u64) -> Option<u64> {
+    let mut from = start;
+    loop {
+        let at = pci.find_free(from, end, size)?;
+        match taken.iter().find(|&&(s, e)| s < at + size && at < e) {
+            None => return Some(at),
+            Some(&(_, e)) => from = e,
+        }
+    }
+}
+
+/// What the host keeps of a Vesper device: the doorbell eventfds, BAR0's state, the
+/// MSI-X state for `notify`, and the PCI root for where the BARs are now.
 pub struct VesperHandle {
-    pub(crate) bar0: std::sync::Arc<std::sync::Mutex<Bar0>>,
-    pub(crate) doorbells: Vec<EventFd>,
+    bar0: Arc<Mutex<Bar0>>,
+    interrupts: Arc<Mutex<Interrupts>>,
+    doorbells: Vec<EventFd>,
+    pci: Arc<Mutex<PciRoot>>,
 }
 
 impl VesperHandle {
+    /// Interrupts the guest on MSI-X `vector` (0 is the protocol's). Sent now (a KVM
+    /// irqfd write, no vCPU exit) if MSI-X is enabled and neither the function, the
+    /// vector nor bus mastering is off; otherwise the vector's pending bit is set and the
+    /// message goes out when the guest unmasks it. Errors: no such vector; the guest
+    /// enabled MSI-X on a VM without the in-kernel irqchip; KVM refused the route.
+    pub fn notify(&self, vector: u16) -> Result<()> {
+        let mut irq = lock(&self.interrupts);
+        match irq.msix.notify(vector) {
+            Notify::Deliver(m) => irq.send(vector, m),
+            Notify::Pending => Ok(()),
+            Notify::NoSuchVector => Err(HypervisorError::NoSuchVector {
+                vector,
+                vectors: MSIX_VECTORS,
+            }),
+        }
+    }
+
+    /// Whether the guest enabled MSI-X.
+    pub fn msix_enabled(&self) -> bool {
+        lock(&self.interrupts).msix.enabled()
+    }
+
+    /// Whether `vector`'s pending bit is set.
+    pub fn msix_pending(&self, vector: u16) -> bool {
+        lock(&self.interrupts).msix.pending(vector)
+    }
+
+    /// Host→guest interrupt counters.
+    pub fn interrupt_stats(&self) -> InterruptStats {
+        lock(&self.interrupts).stats
+    }
+
+    /// Where BAR `bar` (0, 1 or 2) is decoded now; `None` while the guest has memory
+    /// decoding off or the BAR's placement was refused.
+    pub fn bar_address(&self, bar: usize) -> Option<u64> {
+        lock(&self.pci).decoded_at(1, 0, bar)
+    }
+
     /// The eventfd the guest's doorbell `(HOST_PEER << 16) | vector` signals.
     pub fn doorbell(&self, vector: u16) -> Option<&EventFd> {
         self.doorbells.get(usize::from(vector))
@@ -249,23 +908,17 @@ impl VesperHandle {
 
     /// Doorbells that reached the VMM for an unknown peer or vector.
     pub fn dropped_doorbells(&self) -> u64 {
-        self.lock().dropped
+        lock(&self.bar0).dropped
     }
 
     /// Doorbell writes that exited to the VMM (not taken by an ioeventfd in the kernel).
     pub fn doorbells_in_vmm(&self) -> u64 {
-        self.lock().in_vmm
+        lock(&self.bar0).in_vmm
     }
 
     /// BAR0's registers now.
     pub fn registers(&self) -> Registers {
-        self.lock().registers.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Bar0> {
-        self.bar0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.bar0).registers.clone()
     }
 }
 
@@ -327,11 +980,100 @@ mod tests {
         assert_eq!(bar0.in_vmm, 4);
     }
 
+    fn bars(bar0: u64, bar2: u64) -> BarAddresses {
+        BarAddresses {
+            bar0,
+            bar1: 0x1000_1000,
+            bar2,
+        }
+    }
+
     #[test]
     fn config_space_refuses_a_bad_region() {
-        assert!(config_space(0x1000_0000, 0x2000_0000, 3 << 20).is_none());
-        assert!(config_space(0x1000_0080, 0x2000_0000, 1 << 20).is_none());
-        let c = config_space(0x1000_0000, 1 << 32, 2 << 20).unwrap();
+        assert!(config_space(bars(0x1000_0000, 0x2000_0000), 3 << 20).is_none());
+        assert!(config_space(bars(0x1000_0080, 0x2000_0000), 1 << 20).is_none());
+        let (c, _) = config_space(bars(0x1000_0000, 1 << 32), 2 << 20).unwrap();
         assert_eq!(c.bar(2).unwrap().size, 2 << 20);
+    }
+
+    #[test]
+    fn config_space_has_qemus_msix_capability_and_bar1() {
+        let (c, cap) = config_space(bars(0x1000_0000, 0x2000_0000), 1 << 20).unwrap();
+        assert_eq!(cap, 0x40);
+        let mut b = [0; 4];
+        c.read(0x34, &mut b[..1]);
+        assert_eq!(b[0], 0x40, "capability pointer");
+        assert_eq!(c.read_u16(0x06) & 0x10, 0x10, "status: capability list");
+        c.read(0x40, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x0001_0011, "MSI-X, last, 2 vectors");
+        c.read(0x44, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 1, "table at BAR1 + 0");
+        c.read(0x48, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x801, "PBA at BAR1 + 0x800");
+        let bar1 = c.bar(1).unwrap();
+        assert_eq!((bar1.size, bar1.is_64bit), (BAR1_SIZE, false));
+        assert!(c.memory_enabled(), "the VMM placed the BARs");
+        assert!(!c.bus_master());
+    }
+
+    #[test]
+    fn routing_table_keeps_the_irqchip_pins() {
+        let m = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x40,
+        };
+        let t = routing_table(&[(MSI_GSI_BASE, m)]);
+        assert_eq!(t.len(), 16 * 2 + 8 + 1);
+        assert!(t[..40].iter().all(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP));
+        assert!((0..24).all(|g| t.iter().any(|e| e.gsi == g)));
+        let last = t.last().unwrap();
+        assert_eq!((last.gsi, last.type_), (MSI_GSI_BASE, KVM_IRQ_ROUTING_MSI));
+        // SAFETY: the entry was built as an MSI route, so `msi` is the union's live field.
+        let msi = unsafe { last.u.msi };
+        assert_eq!(
+            (msi.address_lo, msi.address_hi, msi.data),
+            (0xfee0_0000, 0, 0x40)
+        );
+    }
+
+    #[test]
+    fn logic_delivers_a_pending_message_on_unmask() {
+        let (mut space, cap) = config_space(bars(0xc000_0000, 0xc010_0000), 1 << 20).unwrap();
+        let mut logic = VesperLogic::new(1, cap);
+        assert_eq!(logic.notify(0), Notify::Pending, "MSI-X off");
+        logic.bar_write(1, 0, &0xfee0_0000u32.to_le_bytes());
+        logic.bar_write(1, 8, &0x41u32.to_le_bytes());
+        space.write(cap + 2, &0x8000u16.to_le_bytes()); // enable
+        space.write(0x04, &0x6u16.to_le_bytes()); //        memory + bus master
+        logic.config_written(&space);
+        assert!(logic.messages.is_empty(), "vector 0 still masked");
+        let mut pba = [0; 4];
+        logic.bar_read(1, MSIX_LAYOUT.pba, &mut pba);
+        assert_eq!(pba, [1, 0, 0, 0]);
+        logic.bar_write(1, 12, &0u32.to_le_bytes()); // unmask
+        let m = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41,
+        };
+        assert_eq!(logic.messages, vec![(0, m)]);
+        assert_eq!(logic.notify(0), Notify::Deliver(m));
+        logic.bar_write(0, DOORBELL, &1u32.to_le_bytes());
+        assert_eq!(logic.doorbells, 1);
+    }
+
+    #[test]
+    fn the_pci_root_routes_bar_accesses_to_the_logic() {
+        let (space, cap) = config_space(bars(0xc000_0000, 0xc010_0000), 1 << 20).unwrap();
+        let mut root = PciRoot::new();
+        root.add_device(1, 0, space, Box::new(VesperLogic::new(7, cap)))
+            .unwrap();
+        assert_eq!(root.decoded_at(1, 0, 1), Some(0x1000_1000));
+        let mut b = [0; 4];
+        assert!(root.mmio_read(0xc000_0000 + IV_POSITION, &mut b));
+        assert_eq!(u32::from_le_bytes(b), 7);
+        assert!(root.mmio_read(0x1000_100c, &mut b));
+        assert_eq!(u32::from_le_bytes(b), 1, "vector 0 masked out of reset");
+        assert!(!root.mmio_read(0xc000_0100, &mut b), "past BAR0");
+        assert!(!root.mmio_read(0xc000_00fe, &mut b), "straddles BAR0's end");
     }
 }

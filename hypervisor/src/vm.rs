@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_userspace_memory_region};
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -20,14 +20,14 @@ use crate::boot::{layout, EntryExtra};
 use crate::bus::{Bus, BusRange, SharedDevice};
 use crate::error::{kvm, HypervisorError, Result};
 use crate::grants::GuestFrameGrants;
-use crate::pci::{PciPorts, PciRoot, PCI_CONFIG_ADDRESS_PORT, PCI_PORTS_LEN};
+use crate::pci::{PciMmio, PciPorts, PciRoot, PCI_CONFIG_ADDRESS_PORT, PCI_PORTS_LEN};
 use crate::power::{DebugExit, ResetControl, RunControl, StopHandle, StopRequest, DEBUG_EXIT_PORT};
 use crate::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
 use crate::vcpu::{
     install_kick_handler, kick, run_vcpu, ExitStats, UnmappedAccesses, VcpuContext, VcpuEnd,
     VcpuSnapshot,
 };
-use crate::vesper::{self, Bar0, Registers, VesperConfig, VesperHandle, HOST_PEER, HOST_VECTORS};
+use crate::vesper::{self, VesperConfig, VesperHandle};
 
 /// Guest RAM granularity.
 pub const PAGE_SIZE: u64 = 4096;
@@ -85,7 +85,9 @@ pub struct RunReport {
 pub struct Vm {
     // Drop order is declaration order: vCPUs, then the VM, then the RAM it maps.
     pub(crate) vcpus: Vec<VcpuFd>,
-    vm_fd: VmFd,
+    /// Shared with the PCI devices' glue, which moves memslots and ioeventfds while the
+    /// guest runs; `Drop` removes those devices first, so the VM still goes before RAM.
+    vm_fd: Arc<VmFd>,
     /// Device memory (the Vesper region) mapped into the guest as its own memslots.
     device_memory: Vec<MmapRegion<()>>,
     memory: GuestMemoryMmap,
@@ -201,7 +203,7 @@ impl Vm {
             frame_grants,
             config,
             irqchip,
-            vm_fd,
+            vm_fd: Arc::new(vm_fd),
             memory,
             vcpus,
             boot_state,
@@ -220,10 +222,7 @@ impl Vm {
             Arc::new(Mutex::new(DebugExit(control.clone()))),
         )?;
         // 0xCF9 (reset) sits inside the PCI config-address dword at 0xCF8: one device.
-        let ports = PciPorts {
-            root: vm.pci.clone(),
-            reset: ResetControl { control, value: 0 },
-        };
+        let ports = PciPorts::new(vm.pci.clone(), Some(ResetControl { control, value: 0 }));
         vm.register_pio(
             BusRange::new(PCI_CONFIG_ADDRESS_PORT.into(), PCI_PORTS_LEN)?,
             Arc::new(Mutex::new(ports)),
@@ -292,25 +291,6 @@ impl Vm {
         self.pio.insert(range, device)
     }
 
-    /// Refuses `range` if it overlaps guest RAM or a device on the MMIO bus.
-    fn check_mmio_free(&self, range: &BusRange) -> Result<()> {
-        let ram = layout::ram_overlapping(self.config.mem_size, range.base(), range.last());
-        let other = if let Some(r) = ram {
-            Some(BusRange::new(r.start, r.len)?)
-        } else {
-            self.mmio.overlapping(range)
-        };
-        match other {
-            Some(o) => Err(HypervisorError::BusOverlap {
-                base: range.base(),
-                len: range.len(),
-                other_base: o.base(),
-                other_len: o.len(),
-            }),
-            None => Ok(()),
-        }
-    }
-
     /// Adds a device on the MMIO bus; it must not overlap guest RAM.
     pub fn register_mmio(&mut self, range: BusRange, device: SharedDevice) -> Result<()> {
         if let Some(r) = layout::ram_overlapping(self.config.mem_size, range.base(), range.last()) {
@@ -319,6 +299,15 @@ impl Vm {
                 len: range.len(),
                 other_base: r.start,
                 other_len: r.len,
+            });
+        }
+        // BARs must not move over it, nor may it go over a BAR.
+        if let Err(bar) = lock_pci(&self.pci).reserve(range.base(), range.base() + range.len()) {
+            return Err(HypervisorError::BusOverlap {
+                base: range.base(),
+                len: range.len(),
+                other_base: bar.addr,
+                other_len: bar.size,
             });
         }
         self.mmio.insert(range, device)
@@ -344,71 +333,12 @@ impl Vm {
         self.pci.clone()
     }
 
-    /// Adds the Vesper device at 00:01.0: BAR0 on the MMIO bus with one ioeventfd per
-    /// host doorbell vector, BAR2 = `config.region` mapped shared as its own memslot. The
-    /// BARs are fixed at `config.bar0` / `config.bar2` (see `pci`).
+    /// Adds the Vesper device at 00:01.0 (see `vesper`): BAR0 registers with one
+    /// ioeventfd per host doorbell vector, BAR1 MSI-X (routes and irqfds with the
+    /// in-kernel irqchip), BAR2 = `config.region` mapped shared as its own memslot. BARs
+    /// at 0 in `config` are placed by the VMM in the PCI hole; the guest may move them.
     pub fn add_vesper_device(&mut self, config: VesperConfig<'_>) -> Result<VesperHandle> {
-        let space = vesper::config_space(config.bar0, config.bar2, config.region_size).ok_or(
-            HypervisorError::InvalidConfig(
-                "Vesper BARs: sizes must be powers of two, addresses aligned to them",
-            ),
-        )?;
-        if config.region_size < PAGE_SIZE {
-            return Err(HypervisorError::InvalidConfig(
-                "Vesper region smaller than a page",
-            ));
-        }
-        let region_len = usize::try_from(config.region_size)
-            .map_err(|_| HypervisorError::InvalidConfig("Vesper region larger than usize"))?;
-        let bar0_range = BusRange::new(config.bar0, vesper::BAR0_SIZE)?;
-        let bar2_range = BusRange::new(config.bar2, config.region_size)?;
-        if bar0_range.overlaps(&bar2_range) {
-            return Err(HypervisorError::BusOverlap {
-                base: bar2_range.base(),
-                len: bar2_range.len(),
-                other_base: bar0_range.base(),
-                other_len: bar0_range.len(),
-            });
-        }
-        self.check_mmio_free(&bar0_range)?;
-        self.check_mmio_free(&bar2_range)?;
-        if self
-            .pci
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .function(1, 0)
-            .is_some()
-        {
-            return Err(HypervisorError::InvalidConfig("00:01.0 is taken"));
-        }
-
-        let mut doorbells = Vec::new();
-        let mut host_vectors = Vec::new();
-        for vector in 0..HOST_VECTORS {
-            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(HypervisorError::EventFd)?;
-            let datamatch = vesper::Doorbell {
-                peer: HOST_PEER,
-                vector,
-            }
-            .encode();
-            self.vm_fd
-                .register_ioevent(
-                    &fd,
-                    &IoEventAddress::Mmio(config.bar0 + vesper::DOORBELL),
-                    datamatch,
-                )
-                .map_err(kvm("KVM_IOEVENTFD"))?;
-            host_vectors.push(fd.try_clone().map_err(HypervisorError::EventFd)?);
-            doorbells.push(fd);
-        }
-        let bar0 = Arc::new(Mutex::new(Bar0 {
-            registers: Registers::new(config.peer_id),
-            host_vectors,
-            dropped: 0,
-            in_vmm: 0,
-        }));
-        self.register_mmio(bar0_range, bar0.clone())?;
-
+        let region_len = vesper::region_len(&config)?;
         let file = std::fs::File::from(
             config
                 .region
@@ -419,24 +349,27 @@ impl Vm {
             .map_err(HypervisorError::MapRegion)?;
         let slot = u32::try_from(self.memory.num_regions() + self.device_memory.len())
             .map_err(|_| HypervisorError::InvalidConfig("too many memslots"))?;
-        let desc = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: config.bar2,
-            memory_size: config.region_size,
-            userspace_addr: mapping.as_ptr() as u64,
-        };
-        // SAFETY: `mapping` is a live shared mapping of `memory_size` bytes of the region
-        // file; the Vm keeps it in `device_memory`, which drops after `vm_fd`. The guest
-        // range does not overlap RAM or another slot (checked above).
-        unsafe { self.vm_fd.set_user_memory_region(desc) }
-            .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        let ram = self
+            .memory
+            .iter()
+            .map(|r| (r.start_addr().0, r.start_addr().0 + r.len()))
+            .collect();
+        let handle = vesper::attach(
+            vesper::Attach {
+                vm_fd: self.vm_fd.clone(),
+                pci: self.pci.clone(),
+                irqchip: self.irqchip,
+                ram,
+                phys_bits: guest_phys_bits(),
+                slot,
+                host_addr: mapping.as_ptr() as u64,
+            },
+            &config,
+        )?;
+        // Kept until the Vm drops, after the device (see `Drop`).
         self.device_memory.push(mapping);
-        self.pci
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .add(1, 0, space);
-        Ok(VesperHandle { bar0, doorbells })
+        self.mmio.set_fallback(Arc::new(PciMmio(self.pci.clone())));
+        Ok(handle)
     }
 
     /// Starts every vCPU in real mode at `entry`; also the state `reset` returns to.
@@ -669,6 +602,39 @@ impl Vm {
 
 type VcpuResult = Result<(VcpuEnd, VcpuSnapshot)>;
 type VcpuMsg = (u32, VcpuFd, VcpuResult);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // PCI glue holds the VM fd and KVM resources on the device memory: remove it
+        // first, so the fields then drop in order (vCPUs, VM, device memory, RAM).
+        lock_pci(&self.pci).remove_devices();
+    }
+}
+
+fn lock_pci(pci: &Mutex<PciRoot>) -> std::sync::MutexGuard<'_, PciRoot> {
+    pci.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The guest's physical address width: KVM's CPUID leaf 0x8000_0008 (36 bits if absent).
+fn guest_phys_bits() -> u8 {
+    let bits = Kvm::new()
+        .ok()
+        .and_then(|k| {
+            k.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .ok()
+        })
+        .and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == 0x8000_0008)
+                .map(|e| (e.eax & 0xff) as u8)
+        });
+    match bits {
+        Some(b) if (32..=52).contains(&b) => b,
+        _ => crate::pci::DEFAULT_PHYS_BITS,
+    }
+}
 
 /// The host's `MemTotal` in bytes.
 fn host_mem_total() -> Result<u64> {

@@ -62,6 +62,37 @@ struct Setup {
     reports: Arc<Mutex<Reports>>,
 }
 
+/// A 1 MiB VM running `code`, with the report port and no device.
+struct Bare {
+    vm: Vm,
+    reports: Arc<Mutex<Reports>>,
+}
+
+fn setup_without_device(code: &[u8]) -> Bare {
+    let mut vm = Vm::new(
+        VmConfig {
+            vcpus: 1,
+            mem_size: MIB,
+        },
+        Box::new(std::io::sink()),
+    )
+    .expect("create VM");
+    vm.load(LOAD, code).expect("load guest");
+    vm.set_real_mode_entry(RealModeEntry {
+        segment: 0,
+        ip: LOAD as u16,
+        sp: 0x8000,
+    })
+    .expect("entry");
+    let reports = Arc::new(Mutex::new(Reports::default()));
+    vm.register_pio(
+        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
+        reports.clone(),
+    )
+    .unwrap();
+    Bare { vm, reports }
+}
+
 fn setup(code: &[u8]) -> Setup {
     let mut vm = Vm::new(
         VmConfig {
@@ -225,8 +256,8 @@ fn guest_enumerates_pci_finds_vesper_and_sizes_its_bars() {
             !(REGION as u32 - 1) | 0xc, // 32 KiB, 64-bit prefetchable
             0xffff_ffff,
             BAR2 as u32 | 0xc,
-            0x2,
-            1, // IVPosition: the guest's peer id
+            0x0010_0002, // status: capability list (MSI-X); command: memory space
+            1,           // IVPosition: the guest's peer id
         ]
     );
     let pci = s.vm.pci();
@@ -418,4 +449,73 @@ fn an_irqfd_write_reaches_a_real_mode_interrupt_handler() {
     let report = runner.join().unwrap().expect("run");
     assert_eq!(report.stop, Stop::PowerOff(0));
     assert_eq!(reports.lock().unwrap().0, vec![READY, IRQ_SEEN]);
+}
+
+#[test]
+fn a_failed_add_leaves_no_doorbell_ioeventfds_behind() {
+    if !kvm_available("failed add") {
+        return;
+    }
+    let mut s = setup_without_device(&[]);
+    // A memslot the test owns at 2 MiB makes BAR2's memslot there fail — after BAR0's
+    // doorbell ioeventfds were registered.
+    let len = REGION as usize;
+    // SAFETY: a fresh anonymous private mapping; checked below and never unmapped (the
+    // test's VM may use it until the process ends).
+    let host = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(host, libc::MAP_FAILED);
+    let taken = kvm_bindings::kvm_userspace_memory_region {
+        slot: 7,
+        flags: 0,
+        guest_phys_addr: 0x20_0000,
+        memory_size: REGION,
+        userspace_addr: host as u64,
+    };
+    // SAFETY: `host` is a live mapping of `memory_size` bytes that is never unmapped.
+    unsafe { s.vm.vm_fd().set_user_memory_region(taken) }.expect("test memslot");
+    let region = memfd();
+    let cfg = |bar2| VesperConfig {
+        peer_id: 1,
+        bar0: BAR0,
+        bar2,
+        region: region.as_fd(),
+        region_size: REGION,
+    };
+    let err =
+        s.vm.add_vesper_device(cfg(0x20_0000))
+            .err()
+            .expect("refused");
+    assert!(
+        matches!(
+            err,
+            HypervisorError::BarMapFailed {
+                bar: 2,
+                addr: 0x20_0000
+            }
+        ),
+        "{err}"
+    );
+    assert!(s.vm.pci().lock().unwrap().function(1, 0).is_none());
+    // Same BAR0 again: KVM refuses a duplicate ioeventfd (EEXIST), so this only works
+    // if the failed add unregistered its own.
+    let device =
+        s.vm.add_vesper_device(cfg(BAR2))
+            .expect("add after a failed add");
+    let mut code = Vec::from(ES_HIGH);
+    code.extend(store_es(es_disp(BAR0 + 12), 1));
+    code.extend(HALT);
+    s.vm.load(LOAD, &code).unwrap();
+    assert_eq!(s.vm.run(RUN).expect("run").stop, Stop::Halted);
+    assert_eq!(device.wait_doorbell(1, Duration::ZERO).unwrap(), 1);
+    assert_eq!(device.doorbells_in_vmm(), 0, "taken by the ioeventfd");
+    s.reports.lock().unwrap().0.clear();
 }

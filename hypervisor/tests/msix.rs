@@ -1,0 +1,265 @@
+//! Protected-mode guests (assembled with `as` at test time) take host→guest interrupts
+//! through the Vesper device's MSI-X: the guest finds the capability and BAR1 in config
+//! space, programs vector 0 for its LAPIC, and the host's `VesperHandle::notify(0)`
+//! reaches the guest's interrupt handler through a KVM MSI route and irqfd. Each test
+//! skips loudly if /dev/kvm cannot be opened.
+
+use std::fs::File;
+use std::os::fd::{AsFd, FromRawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vesper_hypervisor::pci::PCI_HOLE;
+use vesper_hypervisor::vesper::MSIX_VECTORS;
+use vesper_hypervisor::{
+    BusDevice, BusRange, HypervisorError, RealModeEntry, Stop, VesperConfig, VesperHandle, Vm,
+    VmConfig,
+};
+
+mod asm;
+mod common;
+use asm::{MSI_VECTOR, READY, REPORT_PORT};
+use common::kvm_available;
+
+const LOAD: u64 = 0x1000;
+const MIB: u64 = 1 << 20;
+const RUN: Duration = Duration::from_secs(10);
+const REGION: u64 = 0x8000;
+
+/// Records every dword the guest writes to `REPORT_PORT`.
+#[derive(Default)]
+struct Reports(Vec<u32>);
+
+impl BusDevice for Reports {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if let &[a, b, c, d] = data {
+            self.0.push(u32::from_le_bytes([a, b, c, d]));
+        }
+    }
+}
+
+fn memfd() -> File {
+    // SAFETY: the name is a NUL-terminated string; the returned fd is checked and owned.
+    let fd = unsafe { libc::memfd_create(c"vesper-msix".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh fd nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(REGION).unwrap();
+    file
+}
+
+struct Setup {
+    vm: Vm,
+    device: VesperHandle,
+    reports: Arc<Mutex<Reports>>,
+    _region: File,
+}
+
+/// A 1 MiB VM (with the in-kernel irqchip if `irqchip`) running `body` in protected
+/// mode, with the Vesper device placed by the VMM in the PCI hole.
+fn setup(body: &str, irqchip: bool) -> Setup {
+    let config = VmConfig {
+        vcpus: 1,
+        mem_size: MIB,
+    };
+    let sink = Box::new(std::io::sink());
+    let mut vm = if irqchip {
+        Vm::with_irqchip(config, sink)
+    } else {
+        Vm::new(config, sink)
+    }
+    .expect("create VM");
+    vm.load(LOAD, &asm::guest(body, LOAD)).expect("load guest");
+    vm.set_real_mode_entry(RealModeEntry {
+        segment: 0,
+        ip: LOAD as u16,
+        sp: 0x8000,
+    })
+    .expect("entry");
+    let reports = Arc::new(Mutex::new(Reports::default()));
+    vm.register_pio(
+        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
+        reports.clone(),
+    )
+    .unwrap();
+    let region = memfd();
+    let device = vm
+        .add_vesper_device(VesperConfig::auto(1, region.as_fd(), REGION))
+        .expect("add the Vesper device");
+    for bar in 0..3 {
+        let at = device.bar_address(bar).expect("decoded");
+        assert!(
+            (PCI_HOLE.0..PCI_HOLE.1).contains(&at),
+            "BAR{bar} at {at:#x}, in the PCI hole"
+        );
+    }
+    Setup {
+        vm,
+        device,
+        reports,
+        _region: region,
+    }
+}
+
+fn wait_for_ready(reports: &Mutex<Reports>) {
+    let start = Instant::now();
+    while !reports.lock().unwrap().0.contains(&READY) {
+        assert!(start.elapsed() < RUN, "guest never got ready");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Finds BAR1 (esi) and the MSI-X capability through config space, programs vector 0
+/// for LAPIC 0 with `MSI_VECTOR`, its mask bit = `masked`, enables MSI-X, memory and bus
+/// mastering, and the LAPIC. Ends with the capability's config address in edi.
+fn msix_setup(masked: u32) -> String {
+    format!(
+        r#"
+main:
+    mov eax, 0x80000814
+    call pci_read32
+    and eax, 0xfffffff0
+    mov esi, eax
+    mov dword ptr [esi + 0], 0xfee00000
+    mov dword ptr [esi + 4], 0
+    mov dword ptr [esi + 8], {MSI_VECTOR}
+    mov dword ptr [esi + 12], {masked}
+    mov eax, 0x80000834
+    call pci_read32
+    and eax, 0xfc
+    or eax, 0x80000800
+    mov edi, eax
+    mov bx, 0x8000
+    call pci_write16_hi
+    mov eax, 0x80000804
+    mov ebx, 0x6
+    call pci_write32
+    call lapic_on
+"#
+    )
+}
+
+#[test]
+fn host_notify_runs_the_guests_msix_handler() {
+    if !kvm_available("msix notify") {
+        return;
+    }
+    let body = msix_setup(0)
+        + &format!(
+            r#"
+    mov eax, {READY}
+    call report
+    sti
+1:  hlt
+    jmp 1b
+handler:
+    mov eax, {MSI_VECTOR}
+    call report
+    call eoi
+    call poweroff
+"#
+        );
+    let s = setup(&body, true);
+    let (mut vm, device, reports) = (s.vm, s.device, s.reports);
+    let runner = std::thread::spawn(move || vm.run(RUN));
+    wait_for_ready(&reports);
+    // Waiting with interrupts on: nothing comes until the host notifies.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(reports.lock().unwrap().0, vec![READY]);
+    assert!(device.msix_enabled());
+    device.notify(0).expect("notify");
+    let report = runner.join().unwrap().expect("run");
+    assert_eq!(report.stop, Stop::PowerOff(0));
+    assert_eq!(reports.lock().unwrap().0, vec![READY, MSI_VECTOR]);
+    let stats = device.interrupt_stats();
+    assert_eq!(
+        (stats.delivered, stats.no_irqchip, stats.not_lapic),
+        (1, 0, 0)
+    );
+    assert!(matches!(
+        device.notify(MSIX_VECTORS),
+        Err(HypervisorError::NoSuchVector { .. })
+    ));
+}
+
+#[test]
+fn a_masked_vector_gets_its_pending_bit_and_fires_on_unmask() {
+    if !kvm_available("msix pending") {
+        return;
+    }
+    // Vector 0 stays masked; the guest spins until the PBA shows bit 0, reports the PBA,
+    // then unmasks the vector: the pending message must arrive then.
+    let body = msix_setup(1)
+        + &format!(
+            r#"
+    mov eax, {READY}
+    call report
+    sti
+2:  pause
+    mov eax, [esi + 0x800]
+    test eax, 1
+    jz 2b
+    call report
+    mov dword ptr [esi + 12], 0
+1:  hlt
+    jmp 1b
+handler:
+    mov eax, {MSI_VECTOR}
+    call report
+    call eoi
+    call poweroff
+"#
+        );
+    let s = setup(&body, true);
+    let (mut vm, device, reports) = (s.vm, s.device, s.reports);
+    let runner = std::thread::spawn(move || vm.run(RUN));
+    wait_for_ready(&reports);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(device.interrupt_stats().delivered, 0);
+    device.notify(0).expect("notify a masked vector");
+    let report = runner.join().unwrap().expect("run");
+    assert_eq!(report.stop, Stop::PowerOff(0));
+    assert_eq!(
+        reports.lock().unwrap().0,
+        vec![READY, 1, MSI_VECTOR],
+        "PBA bit 0 seen, then the handler ran after the unmask"
+    );
+    assert!(!device.msix_pending(0));
+    assert_eq!(device.interrupt_stats().delivered, 1);
+}
+
+#[test]
+fn without_an_irqchip_msix_is_refused_loudly_and_the_vm_goes_on() {
+    if !kvm_available("msix without irqchip") {
+        return;
+    }
+    let body = msix_setup(0)
+        + &format!(
+            r#"
+    mov eax, {READY}
+    call report
+    call poweroff
+handler:
+    call poweroff
+"#
+        );
+    let mut s = setup(&body, false);
+    assert_eq!(s.vm.run(RUN).expect("run").stop, Stop::PowerOff(0));
+    assert_eq!(s.reports.lock().unwrap().0, vec![READY]);
+    assert!(s.device.msix_enabled());
+    assert_eq!(
+        s.device.interrupt_stats().no_irqchip,
+        1,
+        "counted at enable"
+    );
+    let err = s.device.notify(0).unwrap_err();
+    assert!(
+        matches!(err, HypervisorError::MsixNeedsIrqchip),
+        "{err}: names the fix"
+    );
+    assert!(err.to_string().contains("Vm::with_irqchip"));
+    assert_eq!(s.device.interrupt_stats().no_irqchip, 2);
+}
