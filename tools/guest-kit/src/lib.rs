@@ -1070,8 +1070,10 @@ pub fn build_mini_frontend(repo_root: &Path, out_dir: &Path) -> Result<(PathBuf,
         return Ok((elf, false));
     }
     let _ = fs::remove_file(&stamp);
+    // -B: the hash decided; file times may lie (checkouts, clock steps, shared trees).
     cmd::run(
         Command::new("make")
+            .arg("-B")
             .arg("-C")
             .arg(&src)
             .arg(format!("O={}", out_dir.display())),
