@@ -96,8 +96,8 @@ impl Transport for DeviceTransport {
     }
 
     fn notify_guest(&self) -> std::io::Result<()> {
-        // The mini frontend polls its response ring; it takes no interrupt.
-        Ok(())
+        // The mini frontend polls and leaves MSI-X off: the vector only goes pending.
+        self.device.notify(0).map_err(std::io::Error::other)
     }
 
     fn doorbell_fd(&self, vector: u32) -> Option<BorrowedFd<'_>> {

@@ -233,43 +233,45 @@ static void drop(const char *why, const struct vesper_msg_header *h)
 		   (unsigned long)h->id, h->generation, why);
 }
 
-/*
- * Copies the next response of our generation with a sane length into fe.rsp. Returns 0
- * when the ring is empty.
- */
-static int next_response(void)
+enum rsp_take {
+	RSP_EMPTY,		/* nothing to take */
+	RSP_DROPPED,		/* a slot was taken and dropped */
+	RSP_TAKEN,		/* fe.rsp holds a response of ours with a sane length */
+};
+
+/* Takes the next response slot into fe.rsp; at most one slot per call. */
+static enum rsp_take next_response(void)
 {
 	struct vesper_ring_control *rc = ring(VESPER_RSP_RING_OFFSET);
 	struct vesper_msg_header *h = (struct vesper_msg_header *)fe.rsp;
+	uint32_t prod = READ_ONCE(rc->producer);
+	uint32_t avail = prod - fe.rsp_cons;
 
-	for (;;) {
-		uint32_t prod = READ_ONCE(rc->producer);
-		uint32_t avail = prod - fe.rsp_cons;
-
-		if (!avail)
-			return 0;
-		if (avail > VESPER_RING_SLOTS) {
-			if (fe.dropped++ < FRONT_MAX_DROP_REPORTS)
-				pr("vesper-mini: host response producer %u is %u ahead of consumer %u, skipping",
-				   prod, avail, fe.rsp_cons);
-			fe.rsp_cons = prod;
-			WRITE_ONCE(rc->consumer, prod);
-			return 0;
-		}
-		rmb();
-		copy_from_shared(fe.rsp, slot(VESPER_RSP_RING_OFFSET, fe.rsp_cons),
-				 VESPER_SLOT_SIZE);
-		/* Done reading the slot before handing it back. */
-		fe.rsp_cons++;
-		WRITE_ONCE(rc->consumer, fe.rsp_cons);
-
-		if (h->generation != fe.generation)
-			drop("not our generation", h);
-		else if (h->len > VESPER_SLOT_PAYLOAD_SIZE)
-			drop("length past the slot", h);
-		else
-			return 1;
+	if (!avail)
+		return RSP_EMPTY;
+	if (avail > VESPER_RING_SLOTS) {
+		if (fe.dropped++ < FRONT_MAX_DROP_REPORTS)
+			pr("vesper-mini: host response producer %u is %u ahead of consumer %u, skipping",
+			   prod, avail, fe.rsp_cons);
+		fe.rsp_cons = prod;
+		WRITE_ONCE(rc->consumer, prod);
+		return RSP_DROPPED;
 	}
+	rmb();
+	copy_from_shared(fe.rsp, slot(VESPER_RSP_RING_OFFSET, fe.rsp_cons), VESPER_SLOT_SIZE);
+	/* Done reading the slot before handing it back. */
+	fe.rsp_cons++;
+	WRITE_ONCE(rc->consumer, fe.rsp_cons);
+
+	if (h->generation != fe.generation) {
+		drop("not our generation", h);
+		return RSP_DROPPED;
+	}
+	if (h->len > VESPER_SLOT_PAYLOAD_SIZE) {
+		drop("length past the slot", h);
+		return RSP_DROPPED;
+	}
+	return RSP_TAKEN;
 }
 
 static const struct vesper_msg_header *rsp_hdr(void)
@@ -509,10 +511,16 @@ static void post_pending(void)
 
 void front_poll(void)
 {
+	enum rsp_take took = RSP_DROPPED;
+
 	if (fe.state == FRONT_ABSENT || fe.state == FRONT_FAILED)
 		return;
-	while (next_response())
-		on_response();
+	/* A ring's worth per call: a flooding host cannot starve the console. */
+	for (unsigned int n = 0; n < VESPER_RING_SLOTS && took != RSP_EMPTY; n++) {
+		took = next_response();
+		if (took == RSP_TAKEN)
+			on_response();
+	}
 	post_pending();
 	if (fe.state == FRONT_UP)
 		relay_poll();
