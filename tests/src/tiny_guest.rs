@@ -18,13 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
 use thiserror::Error;
 use vesper_hypervisor::{
     BusDevice, BusRange, HypervisorError, RealModeEntry, Stop, VesperConfig, Vm, VmConfig,
 };
 use vesper_ivshmem::{IvshmemError, IvshmemServer};
-use vmm_sys_util::eventfd::EventFd;
 
 /// The assembled image (empty when binutils were missing at build time).
 const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tiny.bin"));
@@ -56,10 +54,8 @@ pub const BAR2: u64 = 0xc000_0000;
 pub const REGION_SIZE: u64 = 1 << 20;
 /// The IDT vector of the doorbell interrupt (the MSI data).
 pub const MSI_VECTOR: u32 = 0x40;
-/// MSI address: fixed delivery to LAPIC 0, physical destination.
+/// The MSI-X message address the guest programs: fixed delivery to LAPIC 0.
 pub const MSI_ADDRESS: u32 = 0xfee0_0000;
-/// The GSI our VMM routes the MSI on (above the IOAPIC's 24 pins).
-const MSI_GSI: u32 = 24;
 
 /// Header magic, "VSPB".
 pub const MAGIC: u32 = 0x4250_5356;
@@ -94,9 +90,6 @@ pub enum TinyGuestError {
     /// Our VMM failed.
     #[error("vesper-hypervisor")]
     Vmm(#[from] HypervisorError),
-    /// A KVM call made here failed.
-    #[error("{0}")]
-    Kvm(&'static str, #[source] kvm_ioctls::Error),
     /// The ivshmem server failed.
     #[error("ivshmem server")]
     Ivshmem(#[from] IvshmemError),
@@ -299,30 +292,6 @@ fn read_results(region: &File, iterations: u32) -> Result<(Vec<u32>, u32, u64, u
     ))
 }
 
-/// Routes an MSI (address `MSI_ADDRESS`, data `MSI_VECTOR`) on `MSI_GSI` and returns an
-/// irqfd for it: what an MSI-X vector the guest programmed that way becomes in KVM. Used
-/// while the Vesper device has no MSI-X of its own (the guest then reports no MSI-X).
-fn msi_irqfd(vm: &Vm) -> Result<EventFd> {
-    let mut entry = kvm_irq_routing_entry {
-        gsi: MSI_GSI,
-        type_: KVM_IRQ_ROUTING_MSI,
-        ..Default::default()
-    };
-    entry.u.msi.address_lo = MSI_ADDRESS;
-    entry.u.msi.data = MSI_VECTOR;
-    let routing = KvmIrqRouting::from_entries(&[entry])
-        .map_err(|_| TinyGuestError::Results("GSI routing table".into()))?;
-    vm.vm_fd()
-        .set_gsi_routing(&routing)
-        .map_err(|e| TinyGuestError::Kvm("KVM_SET_GSI_ROUTING", e))?;
-    let fd = EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|e| TinyGuestError::Io("eventfd for the irqfd", e))?;
-    vm.vm_fd()
-        .register_irqfd(&fd, MSI_GSI)
-        .map_err(|e| TinyGuestError::Kvm("KVM_IRQFD", e))?;
-    Ok(fd)
-}
-
 fn vm_config() -> VmConfig {
     VmConfig {
         vcpus: 1,
@@ -356,7 +325,9 @@ fn expect_exit(report: &vesper_hypervisor::RunReport, code: u8, console: &str) -
 }
 
 /// `iterations` round trips on vesper-hypervisor: doorbell = the device's KVM ioeventfd,
-/// host → guest = an irqfd on an MSI route, the host peer = `pump` on its own thread.
+/// host → guest = `VesperHandle::notify(0)` (the guest's MSI-X vector 0: an irqfd on
+/// the MSI route the VMM made from the guest's table entry), the host peer = `pump` on
+/// its own thread.
 pub fn vmm_round_trips(iterations: u32, timeout: Duration) -> Result<RoundTrips> {
     let image = image().ok_or(TinyGuestError::NoImage)?;
     let start = Instant::now();
@@ -370,13 +341,12 @@ pub fn vmm_round_trips(iterations: u32, timeout: Duration) -> Result<RoundTrips>
         region: region.as_fd(),
         region_size: REGION_SIZE,
     })?;
-    let irq = msi_irqfd(&vm)?;
     let doorbell = device
         .doorbell(0)
         .ok_or(TinyGuestError::Results("no doorbell vector 0".into()))?
         .as_raw_fd();
     let stop = AtomicBool::new(false);
-    let raise = || irq.write(1);
+    let raise = || device.notify(0).map_err(std::io::Error::other);
     let (run, pumped) = std::thread::scope(|s| {
         let host = s.spawn(|| pump(doorbell, &raise, &stop));
         let run = vm.run(timeout);

@@ -16,9 +16,10 @@
  *   4. BARs: writes the wanted address to BAR0, BAR1 (MSI-X table) and BAR2 (shared
  *      memory, 64-bit) and uses what each reads back: QEMU takes the guest's address, a
  *      VMM with fixed BARs puts its own back. Memory space and bus master on.
- *   5. MSI-X if the device has the capability: table entry 0 = fixed interrupt, vector
- *      VECTOR, to LAPIC 0, unmasked; MSI-X enabled. Without the capability the host is
- *      expected to route an MSI with the same address/data itself (see H_FLAGS).
+ *   5. MSI-X (both VMMs' devices have the capability): table entry 0 = fixed interrupt,
+ *      vector VECTOR, to LAPIC 0, unmasked; MSI-X enabled. H_FLAGS bit 0 says it was
+ *      found; without it the guest still runs, and only a host that routes that MSI
+ *      itself reaches it.
  *   6. Interrupts: 8259 PICs initialised and fully masked (no PIT ticks), LAPIC
  *      software-enabled with LINT0/LINT1 masked, an IDT whose every gate reports an
  *      unexpected vector except VECTOR (the doorbell handler) and the spurious 0xff.
@@ -438,7 +439,7 @@ hex_digits:     .ascii  "0123456789abcdef"
 msg_hello:      .asciz  "tiny: protected mode\n"
 msg_no_device:  .asciz  "tiny: no Vesper device on bus 0\n"
 msg_msix:       .asciz  "tiny: MSI-X vector 0 -> LAPIC vector 0x40\n"
-msg_no_msix:    .asciz  "tiny: no MSI-X capability; the host routes the MSI\n"
+msg_no_msix:    .asciz  "tiny: no MSI-X capability\n"
 msg_ready:      .asciz  "tiny: round trips\n"
 msg_done:       .asciz  "tiny: done\n"
 msg_bad_header: .asciz  "tiny: bad shared-memory header\n"
