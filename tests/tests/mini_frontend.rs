@@ -8,7 +8,9 @@
 //! killed service arrives as exactly one exit record with its pid, name and signal; a
 //! reboot comes back as a new generation with a fresh channel; a panic arrives as a
 //! panic record and through pvpanic; a host writing nonsense into the response ring
-//! costs answers, not the guest. Each test skips loudly without a usable /dev/kvm.
+//! costs answers, not the guest; a channel the host does not read fills up, drops (and
+//! counts) the newest records, and flows again once read. Each test skips loudly without
+//! a usable /dev/kvm.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
@@ -674,5 +676,67 @@ fn a_rogue_host_writing_nonsense_into_the_response_ring_costs_answers_not_the_gu
         matches!(&m.exits()[..], [Decoded::Exit { pid: p, signal: 15, .. }] if *p == pid),
         "{}",
         m.state()
+    );
+}
+
+#[test]
+fn a_full_channel_drops_new_records_and_counts_them_and_a_reader_frees_it_again() {
+    if !kvm_usable("mini frontend full channel") {
+        return;
+    }
+    let mut m = Mini::boot();
+    m.pump_until("the guest up with its channel open", |m| {
+        m.console_text().contains("vesper_mini/hand open")
+    });
+    // 4 sub-buffers of 4 KiB hold 256 exit records of 64 bytes; the host reads nothing
+    // meanwhile, and without overwrite the writer drops the rest.
+    const KILLS: usize = 300;
+    const FIT: usize = 4 * 4096 / 64;
+    m.host_polls = false;
+    for i in 0..KILLS {
+        let name = format!("s{i}");
+        m.hand(&format!("start {name}"), &format!("started {name}"));
+        m.hand(&format!("kill KILL {name}"), &format!("killed {name}"));
+    }
+    assert!(
+        m.console_text().contains("relay=-28"),
+        "ENOSPC drops logged"
+    );
+    m.host_polls = true;
+    m.pump_until("every record that fit", |m| m.exits().len() >= FIT);
+    let region = m.transport.region();
+    let stats = m.session.relay_stats(region);
+    let cpu = &stats[0].cpus[0];
+    assert_eq!(
+        (cpu.written, cpu.dropped, cpu.received, cpu.lost),
+        (FIT as u64, (KILLS - FIT) as u64, FIT as u64, 0),
+        "{stats:?}"
+    );
+    let seqs: Vec<u64> = m.records.iter().map(|(_, r)| r.seq).collect();
+    assert_eq!(seqs, (0..FIT as u64).collect::<Vec<_>>());
+    let first: Vec<String> = m
+        .exits()
+        .iter()
+        .take(2)
+        .map(|d| match d {
+            Decoded::Exit { comm, .. } => comm.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(first, ["s0", "s1"], "the oldest records are the ones kept");
+
+    // The host consumed the finished sub-buffers: the next death gets through.
+    m.hand("start late", "started late");
+    m.hand("kill 9 late", "killed late");
+    m.pump_until("the record after the reader caught up", |m| {
+        m.exits().len() > FIT
+    });
+    let (_, last) = m.records.last().unwrap();
+    assert_eq!(
+        last.seq, FIT as u64,
+        "dropped records took no sequence number"
+    );
+    assert!(
+        matches!(decode(last.rtype, &last.payload), Decoded::Exit { comm, .. } if comm == "late")
     );
 }
