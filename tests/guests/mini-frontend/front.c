@@ -29,6 +29,8 @@
 #define IVSHMEM_REG_IVPOSITION	8
 #define IVSHMEM_REG_DOORBELL	12
 #define IVSHMEM_PEER_HOST	0
+/* The kernel's MODULE_STATE_LIVE, as OP_LIST entries carry a module's state. */
+#define MODULE_STATE_LIVE	0
 /* front_poll calls before a refused WAIT_COMMAND is posted again. */
 #define FRONT_RETRY_POLLS	200000
 /* Dropped responses reported on the console; the rest are only counted. */
@@ -312,6 +314,7 @@ static void do_list(void)
 	/* One entry: the frontend itself, as the Linux frontend lists vesper_front. */
 	memset(e, 0, sizeof(*e));
 	strscpy((char *)e->name, MINI_MODULE_NAME, sizeof(e->name));
+	e->state = MODULE_STATE_LIVE;
 	e->flags = VESPER_MODULE_FLAG_FRONTEND;
 	ref = front_grant(front_page_offset(MINI_PAGE_MODLIST), sizeof(*e), VESPER_GRANT_READ,
 			  VESPER_GRANT_OWNER_MODLIST);

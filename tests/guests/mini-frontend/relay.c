@@ -146,15 +146,10 @@ void relay_poll(void)
 
 int relay_response(const struct vesper_msg_header *h)
 {
-	if (h->kind == (VESPER_REQ_RELAY_CLOSE | VESPER_RSP_FLAG))
-		return 1;	/* never posted; nothing to do */
-	if (h->kind != (VESPER_REQ_RELAY_OPEN | VESPER_RSP_FLAG))
+	/* Close is never posted: any other relay answer is the caller's to drop. */
+	if (h->kind != (VESPER_REQ_RELAY_OPEN | VESPER_RSP_FLAG) ||
+	    rl.state != RELAY_OPENING || h->id != rl.open_id)
 		return 0;
-	if (rl.state != RELAY_OPENING || h->id != rl.open_id) {
-		pr("vesper-mini: dropping relay answer id %lu: no such request",
-		   (unsigned long)h->id);
-		return 1;
-	}
 	if (h->status) {
 		pr("vesper-mini: relay %s/%s: host refused the channel: %d", MINI_RELAY_MODULE,
 		   MINI_RELAY_NAME, h->status);

@@ -20,7 +20,7 @@ void relay_start(void);
 /* Posts a queued open request once the ring has room. */
 void relay_poll(void);
 
-/* Handles a relay open/close answer; returns 0 if h is not one. */
+/* Handles the answer to our open request; returns 0 if h is not that. */
 int relay_response(const struct vesper_msg_header *h);
 
 /*
