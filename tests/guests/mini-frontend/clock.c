@@ -204,18 +204,3 @@ const char *clock_source(void)
 {
 	return source ? source : "none";
 }
-
-void clock_delay_us(uint32_t us)
-{
-	uint64_t end;
-
-	if (kind == CLOCK_NONE) {
-		/* A pause is some tens of cycles: this errs on the long side. */
-		for (uint64_t i = 0; i < (uint64_t)us * 100; i++)
-			cpu_relax();
-		return;
-	}
-	end = clock_ns() + (uint64_t)us * 1000;
-	while (clock_ns() < end)
-		cpu_relax();
-}

@@ -19,7 +19,4 @@ int clock_calibrated(void);
 /* What the clock is based on, for the log. */
 const char *clock_source(void);
 
-/* Busy-waits about us microseconds (a rough TSC-free spin when uncalibrated). */
-void clock_delay_us(uint32_t us);
-
 #endif /* MINI_CLOCK_H */

@@ -235,14 +235,3 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
 		buf[o.len < size ? o.len : size - 1] = '\0';
 	return (int)o.len;
 }
-
-int snprintf(char *buf, size_t size, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(buf, size, fmt, ap);
-	va_end(ap);
-	return n;
-}

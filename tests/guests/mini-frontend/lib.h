@@ -49,7 +49,5 @@ int parse_uint(const char *s, unsigned int max_digits, uint32_t *out);
  */
 int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
 	__attribute__((format(printf, 3, 0)));
-int snprintf(char *buf, size_t size, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
 
 #endif /* MINI_LIB_H */
