@@ -94,7 +94,7 @@ impl MemoryBar {
 
     /// Whether `addr` is what the sizing protocol leaves in the register (all address
     /// bits of a dword set): not a placement, so never decoded nor counted as refused.
-    fn is_sizing_pattern(&self, addr: u64) -> bool {
+    pub fn is_sizing_pattern(&self, addr: u64) -> bool {
         let (low, high) = self.masks();
         (low != 0 && (addr as u32) & low == low)
             || (self.is_64bit && high != 0 && (addr >> 32) as u32 & high == high)
