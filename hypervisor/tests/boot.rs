@@ -373,3 +373,167 @@ fn elf64_boot_refuses_bad_images_with_named_errors() {
         "{e}"
     );
 }
+
+/// A bzImage shell: boot sector + one setup sector + `payload` bytes, protocol 2.15,
+/// 64-bit entry, `init_size` bytes needed from 1 MiB, command lines up to 2047 bytes.
+fn fake_bzimage(init_size: u32, payload: usize) -> Vec<u8> {
+    let mut f = vec![0u8; 2 * 512 + payload];
+    f[0x1f1] = 1; // setup_sects
+    f[0x1f4..0x1f8].copy_from_slice(&(payload as u32).div_ceil(16).to_le_bytes()); // syssize
+    f[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+    f[0x211] = 1; // loadflags: LOADED_HIGH
+    f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    f[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes()); // initrd_addr_max
+    f[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // xloadflags: 64-bit entry
+    f[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
+    f[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+    // Protected-mode code starts at file offset 1024 and must land at 1 MiB.
+    f[1024..1028].copy_from_slice(b"PMOD");
+    f
+}
+
+fn read_u32(vm: &Vm, addr: u64) -> u32 {
+    let mut w = [0u8; 4];
+    vm_memory::Bytes::read_slice(vm.memory(), &mut w, vm_memory::GuestAddress(addr)).unwrap();
+    u32::from_le_bytes(w)
+}
+
+#[test]
+fn bzimage_initramfs_and_cmdline_land_where_the_zero_page_says() {
+    if !kvm_available("bzimage layout") {
+        return;
+    }
+    let dir = Scratch::new();
+    let kernel = dir.write("bzImage", &fake_bzimage(4 << 20, 4096));
+    let initrd = dir.write("initrd.cpio", &[0x5a; 10_000]);
+    let (mut vm, _out) = vm(64 * MIB, 1, true);
+    let info = vm
+        .boot_linux(vesper_hypervisor::LinuxBoot {
+            kernel: &kernel,
+            initramfs: Some(&initrd),
+            cmdline: "console=ttyS0 quiet",
+        })
+        .expect("boot");
+    assert_eq!(info.entry, 0x10_0200);
+    // Top of RAM, page-aligned: 64 MiB - 12 KiB.
+    assert_eq!(info.initramfs, Some((64 * MIB - 0x3000, 10_000)));
+    assert_eq!(read_u32(&vm, 0x10_0000), u32::from_le_bytes(*b"PMOD"));
+    assert_eq!(read_u32(&vm, 64 * MIB - 0x3000), 0x5a5a_5a5a);
+    let zp = 0x7000;
+    assert_eq!(read_u32(&vm, zp + 0x202), u32::from_le_bytes(*b"HdrS"));
+    assert_eq!(read_u32(&vm, zp + 0x210) & 0xff, 0xff, "type_of_loader");
+    assert_eq!(
+        read_u32(&vm, zp + 0x218),
+        (64 * MIB - 0x3000) as u32,
+        "ramdisk_image"
+    );
+    assert_eq!(read_u32(&vm, zp + 0x21c), 10_000, "ramdisk_size");
+    assert_eq!(read_u32(&vm, zp + 0x228), 0x20000, "cmd_line_ptr");
+    assert_eq!(read_u32(&vm, zp + 0x1e8) & 0xff, 2, "e820 entries");
+    let mut cmdline = [0u8; 20];
+    vm_memory::Bytes::read_slice(vm.memory(), &mut cmdline, vm_memory::GuestAddress(0x20000))
+        .unwrap();
+    assert_eq!(&cmdline, b"console=ttyS0 quiet\0");
+}
+
+#[test]
+fn linux_boot_refuses_bad_kernels_initramfs_and_command_lines_by_name() {
+    if !kvm_available("bad linux inputs") {
+        return;
+    }
+    let dir = Scratch::new();
+    let kernel = dir.write("bzImage", &fake_bzimage(4 << 20, 4096));
+    let boot = |vm: &mut Vm,
+                kernel: &std::path::Path,
+                initramfs: Option<&std::path::Path>,
+                cmdline: &str| {
+        vm.boot_linux(vesper_hypervisor::LinuxBoot {
+            kernel,
+            initramfs,
+            cmdline,
+        })
+        .unwrap_err()
+    };
+    let (mut vm, _o) = vm(16 * MIB, 1, true);
+
+    let junk = dir.write("kernel.txt", &[b'x'; 4096]);
+    let e = boot(&mut vm, &junk, None, "");
+    assert!(matches!(e, HypervisorError::NotAKernel { .. }), "{e}");
+    assert!(e.to_string().contains("kernel.txt"), "{e}");
+
+    let full = fake_bzimage(4 << 20, 4096);
+    let cut = dir.write("cut-bzImage", &full[..full.len() - 1000]);
+    let e = boot(&mut vm, &cut, None, "");
+    assert!(matches!(e, HypervisorError::TruncatedImage { .. }), "{e}");
+    assert!(e.to_string().contains("cut-bzImage"), "{e}");
+
+    let missing = dir.path("no-such-initrd");
+    let e = boot(&mut vm, &kernel, Some(&missing), "");
+    assert!(matches!(e, HypervisorError::InitramfsRead { .. }), "{e}");
+    assert!(e.to_string().contains("no-such-initrd"), "{e}");
+    let e = boot(&mut vm, &kernel, Some(&dir.0), "");
+    assert!(matches!(e, HypervisorError::InitramfsRead { .. }), "{e}");
+
+    // 16 MiB of RAM, the kernel needs up to 5 MiB: 11 MiB are free, 12 MiB do not fit.
+    let big = dir.path("big.cpio");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(12 * MIB)
+        .unwrap();
+    let e = boot(&mut vm, &kernel, Some(&big), "");
+    assert!(
+        matches!(e, HypervisorError::InitramfsTooLarge { room, .. } if room == 11 * MIB),
+        "{e}"
+    );
+    assert!(e.to_string().contains("big.cpio"), "{e}");
+
+    let e = boot(&mut vm, &kernel, None, &"y".repeat(2048));
+    assert!(
+        matches!(
+            e,
+            HypervisorError::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            }
+        ),
+        "{e}"
+    );
+
+    let huge = dir.write("huge-bzImage", &fake_bzimage(64 << 20, 4096));
+    let e = boot(&mut vm, &huge, None, "");
+    assert!(matches!(e, HypervisorError::KernelTooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("huge-bzImage"), "{e}");
+
+    let (mut plain, _o) = self::vm(16 * MIB, 1, false);
+    let e = boot(&mut plain, &kernel, None, "");
+    assert!(matches!(e, HypervisorError::InvalidConfig(_)), "{e}");
+    assert!(e.to_string().contains("with_irqchip"), "{e}");
+}
+
+#[test]
+fn linux_boot_takes_an_elf_kernel_at_its_physical_addresses_and_enters_it_in_long_mode() {
+    if !kvm_available("linux elf") {
+        return;
+    }
+    let dir = Scratch::new();
+    let elf = elf_guest(&dir, HELLO);
+    let initrd = dir.write("initrd", &[1; 4096]);
+    let (mut vm, out) = vm(32 * MIB, 1, true);
+    let info = vm
+        .boot_linux(vesper_hypervisor::LinuxBoot {
+            kernel: &elf,
+            initramfs: Some(&initrd),
+            cmdline: "console=ttyS0",
+        })
+        .expect("boot");
+    assert_eq!(info.entry, 0x40_0000);
+    assert_eq!(info.initramfs, Some((32 * MIB - 4096, 4096)));
+    let report = vm.run(RUN).expect("run");
+    assert_eq!(report.stop, Stop::PowerOff(0x31));
+    assert_eq!(
+        String::from_utf8_lossy(&out.contents()),
+        "Hello from long mode\n"
+    );
+}

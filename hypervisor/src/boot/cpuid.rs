@@ -15,17 +15,20 @@ const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001E;
 const ECX_MONITOR: u32 = 1 << 3;
 /// Leaf 1 ECX: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: the LAPIC timer's TSC-deadline mode.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 EDX: more than one logical processor per package.
 const EDX_HTT: u32 = 1 << 28;
 
 /// Adjusts KVM's supported CPUID for vCPU `index` of `count`:
 /// - leaf 1: initial APIC id = `index`, logical processor count = `count` (HTT when > 1),
-///   hypervisor bit set, MONITOR/MWAIT cleared;
+///   hypervisor bit set, MONITOR/MWAIT cleared, TSC-deadline timer as `tsc_deadline` says
+///   (KVM reports it as a capability, not in its supported CPUID);
 /// - leaves 0xB/0x1F (x2APIC topology) and AMD 0x8000001E: x2APIC id = `index`;
 /// - leaf 4: cores per package = `count` (all vCPUs one package, one thread per core);
 /// - leaf 6 (thermal/power management) and leaf 0xA (architectural PMU) zeroed: the VMM
 ///   offers neither thermal MSRs nor a configured vPMU.
-pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, count: u32) {
+pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, count: u32, tsc_deadline: bool) {
     let apic_id = index & 0xff;
     let count = count.clamp(1, 0xff);
     for e in entries.iter_mut() {
@@ -33,6 +36,11 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, count: u32) {
             LEAF_FEATURES => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (count << 16) | (apic_id << 24);
                 e.ecx = (e.ecx & !ECX_MONITOR) | ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -83,20 +91,22 @@ mod tests {
         ];
         let mut v0 = supported;
         let mut v2 = supported;
-        filter(&mut v0, 0, 3);
-        filter(&mut v2, 2, 3);
+        filter(&mut v0, 0, 3, false);
+        filter(&mut v2, 2, 3, true);
         assert_eq!(v0[0].ebx >> 24, 0);
         assert_eq!(v2[0].ebx >> 24, 2);
         assert_eq!((v2[0].ebx >> 16) & 0xff, 3);
         assert_eq!(v2[0].ebx & 0xffff, 0x0800, "CLFLUSH size and brand kept");
         assert_ne!(v2[0].ecx & ECX_HYPERVISOR, 0);
         assert_eq!(v2[0].ecx & ECX_MONITOR, 0);
+        assert_ne!(v2[0].ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(v0[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_ne!(v2[0].edx & EDX_HTT, 0);
         assert_eq!((v2[1].edx, v2[2].edx), (2, 2));
         assert_eq!((v2[3].eax, v2[3].ecx, v2[4].eax), (0, 0, 0));
         assert_eq!(v2[5], supported[5], "other leaves untouched");
         let mut one = supported;
-        filter(&mut one, 0, 1);
+        filter(&mut one, 0, 1, false);
         assert_eq!(one[0].edx & EDX_HTT, 0);
     }
 }

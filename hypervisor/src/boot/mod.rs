@@ -18,9 +18,10 @@ use std::io::Cursor;
 use std::path::Path;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_mp_state, kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
+    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_pit_config, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
@@ -170,6 +171,16 @@ fn check_entry(path: &Path, entry: u64, segments: &[LoadSegment]) -> Result<()> 
     }
 }
 
+/// Where an initramfs of `size` bytes goes: page-aligned, as high as it fits below
+/// `limit`, not below `kernel_end`. None if it does not fit.
+fn initramfs_addr(size: u64, kernel_end: u64, limit: u64) -> Option<u64> {
+    let floor = kernel_end.checked_next_multiple_of(INITRAMFS_ALIGN)?;
+    limit
+        .checked_sub(size)
+        .map(|a| a / INITRAMFS_ALIGN * INITRAMFS_ALIGN)
+        .filter(|&a| a >= floor)
+}
+
 /// [lowest paddr, highest end) of `segments`.
 fn segments_span(segments: &[LoadSegment]) -> (u64, u64) {
     let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
@@ -204,17 +215,26 @@ impl Vm {
         write(GDT_ADDR, &gdt::gdt_bytes())?;
         write(PML4_ADDR, &paging::tables())?;
 
-        let supported = Kvm::new()
-            .map_err(HypervisorError::OpenKvm)?
+        let host_kvm = Kvm::new().map_err(HypervisorError::OpenKvm)?;
+        let supported = host_kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        // The TSC-deadline timer lives in the in-kernel LAPIC.
+        let tsc_deadline = self.irqchip && host_kvm.check_extension(Cap::TscDeadlineTimer);
         let count = self.config().vcpus;
         let extra = EntryExtra::long_mode(self.irqchip);
         for (index, (fd, state)) in (0u32..).zip(self.vcpus.iter().zip(self.boot_state.iter_mut()))
         {
-            let mut cpuid = supported.clone();
-            cpuid::filter(cpuid.as_mut_slice(), index, count);
-            fd.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+            // Booting again (a guest reboot) finds the CPUID of the first boot, which
+            // KVM refuses to change once the vCPU has run; it came from the same filter.
+            let already = fd
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .is_ok_and(|c| !c.as_slice().is_empty());
+            if !already {
+                let mut cpuid = supported.clone();
+                cpuid::filter(cpuid.as_mut_slice(), index, count, tsc_deadline);
+                fd.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+            }
 
             let mut sregs = fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
             gdt::long_mode_sregs(&mut sregs);
@@ -348,6 +368,7 @@ impl Vm {
         );
         self.write_zero_page(&params)?;
         self.set_long_mode_entry(entry)?;
+        self.create_pit()?;
         self.wire_serial_irq()?;
         tracing::info!(
             kernel = %path.display(),
@@ -413,19 +434,13 @@ impl Vm {
             )));
         }
         let size = meta.len();
-        let floor = kernel_end.next_multiple_of(INITRAMFS_ALIGN);
-        let room = limit.saturating_sub(floor);
         let too_large = || HypervisorError::InitramfsTooLarge {
             path: path.to_owned(),
             size,
-            room,
+            room: limit.saturating_sub(kernel_end.next_multiple_of(INITRAMFS_ALIGN)),
             limit,
         };
-        let addr = limit
-            .checked_sub(size)
-            .map(|a| a / INITRAMFS_ALIGN * INITRAMFS_ALIGN)
-            .filter(|&a| a >= floor)
-            .ok_or_else(too_large)?;
+        let addr = initramfs_addr(size, kernel_end, limit).ok_or_else(too_large)?;
         let len = usize::try_from(size).map_err(|_| too_large())?;
         self.memory()
             .read_exact_volatile_from(GuestAddress(addr), &mut file, len)
@@ -453,6 +468,19 @@ impl Vm {
                 len: std::mem::size_of_val(params),
             }
         })
+    }
+
+    /// KVM's in-kernel PIT (IRQ 0): Linux calibrates its clocks and timers against it when
+    /// it finds no ACPI tables. Created once; a second boot keeps it.
+    fn create_pit(&self) -> Result<()> {
+        let config = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        match self.vm_fd().create_pit2(config) {
+            Err(e) if e.errno() == libc::EEXIST => Ok(()),
+            other => other.map_err(kvm("KVM_CREATE_PIT2")),
+        }
     }
 
     /// COM1's interrupt → GSI 4 through an irqfd, signalled by the UART model.
@@ -485,5 +513,19 @@ mod tests {
         let e = check_entry(Path::new("g"), 0x40_0020, &segs).unwrap_err();
         assert!(e.to_string().contains("entry point"), "{e}");
         assert_eq!(segments_span(&segs), (0x40_0000, 0x40_0020));
+    }
+
+    #[test]
+    fn initramfs_goes_page_aligned_as_high_as_it_fits_above_the_kernel() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(
+            initramfs_addr(MIB + 1, 5 * MIB, 64 * MIB),
+            Some(63 * MIB - 4096)
+        );
+        assert_eq!(initramfs_addr(59 * MIB, 5 * MIB, 64 * MIB), Some(5 * MIB));
+        assert_eq!(initramfs_addr(59 * MIB + 1, 5 * MIB, 64 * MIB), None);
+        assert_eq!(initramfs_addr(0, 5 * MIB, 64 * MIB), Some(64 * MIB));
+        assert_eq!(initramfs_addr(u64::MAX, 0, 64 * MIB), None);
+        assert_eq!(initramfs_addr(1, u64::MAX, u64::MAX), None);
     }
 }
