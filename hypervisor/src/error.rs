@@ -152,6 +152,9 @@ pub enum HypervisorError {
         /// Vectors the device has.
         vectors: u16,
     },
+    /// The device's `Vm` was dropped; its handle cannot reach the guest any more.
+    #[error("the VM of this device is gone (its Vm was dropped)")]
+    VmGone,
     /// The guest enabled MSI-X but the VM cannot inject MSIs.
     #[error("the guest enabled MSI-X but the VM has no in-kernel irqchip: build it with Vm::with_irqchip")]
     MsixNeedsIrqchip,

@@ -22,7 +22,7 @@
 //! takes one of them alone.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use kvm_bindings::{
@@ -367,25 +367,25 @@ pub fn routing_table(msis: &[(u32, MsiMessage)]) -> Vec<kvm_irq_routing_entry> {
 }
 
 /// The KVM side of MSI-X: one irqfd per vector on GSI `MSI_GSI_BASE + vector`, and the
-/// route each GSI has now.
+/// route each GSI has now. The VM is held weakly: a `VesperHandle` kept after its `Vm`
+/// must not keep the VM alive.
 struct MsiRoutes {
-    vm_fd: Arc<VmFd>,
+    vm_fd: Weak<VmFd>,
     irqfds: Vec<EventFd>,
     routed: Vec<Option<MsiMessage>>,
 }
 
 impl MsiRoutes {
-    fn new(vm_fd: Arc<VmFd>, vectors: u16) -> Result<Self> {
+    fn new(vm_fd: &Arc<VmFd>, vectors: u16) -> Result<Self> {
         let mut routes = Self {
-            vm_fd,
+            vm_fd: Arc::downgrade(vm_fd),
             irqfds: Vec::new(),
             routed: vec![None; usize::from(vectors)],
         };
         for v in 0..u32::from(vectors) {
             let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(HypervisorError::EventFd)?;
             // Dropping `routes` on error unregisters the ones already registered.
-            routes
-                .vm_fd
+            vm_fd
                 .register_irqfd(&fd, MSI_GSI_BASE + v)
                 .map_err(kvm("KVM_IRQFD"))?;
             routes.irqfds.push(fd);
@@ -403,6 +403,7 @@ impl MsiRoutes {
                 vectors: self.irqfds.len() as u16,
             });
         };
+        let vm_fd = self.vm_fd.upgrade().ok_or(HypervisorError::VmGone)?;
         if *routed != Some(m) {
             let mut msis: Vec<(u32, MsiMessage)> = Vec::new();
             for (g, r) in (MSI_GSI_BASE..).zip(&self.routed) {
@@ -417,7 +418,7 @@ impl MsiRoutes {
             }
             let table = KvmIrqRouting::from_entries(&routing_table(&msis))
                 .map_err(|_| HypervisorError::InvalidConfig("too many GSI routes"))?;
-            self.vm_fd
+            vm_fd
                 .set_gsi_routing(&table)
                 .map_err(kvm("KVM_SET_GSI_ROUTING"))?;
             self.routed[i] = Some(m);
@@ -428,8 +429,12 @@ impl MsiRoutes {
 
 impl Drop for MsiRoutes {
     fn drop(&mut self) {
+        // A VM already gone took its irqfds with it.
+        let Some(vm_fd) = self.vm_fd.upgrade() else {
+            return;
+        };
         for (gsi, fd) in (MSI_GSI_BASE..).zip(&self.irqfds) {
-            if let Err(e) = self.vm_fd.unregister_irqfd(fd, gsi) {
+            if let Err(e) = vm_fd.unregister_irqfd(fd, gsi) {
                 tracing::warn!(%e, gsi, "cannot unregister an MSI irqfd");
             }
         }
@@ -730,7 +735,7 @@ pub(crate) fn attach(a: Attach, config: &VesperConfig<'_>) -> Result<VesperHandl
         in_vmm: 0,
     }));
     let routes = if a.irqchip {
-        Some(MsiRoutes::new(a.vm_fd.clone(), MSIX_VECTORS)?)
+        Some(MsiRoutes::new(&a.vm_fd, MSIX_VECTORS)?)
     } else {
         None
     };
@@ -839,7 +844,8 @@ impl VesperHandle {
     /// irqfd write, no vCPU exit) if MSI-X is enabled and neither the function, the
     /// vector nor bus mastering is off; otherwise the vector's pending bit is set and the
     /// message goes out when the guest unmasks it. Errors: no such vector; the guest
-    /// enabled MSI-X on a VM without the in-kernel irqchip; KVM refused the route.
+    /// enabled MSI-X on a VM without the in-kernel irqchip; the `Vm` is gone; KVM refused
+    /// the route.
     pub fn notify(&self, vector: u16) -> Result<()> {
         let mut irq = lock(&self.interrupts);
         match irq.msix.notify(vector) {

@@ -183,6 +183,8 @@ handler:
         device.notify(MSIX_VECTORS),
         Err(HypervisorError::NoSuchVector { .. })
     ));
+    // The run's thread dropped the Vm: the handle does not keep the VM alive.
+    assert!(matches!(device.notify(0), Err(HypervisorError::VmGone)));
 }
 
 #[test]
