@@ -40,6 +40,44 @@ pub struct VmStartRequest {
     /// Restart the guest in place when it reboots (otherwise the VM exits).
     #[serde(default)]
     pub allow_reboot: bool,
+    /// Which VMM runs the guest.
+    #[serde(default)]
+    pub vmm: Vmm,
+    /// What to boot instead of the kit's kernel: a kernel image path, or `mini` for the
+    /// kit's mini frontend (builtin VMM only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+/// Which VMM runs a guest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Vmm {
+    /// QEMU, a separate process reached through ivshmem.
+    #[default]
+    Qemu,
+    /// Vesper's own VMM inside the daemon (`vesper-hypervisor`).
+    Builtin,
+}
+
+impl std::str::FromStr for Vmm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qemu" => Ok(Self::Qemu),
+            "builtin" => Ok(Self::Builtin),
+            other => Err(format!("unknown VMM {other:?}: use qemu or builtin")),
+        }
+    }
+}
+
+impl std::fmt::Display for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Qemu => "qemu",
+            Self::Builtin => "builtin",
+        })
+    }
 }
 
 /// A request to the daemon.
@@ -232,8 +270,11 @@ pub struct VmStatus {
     pub name: String,
     /// "booting", "up", "exited".
     pub state: String,
-    /// QEMU pid.
+    /// QEMU pid (the daemon's own for a builtin VM).
     pub pid: Option<u32>,
+    /// Which VMM runs it.
+    #[serde(default)]
+    pub vmm: Vmm,
     /// Accelerator and why.
     pub accel: AccelChoice,
     /// What the frontend reported, once up.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use vesper_api::{
     call, call_stream, default_socket, AccelRequest, ApiError, ClientError, Decoded, Event,
-    EventKind, Filter, RecordView, Reply, Request, Response, VmStartRequest, VmStatus,
+    EventKind, Filter, RecordView, Reply, Request, Response, VmStartRequest, VmStatus, Vmm,
 };
 
 const AFTER_HELP: &str = "\
@@ -161,6 +161,14 @@ enum VmCmd {
         /// Restart the guest in place when it reboots (default: the VM exits).
         #[arg(long)]
         allow_reboot: bool,
+        /// VMM: qemu (a QEMU process reached through ivshmem) or builtin (Vesper's own
+        /// KVM VMM inside vesperd; needs /dev/kvm).
+        #[arg(long, default_value = "qemu")]
+        vmm: String,
+        /// Boot this kernel image instead of the kit's, or `mini` for the kit's mini
+        /// frontend (a non-Linux guest speaking the Vesper protocol; builtin VMM only).
+        #[arg(long)]
+        kernel: Option<String>,
     },
     /// Stop a VM.
     Stop {
@@ -297,8 +305,17 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                     no_wait,
                     boot_timeout,
                     allow_reboot,
+                    vmm,
+                    kernel,
                 },
         } => {
+            let vmm: Vmm = vmm.parse().map_err(|e: String| (2, "usage", e))?;
+            let kernel = kernel.as_ref().map(|k| match k.as_str() {
+                "mini" => k.clone(),
+                path => std::path::absolute(path)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| path.to_string()),
+            });
             let accel: AccelRequest = accel
                 .parse()
                 .map_err(|e: vesper_api::QemuAccelError| (2, "usage", e.to_string()))?;
@@ -315,6 +332,8 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 extra_cmdline: append.clone(),
                 wait_secs: if *no_wait { 0 } else { *boot_timeout },
                 allow_reboot: *allow_reboot,
+                vmm,
+                kernel,
             })
         }
         Cmd::Vm {
@@ -491,6 +510,7 @@ fn event_line(e: &Event) -> String {
     let src = match &e.source {
         vesper_api::Source::Probe { module, channel } => format!("probe {module}/{channel}"),
         vesper_api::Source::Qmp { event } => format!("qmp {event}"),
+        vesper_api::Source::Vmm { event } => format!("vmm {event}"),
         vesper_api::Source::Process => "process".into(),
         vesper_api::Source::Frontend => "frontend".into(),
         vesper_api::Source::Engine => "engine".into(),
@@ -638,9 +658,10 @@ fn vm_line(v: &VmStatus) -> String {
         .map(|s| format!(", up after {s:.1}s"))
         .unwrap_or_default();
     format!(
-        "{:<12} {:<8} pid {:<8} {} ({}), {guest}{boot}",
+        "{:<12} {:<8} {:<7} pid {:<8} {} ({}), {guest}{boot}",
         v.name,
         v.state,
+        v.vmm.to_string(),
         v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         serde_json::to_value(v.accel.accel)
             .ok()

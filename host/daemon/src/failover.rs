@@ -98,6 +98,11 @@ async fn start(daemon: &Shared, policy: &Policy, guest: &str) -> Result<(), Stri
         extra_cmdline: None,
         wait_secs: START_TIMEOUT_SECS,
         allow_reboot: false,
+        vmm: spec
+            .vmm
+            .parse()
+            .map_err(|e: String| format!("{guest}: {e}"))?,
+        kernel: spec.kernel.clone(),
     };
     vm_start(daemon, req).await.map_err(|e| e.message)?;
     for probe in &spec.probes {

@@ -55,6 +55,8 @@ pub struct GuestHandle {
     pub stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
     /// Relay history.
     pub relay: Arc<Mutex<RelayStore>>,
+    /// A builtin VM's console input (QEMU's console is reached through `console`).
+    pub builtin_console: Option<vesper_builtin::ConsoleInput>,
     /// The daemon's connection to the serial console, opened on first use and kept:
     /// QEMU drops input a client sent but the UART had not taken yet when the client
     /// hangs up.
@@ -185,6 +187,13 @@ impl GuestHandle {
 pub enum Process {
     /// Started by this vesperd.
     Child(Child),
+    /// A builtin VM: a thread of this vesperd.
+    Builtin {
+        /// Says how the machine ended, once it has.
+        end: Option<tokio::sync::oneshot::Receiver<String>>,
+        /// Stops it.
+        stop: vesper_hypervisor::StopHandle,
+    },
     /// Started by an earlier vesperd and adopted: not our child, so its end is seen by
     /// polling `/proc`.
     Adopted {
@@ -200,6 +209,18 @@ impl Process {
     async fn wait(&mut self) -> String {
         match self {
             Process::Child(c) => format!("{:?}", c.wait().await),
+            // Polled through `&mut` so that a select! dropping this future keeps the
+            // receiver for the next call.
+            Process::Builtin { end, .. } => match end {
+                Some(rx) => {
+                    let why = rx
+                        .await
+                        .unwrap_or_else(|_| "the VM thread went away".into());
+                    *end = None;
+                    why
+                }
+                None => std::future::pending().await,
+            },
             Process::Adopted { pid, start_time } => {
                 while crate::persist::alive(*pid, *start_time) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -214,6 +235,7 @@ impl Process {
             Process::Child(c) => {
                 let _ = c.start_kill();
             }
+            Process::Builtin { stop, .. } => stop.stop(),
             Process::Adopted { pid, start_time } => {
                 if crate::persist::alive(*pid, *start_time) {
                     let _ = nix::sys::signal::kill(
@@ -233,6 +255,8 @@ pub enum Link {
     /// The region of an adopted QEMU, mapped through its memfd. QEMU's ivshmem client
     /// cannot re-attach to a new server, so there are no doorbells: both sides poll.
     Adopted(vesper_shmem::SharedRegion),
+    /// A builtin VM's Vesper device: ioeventfd doorbells, MSI-X to the guest.
+    Builtin(vesper_builtin::BuiltinTransport),
 }
 
 impl Link {
@@ -240,12 +264,22 @@ impl Link {
         match self {
             Link::Ivshmem(t) => t.region(),
             Link::Adopted(r) => r,
+            Link::Builtin(t) => t.region(),
+        }
+    }
+
+    fn ack_doorbell(&self, vector: u32) {
+        match self {
+            Link::Ivshmem(t) => t.ack_doorbell(vector),
+            Link::Builtin(t) => t.ack_doorbell(vector),
+            Link::Adopted(_) => {}
         }
     }
 
     fn notify_guest(&self) -> std::io::Result<()> {
         match self {
             Link::Ivshmem(t) => t.notify_guest(),
+            Link::Builtin(t) => t.notify_guest(),
             // The guest re-scans every 100 ms.
             Link::Adopted(_) => Ok(()),
         }
@@ -333,14 +367,24 @@ impl GuestTask {
                     }
                 }
             }
+            Link::Builtin(t) => match (
+                t.doorbell_fd(VECTOR_CONTROL).map(dup),
+                t.doorbell_fd(VECTOR_RELAY).map(dup),
+            ) {
+                (Some(Ok(c)), Some(Ok(r))) => (None, Some(c), Some(r)),
+                _ => return tracing::error!(guest = %name, "cannot watch the doorbell eventfds"),
+            },
             Link::Adopted(_) => (None, None, None),
         };
-        let qmp = tokio::spawn(qmp_events(
-            self.qmp_events.clone(),
-            name.clone(),
-            self.bus.clone(),
-            self.status.clone(),
-        ));
+        // A builtin VM's devices report in-process (see server::launch_builtin).
+        let qmp = (!matches!(self.transport, Link::Builtin(_))).then(|| {
+            tokio::spawn(qmp_events(
+                self.qmp_events.clone(),
+                name.clone(),
+                self.bus.clone(),
+                self.status.clone(),
+            ))
+        });
         let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> =
             HashMap::new();
         let mut qemu_running = true;
@@ -351,7 +395,7 @@ impl GuestTask {
             let now = Instant::now();
             if kill_at.is_some_and(|t| now >= t) {
                 kill_at = None;
-                tracing::warn!(guest = %name, "QEMU did not quit in time; killing it");
+                tracing::warn!(guest = %name, "the VM did not stop in time; killing it");
                 self.child.start_kill();
             }
             let wake = [self.session.next_deadline(), kill_at]
@@ -367,10 +411,10 @@ impl GuestTask {
                     }
                 }
                 _ = readable(control.as_ref()) => {
-                    if let Link::Ivshmem(t) = &self.transport { t.ack_doorbell(VECTOR_CONTROL); }
+                    self.transport.ack_doorbell(VECTOR_CONTROL);
                 }
                 _ = readable(relay.as_ref()) => {
-                    if let Link::Ivshmem(t) = &self.transport { t.ack_doorbell(VECTOR_RELAY); }
+                    self.transport.ack_doorbell(VECTOR_RELAY);
                 }
                 msg = rx.recv() => match msg {
                     Some(GuestMsg::RelayStats { reply }) => {
@@ -443,7 +487,9 @@ impl GuestTask {
         if let Some(sync) = self.clock_sync.take() {
             sync.abort();
         }
-        qmp.abort();
+        if let Some(qmp) = qmp {
+            qmp.abort();
+        }
     }
 
     fn handle_events(
@@ -536,9 +582,15 @@ impl GuestTask {
         }
     }
 
-    /// Asks QEMU to quit through QMP `quit` (in a thread: QMP is blocking I/O). The
-    /// main loop kills QEMU if it has not exited by the returned deadline.
+    /// Asks QEMU to quit through QMP `quit` (in a thread: QMP is blocking I/O), or a
+    /// builtin VM to stop. The main loop kills QEMU if it has not exited by the returned
+    /// deadline.
     fn request_stop(&mut self) -> Instant {
+        if let Process::Builtin { stop, .. } = &self.child {
+            // The run notices within milliseconds; the grace covers a stuck vCPU.
+            stop.stop();
+            return Instant::now() + STOP_GRACE;
+        }
         let qmp = self.qmp.clone();
         let name = self.name.clone();
         std::thread::spawn(move || {

@@ -39,6 +39,10 @@ pub struct VmRecord {
     pub region_size: u64,
     /// The frontend's last hello.
     pub guest: Option<GuestInfo>,
+    /// A builtin VM: it runs inside this vesperd and ends with it, so nothing is saved
+    /// for a later vesperd to adopt.
+    #[serde(default)]
+    pub builtin: bool,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -50,6 +54,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl VmRecord {
     /// Writes `dir/vm.json` (atomically).
     pub fn save(&self, dir: &Path) {
+        if self.builtin {
+            return;
+        }
         let r = serde_json::to_vec_pretty(self)
             .map_err(std::io::Error::other)
             .and_then(|b| write_atomic(&dir.join("vm.json"), &b));

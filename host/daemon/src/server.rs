@@ -12,7 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use vesper_api::{
-    ApiError, ErrorCode, Reply, Request, Response, VmStartRequest, VmStatus, WireResponse,
+    ApiError, ErrorCode, EventKind, Reply, Request, Response, VmStartRequest, VmStatus, Vmm,
+    WireResponse,
 };
 use vesper_core::{Command, CommandError, Reply as GuestReply, Session};
 use vesper_ivshmem::IvshmemTransport;
@@ -632,16 +633,13 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     let kit_dir = a.kit_dir.clone().or_else(|| daemon.config.kit_dir.clone());
     let kit =
         vesper_guest_kit::Kit::load(kit_dir.as_deref()).map_err(|e| start_failed(e.to_string()))?;
-    let accel = choose_accel(a.accel).map_err(|e| start_failed(e.to_string()))?;
+    let accel = match a.vmm {
+        Vmm::Qemu => choose_accel(a.accel).map_err(|e| start_failed(e.to_string()))?,
+        Vmm::Builtin => builtin_accel(&a).map_err(start_failed)?,
+    };
     let dir = daemon.config.run_dir.join("guests").join(&a.name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| start_failed(format!("cannot create {}: {e}", dir.display())))?;
-    let transport = IvshmemTransport::new(
-        &a.name,
-        &dir.join("ivshmem.sock"),
-        vesper_shared_abi::DEFAULT_REGION_SIZE,
-    )
-    .map_err(|e| start_failed(e.to_string()))?;
     let console = dir.join("console.log");
     let qmp = dir.join("qmp.sock");
     let _ = std::fs::remove_file(&console);
@@ -651,46 +649,11 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         cmdline.push(' ');
         cmdline.push_str(extra);
     }
-    let spec = VmSpec {
-        name: a.name.clone(),
-        kernel: kit.kernel.clone(),
-        initrd: kit.initramfs.clone(),
-        cmdline,
-        memory_mib: a.memory_mib,
-        cpus: a.cpus,
-        accel: accel.accel,
-        ivshmem_socket: dir.join("ivshmem.sock"),
-        ivshmem_vectors: vesper_ivshmem::transport_vectors() as u32,
-        serial_log: console.clone(),
-        serial_socket: dir.join("console.sock"),
-        qmp_socket: qmp.clone(),
-        qmp_events_socket: dir.join("qmp-events.sock"),
-        pvpanic: true,
-        allow_reboot: a.allow_reboot,
-    };
-    let qemu_log_path = dir.join("qemu.log");
-    let qemu_log = std::fs::File::create(&qemu_log_path)
-        .map_err(|e| start_failed(format!("cannot create qemu.log: {e}")))?;
-    let qemu_err = qemu_log
-        .try_clone()
-        .map_err(|e| start_failed(e.to_string()))?;
-    let child = tokio::process::Command::new("qemu-system-x86_64")
-        .args(spec.args())
-        .stdin(Stdio::null())
-        .stdout(qemu_log)
-        .stderr(qemu_err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            start_failed(format!(
-                "cannot run qemu-system-x86_64 ({e}); install the qemu-system-x86 package"
-            ))
-        })?;
-    tracing::info!(guest = %a.name, pid = child.id(), accel = ?accel.accel, reason = %accel.reason, "VM started");
     let status = Arc::new(Mutex::new(VmStatus {
         name: a.name.clone(),
         state: "booting".into(),
-        pid: child.id(),
+        pid: None,
+        vmm: a.vmm,
         accel: accel.clone(),
         guest: None,
         console_log: console.clone(),
@@ -699,16 +662,34 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         memory_mib: a.memory_mib,
         adopted: None,
     }));
+    let launched = match a.vmm {
+        Vmm::Qemu => launch_qemu(&a, &kit, &dir, &accel, cmdline),
+        Vmm::Builtin => launch_builtin(daemon, &a, &kit, &console, cmdline, &status),
+    }
+    .map_err(start_failed)?;
+    let Launched {
+        link,
+        process,
+        pid,
+        log,
+        console_input,
+    } = launched;
+    tracing::info!(guest = %a.name, vmm = %a.vmm, pid, accel = ?accel.accel, reason = %accel.reason, "VM started");
+    status.lock().expect("status lock").pid = Some(pid);
     let (up_tx, mut up_rx) = watch::channel(None);
     let (exited_tx, mut exited_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(16);
     let (stop_tx, stop_rx) = oneshot::channel();
     let relay = Arc::new(Mutex::new(RelayStore::new(&a.name)));
-    let pid = child.id().unwrap_or(0);
+    let builtin = a.vmm == Vmm::Builtin;
     let record = VmRecord {
         name: a.name.clone(),
         pid,
-        start_time: crate::persist::proc_start(pid).map(|s| s.0).unwrap_or(0),
+        start_time: if builtin {
+            0
+        } else {
+            crate::persist::proc_start(pid).map(|s| s.0).unwrap_or(0)
+        },
         memory_mib: a.memory_mib,
         cpus: a.cpus,
         accel: accel.clone(),
@@ -719,16 +700,17 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         qmp_events: dir.join("qmp-events.sock"),
         region_size: vesper_shared_abi::DEFAULT_REGION_SIZE,
         guest: None,
+        builtin,
     };
     record.save(&dir);
     let task = GuestTask {
         name: a.name.clone(),
-        transport: Link::Ivshmem(transport),
+        transport: link,
         session: Session::new(GuestTask::config(
             daemon.config.step_timeout,
             daemon.config.max_image_size,
         )),
-        child: Process::Child(child),
+        child: process,
         dir: dir.clone(),
         record,
         channels: Channels::default(),
@@ -754,6 +736,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
             stop: Some(stop_tx),
             relay,
             console: Arc::new(tokio::sync::Mutex::new(None)),
+            builtin_console: console_input,
         },
     );
     if a.wait_secs > 0 {
@@ -766,9 +749,21 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         match tokio::time::timeout(Duration::from_secs(a.wait_secs), wait).await {
             Ok(true) => {}
             Ok(false) => {
+                let end = match &log {
+                    Some(log) => format!("QEMU exited during boot.\nqemu.log:\n{}", tail(log, 10)),
+                    None => format!(
+                        "the VM ended during boot: {}",
+                        status
+                            .lock()
+                            .expect("status lock")
+                            .failure
+                            .as_ref()
+                            .map(|f| f.summary.clone())
+                            .unwrap_or_else(|| "see the daemon log".into())
+                    ),
+                };
                 return Err(start_failed(format!(
-                    "QEMU exited during boot.\nqemu.log:\n{}\nconsole tail:\n{}",
-                    tail(&qemu_log_path, 10),
+                    "{end}\nconsole tail:\n{}",
                     tail(&console, 15)
                 )))
             }
@@ -788,6 +783,206 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     }
     let st = status.lock().expect("status lock").clone();
     Ok(Reply::VmStarted(st))
+}
+
+/// A VM process or thread just started, and how to reach it.
+struct Launched {
+    link: Link,
+    process: Process,
+    /// QEMU's pid, or vesperd's own for a builtin VM.
+    pid: u32,
+    /// QEMU's own log, if it has one.
+    log: Option<PathBuf>,
+    /// A builtin VM's console input.
+    console_input: Option<vesper_builtin::ConsoleInput>,
+}
+
+/// Starts QEMU with the kit's (or the asked-for) kernel and an ivshmem server for it.
+fn launch_qemu(
+    a: &VmStartRequest,
+    kit: &vesper_guest_kit::Kit,
+    dir: &Path,
+    accel: &vesper_api::AccelChoice,
+    cmdline: String,
+) -> Result<Launched, String> {
+    let kernel = match a.kernel.as_deref() {
+        None => kit.kernel.clone(),
+        Some(MINI_FRONTEND) => {
+            return Err(
+                "--kernel mini is a test guest for the builtin VMM; add --vmm builtin".into(),
+            )
+        }
+        Some(path) => PathBuf::from(path),
+    };
+    let transport = IvshmemTransport::new(
+        &a.name,
+        &dir.join("ivshmem.sock"),
+        vesper_shared_abi::DEFAULT_REGION_SIZE,
+    )
+    .map_err(|e| e.to_string())?;
+    let spec = VmSpec {
+        name: a.name.clone(),
+        kernel,
+        initrd: kit.initramfs.clone(),
+        cmdline,
+        memory_mib: a.memory_mib,
+        cpus: a.cpus,
+        accel: accel.accel,
+        ivshmem_socket: dir.join("ivshmem.sock"),
+        ivshmem_vectors: vesper_ivshmem::transport_vectors() as u32,
+        serial_log: dir.join("console.log"),
+        serial_socket: dir.join("console.sock"),
+        qmp_socket: dir.join("qmp.sock"),
+        qmp_events_socket: dir.join("qmp-events.sock"),
+        pvpanic: true,
+        allow_reboot: a.allow_reboot,
+    };
+    let qemu_log_path = dir.join("qemu.log");
+    let qemu_log = std::fs::File::create(&qemu_log_path)
+        .map_err(|e| format!("cannot create qemu.log: {e}"))?;
+    let qemu_err = qemu_log.try_clone().map_err(|e| e.to_string())?;
+    let child = tokio::process::Command::new("qemu-system-x86_64")
+        .args(spec.args())
+        .stdin(Stdio::null())
+        .stdout(qemu_log)
+        .stderr(qemu_err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!("cannot run qemu-system-x86_64 ({e}); install the qemu-system-x86 package")
+        })?;
+    Ok(Launched {
+        link: Link::Ivshmem(transport),
+        pid: child.id().unwrap_or(0),
+        process: Process::Child(child),
+        log: Some(qemu_log_path),
+        console_input: None,
+    })
+}
+
+/// `--kernel` value naming the kit's mini frontend.
+const MINI_FRONTEND: &str = "mini";
+
+/// The builtin VMM runs on KVM only, and boots a stock Linux kernel only where KVM is
+/// hardware-backed (`--accel kvm` insists anyway, to see how far it gets).
+fn builtin_accel(a: &VmStartRequest) -> Result<vesper_api::AccelChoice, String> {
+    use vesper_hypervisor::KvmBacking;
+    let backing = KvmBacking::detect();
+    if let KvmBacking::Unavailable(why) = &backing {
+        return Err(format!(
+            "the builtin VMM needs /dev/kvm: {why}; use --vmm qemu (it falls back to TCG)"
+        ));
+    }
+    if a.accel == vesper_api::AccelRequest::Tcg {
+        return Err("the builtin VMM runs on KVM only; use --vmm qemu for TCG".into());
+    }
+    let linux = a.kernel.as_deref() != Some(MINI_FRONTEND);
+    if let (true, Some(problem), vesper_api::AccelRequest::Auto) =
+        (linux, backing.linux_problem(), a.accel)
+    {
+        return Err(format!(
+            "{problem}, so the builtin VMM cannot boot Linux here; use --vmm qemu (TCG), \
+             --kernel mini (the kit's mini frontend), or --accel kvm to try anyway"
+        ));
+    }
+    let reason = match backing {
+        KvmBacking::Hardware(module) => format!("builtin VMM on hardware KVM ({module})"),
+        KvmBacking::Paravirtual => "builtin VMM on the paravirtual kvm_pvm".into(),
+        _ => "builtin VMM on KVM".into(),
+    };
+    Ok(vesper_api::AccelChoice {
+        accel: vesper_qemu::Accel::Kvm,
+        reason,
+    })
+}
+
+/// Builds and boots a guest in vesperd's own VMM. Its pvpanic and reset reports go
+/// straight onto the event bus, named as QEMU names them.
+fn launch_builtin(
+    daemon: &Shared,
+    a: &VmStartRequest,
+    kit: &vesper_guest_kit::Kit,
+    console: &Path,
+    cmdline: String,
+    status: &Arc<Mutex<VmStatus>>,
+) -> Result<Launched, String> {
+    use vesper_builtin::{BootImage, Machine, MachineEvent, MachineSpec};
+    let boot = match a.kernel.as_deref() {
+        Some(MINI_FRONTEND) => BootImage::Elf {
+            path: kit.mini_frontend.clone(),
+            cmdline,
+        },
+        other => BootImage::Linux {
+            kernel: other.map_or_else(|| kit.kernel.clone(), PathBuf::from),
+            initramfs: Some(kit.initramfs.clone()),
+            cmdline,
+        },
+    };
+    let spec = MachineSpec {
+        name: a.name.clone(),
+        vcpus: a.cpus,
+        memory_mib: a.memory_mib,
+        boot,
+        region_size: vesper_shared_abi::DEFAULT_REGION_SIZE,
+        console_log: console.to_path_buf(),
+        allow_reboot: a.allow_reboot,
+    };
+    let (bus, name, st) = (daemon.bus.clone(), a.name.clone(), status.clone());
+    let sink: vesper_builtin::EventSink = Arc::new(move |event| {
+        let (kind, qemu_name, payload) = match event {
+            MachineEvent::GuestPanicked => (
+                EventKind::GuestPanicked,
+                "GUEST_PANICKED",
+                serde_json::json!({ "action": "run" }),
+            ),
+            MachineEvent::Reset { rebooted: true } => (
+                EventKind::Reset,
+                "RESET",
+                serde_json::json!({ "guest": true, "reason": "guest-reset" }),
+            ),
+            MachineEvent::Reset { rebooted: false } => (
+                EventKind::Shutdown,
+                "SHUTDOWN",
+                serde_json::json!({ "guest": true, "reason": "guest-reset" }),
+            ),
+            MachineEvent::CrashLoaded => {
+                return tracing::info!(guest = %name, "guest is running its crash kernel");
+            }
+        };
+        let e = bus.publish(
+            &name,
+            kind,
+            vesper_api::Source::Vmm {
+                event: qemu_name.into(),
+            },
+            None,
+            payload,
+        );
+        crate::events::note_failure(&st, &e);
+    });
+    let (machine, transport) = Machine::start(&spec, sink).map_err(|e| e.to_string())?;
+    let console_input = machine.console();
+    let stop = machine.stop_handle();
+    let (end_tx, end_rx) = oneshot::channel();
+    let name = a.name.clone();
+    std::thread::Builder::new()
+        .name(format!("wait-{}", a.name))
+        .spawn(move || {
+            let end = machine.wait();
+            tracing::info!(guest = %name, %end, "builtin VM ended");
+            let _ = end_tx.send(end.to_string());
+        })
+        .map_err(|e| format!("cannot start the VM's waiter thread: {e}"))?;
+    Ok(Launched {
+        link: Link::Builtin(transport),
+        process: Process::Builtin {
+            end: Some(end_rx),
+            stop,
+        },
+        pid: std::process::id(),
+        log: None,
+        console_input: Some(console_input),
+    })
 }
 
 /// What an adopted VM lacks, shown by `vm list`.
@@ -872,6 +1067,7 @@ fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
         name: record.name.clone(),
         state: if info.is_some() { "up" } else { "booting" }.into(),
         pid: Some(record.pid),
+        vmm: vesper_api::Vmm::Qemu,
         accel: record.accel.clone(),
         guest: info.clone(),
         console_log: record.console_log.clone(),
@@ -929,9 +1125,25 @@ fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
             stop: Some(stop_tx),
             relay,
             console: Arc::new(tokio::sync::Mutex::new(None)),
+            builtin_console: None,
         },
     );
     Ok(())
+}
+
+/// Types a line into a builtin VM's 8250 (blocking: it waits for the guest to read).
+async fn send_builtin(name: &str, line: &str, input: vesper_builtin::ConsoleInput) -> Response {
+    let bytes = format!("{line}\n").into_bytes();
+    match tokio::task::spawn_blocking(move || input.send(&bytes)).await {
+        Ok(Ok(())) => Ok(Reply::VmSent {
+            name: name.to_string(),
+        }),
+        Ok(Err(e)) => Err(ApiError::new(
+            ErrorCode::GuestNotReady,
+            format!("{name}: serial console: {e}"),
+        )),
+        Err(e) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
+    }
 }
 
 async fn vm_send(daemon: &Shared, name: &str, line: &str) -> Response {
@@ -952,13 +1164,21 @@ async fn vm_send(daemon: &Shared, name: &str, line: &str) -> Response {
                 format!("{name}: the VM has exited"),
             ));
         }
-        let path = g
-            .status
-            .lock()
-            .expect("status lock")
-            .console_log
-            .with_file_name("console.sock");
-        (path, g.console.clone())
+        if let Some(input) = g.builtin_console.clone() {
+            (PathBuf::new(), Err(input))
+        } else {
+            let path = g
+                .status
+                .lock()
+                .expect("status lock")
+                .console_log
+                .with_file_name("console.sock");
+            (path, Ok(g.console.clone()))
+        }
+    };
+    let console = match console {
+        Ok(c) => c,
+        Err(input) => return send_builtin(name, line, input).await,
     };
     let failed = |e: std::io::Error| {
         ApiError::new(

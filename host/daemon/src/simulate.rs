@@ -88,6 +88,7 @@ async fn serve(
         name: name.clone(),
         state: "up".into(),
         pid: None,
+        vmm: vesper_api::Vmm::Qemu,
         accel: AccelChoice {
             accel: Accel::Tcg,
             reason: "simulated guest".into(),

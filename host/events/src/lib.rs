@@ -116,6 +116,11 @@ pub enum Source {
         /// QMP event name (`GUEST_PANICKED`).
         event: String,
     },
+    /// A device of the builtin VMM (pvpanic, the reset control), seen in-process.
+    Vmm {
+        /// What it reported (`GUEST_PANICKED`, `RESET`: QEMU's names for the same).
+        event: String,
+    },
     /// The VM process itself.
     Process,
     /// The guest frontend's handshake.

@@ -112,6 +112,16 @@ pub enum PolicyError {
         /// `guest`, `group`, `probe module`, `guest mode`.
         what: &'static str,
     },
+    /// A guest's `vmm` names no VMM.
+    #[error("{at}: guest {guest:?} has vmm = {found:?}; use \"qemu\" or \"builtin\"")]
+    UnknownVmm {
+        /// Where.
+        at: Location,
+        /// The guest.
+        guest: String,
+        /// What it said.
+        found: String,
+    },
     /// A guest declared twice.
     #[error("{at}: guest {guest:?} is declared twice; each [[guest]] needs its own name")]
     DuplicateGuest {

@@ -55,6 +55,10 @@ pub struct GuestSpec {
     pub cpus: u32,
     /// Test-init mode (default `freeze`).
     pub mode: String,
+    /// The VMM it runs in: `qemu` (default) or `builtin`.
+    pub vmm: String,
+    /// What it boots instead of the kit's kernel (a path, or `mini`), if anything.
+    pub kernel: Option<String>,
     /// Probes to push after it (re)starts.
     pub probes: Vec<ProbeSpec>,
 }
@@ -326,12 +330,16 @@ impl Policy {
         for g in &self.guests {
             let _ = write!(
                 s,
-                "guest {}: {} MiB, {}, mode {}",
+                "guest {}: {} MiB, {}, mode {}, vmm {}",
                 g.name,
                 g.memory_mib,
                 plural(g.cpus as usize, "cpu", "cpus"),
-                g.mode
+                g.mode,
+                g.vmm
             );
+            if let Some(k) = &g.kernel {
+                let _ = write!(s, ", kernel {k}");
+            }
             for p in &g.probes {
                 let _ = write!(s, ", probe {}", p.module);
                 if !p.params.is_empty() {
@@ -420,6 +428,8 @@ struct RawGuest {
     memory_mib: Spanned<u32>,
     cpus: Option<Spanned<u32>>,
     mode: Option<Spanned<String>>,
+    vmm: Option<Spanned<String>>,
+    kernel: Option<Spanned<String>>,
     #[serde(default)]
     probes: Vec<RawProbe>,
 }
@@ -618,6 +628,26 @@ fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyError> {
             Some(m) => m.into_inner(),
             None => DEFAULT_MODE.to_string(),
         };
+        let vmm = match g.vmm {
+            Some(v) if !matches!(v.get_ref().as_str(), "qemu" | "builtin") => {
+                return Err(PolicyError::UnknownVmm {
+                    at: loc.of(&v),
+                    guest: name,
+                    found: v.into_inner(),
+                })
+            }
+            Some(v) => v.into_inner(),
+            None => "qemu".to_string(),
+        };
+        let kernel = match g.kernel {
+            Some(k) if k.get_ref().trim().is_empty() => {
+                return Err(PolicyError::EmptyName {
+                    at: loc.of(&k),
+                    what: "guest kernel",
+                })
+            }
+            other => other.map(Spanned::into_inner),
+        };
         let mut probes = Vec::with_capacity(g.probes.len());
         for p in g.probes {
             if p.module.get_ref().trim().is_empty() {
@@ -636,6 +666,8 @@ fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyError> {
             memory_mib,
             cpus,
             mode,
+            vmm,
+            kernel,
             probes,
         });
     }

@@ -508,3 +508,34 @@ fn loaded_files_are_named_in_errors() {
     says(&e, &["missing.toml"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn guests_name_their_vmm_and_kernel_and_unknown_vmms_are_refused() {
+    let text = format!(
+        "{HOST}[[guest]]\nname = \"a\"\nmemory_mib = 256\nvmm = \"builtin\"\nkernel = \"mini\"\n"
+    );
+    let p = Policy::from_toml(&text).unwrap();
+    let a = p.guest("a").unwrap();
+    assert_eq!(
+        (a.vmm.as_str(), a.kernel.as_deref()),
+        ("builtin", Some("mini"))
+    );
+    assert!(
+        p.summary().contains("vmm builtin, kernel mini"),
+        "{}",
+        p.summary()
+    );
+    assert_eq!(
+        Policy::from_toml(&with(""))
+            .unwrap()
+            .guest("web1")
+            .unwrap()
+            .vmm,
+        "qemu"
+    );
+    let e = err(&format!(
+        "{HOST}[[guest]]\nname = \"a\"\nmemory_mib = 256\nvmm = \"xen\"\n"
+    ));
+    assert!(matches!(e, PolicyError::UnknownVmm { .. }), "{e}");
+    says(&e, &["\"a\"", "\"xen\"", "qemu", "builtin", "line 7"]);
+}

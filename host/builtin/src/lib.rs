@@ -1,0 +1,17 @@
+//! The in-process transport: a guest that runs in `vesper-hypervisor` inside the host
+//! process. `Machine` builds, boots and runs the VM; `BuiltinTransport` is the host
+//! `Transport` over its Vesper device.
+#![deny(missing_docs)]
+
+mod console;
+mod error;
+mod machine;
+mod transport;
+
+pub use console::ConsoleInput;
+pub use error::BuiltinError;
+pub use machine::{
+    kvm_hardware_backed, BootImage, EventSink, Machine, MachineEnd, MachineEvent, MachineSpec,
+    BAR0_ADDRESS, BAR2_ADDRESS,
+};
+pub use transport::BuiltinTransport;

@@ -1,0 +1,63 @@
+//! The host `Transport` over the builtin VMM's Vesper device.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use vesper_core::Transport;
+use vesper_hypervisor::VesperHandle;
+use vesper_shmem::SharedRegion;
+
+/// The Vesper device of a builtin machine, seen from the host: the region is mapped in
+/// both the host and the guest (BAR2), a guest doorbell is a KVM ioeventfd, the host's
+/// interrupt is the device's MSI-X vector 0.
+pub struct BuiltinTransport {
+    region: SharedRegion,
+    device: VesperHandle,
+    description: String,
+}
+
+impl BuiltinTransport {
+    pub(crate) fn new(region: SharedRegion, device: VesperHandle, description: String) -> Self {
+        Self {
+            region,
+            device,
+            description,
+        }
+    }
+
+    /// The device's host-side state (counters, registers).
+    pub fn device(&self) -> &VesperHandle {
+        &self.device
+    }
+}
+
+impl Transport for BuiltinTransport {
+    fn region(&self) -> &SharedRegion {
+        &self.region
+    }
+
+    fn notify_guest(&self) -> std::io::Result<()> {
+        self.device.notify(0).map_err(std::io::Error::other)
+    }
+
+    fn doorbell_fd(&self, vector: u32) -> Option<BorrowedFd<'_>> {
+        let fd = self.device.doorbell(u16::try_from(vector).ok()?)?;
+        // SAFETY: the eventfd is owned by `self.device`, which lives as long as the
+        // borrow of `self` the returned fd is tied to.
+        Some(unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) })
+    }
+
+    fn ack_doorbell(&self, vector: u32) {
+        let Some(fd) = u16::try_from(vector)
+            .ok()
+            .and_then(|v| self.device.doorbell(v))
+        else {
+            return;
+        };
+        // Non-blocking: EAGAIN just means nothing was pending.
+        let _ = fd.read();
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
