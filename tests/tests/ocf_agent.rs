@@ -221,6 +221,8 @@ fn validate_all_refuses_bad_parameters() {
     assert_eq!(check(&[("memory", "lots")]), 6);
     assert_eq!(check(&[("cpus", "0")]), 6);
     assert_eq!(check(&[("boot_timeout", "1m")]), 6);
+    assert_eq!(check(&[("vmm", "xen")]), 6);
+    assert_eq!(check(&[("vmm", "builtin")]), 0);
     assert_eq!(check(&[("vesper", "/nonexistent/vesper")]), 5);
     assert_eq!(check(&[("probes", "exit.ko")]), 6, "relative module path");
     assert_eq!(check(&[("probes", "/nonexistent/exit.ko")]), 5);
