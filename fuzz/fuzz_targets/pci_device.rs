@@ -107,22 +107,26 @@ fuzz_target!(|data: &[u8]| {
     let mut ports = PciPorts::without_reset(root.clone());
     let mut steps = 0;
     let mut rest = data;
-    // Each step: op, then 8 bytes of operand (address/offset), then up to 8 of data.
+    // Each step: op, a length (mostly 1, 2, 4 or 8; any up to 16, e.g. string port I/O),
+    // 8 bytes of operand (address/offset), then the data.
     while rest.len() >= 10 && steps < 256 {
         steps += 1;
         let op = rest[0];
-        let len = [1usize, 2, 4, 8][usize::from(rest[1] & 3)];
+        let len = match rest[1] {
+            l @ 0..=0x7f => [1usize, 2, 4, 8][usize::from(l & 3)],
+            l => usize::from(l % 17),
+        };
         let arg = u64::from_le_bytes(rest[2..10].try_into().unwrap());
         rest = &rest[10..];
         let take = len.min(rest.len());
-        let mut bytes = [0u8; 8];
+        let mut bytes = [0u8; 16];
         bytes[..take].copy_from_slice(&rest[..take]);
         rest = &rest[take..];
         let value = &bytes[..len];
         match op % 6 {
             // Config ports: any port offset 0-7 and width.
             0 => ports.write(arg % 8, value),
-            1 => ports.read(arg % 8, &mut [0; 8][..len]),
+            1 => ports.read(arg % 8, &mut [0; 16][..len]),
             // Config address of the device (enable bit set) with a register from arg.
             2 => ports.write(0, &(0x8000_0800 | (arg as u32 & 0xfc)).to_le_bytes()),
             // MMIO at a decoded BAR's base + offset, or anywhere.
@@ -136,7 +140,7 @@ fuzz_target!(|data: &[u8]| {
                 if op % 6 == 3 {
                     r.mmio_write(addr, value);
                 } else {
-                    r.mmio_read(addr, &mut [0; 8][..len]);
+                    r.mmio_read(addr, &mut [0; 16][..len]);
                 }
             }
             // The host notifies a vector.
