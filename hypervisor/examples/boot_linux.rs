@@ -27,6 +27,33 @@ impl Write for Tee {
     }
 }
 
+/// Walks the guest's 4-level page tables (cr3) for `va`; None if not mapped.
+fn translate(vm: &Vm, cr3: u64, va: u64) -> Option<u64> {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let entry = |table: u64, index: u64| -> Option<u64> {
+        let mut b = [0u8; 8];
+        vm_memory::Bytes::read_slice(
+            vm.memory(),
+            &mut b,
+            vm_memory::GuestAddress(table + index * 8),
+        )
+        .ok()?;
+        let e = u64::from_le_bytes(b);
+        (e & 1 == 1).then_some(e)
+    };
+    let mut table = cr3 & ADDR;
+    for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
+        let e = entry(table, (va >> shift) & 511)?;
+        let huge = e & 0x80 != 0 && (level == 3 || level == 2);
+        if huge || level == 1 {
+            let mask = (1u64 << shift) - 1;
+            return Some((e & ADDR & !mask) | (va & mask));
+        }
+        table = e & ADDR;
+    }
+    None
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 4 {
@@ -93,20 +120,51 @@ fn main() {
     };
     let took = start.elapsed();
     eprintln!("\n== run ended after {took:.2?}");
-    match result {
+    let last = match result {
         Ok(report) => {
             eprintln!("== stop: {:?}", report.stop);
             for v in &report.vcpus {
                 eprintln!("== vCPU {v}");
             }
+            report.vcpus.first().cloned()
         }
         Err(vesper_hypervisor::HypervisorError::Timeout { after, vcpus }) => {
             eprintln!("== exit: deadline of {after:?} passed, vCPUs kicked out");
             for v in &vcpus {
                 eprintln!("== vCPU {v}");
             }
+            vcpus.first().cloned()
         }
-        Err(e) => eprintln!("== exit: {e}"),
+        Err(vesper_hypervisor::HypervisorError::UnexpectedExit { vcpu, kind, regs }) => {
+            eprintln!("== exit: vCPU {vcpu}: unexpected exit {kind}\n== vCPU {regs}");
+            Some(*regs)
+        }
+        Err(e) => {
+            eprintln!("== exit: {e}");
+            None
+        }
+    };
+    if let Some(regs) = last {
+        match translate(&vm, regs.cr3, regs.rip) {
+            Some(phys) => {
+                let mut code = [0u8; 16];
+                let read = vm_memory::Bytes::read_slice(
+                    vm.memory(),
+                    &mut code,
+                    vm_memory::GuestAddress(phys),
+                );
+                eprintln!(
+                    "== code at rip {:#x} (guest-physical {phys:#x}): {:02x?} {}",
+                    regs.rip,
+                    code,
+                    if read.is_ok() { "" } else { "(unreadable)" }
+                );
+            }
+            None => eprintln!(
+                "== rip {:#x} is not mapped by cr3 {:#x}",
+                regs.rip, regs.cr3
+            ),
+        }
     }
     let text = String::from_utf8_lossy(&console.contents()).into_owned();
     let lines: Vec<&str> = text.lines().collect();

@@ -537,3 +537,53 @@ fn linux_boot_takes_an_elf_kernel_at_its_physical_addresses_and_enters_it_in_lon
         "Hello from long mode\n"
     );
 }
+
+/// Each vCPU that runs adds 1 at 0x500000 (locked); vCPU 0 then waits (bounded) for a
+/// second vCPU's add and exits with the count.
+const COUNT_VCPUS: &str = r#"
+_start:
+    lock inc qword ptr [0x500000]
+    mov eax, 1
+    cpuid
+    shr ebx, 24
+    jnz 3f
+    mov ecx, 300000
+1:  cmp qword ptr [0x500000], 2
+    jae 2f
+    pause
+    dec ecx
+    jnz 1b
+2:  mov rax, [0x500000]
+    mov dx, 0x501
+    out dx, al
+3:  hlt
+    jmp 3b
+"#;
+
+#[test]
+fn linux_boot_starts_only_the_bootstrap_vcpu_and_lists_all_in_an_mp_table() {
+    if !kvm_available("linux smp") {
+        return;
+    }
+    let dir = Scratch::new();
+    let elf = elf_guest(&dir, COUNT_VCPUS);
+    // A plain ELF64 guest: every vCPU runs from the entry.
+    let (mut vm2, _o) = vm(16 * MIB, 2, true);
+    vm2.boot_elf64(&elf, "").expect("boot elf64");
+    assert_eq!(vm2.run(RUN).expect("run").stop, Stop::PowerOff(2));
+    // Linux: vCPU 1 waits for the kernel's INIT/SIPI; the MP table lists both.
+    let (mut vm, _o) = vm(16 * MIB, 2, true);
+    vm.boot_linux(vesper_hypervisor::LinuxBoot {
+        kernel: &elf,
+        initramfs: None,
+        cmdline: "",
+    })
+    .expect("boot linux");
+    assert_eq!(vm.run(RUN).expect("run").stop, Stop::PowerOff(1));
+    assert_eq!(read_u32(&vm, 0xf_0000), u32::from_le_bytes(*b"_MP_"));
+    assert_eq!(read_u32(&vm, 0xf_0010), u32::from_le_bytes(*b"PCMP"));
+    // A reset goes back to the same split: vCPU 1 waits again.
+    vm.reset().expect("reset");
+    vm.load(0x50_0000, &[0; 8]).expect("clear the count");
+    assert_eq!(vm.run(RUN).expect("run").stop, Stop::PowerOff(1));
+}

@@ -11,6 +11,7 @@ pub mod cpuid;
 pub mod gdt;
 pub mod image;
 pub mod layout;
+pub mod mptable;
 pub mod paging;
 pub mod zero_page;
 
@@ -19,7 +20,7 @@ use std::path::Path;
 
 use kvm_bindings::{
     kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_pit_config, Msrs, KVM_MAX_CPUID_ENTRIES,
-    KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY,
+    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
@@ -72,7 +73,18 @@ pub struct BootInfo {
 pub(crate) struct EntryExtra {
     fpu: kvm_fpu,
     msrs: Vec<kvm_msr_entry>,
-    runnable: bool,
+    /// With an irqchip: every vCPU runnable at the entry (`All`), or only vCPU 0 while the
+    /// others wait for the INIT/SIPI a kernel sends them (`BootstrapOnly`).
+    start: Option<Start>,
+}
+
+/// Which vCPUs start running at the entry (with the in-kernel irqchip; without it, all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Every vCPU.
+    All,
+    /// vCPU 0; the others wait for INIT/SIPI, as on a PC (Linux with an MP table).
+    BootstrapOnly,
 }
 
 const MSR_IA32_TSC: u32 = 0x10;
@@ -92,7 +104,7 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
 impl EntryExtra {
-    fn long_mode(runnable: bool) -> Self {
+    fn long_mode(start: Option<Start>) -> Self {
         let msr = |index, data| kvm_msr_entry {
             index,
             data,
@@ -118,12 +130,12 @@ impl EntryExtra {
                 msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
                 msr(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
             ],
-            runnable,
+            start,
         }
     }
 
-    /// Sets the FPU, the MSRs and (with an irqchip) makes the vCPU runnable, so every
-    /// vCPU — not only the bootstrap one — starts at the entry.
+    /// Sets the FPU, the MSRs and (with an irqchip) whether the vCPU runs from the entry
+    /// or waits for INIT/SIPI.
     pub(crate) fn apply(&self, index: usize, fd: &VcpuFd) -> Result<()> {
         fd.set_fpu(&self.fpu).map_err(kvm("KVM_SET_FPU"))?;
         let msrs = Msrs::from_entries(&self.msrs)
@@ -138,11 +150,14 @@ impl EntryExtra {
                  KVM's reset values"
             );
         }
-        if self.runnable {
-            fd.set_mp_state(kvm_mp_state {
-                mp_state: KVM_MP_STATE_RUNNABLE,
-            })
-            .map_err(kvm("KVM_SET_MP_STATE"))?;
+        if let Some(start) = self.start {
+            let mp_state = if index == 0 || start == Start::All {
+                KVM_MP_STATE_RUNNABLE
+            } else {
+                KVM_MP_STATE_UNINITIALIZED
+            };
+            fd.set_mp_state(kvm_mp_state { mp_state })
+                .map_err(kvm("KVM_SET_MP_STATE"))?;
         }
         Ok(())
     }
@@ -198,6 +213,11 @@ impl Vm {
     /// supported set filtered by `cpuid::filter`). Also the state `reset` returns to.
     /// Does not write the zero page or command line (`boot_elf64`, `boot_linux` do).
     pub fn set_long_mode_entry(&mut self, rip: u64) -> Result<()> {
+        self.enter_long_mode(rip, Start::All)
+    }
+
+    /// As `set_long_mode_entry`; with the irqchip, `start` says which vCPUs run.
+    fn enter_long_mode(&mut self, rip: u64, start: Start) -> Result<()> {
         let mem_size = self.config().mem_size;
         if !ram_contains(mem_size, 0, BOOT_AREA_END) {
             return Err(HypervisorError::InvalidConfig(
@@ -222,7 +242,7 @@ impl Vm {
         // The TSC-deadline timer lives in the in-kernel LAPIC.
         let tsc_deadline = self.irqchip && host_kvm.check_extension(Cap::TscDeadlineTimer);
         let count = self.config().vcpus;
-        let extra = EntryExtra::long_mode(self.irqchip);
+        let extra = EntryExtra::long_mode(self.irqchip.then_some(start));
         for (index, (fd, state)) in (0u32..).zip(self.vcpus.iter().zip(self.boot_state.iter_mut()))
         {
             // Booting again (a guest reboot) finds the CPUID of the first boot, which
@@ -294,19 +314,18 @@ impl Vm {
     /// load + 0x200) or an ELF vmlinux (at its `p_paddr`s, entered at `e_entry`), the
     /// initramfs high below the PCI hole and the kernel's `initrd_addr_max`, the command
     /// line, and a zero page with the image's setup header and the e820 map. COM1 raises
-    /// GSI 4 (an irqfd). Needs the in-kernel irqchip (`Vm::with_irqchip`) and one vCPU:
-    /// there is no MP table or ACPI for a kernel to find more.
+    /// GSI 4 (an irqfd). Needs the in-kernel irqchip (`Vm::with_irqchip`). An MP table
+    /// lists the vCPUs and the IOAPIC; vCPU 0 starts at the entry, the others wait for
+    /// the kernel's INIT/SIPI.
     pub fn boot_linux(&mut self, boot: LinuxBoot<'_>) -> Result<BootInfo> {
         if !self.irqchip {
             return Err(HypervisorError::InvalidConfig(
                 "Linux boot needs the in-kernel irqchip: build the VM with Vm::with_irqchip",
             ));
         }
-        if self.config().vcpus != 1 {
-            return Err(HypervisorError::InvalidConfig(
-                "Linux boot supports one vCPU (no MP table or ACPI tables yet)",
-            ));
-        }
+        let mptable = mptable::build(self.config().vcpus).ok_or(HypervisorError::InvalidConfig(
+            "Linux boot supports 1 to 254 vCPUs (8-bit APIC ids)",
+        ))?;
         let mem_size = self.config().mem_size;
         let ram_end = low_ram_end(mem_size);
         let path = boot.kernel;
@@ -367,7 +386,13 @@ impl Vm {
             },
         );
         self.write_zero_page(&params)?;
-        self.set_long_mode_entry(entry)?;
+        self.memory()
+            .write_slice(&mptable, GuestAddress(mptable::MPTABLE_ADDR))
+            .map_err(|_| HypervisorError::LoadOutOfRange {
+                addr: mptable::MPTABLE_ADDR,
+                len: mptable.len(),
+            })?;
+        self.enter_long_mode(entry, Start::BootstrapOnly)?;
         self.create_pit()?;
         self.wire_serial_irq()?;
         tracing::info!(
