@@ -390,6 +390,9 @@ pub trait PciDevice: Send {
     fn config_written(&mut self, config: &ConfigSpace) {
         let _ = config;
     }
+    /// The machine is reset: back to the power-on state (the config space is reset by
+    /// the PCI root).
+    fn reset(&mut self) {}
     /// BAR `bar` is now decoded at `addr` (`None`: no longer decoded). Returns `false`
     /// if the device could not follow (then the BAR is not decoded and counted).
     fn bar_moved(&mut self, bar: usize, addr: Option<u64>) -> bool {
@@ -421,6 +424,8 @@ impl DecodedBar {
 
 struct Function {
     config: ConfigSpace,
+    /// The config space as added: what a reset returns to.
+    initial: ConfigSpace,
     device: Option<Box<dyn PciDevice>>,
     /// Last refused placement per BAR, so a refusal is counted once.
     refused: [Option<u64>; BAR_COUNT],
@@ -481,6 +486,7 @@ impl PciRoot {
             (0, 0),
             Function {
                 config: host_bridge(),
+                initial: host_bridge(),
                 device: None,
                 refused: [None; BAR_COUNT],
             },
@@ -530,6 +536,7 @@ impl PciRoot {
         self.functions.insert(
             (device, function),
             Function {
+                initial: config.clone(),
                 config,
                 device: logic,
                 refused: [None; BAR_COUNT],
@@ -583,6 +590,23 @@ impl PciRoot {
         for f in self.functions.values_mut() {
             f.device = None;
         }
+    }
+
+    /// A machine reset: every function's config space back to how it was added (BARs
+    /// where the VMM placed them, capabilities' bits cleared; refusal counts kept), its
+    /// device logic reset, BARs decoded again.
+    pub fn reset(&mut self) {
+        self.address = 0;
+        for f in self.functions.values_mut() {
+            let refused = f.config.refused_relocations;
+            f.config = f.initial.clone();
+            f.config.refused_relocations = refused;
+            f.refused = [None; BAR_COUNT];
+            if let Some(dev) = f.device.as_mut() {
+                dev.reset();
+            }
+        }
+        self.redecode();
     }
 
     /// The function at 00:`device`.`function`.
@@ -1240,6 +1264,27 @@ mod tests {
             })
         );
         assert!(r.function(1, 0).is_none());
+    }
+
+    #[test]
+    fn a_reset_puts_bars_and_bits_back_and_keeps_the_counts() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut r = PciRoot::new();
+        let mut c = vesper_like();
+        c.set_command(COMMAND_MEMORY);
+        r.add_device(1, 0, c, Box::new(Moves(log.clone()))).unwrap();
+        write32(&mut r, 1, 0x10, 0xfee0_0000); // refused
+        write32(&mut r, 1, 0x10, 0xc000_0000);
+        write32(&mut r, 1, 0x04, 0x6);
+        log.lock().unwrap().clear();
+        r.reset();
+        assert_eq!(r.decoded_at(1, 0, 0), Some(0xfeb0_0000));
+        assert_eq!(read32(&mut r, 1, 0x04) & 0xffff, u32::from(COMMAND_MEMORY));
+        assert_eq!(r.function(1, 0).unwrap().refused_relocations(), 1);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(0, None), (0, Some(0xfeb0_0000))]
+        );
     }
 
     #[test]

@@ -282,6 +282,11 @@ impl PciDevice for VesperLogic {
             .set_control(message_control(config, self.msix_cap), config.bus_master());
         self.release();
     }
+
+    fn reset(&mut self) {
+        self.registers = Registers::new(self.registers.peer_id());
+        self.msix = Msix::new(MSIX_VECTORS, MSIX_LAYOUT);
+    }
 }
 
 /// Where to put the device and what to map.
@@ -661,6 +666,14 @@ impl PciDevice for VesperFunction {
     fn config_written(&mut self, config: &ConfigSpace) {
         lock(&self.interrupts)
             .control_written(message_control(config, self.msix_cap), config.bus_master());
+    }
+
+    fn reset(&mut self) {
+        let mut bar0 = lock(&self.bar0);
+        bar0.registers = Registers::new(bar0.registers.peer_id());
+        drop(bar0);
+        // All vectors masked, MSI-X off, nothing pending; the routes stay (harmless).
+        lock(&self.interrupts).msix = Msix::new(MSIX_VECTORS, MSIX_LAYOUT);
     }
 
     fn bar_moved(&mut self, bar: usize, addr: Option<u64>) -> bool {

@@ -395,8 +395,9 @@ impl Vm {
         Ok(())
     }
 
-    /// Puts every vCPU back in its boot state and the console in its power-on state.
-    /// RAM is kept, as on a real machine.
+    /// Puts every vCPU back in its boot state, the console and the PCI functions in their
+    /// power-on state (BARs where the VMM placed them, MSI-X off). RAM is kept, as on a
+    /// real machine.
     pub fn reset(&mut self) -> Result<()> {
         if self.vcpus.len() != self.boot_state.len() {
             return Err(HypervisorError::VmUnusable);
@@ -412,6 +413,8 @@ impl Vm {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .reset();
+        // PCI functions as after power-on and firmware: BARs where the VMM put them.
+        lock_pci(&self.pci).reset();
         self.control.clear();
         Ok(())
     }

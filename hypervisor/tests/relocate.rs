@@ -103,7 +103,9 @@ fn guest_moves_bar0_and_bar2_and_registers_doorbells_and_bytes_follow() {
     if !kvm_available("relocation") {
         return;
     }
+    let first = std::cell::Cell::new((0, 0));
     let (mut vm, device, region, reports) = setup(|old0, old2| {
+        first.set((old0, old2));
         format!(
             r#"
 main:
@@ -169,6 +171,11 @@ handler:
     let unmapped = vm.unmapped_accesses();
     assert_eq!((unmapped.mmio_reads, unmapped.mmio_writes), (1, 1));
     assert_eq!(refused(&vm), 0);
+    // A machine reset puts the BARs back where the VMM placed them.
+    let (old0, old2) = first.get();
+    vm.reset().expect("reset");
+    assert_eq!(device.bar_address(0), Some(old0));
+    assert_eq!(device.bar_address(2), Some(old2));
 }
 
 #[test]
