@@ -291,7 +291,8 @@ impl Vm {
         self.pio.insert(range, device)
     }
 
-    /// Adds a device on the MMIO bus; it must not overlap guest RAM.
+    /// Adds a device on the MMIO bus; it must not overlap guest RAM nor a decoded PCI
+    /// BAR, and BARs cannot be moved over it afterwards.
     pub fn register_mmio(&mut self, range: BusRange, device: SharedDevice) -> Result<()> {
         if let Some(r) = layout::ram_overlapping(self.config.mem_size, range.base(), range.last()) {
             return Err(HypervisorError::BusOverlap {
