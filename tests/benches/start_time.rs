@@ -146,20 +146,6 @@ fn main() {
         .unwrap_or(50)
         .max(2);
 
-    let mut ours = Vec::new();
-    for i in 0..WARMUP + n {
-        let s = vmm_start().unwrap_or_else(|e| panic!("vesper-hypervisor start: {e}"));
-        if i >= WARMUP {
-            ours.push(s);
-        }
-    }
-    let mut split: Vec<[Duration; 8]> = Vec::new();
-    for i in 0..WARMUP + n {
-        let s = raw_split(image).unwrap_or_else(|e| panic!("raw KVM start: {e}"));
-        if i >= WARMUP {
-            split.push(s);
-        }
-    }
     let dir = tempfile::tempdir().expect("temporary directory");
     let bios = tiny_guest::image_file(dir.path()).expect("image file");
     let accel = match qemu_start(QemuAccel::Kvm, &bios) {
@@ -170,11 +156,16 @@ fn main() {
             QemuAccel::Tcg
         }
     };
-    let mut qemu = Vec::new();
+    // One start of each kind per pass, so all three see the same background load.
+    let (mut ours, mut split, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..WARMUP + n {
-        let s = qemu_start(accel, &bios).unwrap_or_else(|e| panic!("QEMU start: {e}"));
+        let a = vmm_start().unwrap_or_else(|e| panic!("vesper-hypervisor start: {e}"));
+        let b = raw_split(image).unwrap_or_else(|e| panic!("raw KVM start: {e}"));
+        let c = qemu_start(accel, &bios).unwrap_or_else(|e| panic!("QEMU start: {e}"));
         if i >= WARMUP {
-            qemu.push(s);
+            ours.push(a);
+            split.push(b);
+            qemu.push(c);
         }
     }
 

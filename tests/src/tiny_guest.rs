@@ -66,6 +66,7 @@ const H_DONE: u64 = 12;
 const H_TSC_FIRST: u64 = 16;
 const H_TSC_LAST: u64 = 24;
 const H_FLAGS: u64 = 32;
+const H_WAIT: u64 = 36;
 const H_SAMPLES: u64 = 64;
 /// Most round trips one run can record (1 MiB of samples).
 pub const MAX_ITER: u32 = 262_000;
@@ -156,8 +157,28 @@ fn console_text(bytes: &[u8]) -> String {
         .to_string()
 }
 
-/// A zeroed memfd of `REGION_SIZE` bytes with the header asking for `iterations`.
-fn shared_region(iterations: u32) -> Result<File> {
+/// How the guest waits for the host's answer after ringing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// `sti; hlt`: the vCPU sleeps in the kernel until the interrupt (an idle guest).
+    Halt,
+    /// `sti` and a `pause` loop: the vCPU keeps running guest code.
+    Spin,
+}
+
+impl Wait {
+    /// Short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Halt => "hlt",
+            Self::Spin => "spin",
+        }
+    }
+}
+
+/// A zeroed memfd of `REGION_SIZE` bytes with the header asking for `iterations`, waiting
+/// with `wait`.
+fn shared_region(iterations: u32, wait: Wait) -> Result<File> {
     // SAFETY: the name is NUL-terminated; the returned fd is checked and then owned.
     let fd = unsafe { libc::memfd_create(c"vesper-tiny".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -173,6 +194,8 @@ fn shared_region(iterations: u32) -> Result<File> {
     file.write_all_at(&MAGIC.to_le_bytes(), H_MAGIC)
         .map_err(io("write the header"))?;
     file.write_all_at(&iterations.to_le_bytes(), H_ITER)
+        .map_err(io("write the header"))?;
+    file.write_all_at(&u32::from(wait == Wait::Spin).to_le_bytes(), H_WAIT)
         .map_err(io("write the header"))?;
     Ok(file)
 }
@@ -328,12 +351,12 @@ fn expect_exit(report: &vesper_hypervisor::RunReport, code: u8, console: &str) -
 /// host → guest = `VesperHandle::notify(0)` (the guest's MSI-X vector 0: an irqfd on
 /// the MSI route the VMM made from the guest's table entry), the host peer = `pump` on
 /// its own thread.
-pub fn vmm_round_trips(iterations: u32, timeout: Duration) -> Result<RoundTrips> {
+pub fn vmm_round_trips(iterations: u32, wait: Wait, timeout: Duration) -> Result<RoundTrips> {
     let image = image().ok_or(TinyGuestError::NoImage)?;
     let start = Instant::now();
     let mut vm = Vm::with_irqchip(vm_config(), Box::new(std::io::sink()))?;
     let con = prepare(&mut vm, image)?;
-    let region = shared_region(iterations)?;
+    let region = shared_region(iterations, wait)?;
     let device = vm.add_vesper_device(VesperConfig {
         peer_id: 1,
         bar0: BAR0,
@@ -529,13 +552,14 @@ fn finish(mut child: Child, timeout: Duration) -> Result<(ExitStatus, String, St
 pub fn qemu_round_trips(
     accel: QemuAccel,
     iterations: u32,
+    wait: Wait,
     timeout: Duration,
 ) -> Result<RoundTrips> {
     let dir = tempfile::tempdir().map_err(|e| TinyGuestError::Io("temporary directory", e))?;
     let bios = image_file(dir.path())?;
     let socket = dir.path().join("ivshmem.sock");
     let mut server = IvshmemServer::bind(&socket, vesper_ivshmem::VECTORS)?;
-    let region = shared_region(iterations)?;
+    let region = shared_region(iterations, wait)?;
     let start = Instant::now();
     let mut child = qemu_command(accel, &bios)
         .args([

@@ -24,9 +24,11 @@
  *      software-enabled with LINT0/LINT1 masked, an IDT whose every gate reports an
  *      unexpected vector except VECTOR (the doorbell handler) and the spurious 0xff.
  *   7. The shared memory's header (written by the host before the start) gives the
- *      number of round trips. Each round trip: `lfence; rdtsc`, write the doorbell (host
- *      peer 0, vector 0), `sti` and spin; the interrupt handler's first instructions
- *      are `lfence; rdtsc`, and the TSC difference goes into the shared memory. The
+ *      number of round trips and how to wait. Each round trip: `lfence; rdtsc`, write
+ *      the doorbell (host peer 0, vector 0), `sti`, then wait: `hlt` (H_WAIT 0, the
+ *      vCPU sleeps in the kernel like an idle guest) or a `pause` spin (H_WAIT 1, the
+ *      vCPU keeps running). The interrupt handler's first instructions are `lfence;
+ *      rdtsc`, and the TSC difference goes into the shared memory. The
  *      handler then EOIs, bumps a counter and starts the next round trip itself (no
  *      IRET, see `round_trip`). At the end the header says done and the guest exits
  *      with EXIT_DONE.
@@ -48,6 +50,7 @@
         .set LAST_HI,       0x0804          /* high TSC dword of the latest doorbell */
         .set BARS,          0x0810          /* BAR0, BAR1, BAR2 as read back (3 dwords) */
         .set FLAGS,         0x0820          /* what was set up, copied to H_FLAGS */
+        .set WAIT_SPIN,     0x0824          /* H_WAIT: 0 = hlt, else spin */
 
         .set LAPIC,         0xfee00000
         .set LAPIC_TPR,     0x080
@@ -73,6 +76,7 @@
         .set H_TSC_FIRST,   16              /* guest: TSC at the first doorbell (u64) */
         .set H_TSC_LAST,    24              /* guest: TSC at the last doorbell (u64) */
         .set H_FLAGS,       32              /* guest: bit 0 = MSI-X programmed */
+        .set H_WAIT,        36              /* host: 0 = wait with hlt, 1 = spin */
         .set H_SAMPLES,     64              /* guest: one u32 TSC delta per round trip */
         .set MAX_ITER,      262000          /* fits a 1 MiB region */
 
@@ -278,6 +282,8 @@ fill_idt:
         ja      bad_header
         movl    FLAGS, %eax
         movl    %eax, H_FLAGS(%esi)
+        movl    H_WAIT(%esi), %eax
+        movl    %eax, WAIT_SPIN
         movl    $0, H_DONE(%esi)
         movl    $1, H_STATUS(%esi)
         movl    $(BASE + msg_ready), %esi
@@ -305,9 +311,14 @@ round_trip:
         movl    BARS, %eax
         movl    $RING_HOST, DOORBELL(%eax)  /* ring the host */
         sti                                 /* an answer already pending comes now */
-wait_irq:
+        cmpl    $0, WAIT_SPIN
+        jne     wait_spin
+wait_hlt:
+        hlt                                 /* the answer may come before: no matter, */
+        jmp     wait_hlt                    /* the handler never returns here */
+wait_spin:
         pause
-        jmp     wait_irq
+        jmp     wait_spin
 
 /* The doorbell interrupt (an interrupt gate: IF is off again here). */
 doorbell_irq:
