@@ -1081,6 +1081,54 @@ mod tests {
     }
 
     #[test]
+    fn auto_placement_fills_the_hole_and_goes_above_ram_when_it_must() {
+        let fd = EventFd::new(0).unwrap();
+        let cfg = |bar0, bar2, region_size| VesperConfig {
+            peer_id: 1,
+            bar0,
+            bar2,
+            // SAFETY: `fd` outlives every config built here.
+            region: unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) },
+            region_size,
+        };
+        let ram = [(0, 0xc000_0000), (1 << 32, 0x1_4000_0000)];
+        let mut pci = PciRoot::new();
+        pci.set_rules(&ram, 39);
+        let small = place(&pci, &ram, &cfg(0, 0, 2 << 20)).unwrap();
+        assert_eq!(
+            small,
+            BarAddresses {
+                bar2: 0xc000_0000,
+                bar1: 0xc020_0000,
+                bar0: 0xc020_1000,
+            },
+            "largest first, first fit, aligned"
+        );
+        // 2 GiB does not fit in the hole: above RAM (which ends at 5 GiB), aligned.
+        let big = place(&pci, &ram, &cfg(0, 0, 2 << 30)).unwrap();
+        assert_eq!(big.bar2, 6 << 30);
+        assert_eq!(big.bar1, 0xc000_0000);
+        // Explicit addresses are checked; the others avoid them.
+        let mixed = place(&pci, &ram, &cfg(0xc000_0000, 0, 2 << 20)).unwrap();
+        assert_eq!((mixed.bar0, mixed.bar2), (0xc000_0000, 0xc020_0000));
+        assert!(matches!(
+            place(&pci, &ram, &cfg(0xfee0_0000, 0, 2 << 20)),
+            Err(HypervisorError::BarPlacement { bar: 0, .. })
+        ));
+        assert!(matches!(
+            place(&pci, &ram, &cfg(0, 0xc000_1000, 2 << 20)),
+            Err(HypervisorError::BarPlacement { bar: 2, .. })
+        ));
+        // The address width bounds it: under 39 bits (512 GiB), 256 GiB fits at 256 GiB,
+        // 512 GiB nowhere.
+        assert!(place(&pci, &ram, &cfg(0, 0, 256 << 30)).is_ok());
+        assert!(matches!(
+            place(&pci, &ram, &cfg(0, 0, 512 << 30)),
+            Err(HypervisorError::NoRoomForBar { bar: 2, .. })
+        ));
+    }
+
+    #[test]
     fn the_pci_root_routes_bar_accesses_to_the_logic() {
         let (space, cap) = config_space(bars(0xc000_0000, 0xc010_0000), 1 << 20).unwrap();
         let mut root = PciRoot::new();
