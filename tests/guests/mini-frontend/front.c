@@ -512,21 +512,25 @@ static void post_pending(void)
 	}
 }
 
-void front_poll(void)
+int front_poll(void)
 {
 	enum rsp_take took = RSP_DROPPED;
+	int busy = 0;
 
 	if (fe.state == FRONT_ABSENT || fe.state == FRONT_FAILED)
-		return;
+		return 0;
 	/* A ring's worth per call: a flooding host cannot starve the console. */
 	for (unsigned int n = 0; n < VESPER_RING_SLOTS && took != RSP_EMPTY; n++) {
 		took = next_response();
 		if (took == RSP_TAKEN)
 			on_response();
+		if (took != RSP_EMPTY)
+			busy = 1;
 	}
 	post_pending();
 	if (fe.state == FRONT_UP)
 		relay_poll();
+	return busy;
 }
 
 /* ---- start-up ----------------------------------------------------------------- */

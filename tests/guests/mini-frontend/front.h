@@ -36,8 +36,11 @@
  */
 int front_start(const struct pci_vesper *dev);
 
-/* Serves the rings once: answers, commands, pending requests. Never waits. */
-void front_poll(void);
+/*
+ * Serves the rings once: answers, commands, pending requests. Never waits. Returns
+ * whether the host had written anything (a response taken or dropped).
+ */
+int front_poll(void);
 
 /* Whether the hello was answered (relay requests may be posted). */
 int front_up(void);

@@ -5,8 +5,11 @@
  * tests on hosts where no stock kernel boots. See README.md.
  *
  * Entered by start.S in long mode with the identity map of [0, 4 GiB), interrupts off
- * and no IDT: nothing here may fault. One loop polls the shared rings all the time and
- * the console every CONSOLE_POLL_EVERY turns (each UART read is a VM exit).
+ * and no IDT (idle.c installs one). One loop polls the shared rings all the time and
+ * the console every CONSOLE_POLL_EVERY turns (each UART read is a VM exit); after
+ * IDLE_AFTER_TURNS turns with nothing from the host or the console it polls both once
+ * per IDLE_SLICE_US, halted in between, and once per IDLE_LONG_SLICE_US after
+ * IDLE_SHORT_SLEEPS of those, until something arrives.
  */
 #include <stdint.h>
 
@@ -15,6 +18,7 @@
 #include "console.h"
 #include "front.h"
 #include "hand.h"
+#include "idle.h"
 #include "lib.h"
 #include "pci.h"
 
@@ -29,6 +33,13 @@
 #define CMDLINE_MAX		256
 /* Loop turns between console polls. */
 #define CONSOLE_POLL_EVERY	64
+/* Quiet turns (about a millisecond of spinning) before the loop starts sleeping. */
+#define IDLE_AFTER_TURNS	20000
+/* How long an idle loop sleeps between polls: the added latency of a command. */
+#define IDLE_SLICE_US		1000
+/* After this many short sleeps (about 0.1 s of quiet), the longer sleep. */
+#define IDLE_SHORT_SLEEPS	100
+#define IDLE_LONG_SLICE_US	100000
 
 void mini_main(const uint8_t *boot_params) __attribute__((noreturn));
 
@@ -79,7 +90,7 @@ void mini_main(const uint8_t *boot_params)
 {
 	struct pci_vesper dev;
 	char line[CONSOLE_LINE_MAX];
-	unsigned int turn = 0;
+	unsigned int turn = 0, quiet = 0, sleeps = 0;
 
 	console_init();
 	pr("vesper-mini: mini frontend starting (freestanding, no kernel)");
@@ -88,25 +99,43 @@ void mini_main(const uint8_t *boot_params)
 		pr("vesper-mini: no calibrated clock: timestamps are 0 and OP_CLOCK is refused");
 	else
 		pr("vesper-mini: clock: %s", clock_source());
+	if (idle_init())
+		pr("vesper-mini: no x2APIC timer: the idle loop spins");
+	else
+		pr("vesper-mini: idle: halts between polls (x2APIC timer, %u then %u us)",
+		   IDLE_SLICE_US, IDLE_LONG_SLICE_US);
 
 	if (pci_find_vesper(&dev) || front_start(&dev))
 		pr("vesper-mini: no Vesper frontend; the console still answers");
 	pr("vesper-init: hand ready");
 
 	for (;;) {
-		front_poll();
-		if (++turn % CONSOLE_POLL_EVERY == 0) {
+		int idle = quiet >= IDLE_AFTER_TURNS, busy = front_poll();
+
+		if (idle || ++turn % CONSOLE_POLL_EVERY == 0) {
 			switch (console_poll(line)) {
 			case CONSOLE_LINE:
 				hand_run(line);
+				busy = 1;
 				break;
 			case CONSOLE_TOO_LONG:
 				pr("vesper-hand: error: line longer than %u bytes",
 				   CONSOLE_LINE_MAX - 1);
+				busy = 1;
 				break;
 			case CONSOLE_NONE:
 				break;
 			}
+		}
+		if (busy) {
+			quiet = 0;
+			sleeps = 0;
+		} else if (idle) {
+			idle_sleep(sleeps < IDLE_SHORT_SLEEPS ? IDLE_SLICE_US : IDLE_LONG_SLICE_US);
+			if (sleeps < IDLE_SHORT_SLEEPS)
+				sleeps++;
+		} else {
+			quiet++;
 		}
 		cpu_relax();
 	}

@@ -37,6 +37,52 @@ _start:
 	hlt
 	jmp	1b
 
+/*
+ * Exception stubs, 16 bytes apart (idle.c points vector v at exception_stubs + 16 v):
+ * push the vector, report it and the faulting RIP, halt. An error code, when the CPU
+ * pushed one, sits between the vector and the RIP.
+ */
+	.balign	16
+	.globl	exception_stubs
+exception_stubs:
+	.set	vector, 0
+	.rept	32
+	.balign	16
+	pushq	$vector
+	jmp	exception_common
+	.set	vector, vector + 1
+	.endr
+
+exception_common:
+	mov	(%rsp), %rdi		/* vector */
+	mov	8(%rsp), %rsi		/* RIP, or the error code for vectors that have one */
+	/* Vectors with an error code: 8, 10-14, 17, 21, 29, 30. */
+	mov	$0x60227d00, %eax
+	bt	%edi, %eax
+	jnc	3f
+	mov	16(%rsp), %rsi
+3:	and	$-16, %rsp
+	call	mini_exception
+4:	cli
+	hlt
+	jmp	4b
+
+/* Every other vector: acknowledge it at the x2APIC and return. */
+	.balign	16
+	.globl	irq_stub
+irq_stub:
+	push	%rax
+	push	%rcx
+	push	%rdx
+	mov	$0x80b, %ecx		/* x2APIC EOI */
+	xor	%eax, %eax
+	xor	%edx, %edx
+	wrmsr
+	pop	%rdx
+	pop	%rcx
+	pop	%rax
+	iretq
+
 	.section .bss
 	.balign	16
 stack_bottom:
