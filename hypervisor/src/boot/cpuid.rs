@@ -11,6 +11,8 @@ const LEAF_TOPOLOGY: u32 = 0xB;
 const LEAF_TOPOLOGY_V2: u32 = 0x1F;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001E;
 
+/// Leaf 1 ECX: CMPXCHG16B.
+const ECX_CX16: u32 = 1 << 13;
 /// Leaf 1 ECX: MONITOR/MWAIT — not emulated by this VMM.
 const ECX_MONITOR: u32 = 1 << 3;
 /// Leaf 1 ECX: running under a hypervisor.
@@ -20,15 +22,29 @@ const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 EDX: more than one logical processor per package.
 const EDX_HTT: u32 = 1 << 28;
 
+/// What the host can honour beyond KVM's supported CPUID.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostLimits {
+    /// The in-kernel LAPIC offers the TSC-deadline timer (a KVM capability, not in its
+    /// supported CPUID).
+    pub tsc_deadline: bool,
+    /// KVM cannot emulate CMPXCHG16B (its emulator refuses it) and this host emulates
+    /// guest memory writes often enough to hit that: the paravirtual kvm_pvm, whose
+    /// shadow paging sends a Linux guest's `lock cmpxchg16b` on `struct page` (SLUB) to
+    /// the emulator and stops it with KVM_INTERNAL_ERROR_EMULATION. Hidden, Linux takes
+    /// its path without the instruction.
+    pub hide_cmpxchg16b: bool,
+}
+
 /// Adjusts KVM's supported CPUID for vCPU `index` of `count`:
 /// - leaf 1: initial APIC id = `index`, logical processor count = `count` (HTT when > 1),
-///   hypervisor bit set, MONITOR/MWAIT cleared, TSC-deadline timer as `tsc_deadline` says
-///   (KVM reports it as a capability, not in its supported CPUID);
+///   hypervisor bit set, MONITOR/MWAIT cleared, TSC-deadline timer and CMPXCHG16B as
+///   `host` says;
 /// - leaves 0xB/0x1F (x2APIC topology) and AMD 0x8000001E: x2APIC id = `index`;
 /// - leaf 4: cores per package = `count` (all vCPUs one package, one thread per core);
 /// - leaf 6 (thermal/power management) and leaf 0xA (architectural PMU) zeroed: the VMM
 ///   offers neither thermal MSRs nor a configured vPMU.
-pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, count: u32, tsc_deadline: bool) {
+pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, count: u32, host: HostLimits) {
     let apic_id = index & 0xff;
     let count = count.clamp(1, 0xff);
     for e in entries.iter_mut() {
@@ -36,7 +52,10 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, count: u32, tsc_dead
             LEAF_FEATURES => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (count << 16) | (apic_id << 24);
                 e.ecx = (e.ecx & !ECX_MONITOR) | ECX_HYPERVISOR;
-                if tsc_deadline {
+                if host.hide_cmpxchg16b {
+                    e.ecx &= !ECX_CX16;
+                }
+                if host.tsc_deadline {
                     e.ecx |= ECX_TSC_DEADLINE;
                 } else {
                     e.ecx &= !ECX_TSC_DEADLINE;
@@ -91,8 +110,16 @@ mod tests {
         ];
         let mut v0 = supported;
         let mut v2 = supported;
-        filter(&mut v0, 0, 3, false);
-        filter(&mut v2, 2, 3, true);
+        filter(&mut v0, 0, 3, HostLimits::default());
+        filter(
+            &mut v2,
+            2,
+            3,
+            HostLimits {
+                tsc_deadline: true,
+                hide_cmpxchg16b: true,
+            },
+        );
         assert_eq!(v0[0].ebx >> 24, 0);
         assert_eq!(v2[0].ebx >> 24, 2);
         assert_eq!((v2[0].ebx >> 16) & 0xff, 3);
@@ -101,12 +128,18 @@ mod tests {
         assert_eq!(v2[0].ecx & ECX_MONITOR, 0);
         assert_ne!(v2[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(v0[0].ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(v2[0].ecx & ECX_CX16, 0);
+        assert_ne!(
+            v0[0].ecx & ECX_CX16,
+            0,
+            "CMPXCHG16B kept where it can be emulated"
+        );
         assert_ne!(v2[0].edx & EDX_HTT, 0);
         assert_eq!((v2[1].edx, v2[2].edx), (2, 2));
         assert_eq!((v2[3].eax, v2[3].ecx, v2[4].eax), (0, 0, 0));
         assert_eq!(v2[5], supported[5], "other leaves untouched");
         let mut one = supported;
-        filter(&mut one, 0, 1, false);
+        filter(&mut one, 0, 1, HostLimits::default());
         assert_eq!(one[0].edx & EDX_HTT, 0);
     }
 }

@@ -36,6 +36,8 @@ use layout::{
     STACK_TOP, ZERO_PAGE_ADDR,
 };
 
+/// Present when /dev/kvm is the paravirtual kvm_pvm (see `cpuid::HostLimits`).
+const KVM_PVM_MODULE: &str = "/sys/module/kvm_pvm";
 /// The GSI (ISA IRQ) of COM1.
 pub const COM1_GSI: u32 = 4;
 /// The 64-bit entry of a bzImage, from its load address.
@@ -239,8 +241,11 @@ impl Vm {
         let supported = host_kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
-        // The TSC-deadline timer lives in the in-kernel LAPIC.
-        let tsc_deadline = self.irqchip && host_kvm.check_extension(Cap::TscDeadlineTimer);
+        let host = cpuid::HostLimits {
+            // The TSC-deadline timer lives in the in-kernel LAPIC.
+            tsc_deadline: self.irqchip && host_kvm.check_extension(Cap::TscDeadlineTimer),
+            hide_cmpxchg16b: Path::new(KVM_PVM_MODULE).exists(),
+        };
         let count = self.config().vcpus;
         let extra = EntryExtra::long_mode(self.irqchip.then_some(start));
         for (index, (fd, state)) in (0u32..).zip(self.vcpus.iter().zip(self.boot_state.iter_mut()))
@@ -252,7 +257,7 @@ impl Vm {
                 .is_ok_and(|c| !c.as_slice().is_empty());
             if !already {
                 let mut cpuid = supported.clone();
-                cpuid::filter(cpuid.as_mut_slice(), index, count, tsc_deadline);
+                cpuid::filter(cpuid.as_mut_slice(), index, count, host);
                 fd.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
             }
 

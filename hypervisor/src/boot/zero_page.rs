@@ -76,6 +76,10 @@ pub fn build(hdr: Option<setup_header>, input: ZeroPageInput) -> boot_params {
         ..Default::default()
     };
     params.hdr.type_of_loader = LOADER_UNDEFINED;
+    // Loader-provided fields: nothing from the image file may point the kernel elsewhere.
+    params.hdr.setup_data = 0;
+    params.hdr.hardware_subarch = 0;
+    params.hdr.hardware_subarch_data = 0;
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
     params.hdr.cmdline_size = input.cmdline_len as u32;
     if let Some((addr, size)) = input.initramfs {
@@ -104,6 +108,7 @@ mod tests {
             header: HDRS,
             version: 0x20f,
             cmdline_size: 2047,
+            setup_data: 0xdead_0000,
             ..Default::default()
         };
         let p = build(
@@ -116,6 +121,11 @@ mod tests {
         );
         assert_eq!({ p.hdr.version }, 0x20f, "the image's own header is kept");
         assert_eq!({ p.hdr.type_of_loader }, 0xff);
+        assert_eq!(
+            { p.hdr.setup_data },
+            0,
+            "no setup_data list from the image file"
+        );
         assert_eq!({ p.hdr.cmd_line_ptr }, 0x20000);
         assert_eq!({ p.hdr.ramdisk_image }, 0xbf00_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 0x10_0000);
