@@ -3,7 +3,8 @@
 //! host (its `out` to port 0xe9), versus QEMU (q35, same RAM, the same image as `-bios`)
 //! from spawning the process to that byte on its isa-debugcon pipe. Same image on both
 //! (`tiny-guest/tiny.S`; no device, so it exits right after). Also the split of our start
-//! into the KVM calls `Vm::with_irqchip` makes, timed one by one with kvm-ioctls.
+//! into the KVM calls `Vm::with_irqchip` makes, timed one by one with kvm-ioctls, in its
+//! order and with the RAM memslot registered before the irqchip.
 //!
 //! `cargo bench -p vesper-e2e --bench start_time` (`VESPER_START_N` starts each, default
 //! 50, after 3 warm-up starts; `VESPER_TINY_MEM_MIB` guest RAM, default 16).
@@ -27,32 +28,36 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The steps of `Vm::with_irqchip` + the first run, each timed: open /dev/kvm,
-/// KVM_CREATE_VM, KVM_CREATE_IRQCHIP, RAM mmap + image copy, KVM_SET_USER_MEMORY_REGION,
-/// KVM_CREATE_VCPU, real-mode entry (SREGS/REGS), first KVM_RUN → the port exit.
-const STEPS: [&str; 8] = [
-    "open /dev/kvm",
-    "KVM_CREATE_VM",
-    "KVM_CREATE_IRQCHIP",
-    "RAM mmap + image copy",
-    "KVM_SET_USER_MEMORY_REGION",
-    "KVM_CREATE_VCPU",
-    "real-mode entry (SREGS, REGS)",
-    "first KVM_RUN → port exit",
-];
+/// The order of the KVM calls in `raw_start`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// As `Vm::with_irqchip` makes them: the irqchip, then the RAM memslot.
+    IrqchipFirst,
+    /// The RAM memslot, then the irqchip (still before the vCPU, as KVM requires).
+    MemslotFirst,
+}
 
-fn raw_split(image: &[u8]) -> Result<[Duration; 8], String> {
-    let e = |what: &str| {
-        let what = what.to_string();
-        move |err: kvm_ioctls::Error| format!("{what}: {err}")
+/// The steps of `Vm::with_irqchip` + the first run, made one by one with kvm-ioctls and
+/// each timed: open /dev/kvm, KVM_CREATE_VM, KVM_CREATE_IRQCHIP and the RAM (mmap, image
+/// copy, KVM_SET_USER_MEMORY_REGION) in `order`, KVM_CREATE_VCPU, real-mode entry
+/// (SREGS/REGS), the first KVM_RUN until the guest's port write. Returns (step, time).
+fn raw_start(image: &[u8], order: Order) -> Result<Vec<(&'static str, Duration)>, String> {
+    let e = |what: &'static str| move |err: kvm_ioctls::Error| format!("{what}: {err}");
+    let mut steps = Vec::new();
+    let mut last = Instant::now();
+    let mut lap = |name: &'static str| {
+        let now = Instant::now();
+        steps.push((name, now - last));
+        last = now;
     };
-    let mut t = [Instant::now(); 9];
     let kvm = Kvm::new().map_err(e("open /dev/kvm"))?;
-    t[1] = Instant::now();
+    lap("open /dev/kvm");
     let vm = kvm.create_vm().map_err(e("KVM_CREATE_VM"))?;
-    t[2] = Instant::now();
-    vm.create_irq_chip().map_err(e("KVM_CREATE_IRQCHIP"))?;
-    t[3] = Instant::now();
+    lap("KVM_CREATE_VM");
+    if order == Order::IrqchipFirst {
+        vm.create_irq_chip().map_err(e("KVM_CREATE_IRQCHIP"))?;
+        lap("KVM_CREATE_IRQCHIP");
+    }
     let len = (tiny_guest::mem_mib() << 20) as usize;
     // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
     let ram = unsafe {
@@ -68,8 +73,8 @@ fn raw_split(image: &[u8]) -> Result<[Duration; 8], String> {
     if ram == libc::MAP_FAILED {
         return Err(format!("mmap: {}", std::io::Error::last_os_error()));
     }
-    // SAFETY: the image (64 KiB) fits below `len` (16 MiB) at IMAGE_ADDR in the mapping
-    // just made, which nothing else uses.
+    // SAFETY: the image (64 KiB) fits below `len` (at least 2 MiB) at IMAGE_ADDR in the
+    // mapping just made, which nothing else uses.
     unsafe {
         std::ptr::copy_nonoverlapping(
             image.as_ptr(),
@@ -77,7 +82,7 @@ fn raw_split(image: &[u8]) -> Result<[Duration; 8], String> {
             image.len(),
         )
     };
-    t[4] = Instant::now();
+    lap("RAM mmap + image copy");
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -89,9 +94,13 @@ fn raw_split(image: &[u8]) -> Result<[Duration; 8], String> {
         // SAFETY: `ram` is a live mapping of `len` bytes, unmapped only after `vm` is
         // dropped.
         unsafe { vm.set_user_memory_region(region) }.map_err(e("KVM_SET_USER_MEMORY_REGION"))?;
-        t[5] = Instant::now();
+        lap("KVM_SET_USER_MEMORY_REGION");
+        if order == Order::MemslotFirst {
+            vm.create_irq_chip().map_err(e("KVM_CREATE_IRQCHIP"))?;
+            lap("KVM_CREATE_IRQCHIP");
+        }
         let mut vcpu = vm.create_vcpu(0).map_err(e("KVM_CREATE_VCPU"))?;
-        t[6] = Instant::now();
+        lap("KVM_CREATE_VCPU");
         let mut sregs = vcpu.get_sregs().map_err(e("KVM_GET_SREGS"))?;
         for seg in [&mut sregs.cs, &mut sregs.ds, &mut sregs.es, &mut sregs.ss] {
             seg.selector = 0xf000;
@@ -104,7 +113,7 @@ fn raw_split(image: &[u8]) -> Result<[Duration; 8], String> {
             ..Default::default()
         };
         vcpu.set_regs(&regs).map_err(e("KVM_SET_REGS"))?;
-        t[7] = Instant::now();
+        lap("real-mode entry (SREGS, REGS)");
         loop {
             match vcpu.run() {
                 Ok(VcpuExit::IoOut(port, _)) if port == DEBUGCON_PORT => break,
@@ -114,19 +123,14 @@ fn raw_split(image: &[u8]) -> Result<[Duration; 8], String> {
                 Err(err) => return Err(format!("KVM_RUN: {err}")),
             }
         }
-        t[8] = Instant::now();
+        lap("first KVM_RUN → port exit");
         drop(vcpu);
         Ok(())
     })();
     drop(vm);
     // SAFETY: the VM that mapped `ram` is gone; `ram`/`len` are the mapping made above.
     unsafe { libc::munmap(ram, len) };
-    result?;
-    let mut d = [Duration::ZERO; 8];
-    for (i, slot) in d.iter_mut().enumerate() {
-        *slot = t[i + 1] - t[i];
-    }
-    Ok(d)
+    result.map(|()| steps)
 }
 
 fn main() {
@@ -157,15 +161,20 @@ fn main() {
         }
     };
     // One start of each kind per pass, so all three see the same background load.
-    let (mut ours, mut split, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut qemu) = (Vec::new(), Vec::new());
+    let (mut split, mut reordered) = (Vec::new(), Vec::new());
     for i in 0..WARMUP + n {
         let a = vmm_start().unwrap_or_else(|e| panic!("vesper-hypervisor start: {e}"));
-        let b = raw_split(image).unwrap_or_else(|e| panic!("raw KVM start: {e}"));
-        let c = qemu_start(accel, &bios).unwrap_or_else(|e| panic!("QEMU start: {e}"));
+        let b =
+            raw_start(image, Order::IrqchipFirst).unwrap_or_else(|e| panic!("raw KVM start: {e}"));
+        let c =
+            raw_start(image, Order::MemslotFirst).unwrap_or_else(|e| panic!("raw KVM start: {e}"));
+        let d = qemu_start(accel, &bios).unwrap_or_else(|e| panic!("QEMU start: {e}"));
         if i >= WARMUP {
             ours.push(a);
             split.push(b);
-            qemu.push(c);
+            reordered.push(c);
+            qemu.push(d);
         }
     }
 
@@ -236,14 +245,28 @@ fn main() {
         "  (drop after the guest's exit)",
         col(&|i| ours[i].teardown, ours.len()),
     );
-    println!("the same KVM calls one by one with kvm-ioctls (ms):");
-    for (k, name) in STEPS.iter().enumerate() {
-        row(&format!("  {name}"), col(&|i| split[i][k], split.len()));
+    for (title, runs) in [
+        (
+            "the same KVM calls one by one with kvm-ioctls, in Vm::with_irqchip's order (ms):",
+            &split,
+        ),
+        (
+            "the same calls with the RAM memslot before KVM_CREATE_IRQCHIP (ms):",
+            &reordered,
+        ),
+    ] {
+        println!("{title}");
+        for (k, (name, _)) in runs[0].iter().enumerate() {
+            row(&format!("  {name}"), col(&|i| runs[i][k].1, runs.len()));
+        }
+        row(
+            "  sum",
+            col(
+                &|i| runs[i].iter().map(|&(_, d)| d).sum::<Duration>(),
+                runs.len(),
+            ),
+        );
     }
-    row(
-        "  sum",
-        col(&|i| split[i].iter().sum::<Duration>(), split.len()),
-    );
     println!("QEMU (ms):");
     row(
         "  spawn → exit (guest exit code via isa-debug-exit)",
