@@ -329,6 +329,8 @@ pub struct InterruptStats {
     /// Times the guest enabled MSI-X, or a message was due, on a VM without the
     /// in-kernel irqchip.
     pub no_irqchip: u64,
+    /// Pending messages released by the guest that KVM refused (route or irqfd).
+    pub failed: u64,
 }
 
 /// KVM's default GSI routes (`kvm_setup_default_irq_routing`), which a
@@ -454,11 +456,18 @@ pub(crate) struct Interrupts {
 }
 
 impl Interrupts {
-    /// Sends every pending message that became deliverable; failures are logged.
+    /// Sends every pending message that became deliverable; failures are counted (and
+    /// logged a bounded number of times: guest actions trigger this).
     fn release(&mut self) {
         for (v, m) in self.msix.take_deliverable() {
-            if let Err(e) = self.send(v, m) {
-                tracing::warn!(%e, vector = v, "cannot deliver a pending MSI-X message");
+            match self.send(v, m) {
+                Ok(()) | Err(HypervisorError::MsixNeedsIrqchip) => {} // counted in `send`
+                Err(e) => {
+                    self.stats.failed += 1;
+                    if self.stats.failed <= LOG_LIMIT {
+                        tracing::warn!(%e, vector = v, "cannot deliver a pending MSI-X message");
+                    }
+                }
             }
         }
     }
@@ -544,6 +553,12 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Counts a KVM refusal; true while it may still be logged.
+fn count_kvm_error(count: &mut u64) -> bool {
+    *count += 1;
+    *count <= LOG_LIMIT
+}
+
 /// The device's glue on the PCI root: BAR accesses to the logic, BAR moves to KVM.
 struct VesperFunction {
     vm_fd: Arc<VmFd>,
@@ -559,11 +574,13 @@ struct VesperFunction {
     host_addr: u64,
     region_size: u64,
     region_at: Option<u64>,
+    /// KVM refusals while following BAR moves (the guest chooses the addresses).
+    kvm_errors: u64,
 }
 
 impl VesperFunction {
     fn unregister_doorbells(&mut self, upto: usize) {
-        let Some(base) = self.doorbell_at else {
+        let Some(base) = self.doorbell_at.take() else {
             return;
         };
         for (vector, fd) in (0..HOST_VECTORS).zip(&self.doorbells).take(upto) {
@@ -576,10 +593,11 @@ impl VesperFunction {
                 self.vm_fd
                     .unregister_ioevent(fd, &IoEventAddress::Mmio(base + DOORBELL), datamatch)
             {
-                tracing::warn!(%e, "cannot unregister a doorbell ioeventfd");
+                if count_kvm_error(&mut self.kvm_errors) {
+                    tracing::warn!(%e, "cannot unregister a doorbell ioeventfd");
+                }
             }
         }
-        self.doorbell_at = None;
     }
 
     fn move_doorbells(&mut self, to: Option<u64>) -> bool {
@@ -598,7 +616,9 @@ impl VesperFunction {
                 self.vm_fd
                     .register_ioevent(fd, &IoEventAddress::Mmio(base + DOORBELL), datamatch)
             {
-                tracing::warn!(%e, "cannot register a doorbell ioeventfd");
+                if count_kvm_error(&mut self.kvm_errors) {
+                    tracing::warn!(%e, "cannot register a doorbell ioeventfd");
+                }
                 self.unregister_doorbells(i);
                 return false;
             }
@@ -606,7 +626,7 @@ impl VesperFunction {
         true
     }
 
-    fn set_memslot(&self, gpa: u64, size: u64) -> bool {
+    fn set_memslot(&mut self, gpa: u64, size: u64) -> bool {
         let desc = kvm_userspace_memory_region {
             slot: self.slot,
             flags: 0,
@@ -621,7 +641,9 @@ impl VesperFunction {
         match unsafe { self.vm_fd.set_user_memory_region(desc) } {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(%e, gpa, size, "KVM refused BAR2's memslot");
+                if count_kvm_error(&mut self.kvm_errors) {
+                    tracing::warn!(%e, gpa, size, "KVM refused BAR2's memslot");
+                }
                 false
             }
         }
@@ -768,6 +790,7 @@ pub(crate) fn attach(a: Attach, config: &VesperConfig<'_>) -> Result<VesperHandl
         host_addr: a.host_addr,
         region_size: config.region_size,
         region_at: None,
+        kvm_errors: 0,
     };
     // On error the function is dropped inside: its ioeventfds and memslot go with it.
     pci.add_device(1, 0, space, Box::new(function))
