@@ -238,7 +238,8 @@ static void hand_kill(const char *sig_text, const char *name)
 		say("no process %s", name);
 }
 
-static void hand_exit(const char *name, uint32_t code)
+/* code_text: CODE as typed (the reply echoes it, as init.sh does). */
+static void hand_exit(const char *name, uint32_t code, const char *code_text)
 {
 	int found = 0;
 
@@ -250,7 +251,7 @@ static void hand_exit(const char *name, uint32_t code)
 		found = 1;
 		report_exit(s, (int32_t)(code << 8));
 		s->live = 0;
-		say("exit requested %s pid=%d code=%u", name, s->pid, code);
+		say("exit requested %s pid=%d code=%s", name, s->pid, code_text);
 	}
 	if (!found)
 		say("no process %s", name);
@@ -385,7 +386,7 @@ void hand_run(char *line)
 		else if (parse_uint(argv[2], 3, &code) || code > HAND_MAX_EXIT_CODE)
 			say("error: bad exit code %s (0-255)", argv[2]);
 		else
-			hand_exit(argv[1], code);
+			hand_exit(argv[1], code, argv[2]);
 	} else if (!strcmp(argv[0], "panic")) {
 		if (argc == 1)
 			hand_panic();
