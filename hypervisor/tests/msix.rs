@@ -25,6 +25,8 @@ const LOAD: u64 = 0x1000;
 const MIB: u64 = 1 << 20;
 const RUN: Duration = Duration::from_secs(10);
 const REGION: u64 = 0x8000;
+/// Where a guest moves BAR1 (inside the PCI hole, away from the VMM's placements).
+const MOVED_BAR1: u64 = 0xd100_0000;
 
 /// Records every dword the guest writes to `REPORT_PORT`.
 #[derive(Default)]
@@ -230,6 +232,82 @@ handler:
         "PBA bit 0 seen, then the handler ran after the unmask"
     );
     assert!(!device.msix_pending(0));
+    assert_eq!(device.interrupt_stats().delivered, 1);
+}
+
+/// The handler every delivery test uses: report, EOI, power off.
+fn handler_and_wait() -> String {
+    format!(
+        r#"
+1:  hlt
+    jmp 1b
+handler:
+    mov eax, {MSI_VECTOR}
+    call report
+    call eoi
+    call poweroff
+"#
+    )
+}
+
+#[test]
+fn a_moved_bar1_carries_the_table_and_the_function_mask_holds_messages_back() {
+    if !kvm_available("msix moved BAR1, function mask") {
+        return;
+    }
+    // The guest moves BAR1 (decoding off, new address, decoding on), programs vector 0
+    // unmasked through the new address with the *function* mask set, reports READY, spins
+    // until the PBA shows the host's notification, then clears the function mask.
+    let mut body = format!(
+        r#"
+main:
+    mov eax, 0x80000804
+    mov ebx, 0
+    call pci_write32
+    mov eax, 0x80000814
+    mov ebx, {MOVED_BAR1}
+    call pci_write32
+    mov eax, 0x80000804
+    mov ebx, 2
+    call pci_write32
+    jmp setup
+"#
+    );
+    body += &msix_setup(0).replace("main:", "setup:");
+    body += &format!(
+        r#"
+    mov eax, edi
+    mov bx, 0xc000
+    call pci_write16_hi
+    mov eax, {READY}
+    call report
+    sti
+2:  pause
+    mov eax, [esi + 0x800]
+    test eax, 1
+    jz 2b
+    call report
+    mov eax, esi
+    call report
+    mov eax, edi
+    mov bx, 0x8000
+    call pci_write16_hi
+"#
+    );
+    body += &handler_and_wait();
+    let s = setup(&body, true);
+    let (mut vm, device, reports) = (s.vm, s.device, s.reports);
+    let runner = std::thread::spawn(move || vm.run(RUN));
+    wait_for_ready(&reports);
+    assert_eq!(device.bar_address(1), Some(MOVED_BAR1));
+    device.notify(0).expect("notify under the function mask");
+    let report = runner.join().unwrap().expect("run");
+    assert_eq!(report.stop, Stop::PowerOff(0));
+    assert_eq!(
+        reports.lock().unwrap().0,
+        vec![READY, 1, MOVED_BAR1 as u32, MSI_VECTOR],
+        "pending under the function mask, delivered when it was cleared"
+    );
     assert_eq!(device.interrupt_stats().delivered, 1);
 }
 
