@@ -530,7 +530,8 @@ int front_poll(void)
 	post_pending();
 	if (fe.state == FRONT_UP)
 		relay_poll();
-	return busy;
+	/* A request still waiting for ring room (or its retry) keeps the loop awake. */
+	return busy || fe.need || relay_pending();
 }
 
 /* ---- start-up ----------------------------------------------------------------- */

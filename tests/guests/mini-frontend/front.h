@@ -38,7 +38,7 @@ int front_start(const struct pci_vesper *dev);
 
 /*
  * Serves the rings once: answers, commands, pending requests. Never waits. Returns
- * whether the host had written anything (a response taken or dropped).
+ * whether there was work: a response taken or dropped, or a request still to post.
  */
 int front_poll(void);
 

@@ -144,6 +144,11 @@ void relay_poll(void)
 	rl.state = RELAY_OPENING;
 }
 
+int relay_pending(void)
+{
+	return rl.state == RELAY_QUEUED;
+}
+
 int relay_response(const struct vesper_msg_header *h)
 {
 	/* Close is never posted: any other relay answer is the caller's to drop. */

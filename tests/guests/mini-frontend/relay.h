@@ -20,6 +20,9 @@ void relay_start(void);
 /* Posts a queued open request once the ring has room. */
 void relay_poll(void);
 
+/* Whether an open request is still waiting for ring room. */
+int relay_pending(void);
+
 /* Handles the answer to our open request; returns 0 if h is not that. */
 int relay_response(const struct vesper_msg_header *h);
 
