@@ -587,3 +587,26 @@ fn linux_boot_starts_only_the_bootstrap_vcpu_and_lists_all_in_an_mp_table() {
     vm.load(0x50_0000, &[0; 8]).expect("clear the count");
     assert_eq!(vm.run(RUN).expect("run").stop, Stop::PowerOff(1));
 }
+
+#[test]
+fn ram_beyond_3_gib_continues_at_4_gib_and_the_e820_map_says_so() {
+    if !kvm_available("split ram") {
+        return;
+    }
+    const GIB: u64 = 1 << 30;
+    let dir = Scratch::new();
+    let elf = elf_guest(&dir, ZERO_PAGE_REPORTER);
+    let (mut vm, out) = vm(3 * GIB + 64 * MIB, 1, false);
+    vm.load(4 * GIB + 64 * MIB - 8, &[1; 8])
+        .expect("RAM at the top of the range above 4 GiB");
+    let e = vm.load(3 * GIB, &[1]).unwrap_err();
+    assert!(matches!(e, HypervisorError::LoadOutOfRange { .. }), "{e}");
+    vm.boot_elf64(&elf, "").expect("boot");
+    assert_eq!(vm.run(RUN).expect("run").stop, Stop::PowerOff(0x42));
+    assert_eq!(
+        String::from_utf8_lossy(&out.contents()),
+        "e820: 0000000000000000+000000000009fc00:0000000000000001 \
+         0000000000100000+00000000bff00000:0000000000000001 \
+         0000000100000000+0000000004000000:0000000000000001\ncmdline:\n"
+    );
+}
