@@ -12,6 +12,5 @@ pub use console::ConsoleInput;
 pub use error::BuiltinError;
 pub use machine::{
     kvm_hardware_backed, BootImage, EventSink, Machine, MachineEnd, MachineEvent, MachineSpec,
-    BAR0_ADDRESS, BAR2_ADDRESS,
 };
 pub use transport::BuiltinTransport;

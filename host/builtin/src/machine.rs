@@ -12,10 +12,7 @@ use vesper_shmem::SharedRegion;
 
 use crate::{BuiltinError, BuiltinTransport, ConsoleInput};
 
-/// Where the Vesper device's register BAR sits (bottom of the PCI hole).
-pub const BAR0_ADDRESS: u64 = 0xc000_0000;
-/// Where its shared-memory BAR sits (aligned for regions up to 256 MiB).
-pub const BAR2_ADDRESS: u64 = 0xd000_0000;
+/// Largest shared region a builtin machine gets (its BAR must fit the PCI hole).
 const MAX_REGION: u64 = 256 << 20;
 const MIB: u64 = 1 << 20;
 
@@ -144,13 +141,8 @@ impl Machine {
             },
             Box::new(log),
         )?;
-        let device = vm.add_vesper_device(VesperConfig {
-            peer_id: 1,
-            bar0: BAR0_ADDRESS,
-            bar2: BAR2_ADDRESS,
-            region: region.fd(),
-            region_size: spec.region_size,
-        })?;
+        // The VMM places the BARs in the PCI hole; the guest may move them.
+        let device = vm.add_vesper_device(VesperConfig::auto(1, region.fd(), spec.region_size))?;
         let sink = events.clone();
         let pvpanic = PvPanic::new(Box::new(move |e| {
             sink(match e {
@@ -246,13 +238,8 @@ fn check_spec(spec: &MachineSpec) -> Result<(), BuiltinError> {
             MAX_REGION / MIB
         ));
     }
-    // RAM must end below the PCI hole where the device's BARs live.
-    if u64::from(spec.memory_mib) * MIB > BAR0_ADDRESS {
-        return bad(format!(
-            "{} MiB of RAM: the builtin VMM gives at most {} MiB",
-            spec.memory_mib,
-            BAR0_ADDRESS / MIB
-        ));
+    if spec.memory_mib == 0 {
+        return bad("0 MiB of RAM".into());
     }
     Ok(())
 }
@@ -347,9 +334,8 @@ mod tests {
         s.region_size = 1 << 20;
         assert!(check_spec(&s).is_err());
         let mut s = spec();
-        s.memory_mib = 4096;
-        let e = check_spec(&s).unwrap_err().to_string();
-        assert!(e.contains("at most 3072 MiB"), "{e}");
+        s.memory_mib = 0;
+        assert!(check_spec(&s).is_err());
         assert!(check_spec(&spec()).is_ok());
     }
 }
