@@ -1,7 +1,8 @@
 //! The mini frontend (`tests/guests/mini-frontend`, a freestanding guest that speaks the
-//! real Vesper protocol without Linux) in the builtin VMM, driven by the real host side:
-//! `vesper_core::Session` over the device's region and doorbells, `RelayReader` for the
-//! records, and the console commands of the Linux test guest's hand mode.
+//! real Vesper protocol without Linux) in the builtin VMM (`vesper_builtin::Machine`),
+//! driven by the real host side: `vesper_core::Session` over the `BuiltinTransport`
+//! (region, doorbells, MSI-X), `RelayReader` for the records, and the console commands
+//! of the Linux test guest's hand mode.
 //!
 //! What a user would notice: the guest comes up and says who it is; `lsmod` lists its
 //! frontend through a real grant; a module push is refused with a message saying why; a
@@ -12,21 +13,18 @@
 //! counts) the newest records, and flows again once read. Each test skips loudly without
 //! a usable /dev/kvm.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vesper_builtin::{
+    BootImage, BuiltinTransport, ConsoleInput, Machine, MachineEvent, MachineSpec,
+};
 use vesper_core::{
     CommandError, GuestInfo, GuestModule, Reply, Session, SessionConfig, SessionEvent, Transport,
 };
 use vesper_guest_kit::{build_mini_frontend, repo_root, MINI_FRONTEND_DIR};
-use vesper_hypervisor::pvpanic::{PvPanic, PvPanicEvent, PVPANIC_PORT};
-use vesper_hypervisor::{
-    BusRange, Serial, SharedBuffer, Stop, StopHandle, VesperConfig, VesperHandle, Vm, VmConfig,
-};
 use vesper_relay::{decode, ChannelSpec, Decoded, Record};
 use vesper_shared_abi::{
     PAGE_SIZE, RECORD_FLAG_URGENT, REQ_WAIT_COMMAND, RING_SLOTS, RSP_FLAG, RSP_RING_OFFSET,
@@ -37,10 +35,8 @@ use vesper_shmem::SharedRegion;
 const WAIT: Duration = Duration::from_secs(20);
 const MIB: u64 = 1 << 20;
 /// The guest is linked at 4 MiB; 32 MiB leaves room and stays far below the PCI hole.
-const RAM: u64 = 32 * MIB;
+const RAM_MIB: u32 = 32;
 const REGION: u64 = 4 * MIB;
-const BAR0: u64 = 0xc000_0000;
-const BAR2: u64 = 0xd000_0000;
 const HAND: &str = "vesper-hand: ";
 
 /// False (with a loud banner) when /dev/kvm cannot be opened here. Any KVM will do, the
@@ -86,53 +82,18 @@ fn mini_frontend() -> PathBuf {
     elf
 }
 
-/// The host's view of the device: the region, the guest's doorbells, MSI-X vector 0.
-struct DeviceTransport {
-    region: SharedRegion,
-    device: VesperHandle,
-}
-
-impl Transport for DeviceTransport {
-    fn region(&self) -> &SharedRegion {
-        &self.region
-    }
-
-    fn notify_guest(&self) -> std::io::Result<()> {
-        // The mini frontend polls and leaves MSI-X off: the vector only goes pending.
-        self.device.notify(0).map_err(std::io::Error::other)
-    }
-
-    fn doorbell_fd(&self, vector: u32) -> Option<BorrowedFd<'_>> {
-        let fd = self.device.doorbell(u16::try_from(vector).ok()?)?;
-        // SAFETY: the eventfd is owned by `self.device`, which outlives the borrow.
-        Some(unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) })
-    }
-
-    fn ack_doorbell(&self, vector: u32) {
-        if let Some(fd) = u16::try_from(vector)
-            .ok()
-            .and_then(|v| self.device.doorbell(v))
-        {
-            let _ = fd.read();
-        }
-    }
-
-    fn describe(&self) -> String {
-        "builtin VMM Vesper device (test)".into()
-    }
-}
-
 /// One VM at a time in this file: the idle test finds its vCPU thread by name.
 static ONE_VM: Mutex<()> = Mutex::new(());
 
 /// A running mini frontend and the host session talking to it.
 struct Mini {
-    transport: DeviceTransport,
+    // Dropped first: stopping the machine ends the guest before the rest goes.
+    machine: Option<Machine>,
+    transport: BuiltinTransport,
     session: Session,
-    serial: Arc<Mutex<Serial>>,
-    console: SharedBuffer,
-    stop: StopHandle,
-    vm: Option<JoinHandle<Result<Stop, String>>>,
+    console: ConsoleInput,
+    console_log: PathBuf,
+    _dir: tempfile::TempDir,
     panics: Arc<AtomicU32>,
     resets: Arc<AtomicU32>,
     /// Guest hellos seen, in order.
@@ -156,64 +117,39 @@ impl Mini {
     fn boot_with(vcpus: u32) -> Mini {
         let one_vm = ONE_VM.lock().unwrap_or_else(PoisonError::into_inner);
         let elf = mini_frontend();
-        let region = SharedRegion::create("mini-frontend-test", REGION).expect("region");
-        let console = SharedBuffer::new();
-        let mut vm = Vm::with_irqchip(
-            VmConfig {
-                vcpus,
-                mem_size: RAM,
+        let dir = tempfile::tempdir().expect("temp dir");
+        let console_log = dir.path().join("console.log");
+        let spec = MachineSpec {
+            name: "mini-frontend-test".into(),
+            vcpus,
+            memory_mib: RAM_MIB,
+            boot: BootImage::Elf {
+                path: elf,
+                cmdline: "vesper.test=mini-frontend".into(),
             },
-            Box::new(console.clone()),
-        )
-        .expect("VM");
-        let device = vm
-            .add_vesper_device(VesperConfig {
-                peer_id: 1,
-                bar0: BAR0,
-                bar2: BAR2,
-                region: region.fd(),
-                region_size: REGION,
-            })
-            .expect("Vesper device");
-        let panics = Arc::new(AtomicU32::new(0));
-        let seen = panics.clone();
-        let pvpanic = PvPanic::new(Box::new(move |e| {
-            if e == PvPanicEvent::Panicked {
-                seen.fetch_add(1, Ordering::SeqCst);
+            region_size: REGION,
+            console_log: console_log.clone(),
+            allow_reboot: true,
+        };
+        let (panics, resets) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (p, r) = (panics.clone(), resets.clone());
+        let events: vesper_builtin::EventSink = Arc::new(move |e| match e {
+            MachineEvent::GuestPanicked => {
+                p.fetch_add(1, Ordering::SeqCst);
             }
-        }));
-        vm.register_pio(
-            BusRange::new(u64::from(PVPANIC_PORT), 1).unwrap(),
-            Arc::new(Mutex::new(pvpanic)),
-        )
-        .expect("pvpanic");
-        vm.boot_elf64(&elf, "vesper.test=mini-frontend")
-            .expect("boot the mini frontend");
-        let (serial, stop) = (vm.serial(), vm.stop_handle());
-        let resets = Arc::new(AtomicU32::new(0));
-        let counted = resets.clone();
-        // A reset keeps RAM and only puts the vCPU back at the entry: the guest must
-        // re-initialise itself (nothing is reloaded).
-        let thread = std::thread::spawn(move || loop {
-            match vm
-                .run(Duration::from_secs(300))
-                .map_err(|e| e.to_string())?
-                .stop
-            {
-                Stop::ResetRequested => {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    vm.reset().map_err(|e| e.to_string())?;
-                }
-                other => return Ok(other),
+            MachineEvent::Reset { .. } => {
+                r.fetch_add(1, Ordering::SeqCst);
             }
+            MachineEvent::CrashLoaded => {}
         });
+        let (machine, transport) = Machine::start(&spec, events).expect("start the machine");
         Mini {
-            transport: DeviceTransport { region, device },
+            console: machine.console(),
+            machine: Some(machine),
+            transport,
             session: Session::new(SessionConfig::default()),
-            serial,
-            console,
-            stop,
-            vm: Some(thread),
+            console_log,
+            _dir: dir,
             panics,
             resets,
             hellos: Vec::new(),
@@ -228,7 +164,7 @@ impl Mini {
     }
 
     fn console_text(&self) -> String {
-        String::from_utf8_lossy(&self.console.contents()).into_owned()
+        String::from_utf8_lossy(&std::fs::read(&self.console_log).unwrap_or_default()).into_owned()
     }
 
     /// Everything the test saw, for failure messages.
@@ -301,19 +237,9 @@ impl Mini {
     /// contains `expect`, pumping the host side meanwhile.
     fn hand(&mut self, line: &str, expect: &str) -> String {
         let from = self.console_text().len();
-        let bytes = format!("{line}\n").into_bytes();
-        let mut queued = 0;
-        let deadline = Instant::now() + WAIT;
-        while queued < bytes.len() {
-            queued += self
-                .serial
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .enqueue_input(&bytes[queued..]);
-            assert!(Instant::now() < deadline, "console input stalled");
-            self.pump();
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.console
+            .send(format!("{line}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("typing `{line}`: {e}\n{}", self.state()));
         // Whole lines only: a reply may be caught half-written.
         let find = |m: &Mini| {
             let text = m.console_text();
@@ -349,10 +275,8 @@ impl Mini {
 
 impl Drop for Mini {
     fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.vm.take() {
-            let _ = t.join();
-        }
+        // Stops the VM and waits for its thread.
+        drop(self.machine.take());
     }
 }
 
@@ -619,7 +543,7 @@ fn a_rogue_host_writing_nonsense_into_the_response_ring_costs_answers_not_the_gu
     });
     // From here the test is the host, and a bad one.
     m.host_polls = false;
-    let region = &m.transport.region;
+    let region = m.transport.region();
     let generation = region.header().unwrap().generation;
     let producer = RSP_RING_OFFSET;
     let consumer = RSP_RING_OFFSET + 64;
