@@ -10,8 +10,8 @@ pub enum KvmBacking {
     Hardware(&'static str),
     /// The paravirtual `kvm_pvm`: tiny guests run, a stock Linux kernel does not.
     Paravirtual,
-    /// `/dev/kvm` opens but neither module is known to be loaded (built-in, or another
-    /// implementation): treated as hardware.
+    /// `/dev/kvm` opens but none of those modules is loaded (another implementation):
+    /// not trusted to boot Linux.
     Unknown,
     /// `/dev/kvm` cannot be used; says why.
     Unavailable(String),
@@ -47,7 +47,8 @@ impl KvmBacking {
     /// Why a stock Linux guest cannot boot here, or `None` if it can.
     pub fn linux_problem(&self) -> Option<String> {
         match self {
-            Self::Hardware(_) | Self::Unknown => None,
+            Self::Hardware(_) => None,
+            Self::Unknown => Some("neither kvm_intel nor kvm_amd is loaded".into()),
             Self::Paravirtual => Some(
                 "/dev/kvm is the paravirtual kvm_pvm, which does not boot a stock Linux guest"
                     .into(),
@@ -68,16 +69,17 @@ mod tests {
         let kvm = d.path().join("kvm");
         std::fs::write(&kvm, b"").unwrap();
         std::fs::create_dir_all(&sys).unwrap();
-        assert_eq!(KvmBacking::detect_at(&sys, &kvm), KvmBacking::Unknown);
+        let unknown = KvmBacking::detect_at(&sys, &kvm);
+        assert_eq!(unknown, KvmBacking::Unknown);
+        assert!(unknown.linux_problem().unwrap().contains("kvm_intel"));
         std::fs::create_dir_all(sys.join("kvm_pvm")).unwrap();
         let pvm = KvmBacking::detect_at(&sys, &kvm);
         assert_eq!(pvm, KvmBacking::Paravirtual);
         assert!(pvm.linux_problem().unwrap().contains("kvm_pvm"));
         std::fs::create_dir_all(sys.join("kvm_amd")).unwrap();
-        assert_eq!(
-            KvmBacking::detect_at(&sys, &kvm),
-            KvmBacking::Hardware("kvm_amd")
-        );
+        let hw = KvmBacking::detect_at(&sys, &kvm);
+        assert_eq!(hw, KvmBacking::Hardware("kvm_amd"));
+        assert_eq!(hw.linux_problem(), None);
         let gone = KvmBacking::detect_at(&sys, &d.path().join("nope"));
         assert!(gone.linux_problem().unwrap().contains("cannot be opened"));
     }

@@ -48,27 +48,11 @@ pub struct AccelChoice {
     pub reason: String,
 }
 
-/// Why KVM is not usable here, or `None` when it is. A `/dev/kvm` served by the
-/// paravirtual `kvm_pvm` module runs small hand-made guests but not a stock Linux
-/// kernel, so only `kvm_intel`/`kvm_amd` count.
+/// Why KVM cannot run a stock Linux guest here, or `None` when it can. A `/dev/kvm`
+/// served by the paravirtual `kvm_pvm` module runs small hand-made guests but not a stock
+/// Linux kernel, so only `kvm_intel`/`kvm_amd` count.
 fn kvm_problem(sys_module: &Path, dev_kvm: &Path) -> Option<String> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev_kvm)
-    {
-        return Some(format!("{} cannot be opened ({e})", dev_kvm.display()));
-    }
-    let hw = ["kvm_intel", "kvm_amd"]
-        .into_iter()
-        .find(|m| sys_module.join(m).exists());
-    match hw {
-        Some(_) => None,
-        None if sys_module.join("kvm_pvm").exists() => Some(
-            "/dev/kvm is the paravirtual kvm_pvm, which does not boot a stock Linux guest".into(),
-        ),
-        None => Some("neither kvm_intel nor kvm_amd is loaded".into()),
-    }
+    vesper_hypervisor::KvmBacking::detect_at(sys_module, dev_kvm).linux_problem()
 }
 
 /// Chooses the accelerator for `request` on this host.
