@@ -845,18 +845,23 @@ static void vf_reset_region(struct vesper_front *fe)
 	struct vesper_region_header *hdr = vf_hdr(fe);
 	u32 ref, gen;
 
-	for (ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
-		WRITE_ONCE(vf_grant_entry(fe, ref)->state, VESPER_GRANT_STATE_FREE);
-		fe->grant_used[ref] = false;
-	}
-	fe->list_grant = VESPER_GRANT_REF_NONE;
-
+	/*
+	 * The new generation goes out before the grants are freed, so a host that finds
+	 * a grant of an open channel gone can tell a restart from a misbehaving guest.
+	 */
 	gen = READ_ONCE(hdr->generation) + 1;
 	if (!gen)
 		gen = 1;
 	fe->generation = gen;
 	WRITE_ONCE(hdr->generation, gen);
 	WRITE_ONCE(hdr->guest_features, 0);
+	smp_wmb();
+
+	for (ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
+		WRITE_ONCE(vf_grant_entry(fe, ref)->state, VESPER_GRANT_STATE_FREE);
+		fe->grant_used[ref] = false;
+	}
+	fe->list_grant = VESPER_GRANT_REF_NONE;
 
 	fe->req_prod = READ_ONCE(vf_req_ring(fe)->consumer);
 	WRITE_ONCE(vf_req_ring(fe)->producer, fe->req_prod);

@@ -462,7 +462,17 @@ impl Session {
                 failed.push((i, e.to_string()));
             }
         }
+        // A guest restarting bumps the generation before it frees its grants
+        // (PROTOCOL.md, start-up): a channel failing then is a restart, not misbehaviour.
+        let known = self.info.as_ref().map(|i| i.generation);
+        let restarting =
+            !failed.is_empty() && region.header().is_ok_and(|h| Some(h.generation) != known);
         for (i, error) in failed.into_iter().rev() {
+            let error = if restarting {
+                "guest restarted".to_string()
+            } else {
+                error
+            };
             let (spec, reader) = self.channels.remove(i);
             let stats = reader.stats(region);
             out.events.push(SessionEvent::RelayClosed {

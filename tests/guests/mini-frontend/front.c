@@ -576,18 +576,20 @@ static void reset_region(void)
 {
 	uint32_t gen;
 
-	for (uint32_t ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
-		WRITE_ONCE(grant_entry(ref)->state, VESPER_GRANT_STATE_FREE);
-		fe.grant_used[ref] = 0;
-	}
-	fe.list_grant = VESPER_GRANT_REF_NONE;
-
+	/* New generation first: a host that then finds a grant gone sees a restart. */
 	gen = READ_ONCE(hdr()->generation) + 1;
 	if (!gen)
 		gen = 1;
 	fe.generation = gen;
 	WRITE_ONCE(hdr()->generation, gen);
 	WRITE_ONCE(hdr()->guest_features, 0);
+	wmb();
+
+	for (uint32_t ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
+		WRITE_ONCE(grant_entry(ref)->state, VESPER_GRANT_STATE_FREE);
+		fe.grant_used[ref] = 0;
+	}
+	fe.list_grant = VESPER_GRANT_REF_NONE;
 
 	/* Continue where the host is: a reboot leaves stale indices. */
 	fe.req_prod = READ_ONCE(ring(VESPER_REQ_RING_OFFSET)->consumer);

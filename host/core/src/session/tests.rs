@@ -618,3 +618,43 @@ fn a_resumed_session_answers_the_standing_wait_the_old_host_consumed() {
     let s4 = Session::resume(cfg(), &g.region, info);
     assert!(s4.guest().is_none());
 }
+
+#[test]
+fn a_channel_whose_grants_vanish_is_a_restart_only_if_the_generation_moved_on() {
+    use vesper_relay::guest_writer::GuestChannel;
+    let now = Instant::now();
+    let free = |g: &Guest, grant_ref: u32| {
+        let at = vesper_shared_abi::grant_entry_offset(grant_ref).unwrap()
+            + std::mem::offset_of!(vesper_shared_abi::GrantEntry, state) as u64;
+        scribble(&g.region, at, &GRANT_STATE_FREE.to_le_bytes()).unwrap();
+    };
+    let closed_with = |out: PollOutcome| -> Option<String> {
+        out.events.into_iter().find_map(|e| match e {
+            SessionEvent::RelayClosed { error, .. } => error,
+            _ => None,
+        })
+    };
+    for restart in [false, true] {
+        let (mut s, mut g) = (Session::new(cfg()), Guest::new());
+        up(&mut s, &mut g, now);
+        set_header_generation(&g);
+        let base = DATA_AREA_OFFSET + 0x8_0000;
+        let (_ch, req) =
+            GuestChannel::create(&g.region, GEN, 5, 1, 4, 4096, false, base, 20).unwrap();
+        g.post(REQ_RELAY_OPEN, &req);
+        s.poll(&g.region, now);
+        assert_eq!(g.response().header.status, 0);
+        if restart {
+            // A rebooting frontend: new generation first, then its grants freed.
+            g.generation += 1;
+            set_header_generation(&g);
+        }
+        free(&g, req.control_grant);
+        let error = closed_with(s.poll(&g.region, now)).expect("channel closed");
+        if restart {
+            assert_eq!(error, "guest restarted");
+        } else {
+            assert!(error.contains("grant"), "{error}");
+        }
+    }
+}
