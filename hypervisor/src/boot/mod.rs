@@ -241,10 +241,11 @@ impl Vm {
         let supported = host_kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let pvm = Path::new(KVM_PVM_MODULE).exists();
         let host = cpuid::HostLimits {
             // The TSC-deadline timer lives in the in-kernel LAPIC.
             tsc_deadline: self.irqchip && host_kvm.check_extension(Cap::TscDeadlineTimer),
-            hide_cmpxchg16b: Path::new(KVM_PVM_MODULE).exists(),
+            hide_cmpxchg16b: pvm,
         };
         let count = self.config().vcpus;
         let extra = EntryExtra::long_mode(self.irqchip.then_some(start));
@@ -321,7 +322,8 @@ impl Vm {
     /// line, and a zero page with the image's setup header and the e820 map. COM1 raises
     /// GSI 4 (an irqfd). Needs the in-kernel irqchip (`Vm::with_irqchip`). An MP table
     /// lists the vCPUs and the IOAPIC; vCPU 0 starts at the entry, the others wait for
-    /// the kernel's INIT/SIPI.
+    /// the kernel's INIT/SIPI. There are no ACPI tables: a kernel without
+    /// `CONFIG_X86_MPPARSE` (Debian's cloud kernel) runs on vCPU 0 alone.
     pub fn boot_linux(&mut self, boot: LinuxBoot<'_>) -> Result<BootInfo> {
         if !self.irqchip {
             return Err(HypervisorError::InvalidConfig(
