@@ -23,7 +23,11 @@ pub enum HypervisorError {
         max: u32,
     },
     /// More guest RAM than the host has.
-    #[error("{requested} bytes of guest RAM requested, the host has {host_total} bytes")]
+    #[error(
+        "{} MiB of guest memory requested but the host has {} MiB in all; give the VM less memory",
+        requested >> 20,
+        host_total >> 20
+    )]
     NotEnoughMemory {
         /// Requested bytes.
         requested: u64,

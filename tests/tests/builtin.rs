@@ -228,6 +228,25 @@ fn bad_builtin_requests_are_refused_with_what_to_do() {
     assert_eq!(bad_vmm.code, 2, "{bad_vmm:?}");
     assert!(bad_vmm.stderr.contains("qemu or builtin"), "{bad_vmm:?}");
     if kvm_usable("builtin bad image") {
+        // More RAM than this host has: refused before anything is created.
+        let host_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map(|kb| kb / 1024)
+            .unwrap_or(0);
+        if host_mib > 0 && host_mib < 65536 {
+            let too_big = (host_mib + 1024).to_string();
+            let out = d.cli(&[
+                "vm", "start", "x6", "--vmm", "builtin", "--kernel", "mini", "--memory", &too_big,
+            ]);
+            assert_ne!(out.code, 0);
+            assert!(out.stderr.contains("memory"), "{out:?}");
+            assert!(d.events(&["--guest", "x6"]).is_empty());
+        }
         let junk = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(junk.path(), b"not a kernel at all").unwrap();
         let out = d.cli(&[
