@@ -357,6 +357,25 @@ fn elf64_boot_refuses_bad_images_with_named_errors() {
     let e = vm.boot_elf64(&cut, "").unwrap_err();
     assert!(matches!(e, HypervisorError::TruncatedImage { .. }), "{e}");
 
+    // Its PT_LOAD moved onto the zero page.
+    let mut low = elf.clone();
+    let phoff = u64::from_le_bytes(low[0x20..0x28].try_into().unwrap()) as usize;
+    let phnum = u16::from_le_bytes([low[0x38], low[0x39]]) as usize;
+    let load = (0..phnum)
+        .map(|i| phoff + i * 0x38)
+        .find(|&at| low[at..at + 4] == 1u32.to_le_bytes())
+        .expect("a PT_LOAD");
+    low[load + 24..load + 32].copy_from_slice(&0x7000u64.to_le_bytes()); // p_paddr
+    let e = vm.boot_elf64(&dir.write("low.elf", &low), "").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            HypervisorError::SegmentOverlapsBoot { start: 0x7000, .. }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("low.elf"), "{e}");
+
     // The guest is linked at 4 MiB: a 2 MiB VM has no RAM there.
     let (mut small, _o) = self::vm(2 * MIB, 1, false);
     let e = small.boot_elf64(&dir.write("g.elf", &elf), "").unwrap_err();
