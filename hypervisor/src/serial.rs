@@ -109,6 +109,11 @@ impl Serial {
         self.interrupt = Some(line);
     }
 
+    /// Whether an interrupt output is connected.
+    pub fn has_interrupt_line(&self) -> bool {
+        self.interrupt.is_some()
+    }
+
     /// Raises the line on a rising edge of `interrupt_pending`, or when the guest
     /// (re)enabled interrupts with one pending (8250 drivers test THRE that way).
     fn signal(&self, before: bool, ier_written: bool) {
@@ -295,6 +300,47 @@ mod tests {
     fn uart() -> (Serial, SharedBuffer) {
         let buf = SharedBuffer::new();
         (Serial::new(Box::new(buf.clone())), buf)
+    }
+
+    #[test]
+    fn interrupt_line_rises_on_each_new_condition_as_an_8250_driver_needs() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let (mut s, buf) = uart();
+        let raised = Arc::new(AtomicU32::new(0));
+        let r = raised.clone();
+        s.set_interrupt_line(Box::new(move || {
+            r.fetch_add(1, Ordering::Relaxed);
+        }));
+        let count = || raised.load(Ordering::Relaxed);
+        // Bytes with interrupts off: no interrupt.
+        BusDevice::write(&mut s, DATA, b"a");
+        assert_eq!(count(), 0);
+        // Enabling THR-empty while THR is empty raises it (the driver's THRE test), and
+        // re-enabling it raises it again.
+        BusDevice::write(&mut s, IER, &[IER_THRE]);
+        assert_eq!(count(), 1);
+        BusDevice::write(&mut s, IER, &[0]);
+        BusDevice::write(&mut s, IER, &[IER_THRE]);
+        assert_eq!(count(), 2);
+        // The ISR reads IIR (acknowledging THRE), sends a byte: THR empty again → new edge.
+        let mut iir = [0];
+        BusDevice::read(&mut s, IIR_FCR, &mut iir);
+        assert_eq!(iir[0] & 0x0f, IIR_THRE);
+        BusDevice::write(&mut s, DATA, b"b");
+        assert_eq!(count(), 3);
+        // More bytes before the next IIR read: still the same pending condition.
+        BusDevice::write(&mut s, DATA, b"c");
+        assert_eq!(count(), 3);
+        // Input with receive interrupts on raises it; the line survives a reset.
+        BusDevice::write(&mut s, IER, &[IER_RDA]);
+        BusDevice::read(&mut s, IIR_FCR, &mut iir);
+        s.reset();
+        assert!(s.has_interrupt_line());
+        BusDevice::write(&mut s, IER, &[IER_RDA]);
+        let before = count();
+        s.enqueue_input(b"x");
+        assert_eq!(count(), before + 1);
+        assert_eq!(buf.contents(), b"abc");
     }
 
     #[test]

@@ -515,16 +515,21 @@ impl Vm {
         }
     }
 
-    /// COM1's interrupt → GSI 4 through an irqfd, signalled by the UART model.
+    /// COM1's interrupt → GSI 4 through an irqfd, signalled by the UART model. Once: a
+    /// second boot (a reboot) keeps the first irqfd.
     fn wire_serial_irq(&self) -> Result<()> {
-        let fd = self.register_irqfd(COM1_GSI)?;
-        self.serial()
+        let serial = self.serial();
+        let mut serial = serial
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .set_interrupt_line(Box::new(move || {
-                // A full eventfd counter still means "raised": nothing is lost.
-                let _ = fd.write(1);
-            }));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if serial.has_interrupt_line() {
+            return Ok(());
+        }
+        let fd = self.register_irqfd(COM1_GSI)?;
+        serial.set_interrupt_line(Box::new(move || {
+            // A full eventfd counter still means "raised": nothing is lost.
+            let _ = fd.write(1);
+        }));
         Ok(())
     }
 }
