@@ -344,6 +344,15 @@ fn elf64_boot_refuses_bad_images_with_named_errors() {
     let e = vm.boot_elf64(&dir.path("missing.elf"), "").unwrap_err();
     assert!(matches!(e, HypervisorError::ImageRead { .. }), "{e}");
 
+    // A 3 GiB sparse file is refused before it is read.
+    let huge = dir.path("disk.img");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let e = vm.boot_elf64(&huge, "").unwrap_err();
+    assert!(e.to_string().contains("larger than 2 GiB"), "{e}");
+
     let elf = std::fs::read(elf_guest(&dir, HELLO)).unwrap();
     let mut arm = elf.clone();
     arm[0x12..0x14].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64

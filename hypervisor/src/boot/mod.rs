@@ -165,11 +165,23 @@ impl EntryExtra {
     }
 }
 
+/// Bigger than any kernel (a vmlinux with full debug info is well below): such a file is
+/// refused before it is read into host memory.
+const MAX_IMAGE_LEN: u64 = 2 << 30;
+
 fn read_image(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| HypervisorError::ImageRead {
+    let read_err = |source| HypervisorError::ImageRead {
         path: path.to_owned(),
         source,
-    })
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_IMAGE_LEN {
+        return Err(HypervisorError::UnsupportedImage {
+            path: path.to_owned(),
+            reason: "it is larger than 2 GiB, which no kernel is; check the path",
+        });
+    }
+    std::fs::read(path).map_err(read_err)
 }
 
 /// The entry must be inside a loaded segment, or the guest runs off into zeros.
