@@ -578,21 +578,24 @@ struct VesperFunction {
     kvm_errors: u64,
 }
 
+/// The host's doorbell for `vector` with BAR0 at `base`: the address and the value its
+/// KVM ioeventfd matches.
+fn host_doorbell(base: u64, vector: u16) -> (IoEventAddress, u32) {
+    let doorbell = Doorbell {
+        peer: HOST_PEER,
+        vector,
+    };
+    (IoEventAddress::Mmio(base + DOORBELL), doorbell.encode())
+}
+
 impl VesperFunction {
     fn unregister_doorbells(&mut self, upto: usize) {
         let Some(base) = self.doorbell_at.take() else {
             return;
         };
         for (vector, fd) in (0..HOST_VECTORS).zip(&self.doorbells).take(upto) {
-            let datamatch = Doorbell {
-                peer: HOST_PEER,
-                vector,
-            }
-            .encode();
-            if let Err(e) =
-                self.vm_fd
-                    .unregister_ioevent(fd, &IoEventAddress::Mmio(base + DOORBELL), datamatch)
-            {
+            let (addr, datamatch) = host_doorbell(base, vector);
+            if let Err(e) = self.vm_fd.unregister_ioevent(fd, &addr, datamatch) {
                 if count_kvm_error(&mut self.kvm_errors) {
                     tracing::warn!(%e, "cannot unregister a doorbell ioeventfd");
                 }
@@ -607,15 +610,8 @@ impl VesperFunction {
         };
         self.doorbell_at = Some(base);
         for (i, (vector, fd)) in (0..HOST_VECTORS).zip(&self.doorbells).enumerate() {
-            let datamatch = Doorbell {
-                peer: HOST_PEER,
-                vector,
-            }
-            .encode();
-            if let Err(e) =
-                self.vm_fd
-                    .register_ioevent(fd, &IoEventAddress::Mmio(base + DOORBELL), datamatch)
-            {
+            let (addr, datamatch) = host_doorbell(base, vector);
+            if let Err(e) = self.vm_fd.register_ioevent(fd, &addr, datamatch) {
                 if count_kvm_error(&mut self.kvm_errors) {
                     tracing::warn!(%e, "cannot register a doorbell ioeventfd");
                 }

@@ -9,14 +9,12 @@
 //! the guests switch to 32-bit flat protected mode first).
 
 use std::mem::offset_of;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vesper_hypervisor::{
-    BusDevice, BusRange, GuestFrameGrants, HypervisorError, RealModeEntry, Stop, VesperConfig, Vm,
-    VmConfig,
+    BusDevice, BusRange, GuestFrameGrants, HypervisorError, Stop, VesperConfig, Vm,
 };
 use vesper_shared_abi::{
     grant_entry_offset, RegionHeader, DATA_AREA_OFFSET, GRANT_ENTRIES, GRANT_GUEST_FRAMES,
@@ -27,11 +25,9 @@ use vesper_shmem::grant::GrantNeed;
 use vesper_shmem::{SharedRegion, ShmemError};
 
 mod common;
-use common::kvm_available;
+use common::asm::{self, PROTECTED_MODE_PRELUDE};
+use common::{enter_real_mode, kvm_available, vm, LOAD, MIB, RUN};
 
-const LOAD: u64 = 0x1000;
-const MIB: u64 = 1 << 20;
-const RUN: Duration = Duration::from_secs(10);
 const BAR0: u64 = MIB;
 const BAR2: u64 = 2 * MIB;
 /// The guest calls the host here with a step number in eax (the host acts at once, on
@@ -49,76 +45,22 @@ const SECRET: u32 = 0x5ec2_e75e;
 const NO_FRAMES: u32 = 0x0f0f_0f0f;
 const HOST_WROTE: &[u8; 8] = b"host->gu";
 
-/// Assembles a 32-bit guest (`main` and what follows) behind a real → flat protected
-/// mode prelude, linked at `LOAD`, with `as`/`ld`/`objcopy` from binutils.
+/// Assembles a 32-bit guest (`main` and what follows) behind the protected-mode
+/// prelude, linked at `LOAD`, with this test's addresses and ports as assembler symbols.
 fn assemble(body: &str) -> Vec<u8> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let source = format!(
-        r#"
-    .intel_syntax noprefix
-    .code16
-    .globl _start
-_start:
-    cli
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or eax, 1
-    mov cr0, eax
-    ljmp 0x08, offset pm
-    .code32
-pm:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov esp, 0x8000
-    jmp main
-    .balign 8
-gdt:
-    .quad 0
-    .quad 0x00cf9a000000ffff
-    .quad 0x00cf92000000ffff
-gdt_desc:
-    .word 23
-    .long gdt
+    asm::assemble(
+        &format!(
+            r#"{PROTECTED_MODE_PRELUDE}
     .set BAR2, {BAR2:#x}
     .set TABLE, {table:#x}
     .set STEP_PORT, {STEP_PORT:#x}
     .set REPORT_PORT, {REPORT_PORT:#x}
 {body}
 "#,
-        table = BAR2 + GRANT_TABLE_OFFSET,
-    );
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "grants-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let [src, obj, elf, bin] = ["g.S", "g.o", "g.elf", "g.bin"].map(|f| dir.join(f));
-    std::fs::write(&src, source).unwrap();
-    let run = |cmd: &mut Command| {
-        let out = cmd
-            .output()
-            .expect("binutils (as, ld, objcopy) must be installed");
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
-    run(Command::new("ld")
-        .args(["-m", "elf_i386", "-N", &format!("-Ttext={LOAD:#x}"), "-o"])
-        .arg(&elf)
-        .arg(&obj));
-    run(Command::new("objcopy")
-        .args(["-O", "binary", "-j", ".text"])
-        .arg(&elf)
-        .arg(&bin));
-    let image = std::fs::read(&bin).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    image
+            table = BAR2 + GRANT_TABLE_OFFSET,
+        ),
+        LOAD,
+    )
 }
 
 /// A grant the guest writes into entry `grant_ref`; `generation` 0 means "the
@@ -317,21 +259,8 @@ fn machine(
 ) -> Machine {
     let region = Arc::new(SharedRegion::create("grants-test", MIN_REGION_SIZE).unwrap());
     region.offer_host_features(features).unwrap();
-    let mut vm = Vm::new(
-        VmConfig {
-            vcpus: 1,
-            mem_size: MIB,
-        },
-        Box::new(std::io::sink()),
-    )
-    .expect("create VM");
-    vm.load(LOAD, code).expect("load guest");
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .unwrap();
+    let mut vm = vm(1, MIB, false, Box::new(std::io::sink()));
+    enter_real_mode(&mut vm, code);
     vm.add_vesper_device(VesperConfig {
         peer_id: 1,
         bar0: BAR0,

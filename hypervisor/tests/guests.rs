@@ -3,35 +3,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vesper_hypervisor::{
-    BusDevice, BusRange, HypervisorError, RealModeEntry, SharedBuffer, Stop, Vm, VmConfig,
-};
+use vesper_hypervisor::{BusDevice, BusRange, HypervisorError, SharedBuffer, Stop, Vm, VmConfig};
 
 mod common;
-use common::kvm_available;
-
-const LOAD: u64 = 0x1000;
-const MIB: u64 = 1 << 20;
-const RUN: Duration = Duration::from_secs(10);
+use common::{enter_real_mode, kvm_available, vm, MIB, RUN};
 
 /// A 1 MiB, one-vCPU VM with `code` at 0000:1000, console into the returned buffer.
 fn vm_with(code: &[u8]) -> (Vm, SharedBuffer) {
     let out = SharedBuffer::new();
-    let mut vm = Vm::new(
-        VmConfig {
-            vcpus: 1,
-            mem_size: MIB,
-        },
-        Box::new(out.clone()),
-    )
-    .expect("create VM");
-    vm.load(LOAD, code).expect("load guest");
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .expect("entry");
+    let mut vm = vm(1, MIB, false, Box::new(out.clone()));
+    enter_real_mode(&mut vm, code);
     (vm, out)
 }
 
@@ -306,23 +287,10 @@ fn two_vcpus_each_run_on_their_own_thread() {
         return;
     }
     let out = SharedBuffer::new();
-    let mut vm = Vm::new(
-        VmConfig {
-            vcpus: 2,
-            mem_size: MIB,
-        },
-        Box::new(out.clone()),
-    )
-    .unwrap();
+    let mut vm = vm(2, MIB, false, Box::new(out.clone()));
     // Both vCPUs print one 'x' and halt.
     let guest = [0xba, 0xf8, 0x03, 0xb0, b'x', 0xee, 0xfa, 0xf4]; // mov dx,0x3f8; mov al,'x'; out; cli; hlt
-    vm.load(LOAD, &guest).unwrap();
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .unwrap();
+    enter_real_mode(&mut vm, &guest);
     let report = vm.run(RUN).unwrap();
     assert_eq!(report.stop, Stop::Halted);
     assert_eq!(report.vcpus.len(), 2);

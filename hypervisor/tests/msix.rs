@@ -5,113 +5,80 @@
 //! skips loudly if /dev/kvm cannot be opened.
 
 use std::fs::File;
-use std::os::fd::{AsFd, FromRawFd};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use vesper_hypervisor::pci::PCI_HOLE;
 use vesper_hypervisor::vesper::MSIX_VECTORS;
-use vesper_hypervisor::{
-    BusDevice, BusRange, HypervisorError, RealModeEntry, Stop, VesperConfig, VesperHandle, Vm,
-    VmConfig,
-};
+use vesper_hypervisor::{HypervisorError, Result, RunReport, Stop, VesperHandle};
 
-mod asm;
 mod common;
-use asm::{MSI_VECTOR, READY, REPORT_PORT};
-use common::kvm_available;
+use common::asm::{self, MSI_VECTOR, READY};
+use common::{enter_real_mode, kvm_available, wait_for_ready, Reports, Setup, LOAD, MIB, RUN};
 
-const LOAD: u64 = 0x1000;
-const MIB: u64 = 1 << 20;
-const RUN: Duration = Duration::from_secs(10);
 const REGION: u64 = 0x8000;
 /// Where a guest moves BAR1 (inside the PCI hole, away from the VMM's placements).
 const MOVED_BAR1: u64 = 0xd100_0000;
 
-/// Records every dword the guest writes to `REPORT_PORT`.
-#[derive(Default)]
-struct Reports(Vec<u32>);
-
-impl BusDevice for Reports {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write(&mut self, _offset: u64, data: &[u8]) {
-        if let &[a, b, c, d] = data {
-            self.0.push(u32::from_le_bytes([a, b, c, d]));
-        }
-    }
-}
-
-fn memfd() -> File {
-    // SAFETY: the name is a NUL-terminated string; the returned fd is checked and owned.
-    let fd = unsafe { libc::memfd_create(c"vesper-msix".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh fd nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(REGION).unwrap();
-    file
-}
-
-struct Setup {
-    vm: Vm,
-    device: VesperHandle,
-    reports: Arc<Mutex<Reports>>,
-    _region: File,
-}
-
 /// A 1 MiB VM (with the in-kernel irqchip if `irqchip`) running `body` in protected
 /// mode, with the Vesper device placed by the VMM in the PCI hole.
 fn setup(body: &str, irqchip: bool) -> Setup {
-    let config = VmConfig {
-        vcpus: 1,
-        mem_size: MIB,
-    };
-    let sink = Box::new(std::io::sink());
-    let mut vm = if irqchip {
-        Vm::with_irqchip(config, sink)
-    } else {
-        Vm::new(config, sink)
-    }
-    .expect("create VM");
-    vm.load(LOAD, &asm::guest(body, LOAD)).expect("load guest");
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .expect("entry");
-    let reports = Arc::new(Mutex::new(Reports::default()));
-    vm.register_pio(
-        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
-        reports.clone(),
-    )
-    .unwrap();
-    let region = memfd();
-    let device = vm
-        .add_vesper_device(VesperConfig::auto(1, region.as_fd(), REGION))
-        .expect("add the Vesper device");
+    let mut s = common::setup(MIB, irqchip, 0, 0, REGION);
+    enter_real_mode(&mut s.vm, &asm::guest(body, LOAD));
     for bar in 0..3 {
-        let at = device.bar_address(bar).expect("decoded");
+        let at = s.device.bar_address(bar).expect("decoded");
         assert!(
             (PCI_HOLE.0..PCI_HOLE.1).contains(&at),
             "BAR{bar} at {at:#x}, in the PCI hole"
         );
     }
-    Setup {
-        vm,
+    s
+}
+
+/// The irqchip VM of `setup(body)` running on its own thread.
+struct Running {
+    runner: JoinHandle<Result<RunReport>>,
+    device: VesperHandle,
+    reports: Arc<Mutex<Reports>>,
+    /// The region's memfd, open while the guest runs.
+    _region: File,
+}
+
+/// Starts the irqchip VM of `setup(body)` on its own thread and waits for the guest's
+/// `READY`.
+fn start(body: &str) -> Running {
+    let Setup {
+        mut vm,
+        device,
+        reports,
+        region,
+    } = setup(body, true);
+    let runner = std::thread::spawn(move || vm.run(RUN));
+    wait_for_ready(&reports);
+    Running {
+        runner,
         device,
         reports,
         _region: region,
     }
 }
 
-fn wait_for_ready(reports: &Mutex<Reports>) {
-    let start = Instant::now();
-    while !reports.lock().unwrap().0.contains(&READY) {
-        assert!(start.elapsed() < RUN, "guest never got ready");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// Reports `READY`, enables interrupts and spins until the PBA (BAR1 in esi) shows
+/// vector 0 pending, then reports the PBA.
+fn ready_until_pending() -> String {
+    format!(
+        r#"
+    mov eax, {READY}
+    call report
+    sti
+2:  pause
+    mov eax, [esi + 0x800]
+    test eax, 1
+    jz 2b
+    call report
+"#
+    )
 }
 
 /// Finds BAR1 (esi) and the MSI-X capability through config space, programs vector 0
@@ -144,6 +111,21 @@ main:
     )
 }
 
+/// The handler every delivery test uses: report, EOI, power off.
+fn handler_and_wait() -> String {
+    format!(
+        r#"
+1:  hlt
+    jmp 1b
+handler:
+    mov eax, {MSI_VECTOR}
+    call report
+    call eoi
+    call poweroff
+"#
+    )
+}
+
 #[test]
 fn host_notify_runs_the_guests_msix_handler() {
     if !kvm_available("msix notify") {
@@ -155,19 +137,15 @@ fn host_notify_runs_the_guests_msix_handler() {
     mov eax, {READY}
     call report
     sti
-1:  hlt
-    jmp 1b
-handler:
-    mov eax, {MSI_VECTOR}
-    call report
-    call eoi
-    call poweroff
 "#
-        );
-    let s = setup(&body, true);
-    let (mut vm, device, reports) = (s.vm, s.device, s.reports);
-    let runner = std::thread::spawn(move || vm.run(RUN));
-    wait_for_ready(&reports);
+        )
+        + &handler_and_wait();
+    let Running {
+        runner,
+        device,
+        reports,
+        _region,
+    } = start(&body);
     // Waiting with interrupts on: nothing comes until the host notifies.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(reports.lock().unwrap().0, vec![READY]);
@@ -197,30 +175,15 @@ fn a_masked_vector_gets_its_pending_bit_and_fires_on_unmask() {
     // Vector 0 stays masked; the guest spins until the PBA shows bit 0, reports the PBA,
     // then unmasks the vector: the pending message must arrive then.
     let body = msix_setup(1)
-        + &format!(
-            r#"
-    mov eax, {READY}
-    call report
-    sti
-2:  pause
-    mov eax, [esi + 0x800]
-    test eax, 1
-    jz 2b
-    call report
-    mov dword ptr [esi + 12], 0
-1:  hlt
-    jmp 1b
-handler:
-    mov eax, {MSI_VECTOR}
-    call report
-    call eoi
-    call poweroff
-"#
-        );
-    let s = setup(&body, true);
-    let (mut vm, device, reports) = (s.vm, s.device, s.reports);
-    let runner = std::thread::spawn(move || vm.run(RUN));
-    wait_for_ready(&reports);
+        + &ready_until_pending()
+        + "    mov dword ptr [esi + 12], 0\n"
+        + &handler_and_wait();
+    let Running {
+        runner,
+        device,
+        reports,
+        _region,
+    } = start(&body);
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(device.interrupt_stats().delivered, 0);
     device.notify(0).expect("notify a masked vector");
@@ -233,21 +196,6 @@ handler:
     );
     assert!(!device.msix_pending(0));
     assert_eq!(device.interrupt_stats().delivered, 1);
-}
-
-/// The handler every delivery test uses: report, EOI, power off.
-fn handler_and_wait() -> String {
-    format!(
-        r#"
-1:  hlt
-    jmp 1b
-handler:
-    mov eax, {MSI_VECTOR}
-    call report
-    call eoi
-    call poweroff
-"#
-    )
 }
 
 #[test]
@@ -274,31 +222,26 @@ main:
 "#
     );
     body += &msix_setup(0).replace("main:", "setup:");
-    body += &format!(
-        r#"
+    body += r#"
     mov eax, edi
     mov bx, 0xc000
     call pci_write16_hi
-    mov eax, {READY}
-    call report
-    sti
-2:  pause
-    mov eax, [esi + 0x800]
-    test eax, 1
-    jz 2b
-    call report
+"#;
+    body += &ready_until_pending();
+    body += r#"
     mov eax, esi
     call report
     mov eax, edi
     mov bx, 0x8000
     call pci_write16_hi
-"#
-    );
+"#;
     body += &handler_and_wait();
-    let s = setup(&body, true);
-    let (mut vm, device, reports) = (s.vm, s.device, s.reports);
-    let runner = std::thread::spawn(move || vm.run(RUN));
-    wait_for_ready(&reports);
+    let Running {
+        runner,
+        device,
+        reports,
+        _region,
+    } = start(&body);
     assert_eq!(device.bar_address(1), Some(MOVED_BAR1));
     device.notify(0).expect("notify under the function mask");
     let report = runner.join().unwrap().expect("run");

@@ -5,88 +5,31 @@
 //! `SharedRegion`, placed by the VMM in the PCI hole, is read and written by a 64-bit
 //! guest. Each test skips loudly if /dev/kvm cannot be opened.
 
-use std::fs::File;
-use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vesper_hypervisor::pci::PCI_HOLE;
-use vesper_hypervisor::{
-    BusDevice, BusRange, RealModeEntry, Stop, VesperConfig, VesperHandle, Vm, VmConfig,
-};
+use vesper_hypervisor::{Stop, VesperConfig, VesperHandle, Vm};
 use vesper_shmem::SharedRegion;
 
-mod asm;
 mod common;
-use asm::REPORT_PORT;
-use common::kvm_available;
+use common::asm;
+use common::{enter_real_mode, kvm_available, vm_with_reports, Setup, LOAD, MIB, RUN};
 
-const LOAD: u64 = 0x1000;
-const MIB: u64 = 1 << 20;
-const RUN: Duration = Duration::from_secs(10);
 const REGION: u64 = 0x8000;
 const NEW_BAR0: u64 = 0xd000_0000;
 const NEW_BAR2: u64 = 0xe000_0000;
 
-/// Records every dword the guest writes to `REPORT_PORT`.
-#[derive(Default)]
-struct Reports(Vec<u32>);
-
-impl BusDevice for Reports {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write(&mut self, _offset: u64, data: &[u8]) {
-        if let &[a, b, c, d] = data {
-            self.0.push(u32::from_le_bytes([a, b, c, d]));
-        }
-    }
-}
-
-fn memfd() -> File {
-    // SAFETY: the name is a NUL-terminated string; the returned fd is checked and owned.
-    let fd = unsafe { libc::memfd_create(c"vesper-relocate".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh fd nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(REGION).unwrap();
-    file
-}
-
-fn vm(mem_size: u64) -> (Vm, Arc<Mutex<Reports>>) {
-    let mut vm =
-        Vm::new(VmConfig { vcpus: 1, mem_size }, Box::new(std::io::sink())).expect("create VM");
-    let reports = Arc::new(Mutex::new(Reports::default()));
-    vm.register_pio(
-        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
-        reports.clone(),
-    )
-    .unwrap();
-    (vm, reports)
-}
-
 /// A 1 MiB VM with the device placed by the VMM; `body(bar0, bar2)` gives the guest's
 /// protected-mode code for the device's first addresses.
-fn setup(body: impl Fn(u64, u64) -> String) -> (Vm, VesperHandle, File, Arc<Mutex<Reports>>) {
-    let (mut vm, reports) = vm(MIB);
-    let region = memfd();
-    let device = vm
-        .add_vesper_device(VesperConfig::auto(1, region.as_fd(), REGION))
-        .expect("add the Vesper device");
+fn setup(body: impl Fn(u64, u64) -> String) -> Setup {
+    let mut s = common::setup(MIB, false, 0, 0, REGION);
     let (bar0, bar2) = (
-        device.bar_address(0).unwrap(),
-        device.bar_address(2).unwrap(),
+        s.device.bar_address(0).unwrap(),
+        s.device.bar_address(2).unwrap(),
     );
-    vm.load(LOAD, &asm::guest(&body(bar0, bar2), LOAD))
-        .expect("load guest");
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .expect("entry");
-    (vm, device, region, reports)
+    enter_real_mode(&mut s.vm, &asm::guest(&body(bar0, bar2), LOAD));
+    s
 }
 
 fn refused(vm: &Vm) -> u64 {
@@ -104,7 +47,12 @@ fn guest_moves_bar0_and_bar2_and_registers_doorbells_and_bytes_follow() {
         return;
     }
     let first = std::cell::Cell::new((0, 0));
-    let (mut vm, device, region, reports) = setup(|old0, old2| {
+    let Setup {
+        mut vm,
+        device,
+        region,
+        reports,
+    } = setup(|old0, old2| {
         first.set((old0, old2));
         format!(
             r#"
@@ -184,7 +132,12 @@ fn refused_placements_leave_the_vm_running_and_the_device_usable() {
         return;
     }
     // Memory decoding stays on throughout; each refused placement undecodes the BAR.
-    let (mut vm, device, region, reports) = setup(|old0, old2| {
+    let Setup {
+        mut vm,
+        device,
+        region,
+        reports,
+    } = setup(|old0, old2| {
         format!(
             r#"
 main:
@@ -251,7 +204,7 @@ fn a_real_2mib_shared_region_in_the_pci_hole_from_a_64_bit_guest() {
     }
     const ENTRY: u64 = 0x10_0000;
     let region = SharedRegion::create("vesper-hv-relocate", 2 << 20).expect("region");
-    let (mut vm, reports) = vm(4 * MIB);
+    let (mut vm, reports) = vm_with_reports(4 * MIB, false);
     let device = vm
         .add_vesper_device(VesperConfig::auto(1, region.fd(), region.size()))
         .expect("add the Vesper device");

@@ -6,131 +6,38 @@
 //! with es = 0xffff: BAR0 at 0x100000 (es:0x0010), BAR2 = a 32 KiB memfd at 0x108000
 //! (es:0x8010). Guest RAM is 1 MiB.
 
-use std::fs::File;
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vesper_hypervisor::vesper::{DEVICE_ID, VENDOR_ID};
-use vesper_hypervisor::{
-    BusDevice, BusRange, HypervisorError, RealModeEntry, Stop, VesperConfig, VesperHandle, Vm,
-    VmConfig,
-};
+use vesper_hypervisor::{HypervisorError, Stop, VesperConfig, Vm};
 
 mod common;
-use common::kvm_available;
+use common::asm::READY;
+use common::{
+    enter_real_mode, kvm_available, memfd, vm, vm_with_reports, wait_for_ready, Reports, Setup,
+    LOAD, MIB, REPORT_PORT, RUN,
+};
 
-const LOAD: u64 = 0x1000;
-const MIB: u64 = 1 << 20;
-const RUN: Duration = Duration::from_secs(10);
 const BAR0: u64 = 0x10_0000;
 const BAR2: u64 = 0x10_8000;
 const REGION: u64 = 0x8000;
-const REPORT_PORT: u16 = 0x7000;
-
-/// Records every dword the guest writes to `REPORT_PORT`.
-#[derive(Default)]
-struct Reports(Vec<u32>);
-
-impl BusDevice for Reports {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write(&mut self, _offset: u64, data: &[u8]) {
-        if let &[a, b, c, d] = data {
-            self.0.push(u32::from_le_bytes([a, b, c, d]));
-        }
-    }
-}
-
-/// A zeroed memfd of `REGION` bytes.
-fn memfd() -> File {
-    // SAFETY: the name is a NUL-terminated string; the returned fd is checked and owned.
-    let fd = unsafe { libc::memfd_create(c"vesper-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh fd nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(REGION).unwrap();
-    file
-}
-
-struct Setup {
-    vm: Vm,
-    device: VesperHandle,
-    region: File,
-    reports: Arc<Mutex<Reports>>,
-}
 
 /// A 1 MiB VM running `code`, with the report port and no device.
-struct Bare {
-    vm: Vm,
-    reports: Arc<Mutex<Reports>>,
+fn setup_without_device(code: &[u8]) -> (Vm, Arc<Mutex<Reports>>) {
+    let (mut vm, reports) = vm_with_reports(MIB, false);
+    enter_real_mode(&mut vm, code);
+    (vm, reports)
 }
 
-fn setup_without_device(code: &[u8]) -> Bare {
-    let mut vm = Vm::new(
-        VmConfig {
-            vcpus: 1,
-            mem_size: MIB,
-        },
-        Box::new(std::io::sink()),
-    )
-    .expect("create VM");
-    vm.load(LOAD, code).expect("load guest");
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .expect("entry");
-    let reports = Arc::new(Mutex::new(Reports::default()));
-    vm.register_pio(
-        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
-        reports.clone(),
-    )
-    .unwrap();
-    Bare { vm, reports }
-}
-
+/// A 1 MiB VM running `code`, with the report port and the Vesper device at `BAR0` and
+/// `BAR2` over a `REGION`-byte memfd.
 fn setup(code: &[u8]) -> Setup {
-    let mut vm = Vm::new(
-        VmConfig {
-            vcpus: 1,
-            mem_size: MIB,
-        },
-        Box::new(std::io::sink()),
-    )
-    .expect("create VM");
-    vm.load(LOAD, code).expect("load guest");
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .expect("entry");
-    let reports = Arc::new(Mutex::new(Reports::default()));
-    vm.register_pio(
-        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
-        reports.clone(),
-    )
-    .unwrap();
-    let region = memfd();
-    let device = vm
-        .add_vesper_device(VesperConfig {
-            peer_id: 1,
-            bar0: BAR0,
-            bar2: BAR2,
-            region: region.as_fd(),
-            region_size: REGION,
-        })
-        .expect("add the Vesper device");
-    Setup {
-        vm,
-        device,
-        region,
-        reports,
-    }
+    let mut s = common::setup(MIB, false, BAR0, BAR2, REGION);
+    enter_real_mode(&mut s.vm, code);
+    s
 }
 
 // Instruction builders (16-bit code). Each returns the bytes of the listed instructions.
@@ -329,15 +236,8 @@ fn bad_device_placements_are_refused() {
     if !kvm_available("bad placements") {
         return;
     }
-    let mut vm = Vm::new(
-        VmConfig {
-            vcpus: 1,
-            mem_size: MIB,
-        },
-        Box::new(std::io::sink()),
-    )
-    .unwrap();
-    let region = memfd();
+    let mut vm = vm(1, MIB, false, Box::new(std::io::sink()));
+    let region = memfd(REGION);
     let cfg = |bar0, bar2, region_size| VesperConfig {
         peer_id: 1,
         bar0,
@@ -368,7 +268,6 @@ fn bad_device_placements_are_refused() {
 
 /// The PIC routes IRQ `IRQ` to vector 8 + `IRQ` after the guest's init below.
 const IRQ: u8 = 5;
-const READY: u32 = 0x5244_5952; // "RYDR"
 const IRQ_SEEN: u32 = 0x1d;
 
 /// Installs a handler for IRQ 5, programs the PIC (base 8, only IRQ 5 unmasked), reports
@@ -410,38 +309,17 @@ fn an_irqfd_write_reaches_a_real_mode_interrupt_handler() {
     if !kvm_available("irqfd") {
         return;
     }
-    let config = VmConfig {
-        vcpus: 1,
-        mem_size: MIB,
-    };
     assert!(
-        Vm::new(config, Box::new(std::io::sink()))
-            .unwrap()
+        vm(1, MIB, false, Box::new(std::io::sink()))
             .register_irqfd(IRQ.into())
             .is_err(),
         "no irqchip, no irqfd"
     );
-    let mut vm = Vm::with_irqchip(config, Box::new(std::io::sink())).expect("irqchip VM");
-    vm.load(LOAD, &irq_guest()).unwrap();
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .unwrap();
-    let reports = Arc::new(Mutex::new(Reports::default()));
-    vm.register_pio(
-        BusRange::new(REPORT_PORT.into(), 4).unwrap(),
-        reports.clone(),
-    )
-    .unwrap();
+    let (mut vm, reports) = vm_with_reports(MIB, true);
+    enter_real_mode(&mut vm, &irq_guest());
     let irq = vm.register_irqfd(IRQ.into()).expect("irqfd");
     let runner = std::thread::spawn(move || vm.run(RUN));
-    let start = std::time::Instant::now();
-    while reports.lock().unwrap().0.is_empty() {
-        assert!(start.elapsed() < RUN, "guest never got ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_ready(&reports);
     // Halted with interrupts on, waiting: nothing has come yet.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(reports.lock().unwrap().0, vec![READY]);
@@ -456,7 +334,7 @@ fn a_failed_add_leaves_no_doorbell_ioeventfds_behind() {
     if !kvm_available("failed add") {
         return;
     }
-    let mut s = setup_without_device(&[]);
+    let (mut vm, reports) = setup_without_device(&[]);
     // A memslot the test owns at 2 MiB makes BAR2's memslot there fail — after BAR0's
     // doorbell ioeventfds were registered.
     let len = REGION as usize;
@@ -481,8 +359,8 @@ fn a_failed_add_leaves_no_doorbell_ioeventfds_behind() {
         userspace_addr: host as u64,
     };
     // SAFETY: `host` is a live mapping of `memory_size` bytes that is never unmapped.
-    unsafe { s.vm.vm_fd().set_user_memory_region(taken) }.expect("test memslot");
-    let region = memfd();
+    unsafe { vm.vm_fd().set_user_memory_region(taken) }.expect("test memslot");
+    let region = memfd(REGION);
     let cfg = |bar2| VesperConfig {
         peer_id: 1,
         bar0: BAR0,
@@ -490,10 +368,7 @@ fn a_failed_add_leaves_no_doorbell_ioeventfds_behind() {
         region: region.as_fd(),
         region_size: REGION,
     };
-    let err =
-        s.vm.add_vesper_device(cfg(0x20_0000))
-            .err()
-            .expect("refused");
+    let err = vm.add_vesper_device(cfg(0x20_0000)).err().expect("refused");
     assert!(
         matches!(
             err,
@@ -504,18 +379,18 @@ fn a_failed_add_leaves_no_doorbell_ioeventfds_behind() {
         ),
         "{err}"
     );
-    assert!(s.vm.pci().lock().unwrap().function(1, 0).is_none());
+    assert!(vm.pci().lock().unwrap().function(1, 0).is_none());
     // Same BAR0 again: KVM refuses a duplicate ioeventfd (EEXIST), so this only works
     // if the failed add unregistered its own.
-    let device =
-        s.vm.add_vesper_device(cfg(BAR2))
-            .expect("add after a failed add");
+    let device = vm
+        .add_vesper_device(cfg(BAR2))
+        .expect("add after a failed add");
     let mut code = Vec::from(ES_HIGH);
     code.extend(store_es(es_disp(BAR0 + 12), 1));
     code.extend(HALT);
-    s.vm.load(LOAD, &code).unwrap();
-    assert_eq!(s.vm.run(RUN).expect("run").stop, Stop::Halted);
+    vm.load(LOAD, &code).unwrap();
+    assert_eq!(vm.run(RUN).expect("run").stop, Stop::Halted);
     assert_eq!(device.wait_doorbell(1, Duration::ZERO).unwrap(), 1);
     assert_eq!(device.doorbells_in_vmm(), 0, "taken by the ioeventfd");
-    s.reports.lock().unwrap().0.clear();
+    reports.lock().unwrap().0.clear();
 }

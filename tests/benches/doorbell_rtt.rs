@@ -100,14 +100,8 @@ fn measure(wait: Wait, rounds: u32, per: u32, accel: &mut QemuAccel) -> Measured
 
 fn main() {
     println!("\n== doorbell round trip: vesper-hypervisor vs QEMU ivshmem-doorbell ==");
-    if tiny_guest::image().is_none() {
-        skip("the tiny guest was not assembled (as/ld/objcopy missing at build time)");
-    }
-    if !tiny_guest::kvm_available("doorbell_rtt") {
-        skip("no usable /dev/kvm: vesper-hypervisor cannot run");
-    }
-    if tiny_guest::qemu_binary().is_none() {
-        skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
+    if let Err(why) = tiny_guest::comparison_image("doorbell_rtt") {
+        skip(why);
     }
     let n: u32 = std::env::var("VESPER_RTT_N")
         .ok()
@@ -124,13 +118,7 @@ fn main() {
     let mut accel = QemuAccel::Kvm;
     let results = [Wait::Halt, Wait::Spin].map(|w| measure(w, rounds, per, &mut accel));
 
-    println!("machine: {}", tiny_guest::machine());
-    println!(
-        "date: {}; load average (1 min) {}; {}",
-        tiny_guest::date_utc(),
-        tiny_guest::load_average(),
-        tiny_guest::qemu_version()
-    );
+    tiny_guest::print_setting();
     println!(
         "accel: vesper-hypervisor KVM; QEMU {} (q35, -m {} MiB{})",
         accel.name(),

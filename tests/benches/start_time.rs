@@ -137,15 +137,7 @@ fn raw_start(image: &[u8], order: Order) -> Result<Vec<(&'static str, Duration)>
 
 fn main() {
     println!("\n== start time to the first guest instruction: vesper-hypervisor vs QEMU ==");
-    let Some(image) = tiny_guest::image() else {
-        skip("the tiny guest was not assembled (as/ld/objcopy missing at build time)");
-    };
-    if !tiny_guest::kvm_available("start_time") {
-        skip("no usable /dev/kvm: vesper-hypervisor cannot run");
-    }
-    if tiny_guest::qemu_binary().is_none() {
-        skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
-    }
+    let image = tiny_guest::comparison_image("start_time").unwrap_or_else(|why| skip(why));
     let n: usize = std::env::var("VESPER_START_N")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -181,13 +173,7 @@ fn main() {
     }
 
     let mib = tiny_guest::mem_mib();
-    println!("machine: {}", tiny_guest::machine());
-    println!(
-        "date: {}; load average (1 min) {}; {}",
-        tiny_guest::date_utc(),
-        tiny_guest::load_average(),
-        tiny_guest::qemu_version()
-    );
+    tiny_guest::print_setting();
     println!(
         "accel: vesper-hypervisor KVM (in-kernel irqchip, 1 vCPU, {mib} MiB); QEMU {} \
          (q35, 1 vCPU, -m {mib}, -bios tiny.bin{})",

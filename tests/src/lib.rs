@@ -19,6 +19,19 @@ pub fn kit() -> &'static Kit {
     })
 }
 
+/// False, with a loud banner, when this host's /dev/kvm cannot be used: `test` is then
+/// skipped. Any KVM will do (the paravirtual kvm_pvm included): the builtin VMM's mini
+/// guests and the tiny guest are not Linux.
+pub fn kvm_usable(test: &str) -> bool {
+    match vesper_hypervisor::KvmBacking::detect() {
+        vesper_hypervisor::KvmBacking::Unavailable(why) => {
+            eprintln!("\n*** SKIPPED {test}: the builtin VMM needs /dev/kvm: {why} ***\n");
+            false
+        }
+        _ => true,
+    }
+}
+
 /// Directory of the workspace's built binaries (next to this test executable).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

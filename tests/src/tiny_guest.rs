@@ -253,6 +253,26 @@ fn pump(
     Ok(stats)
 }
 
+/// Runs `guest` on this thread while `pump` answers `doorbell` with `raise` on another
+/// (stopped once `guest` returns); returns what `guest` returned and the pump's view.
+fn pumped<T>(
+    doorbell: RawFd,
+    raise: impl Fn() -> std::io::Result<()> + Sync,
+    guest: impl FnOnce() -> T,
+) -> (T, Result<PumpStats>) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let host = s.spawn(|| pump(doorbell, &raise, &stop));
+        let out = guest();
+        stop.store(true, Ordering::Release);
+        let stats = host
+            .join()
+            .map_err(|_| TinyGuestError::Results("the pump thread panicked".into()))
+            .and_then(|r| r);
+        (out, stats)
+    })
+}
+
 /// The results of one run of round trips.
 #[derive(Clone, Debug)]
 pub struct RoundTrips {
@@ -280,39 +300,49 @@ impl RoundTrips {
         let ticks = self.tsc_last.checked_sub(self.tsc_first)?;
         (host > Duration::from_millis(20)).then(|| ticks as f64 / host.as_secs_f64())
     }
-}
 
-/// Reads the guest's results from the region after a run of `iterations`.
-fn read_results(region: &File, iterations: u32) -> Result<(Vec<u32>, u32, u64, u64)> {
-    let io = |e| TinyGuestError::Io("read the region", e);
-    let u32_at = |off| -> Result<u32> {
-        let mut b = [0u8; 4];
-        region.read_exact_at(&mut b, off).map_err(io)?;
-        Ok(u32::from_le_bytes(b))
-    };
-    let u64_at = |off| -> Result<u64> {
-        let mut b = [0u8; 8];
-        region.read_exact_at(&mut b, off).map_err(io)?;
-        Ok(u64::from_le_bytes(b))
-    };
-    let (status, done) = (u32_at(H_STATUS)?, u32_at(H_DONE)?);
-    if status != 2 || done != iterations {
-        return Err(TinyGuestError::Results(format!(
-            "status {status}, {done} of {iterations} round trips done"
-        )));
+    /// Reads the guest's results from the region after a run of `iterations`, with the
+    /// host's side of the run.
+    fn read(
+        region: &File,
+        iterations: u32,
+        pump: PumpStats,
+        console: String,
+        wall: Duration,
+    ) -> Result<Self> {
+        let io = |e| TinyGuestError::Io("read the region", e);
+        let u32_at = |off| -> Result<u32> {
+            let mut b = [0u8; 4];
+            region.read_exact_at(&mut b, off).map_err(io)?;
+            Ok(u32::from_le_bytes(b))
+        };
+        let u64_at = |off| -> Result<u64> {
+            let mut b = [0u8; 8];
+            region.read_exact_at(&mut b, off).map_err(io)?;
+            Ok(u64::from_le_bytes(b))
+        };
+        let (status, done) = (u32_at(H_STATUS)?, u32_at(H_DONE)?);
+        if status != 2 || done != iterations {
+            return Err(TinyGuestError::Results(format!(
+                "status {status}, {done} of {iterations} round trips done"
+            )));
+        }
+        let mut raw = vec![0u8; done as usize * 4];
+        region.read_exact_at(&mut raw, H_SAMPLES).map_err(io)?;
+        let ticks = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Self {
+            ticks,
+            flags: u32_at(H_FLAGS)?,
+            tsc_first: u64_at(H_TSC_FIRST)?,
+            tsc_last: u64_at(H_TSC_LAST)?,
+            pump,
+            console,
+            wall,
+        })
     }
-    let mut raw = vec![0u8; done as usize * 4];
-    region.read_exact_at(&mut raw, H_SAMPLES).map_err(io)?;
-    let ticks = raw
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((
-        ticks,
-        u32_at(H_FLAGS)?,
-        u64_at(H_TSC_FIRST)?,
-        u64_at(H_TSC_LAST)?,
-    ))
 }
 
 fn vm_config() -> VmConfig {
@@ -368,28 +398,13 @@ pub fn vmm_round_trips(iterations: u32, wait: Wait, timeout: Duration) -> Result
         .doorbell(0)
         .ok_or(TinyGuestError::Results("no doorbell vector 0".into()))?
         .as_raw_fd();
-    let stop = AtomicBool::new(false);
     let raise = || device.notify(0).map_err(std::io::Error::other);
-    let (run, pumped) = std::thread::scope(|s| {
-        let host = s.spawn(|| pump(doorbell, &raise, &stop));
-        let run = vm.run(timeout);
-        stop.store(true, Ordering::Release);
-        (run, host.join())
-    });
+    let (run, pump) = pumped(doorbell, raise, || vm.run(timeout));
     let wall = start.elapsed();
     let console = console_text(&lock(&con).text);
-    let pump = pumped.map_err(|_| TinyGuestError::Results("the pump thread panicked".into()))??;
+    let pump = pump?;
     expect_exit(&run?, EXIT_DONE, &console)?;
-    let (ticks, flags, tsc_first, tsc_last) = read_results(&region, iterations)?;
-    Ok(RoundTrips {
-        ticks,
-        flags,
-        tsc_first,
-        tsc_last,
-        pump,
-        console,
-        wall,
-    })
+    RoundTrips::read(&region, iterations, pump, console, wall)
 }
 
 /// One start of the tiny guest on vesper-hypervisor (no device: the guest exits right
@@ -595,17 +610,13 @@ pub fn qemu_round_trips(
         .host_vector(0)
         .ok_or(TinyGuestError::Results("no host vector 0".into()))?
         .as_raw_fd();
-    let stop = AtomicBool::new(false);
     let raise = || peer.notify(0).map_err(std::io::Error::other);
-    let (finished, pumped) = std::thread::scope(|s| {
-        let host = s.spawn(|| pump(doorbell, &raise, &stop));
-        let finished = finish(child, timeout.saturating_sub(start.elapsed()));
-        stop.store(true, Ordering::Release);
-        (finished, host.join())
+    let (finished, pump) = pumped(doorbell, raise, || {
+        finish(child, timeout.saturating_sub(start.elapsed()))
     });
     let wall = start.elapsed();
     let (status, console, stderr) = finished?;
-    let pump = pumped.map_err(|_| TinyGuestError::Results("the pump thread panicked".into()))??;
+    let pump = pump?;
     if status.code() != Some(qemu_status(EXIT_DONE)) {
         return Err(TinyGuestError::Qemu {
             status,
@@ -613,16 +624,7 @@ pub fn qemu_round_trips(
             stderr,
         });
     }
-    let (ticks, flags, tsc_first, tsc_last) = read_results(&region, iterations)?;
-    Ok(RoundTrips {
-        ticks,
-        flags,
-        tsc_first,
-        tsc_last,
-        pump,
-        console,
-        wall,
-    })
+    RoundTrips::read(&region, iterations, pump, console, wall)
 }
 
 /// One start of the tiny guest under QEMU (no device).
@@ -660,19 +662,30 @@ pub fn qemu_start(accel: QemuAccel, bios: &Path) -> Result<QemuStart> {
     Ok(QemuStart { to_first, to_exit })
 }
 
-/// True when /dev/kvm opens; otherwise says loudly that `what` is skipped.
-pub fn kvm_available(what: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("!!! SKIPPING {what}: cannot open /dev/kvm ({e})");
-            false
-        }
+/// The image, when the VMM comparison benches can run here: the image was assembled,
+/// /dev/kvm is usable (else a loud banner names `bench`) and QEMU is installed. Otherwise
+/// why not.
+pub fn comparison_image(bench: &str) -> std::result::Result<&'static [u8], &'static str> {
+    let image =
+        image().ok_or("the tiny guest was not assembled (as/ld/objcopy missing at build time)")?;
+    if !crate::kvm_usable(bench) {
+        return Err("no usable /dev/kvm: vesper-hypervisor cannot run");
     }
+    if qemu_binary().is_none() {
+        return Err("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
+    }
+    Ok(image)
+}
+
+/// Prints where a comparison ran: this machine, the date, the load and QEMU's version.
+pub fn print_setting() {
+    println!("machine: {}", machine());
+    println!(
+        "date: {}; load average (1 min) {}; {}",
+        date_utc(),
+        load_average(),
+        qemu_version()
+    );
 }
 
 /// min, p50, p99, mean, max of `v` (sorted in place); zeros when empty.

@@ -10,21 +10,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vesper_e2e::{module, Daemon};
+use vesper_e2e::{kvm_usable, module, Daemon};
 use vesper_hypervisor::KvmBacking;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// False (with a loud banner) when this host's /dev/kvm cannot run the builtin VMM.
-fn kvm_usable(test: &str) -> bool {
-    match KvmBacking::detect() {
-        KvmBacking::Unavailable(why) => {
-            eprintln!("\n*** SKIPPED {test}: the builtin VMM needs /dev/kvm: {why} ***\n");
-            false
-        }
-        _ => true,
-    }
-}
 
 fn start_mini(d: &Daemon, name: &str) -> Value {
     d.vm_start_with(name, &["--vmm", "builtin", "--kernel", "mini"])

@@ -24,6 +24,7 @@ use vesper_builtin::{
 use vesper_core::{
     CommandError, GuestInfo, GuestModule, Reply, Session, SessionConfig, SessionEvent, Transport,
 };
+use vesper_e2e::kvm_usable;
 use vesper_guest_kit::{build_mini_frontend, repo_root, MINI_FRONTEND_DIR};
 use vesper_relay::{decode, ChannelSpec, Decoded, Record};
 use vesper_shared_abi::{
@@ -38,24 +39,6 @@ const MIB: u64 = 1 << 20;
 const RAM_MIB: u32 = 32;
 const REGION: u64 = 4 * MIB;
 const HAND: &str = "vesper-hand: ";
-
-/// False (with a loud banner) when /dev/kvm cannot be opened here. Any KVM will do, the
-/// paravirtual kvm_pvm included: the guest is not Linux.
-fn kvm_usable(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!(
-                "\n*** SKIPPED {test}: cannot open /dev/kvm ({e}): the builtin VMM needs KVM ***\n"
-            );
-            false
-        }
-    }
-}
 
 /// The repository being tested: found from the working directory (cargo runs tests in
 /// the package's directory), not from a path compiled into a dependency, which a build

@@ -14,7 +14,7 @@ fn hundred_doorbell_round_trips_complete_on_vesper_hypervisor() {
         eprintln!("!!! SKIPPING: the tiny guest was not assembled (as/ld/objcopy missing)");
         return;
     }
-    if !tiny_guest::kvm_available("the tiny guest round trip") {
+    if !vesper_e2e::kvm_usable("the tiny guest round trip") {
         return;
     }
     for wait in [Wait::Halt, Wait::Spin] {

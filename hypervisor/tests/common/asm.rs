@@ -1,6 +1,5 @@
 //! Guests written in GNU assembler, assembled at test time with `as` and `ld` into a
 //! flat image (`as`, `ld` and `objcopy` from binutils must be installed).
-#![allow(dead_code)] // each test file uses its part
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -98,8 +97,6 @@ fn assemble_as(source: &str, base: u64, long_mode: bool) -> Vec<u8> {
     image
 }
 
-/// Port the guests report dwords to.
-pub const REPORT_PORT: u16 = 0x7000;
 /// What a guest reports when it is set up and waiting.
 pub const READY: u32 = 0x5244_5952; // "RYDR"
 /// The interrupt vector the guests' MSI-X handler sits on.
@@ -109,7 +106,7 @@ pub const MSI_VECTOR: u32 = 0x40;
 /// - `pci_read32`: eax = config address → eax = value;
 /// - `pci_write32`: eax = config address, ebx = value;
 /// - `pci_write16_hi`: eax = config address, bx = the word at address + 2;
-/// - `report`: eax → `REPORT_PORT`;
+/// - `report`: eax → `super::REPORT_PORT`;
 /// - `poweroff`: debug-exit with code 0.
 pub const PCI_LIB: &str = r#"
 pci_read32:
