@@ -25,7 +25,7 @@ pub fn kit() -> &'static Kit {
 pub fn kvm_usable(test: &str) -> bool {
     match vesper_hypervisor::KvmBacking::detect() {
         vesper_hypervisor::KvmBacking::Unavailable(why) => {
-            eprintln!("\n*** SKIPPED {test}: the builtin VMM needs /dev/kvm: {why} ***\n");
+            eprintln!("\n*** SKIPPED {test}: vesper-hypervisor needs /dev/kvm: {why} ***\n");
             false
         }
         _ => true,
