@@ -25,11 +25,23 @@ pub fn kit() -> &'static Kit {
 pub fn kvm_usable(test: &str) -> bool {
     match vesper_hypervisor::KvmBacking::detect() {
         vesper_hypervisor::KvmBacking::Unavailable(why) => {
-            eprintln!("\n*** SKIPPED {test}: vesper-hypervisor needs /dev/kvm: {why} ***\n");
+            say_skipped(test, &format!("vesper-hypervisor needs /dev/kvm: {why}"));
             false
         }
         _ => true,
     }
+}
+
+/// Prints a skip banner on the process's own stderr, past libtest's capture (which
+/// swallows `eprintln!` of a passing test): a skipped test must never read as a silent
+/// pass, in CI output included.
+pub fn say_skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let bar = "*".repeat(78);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\n*** SKIPPED {test}:\n*** {why}\n{bar}"
+    );
 }
 
 /// Directory of the workspace's built binaries (next to this test executable).

@@ -273,9 +273,12 @@ fn bad_builtin_requests_are_refused_with_what_to_do() {
 #[test]
 fn builtin_vm_boots_the_kit_linux_and_loads_a_probe() {
     if let Some(why) = KvmBacking::detect().linux_problem() {
-        eprintln!(
-            "\n*** SKIPPED builtin Linux boot: {why}. This test boots the guest kit's Debian \
-             kernel in the builtin VMM and needs hardware-backed KVM (kvm_intel/kvm_amd). ***\n"
+        vesper_e2e::say_skipped(
+            "builtin_vm_boots_the_kit_linux_and_loads_a_probe",
+            &format!(
+                "{why}.\n*** It boots the kit's Debian kernel in the builtin VMM through vesperd \
+                 and needs hardware-backed KVM (kvm_intel/kvm_amd)."
+            ),
         );
         return;
     }

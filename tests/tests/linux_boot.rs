@@ -19,12 +19,11 @@ const INIT_LINE: &str = "vesper-init: kernel ";
 #[test]
 fn builtin_vmm_boots_the_kit_kernel_and_initramfs_to_init() {
     if accel_hint() != "kvm" {
-        eprintln!(
-            "\n{bar}\n*** SKIPPED builtin_vmm_boots_the_kit_kernel_and_initramfs_to_init:\n\
-             *** /dev/kvm is missing or not hardware-backed (no kvm_intel/kvm_amd module;\n\
+        vesper_e2e::say_skipped(
+            "builtin_vmm_boots_the_kit_kernel_and_initramfs_to_init",
+            "/dev/kvm is missing or not hardware-backed (no kvm_intel/kvm_amd module;\n\
              *** e.g. the paravirtual kvm_pvm, where a stock kernel does not boot in useful\n\
-             *** time). The Linux direct boot is NOT tested on this host.\n{bar}\n",
-            bar = "*".repeat(78)
+             *** time). The Linux direct boot is NOT tested on this host.",
         );
         return;
     }
