@@ -4,15 +4,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use vesper_hypervisor::{HypervisorError, SharedBuffer, Stop, Vm, VmConfig};
+use vesper_hypervisor::{HypervisorError, SharedBuffer, Stop, Vm};
 
 mod common;
-use common::kvm_available;
-
-const MIB: u64 = 1 << 20;
-const RUN: Duration = Duration::from_secs(10);
+use common::asm::run;
+use common::{kvm_available, MIB, RUN};
 
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
@@ -65,14 +62,6 @@ fn elf_guest(dir: &Scratch, body: &str) -> PathBuf {
         "ENTRY(_start)\nSECTIONS {\n . = 0x400000;\n .text : { *(.text*) *(.rodata*) *(.data*) *(.bss*) }\n /DISCARD/ : { *(.note*) *(.comment) }\n}\n",
     )
     .unwrap();
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().expect("binutils (as, ld) must be installed");
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     run(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
     run(Command::new("ld")
         .args(["-static", "-nostdlib", "--no-warn-rwx-segments", "-T"])
@@ -125,13 +114,7 @@ puthex:
 
 fn vm(mem_size: u64, vcpus: u32, irqchip: bool) -> (Vm, SharedBuffer) {
     let out = SharedBuffer::new();
-    let config = VmConfig { vcpus, mem_size };
-    let vm = if irqchip {
-        Vm::with_irqchip(config, Box::new(out.clone()))
-    } else {
-        Vm::new(config, Box::new(out.clone()))
-    }
-    .expect("create VM");
+    let vm = common::vm(vcpus, mem_size, irqchip, Box::new(out.clone()));
     (vm, out)
 }
 

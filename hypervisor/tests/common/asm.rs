@@ -39,6 +39,18 @@ gdt_desc:
     .long gdt
 "#;
 
+/// Runs a binutils command (`as`, `ld`, `objcopy`); panics with its stderr if it fails.
+pub fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .expect("binutils (as, ld, objcopy) must be installed");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Assembles 32-bit `source` (which starts with `PROTECTED_MODE_PRELUDE` or its own
 /// `_start`) linked at `base`, and returns the flat image.
 pub fn assemble(source: &str, base: u64) -> Vec<u8> {
@@ -62,16 +74,6 @@ fn assemble_as(source: &str, base: u64, long_mode: bool) -> Vec<u8> {
         dir.join("g.bin"),
     );
     std::fs::write(&src, source).unwrap();
-    let run = |cmd: &mut Command| {
-        let out = cmd
-            .output()
-            .expect("binutils (as, ld, objcopy) must be installed");
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let (as_flag, ld_emulation) = if long_mode {
         ("--64", "elf_x86_64")
     } else {
