@@ -664,7 +664,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     }));
     let launched = match a.vmm {
         Vmm::Qemu => launch_qemu(&a, &kit, &dir, &accel, cmdline),
-        Vmm::Builtin => launch_builtin(daemon, &a, &kit, &console, cmdline, &status),
+        Vmm::Builtin => launch_builtin(daemon, &a, &kit, &console, cmdline, &status).await,
     }
     .map_err(start_failed)?;
     let Launched {
@@ -898,7 +898,7 @@ fn builtin_accel(a: &VmStartRequest) -> Result<vesper_api::AccelChoice, String> 
 
 /// Builds and boots a guest in vesperd's own VMM. Its pvpanic and reset reports go
 /// straight onto the event bus, named as QEMU names them.
-fn launch_builtin(
+async fn launch_builtin(
     daemon: &Shared,
     a: &VmStartRequest,
     kit: &vesper_guest_kit::Kit,
@@ -960,7 +960,11 @@ fn launch_builtin(
         );
         crate::events::note_failure(&st, &e);
     });
-    let (machine, transport) = Machine::start(&spec, sink).map_err(|e| e.to_string())?;
+    // Building the VM reads the kernel and initramfs: off the async workers.
+    let (machine, transport) = tokio::task::spawn_blocking(move || Machine::start(&spec, sink))
+        .await
+        .map_err(|e| format!("the VM builder thread failed: {e}"))?
+        .map_err(|e| e.to_string())?;
     let console_input = machine.console();
     let stop = machine.stop_handle();
     let (end_tx, end_rx) = oneshot::channel();
