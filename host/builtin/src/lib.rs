@@ -10,7 +10,5 @@ mod transport;
 
 pub use console::ConsoleInput;
 pub use error::BuiltinError;
-pub use machine::{
-    kvm_hardware_backed, BootImage, EventSink, Machine, MachineEnd, MachineEvent, MachineSpec,
-};
+pub use machine::{BootImage, EventSink, Machine, MachineEnd, MachineEvent, MachineSpec};
 pub use transport::BuiltinTransport;

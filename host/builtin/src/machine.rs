@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vesper_hypervisor::pvpanic::{PvPanic, PvPanicEvent, PVPANIC_PORT};
-use vesper_hypervisor::{BusRange, KvmBacking, Stop, StopHandle, VesperConfig, Vm, VmConfig};
+use vesper_hypervisor::{BusRange, Stop, StopHandle, VesperConfig, Vm, VmConfig};
 use vesper_shmem::SharedRegion;
 
 use crate::{BuiltinError, BuiltinTransport, ConsoleInput};
@@ -108,14 +108,6 @@ pub struct Machine {
     thread: Option<JoinHandle<MachineEnd>>,
 }
 
-/// Whether `/dev/kvm` here boots a stock Linux guest, and if not why.
-pub fn kvm_hardware_backed() -> Result<(), String> {
-    match KvmBacking::detect().linux_problem() {
-        None => Ok(()),
-        Some(why) => Err(why),
-    }
-}
-
 impl Machine {
     /// Builds the machine, boots `spec.boot` and starts it on its own thread. Returns
     /// the machine and the transport to its Vesper device.
@@ -183,11 +175,6 @@ impl Machine {
     /// A handle that stops it from any thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
-    }
-
-    /// Whether its thread has ended.
-    pub fn has_ended(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Waits for the machine to end (call `stop_handle().stop()` first to make it end).
