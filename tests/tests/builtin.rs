@@ -60,6 +60,9 @@ fn a_builtin_vm_is_driven_by_the_same_cli_and_reports_the_same_events() {
     assert_eq!(mods.as_array().map(Vec::len), Some(1), "{mods}");
     assert_eq!(mods[0]["frontend"], true, "{mods}");
     assert_eq!(mods[0]["pushed"], false, "{mods}");
+    // vesperd read that list from guest RAM frames the guest granted (no copy through
+    // the shared region): only the builtin VMM can.
+    d.wait_console("b1", "module list granted from guest RAM", WAIT);
     let insmod = d.cli(&["insmod", "b1", &module("vesper_exit_probe")]);
     assert_ne!(insmod.code, 0, "{insmod:?}");
     assert!(insmod.stderr.contains("mini frontend"), "{insmod:?}");

@@ -126,11 +126,14 @@ impl Mini {
             MachineEvent::CrashLoaded => {}
         });
         let (machine, transport) = Machine::start(&spec, events).expect("start the machine");
+        // The builtin VMM owns guest RAM: the guest grants its module list from there.
+        let session =
+            Session::new(SessionConfig::default()).with_guest_frames(transport.guest_frames());
         Mini {
             console: machine.console(),
             machine: Some(machine),
             transport,
-            session: Session::new(SessionConfig::default()),
+            session,
             console_log,
             _dir: dir,
             panics,
@@ -301,8 +304,20 @@ fn the_mini_frontend_says_hello_answers_commands_and_reports_a_killed_service_on
     let region = m.transport.region();
     assert_eq!(region.header().unwrap().guest_state, 1, "guest_state UP");
 
-    // lsmod: the frontend itself, read through its grant.
+    // lsmod: the frontend itself, read through its grant — of guest RAM frames, since
+    // the builtin VMM offers them: the host reads the list where the guest wrote it.
+    assert_ne!(
+        region.header().unwrap().host_features & vesper_shared_abi::HOST_FEATURE_GUEST_FRAMES,
+        0,
+        "the builtin VMM offers guest-frame grants"
+    );
     let list = m.run(vesper_core::Command::List).expect("list");
+    assert!(
+        m.console_text()
+            .contains("vesper-mini: module list granted from guest RAM"),
+        "{}",
+        m.state()
+    );
     assert_eq!(
         list,
         Reply::Modules(vec![GuestModule {

@@ -118,6 +118,11 @@ impl Machine {
         check_spec(spec)?;
         let region =
             SharedRegion::create(&spec.name, spec.region_size).map_err(BuiltinError::Region)?;
+        // This host owns guest RAM: the guest may grant frames of it instead of copying
+        // through the region (PROTOCOL.md, grants of guest RAM frames).
+        region
+            .offer_host_features(vesper_shared_abi::HOST_FEATURE_GUEST_FRAMES)
+            .map_err(BuiltinError::Region)?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -147,6 +152,7 @@ impl Machine {
             Arc::new(Mutex::new(pvpanic)),
         )?;
         boot(&mut vm, &spec.boot)?;
+        let frames = vm.frame_grants().clone();
         let stop = vm.stop_handle();
         let console = ConsoleInput::new(vm.serial());
         let (boot_image, allow_reboot, name) =
@@ -155,7 +161,7 @@ impl Machine {
             .name(format!("vm-{}", spec.name))
             .spawn(move || run(vm, &boot_image, allow_reboot, &name, &events))
             .map_err(BuiltinError::Thread)?;
-        let transport = BuiltinTransport::new(region, device, describe(spec));
+        let transport = BuiltinTransport::new(region, device, frames, describe(spec));
         Ok((
             Machine {
                 name: spec.name.clone(),

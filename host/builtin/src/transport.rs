@@ -2,8 +2,9 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use vesper_core::Transport;
-use vesper_hypervisor::VesperHandle;
+use vesper_core::{GuestFrames, Transport};
+use vesper_hypervisor::{GuestFrameGrants, VesperHandle};
+use vesper_shmem::grant::GrantNeed;
 use vesper_shmem::SharedRegion;
 
 /// The Vesper device of a builtin machine, seen from the host: the region is mapped in
@@ -12,16 +13,28 @@ use vesper_shmem::SharedRegion;
 pub struct BuiltinTransport {
     region: SharedRegion,
     device: VesperHandle,
+    frames: GuestFrameGrants,
     description: String,
 }
 
 impl BuiltinTransport {
-    pub(crate) fn new(region: SharedRegion, device: VesperHandle, description: String) -> Self {
+    pub(crate) fn new(
+        region: SharedRegion,
+        device: VesperHandle,
+        frames: GuestFrameGrants,
+        description: String,
+    ) -> Self {
         Self {
             region,
             device,
+            frames,
             description,
         }
+    }
+
+    /// Reads guest RAM frames the guest granted (for `Session::with_guest_frames`).
+    pub fn guest_frames(&self) -> Box<dyn GuestFrames> {
+        Box::new(FrameReader(self.frames.clone()))
     }
 
     /// The device's host-side state (counters, registers).
@@ -59,5 +72,23 @@ impl Transport for BuiltinTransport {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+}
+
+/// `GuestFrames` over the VMM's checked guest-memory access.
+#[derive(Debug)]
+struct FrameReader(GuestFrameGrants);
+
+impl GuestFrames for FrameReader {
+    fn read(
+        &self,
+        region: &SharedRegion,
+        grant_ref: u32,
+        need: GrantNeed,
+        len: u64,
+    ) -> Result<Vec<u8>, String> {
+        self.0
+            .read(region, grant_ref, need, 0, len)
+            .map_err(|e| e.to_string())
     }
 }

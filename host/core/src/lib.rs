@@ -13,6 +13,20 @@ use std::os::fd::BorrowedFd;
 
 use vesper_shmem::SharedRegion;
 
+/// Reads guest RAM frames the guest granted (`GRANT_GUEST_FRAMES`): only a transport
+/// that owns guest RAM has one (the built-in VMM). Every read checks the grant again.
+pub trait GuestFrames: Send + std::fmt::Debug {
+    /// The first `len` bytes of the frames granted by `grant_ref`, if the grant (copied
+    /// once from `region`'s table) passes `need` and names guest RAM; else why not.
+    fn read(
+        &self,
+        region: &SharedRegion,
+        grant_ref: u32,
+        need: vesper_shmem::grant::GrantNeed,
+        len: u64,
+    ) -> Result<Vec<u8>, String>;
+}
+
 /// The communication layer: the only part of Vesper that knows which hypervisor is
 /// underneath. One implementation per hypervisor (QEMU ivshmem, the built-in VMM).
 pub trait Transport: Send {

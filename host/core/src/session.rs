@@ -234,6 +234,8 @@ pub struct Session {
     next_id: u64,
     broken: Option<String>,
     channels: Vec<(Arc<ChannelSpec>, RelayReader)>,
+    /// Reads guest RAM frames granted to the host, when the transport can.
+    frames: Option<Box<dyn crate::GuestFrames>>,
 }
 
 /// Result of one [`Session::poll`].
@@ -259,7 +261,16 @@ impl Session {
             next_id: 1,
             broken: None,
             channels: Vec::new(),
+            frames: None,
         }
+    }
+
+    /// Lets the session read result data the guest granted as guest RAM frames (a
+    /// transport that owns guest RAM offers `HOST_FEATURE_GUEST_FRAMES`); without it
+    /// such grants are refused like any bad grant.
+    pub fn with_guest_frames(mut self, frames: Box<dyn crate::GuestFrames>) -> Self {
+        self.frames = Some(frames);
+        self
     }
 
     /// The session another host process was running over `region` (a restarted
@@ -833,7 +844,8 @@ impl Session {
                 Command::Kmsg => Ok(Reply::Kmsg(log)),
                 Command::Clock => Ok(Reply::Clock(c.guest_time_ns)),
                 Command::List => {
-                    read_module_list(region, &c, msg.header.generation).map(Reply::Modules)
+                    read_module_list(region, self.frames.as_deref(), &c, msg.header.generation)
+                        .map(Reply::Modules)
                 }
             }
         } else {
@@ -928,6 +940,7 @@ fn failure(cmd: &Command, c: &CompletionRequest, log: String) -> CommandError {
 
 fn read_module_list(
     region: &SharedRegion,
+    frames: Option<&dyn crate::GuestFrames>,
     c: &CompletionRequest,
     generation: u32,
 ) -> Result<Vec<GuestModule>, CommandError> {
@@ -946,12 +959,16 @@ fn read_module_list(
         owner: GRANT_OWNER_MODLIST,
         generation,
     };
-    let grant = region
-        .grant(c.data_grant, need)
-        .map_err(CommandError::Misbehaving)?;
-    let bytes = region
-        .read_granted(&grant, c.data_len as u64)
-        .map_err(CommandError::Misbehaving)?;
+    let bytes = match (region.grant(c.data_grant, need), frames) {
+        (Ok(grant), _) => region
+            .read_granted(&grant, c.data_len as u64)
+            .map_err(CommandError::Misbehaving)?,
+        // Granted from guest RAM, and this transport can read it there.
+        (Err(ShmemError::GrantIsGuestFrames(_)), Some(frames)) => frames
+            .read(region, c.data_grant, need, c.data_len as u64)
+            .map_err(|why| CommandError::BadGuestData(format!("module list: {why}")))?,
+        (Err(e), _) => return Err(CommandError::Misbehaving(e)),
+    };
     Ok(bytes
         .chunks_exact(entry_size as usize)
         .map(|raw| {

@@ -703,13 +703,19 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         builtin,
     };
     record.save(&dir);
+    let session = Session::new(GuestTask::config(
+        daemon.config.step_timeout,
+        daemon.config.max_image_size,
+    ));
+    // A builtin VM's guest may grant frames of its RAM; only this transport reads them.
+    let session = match &link {
+        Link::Builtin(t) => session.with_guest_frames(t.guest_frames()),
+        _ => session,
+    };
     let task = GuestTask {
         name: a.name.clone(),
+        session,
         transport: link,
-        session: Session::new(GuestTask::config(
-            daemon.config.step_timeout,
-            daemon.config.max_image_size,
-        )),
         child: process,
         dir: dir.clone(),
         record,

@@ -74,6 +74,7 @@ struct front {
 	uint64_t wait_id;		/* the standing WAIT_COMMAND, 0 if none */
 	uint8_t grant_used[VESPER_GRANT_ENTRIES];
 	uint32_t list_grant;		/* live OP_LIST grant or VESPER_GRANT_REF_NONE */
+	int said_frames;		/* logged the first module list from guest RAM */
 	uint64_t list_cmpl_id;		/* the completion that carries it */
 	uint64_t dropped;		/* responses dropped (stale, malformed, unexpected) */
 
@@ -168,6 +169,40 @@ int front_grant(uint64_t offset, uint32_t len, uint32_t access, uint32_t owner)
 		WRITE_ONCE(g->generation, fe.generation);
 		WRITE_ONCE(g->reserved, 0);
 		/* The entry is complete before it becomes live. */
+		wmb();
+		WRITE_ONCE(g->state, VESPER_GRANT_STATE_ACTIVE);
+		fe.grant_used[ref] = 1;
+		return (int)ref;
+	}
+	return -ENOSPC;
+}
+
+/*
+ * Grants guest RAM frames instead of a range of the region: only when the host offered
+ * it (a VMM that owns guest RAM). The mini frontend runs identity-mapped, so a buffer's
+ * address is its guest-physical address.
+ */
+int front_grant_frames(const void *frames, uint32_t len, uint32_t access, uint32_t owner)
+{
+	uint64_t gpa = (uint64_t)(uintptr_t)frames;
+	struct vesper_grant_entry *g;
+
+	if (!(READ_ONCE(hdr()->host_features) & VESPER_HOST_FEATURE_GUEST_FRAMES))
+		return -EOPNOTSUPP;
+	if (gpa % VESPER_PAGE_SIZE || !len || len % VESPER_PAGE_SIZE ||
+	    len > VESPER_GRANT_FRAMES_MAX_LEN)
+		return -EINVAL;
+	for (uint32_t ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
+		if (fe.grant_used[ref])
+			continue;
+		g = grant_entry(ref);
+		WRITE_ONCE(g->state, VESPER_GRANT_STATE_FREE);
+		WRITE_ONCE(g->offset, gpa);
+		WRITE_ONCE(g->len, len);
+		WRITE_ONCE(g->access, access | VESPER_GRANT_GUEST_FRAMES);
+		WRITE_ONCE(g->owner, owner);
+		WRITE_ONCE(g->generation, fe.generation);
+		WRITE_ONCE(g->reserved, 0);
 		wmb();
 		WRITE_ONCE(g->state, VESPER_GRANT_STATE_ACTIVE);
 		fe.grant_used[ref] = 1;
@@ -306,9 +341,14 @@ static void fail(int error, uint32_t stage)
 	fe.cmpl.stage = stage;
 }
 
+/* The module list when granted from guest RAM: one page of our own. */
+static uint8_t list_frame[VESPER_PAGE_SIZE] __attribute__((aligned(VESPER_PAGE_SIZE)));
+
 static void do_list(void)
 {
-	struct vesper_module_entry *e = front_page(MINI_PAGE_MODLIST);
+	int frames = (READ_ONCE(hdr()->host_features) & VESPER_HOST_FEATURE_GUEST_FRAMES) != 0;
+	struct vesper_module_entry *e =
+		frames ? (void *)list_frame : front_page(MINI_PAGE_MODLIST);
 	int ref;
 
 	/* One entry: the frontend itself, as the Linux frontend lists vesper_front. */
@@ -316,8 +356,18 @@ static void do_list(void)
 	strscpy((char *)e->name, MINI_MODULE_NAME, sizeof(e->name));
 	e->state = MODULE_STATE_LIVE;
 	e->flags = VESPER_MODULE_FLAG_FRONTEND;
-	ref = front_grant(front_page_offset(MINI_PAGE_MODLIST), sizeof(*e), VESPER_GRANT_READ,
-			  VESPER_GRANT_OWNER_MODLIST);
+	/* A host that owns our RAM reads the list where it is: no copy into the region. */
+	if (frames)
+		ref = front_grant_frames(list_frame, sizeof(list_frame), VESPER_GRANT_READ,
+					 VESPER_GRANT_OWNER_MODLIST);
+	else
+		ref = front_grant(front_page_offset(MINI_PAGE_MODLIST), sizeof(*e),
+				  VESPER_GRANT_READ, VESPER_GRANT_OWNER_MODLIST);
+	if (ref >= 0 && frames && !fe.said_frames) {
+		pr("vesper-mini: module list granted from guest RAM (frames at %#lx)",
+		   (unsigned long)(uintptr_t)list_frame);
+		fe.said_frames = 1;
+	}
 	if (ref < 0)
 		return fail(ref, VESPER_STAGE_LIST);
 	fe.list_grant = (uint32_t)ref;

@@ -53,6 +53,8 @@ uint64_t front_page_offset(unsigned int page);
 
 /* A live grant of [offset, offset + len); returns its ref or -ENOSPC / -EINVAL. */
 int front_grant(uint64_t offset, uint32_t len, uint32_t access, uint32_t owner);
+/* Grants page-aligned guest RAM (GRANT_GUEST_FRAMES) if the host offers it. */
+int front_grant_frames(const void *frames, uint32_t len, uint32_t access, uint32_t owner);
 void front_revoke(uint32_t ref);
 
 /* Posts one request; returns 0 and its id, or -ENOSPC while the ring is full. */

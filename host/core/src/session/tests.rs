@@ -658,3 +658,86 @@ fn a_channel_whose_grants_vanish_is_a_restart_only_if_the_generation_moved_on() 
         }
     }
 }
+
+/// Guest RAM as a transport that owns it would read it: checks the grant with the
+/// real frame checker, then copies from `ram` (guest-physical address = index).
+#[derive(Debug)]
+struct FakeRam(Vec<u8>);
+
+impl crate::GuestFrames for FakeRam {
+    fn read(
+        &self,
+        region: &SharedRegion,
+        grant_ref: u32,
+        need: GrantNeed,
+        len: u64,
+    ) -> Result<Vec<u8>, String> {
+        let g = region
+            .frame_grant(grant_ref, need)
+            .map_err(|e| e.to_string())?;
+        if len > u64::from(g.len) {
+            return Err("longer than the grant".into());
+        }
+        let at = g.gpa as usize;
+        self.0
+            .get(at..at + len as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| "not guest RAM".into())
+    }
+}
+
+#[test]
+fn a_module_list_granted_from_guest_ram_is_read_only_by_a_transport_that_owns_it() {
+    let now = Instant::now();
+    let mut e = ModuleEntry {
+        flags: MODULE_FLAG_FRONTEND,
+        ..Default::default()
+    };
+    fill_c_str(&mut e.name, b"vesper_mini");
+    let mut ram = vec![0u8; 0x4000];
+    ram[0x2000..0x2000 + e.as_slice().len()].copy_from_slice(e.as_slice());
+    for owns_ram in [true, false] {
+        let mut s = Session::new(cfg());
+        if owns_ram {
+            s = s.with_guest_frames(Box::new(FakeRam(ram.clone())));
+        }
+        let mut g = Guest::new();
+        up(&mut s, &mut g, now);
+        s.submit(Command::List, now);
+        s.poll(&g.region, now);
+        let cmd: CommandResponse = g.response().payload_as().unwrap();
+        g.grant(
+            3,
+            0x2000,
+            4096,
+            GRANT_READ | GRANT_GUEST_FRAMES,
+            GRANT_OWNER_MODLIST,
+        );
+        let c = CompletionRequest {
+            command_id: cmd.command_id,
+            op: OP_LIST,
+            data_grant: 3,
+            data_len: e.as_slice().len() as u32,
+            ..Default::default()
+        };
+        g.post(REQ_COMPLETION, &c);
+        let r = done(s.poll(&g.region, now));
+        if owns_ram {
+            let Ok(Reply::Modules(m)) = r else {
+                panic!("{r:?}")
+            };
+            assert_eq!(m[0].name, "vesper_mini");
+            assert!(m[0].frontend);
+        } else {
+            // An ivshmem host cannot reach guest RAM: refused by name, never read as
+            // a region offset.
+            assert!(
+                matches!(
+                    r,
+                    Err(CommandError::Misbehaving(ShmemError::GrantIsGuestFrames(3)))
+                ),
+                "{r:?}"
+            );
+        }
+    }
+}
