@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use vesper_guest_kit::{accel_hint, EnsureOptions, Kit};
-use vesper_hypervisor::{LinuxBoot, SharedBuffer, Vm, VmConfig};
+use vesper_guest_kit::{EnsureOptions, Kit};
+use vesper_hypervisor::{KvmBacking, LinuxBoot, SharedBuffer, Vm, VmConfig};
 
 const WAIT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
@@ -18,12 +18,13 @@ const INIT_LINE: &str = "vesper-init: kernel ";
 
 #[test]
 fn builtin_vmm_boots_the_kit_kernel_and_initramfs_to_init() {
-    if accel_hint() != "kvm" {
+    if let Some(why) = KvmBacking::detect().linux_problem() {
         vesper_e2e::say_skipped(
             "builtin_vmm_boots_the_kit_kernel_and_initramfs_to_init",
-            "/dev/kvm is missing or not hardware-backed (no kvm_intel/kvm_amd module;\n\
-             *** e.g. the paravirtual kvm_pvm, where a stock kernel does not boot in useful\n\
-             *** time). The Linux direct boot is NOT tested on this host.",
+            &format!(
+                "{why}.\n*** A stock kernel needs hardware-backed KVM (kvm_intel/kvm_amd): \
+                 the Linux direct boot is NOT tested on this host."
+            ),
         );
         return;
     }

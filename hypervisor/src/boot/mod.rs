@@ -30,14 +30,13 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{kvm, HypervisorError, Result};
 use crate::vm::Vm;
+use crate::KvmBacking;
 use image::{ImageKind, LoadSegment};
 use layout::{
     low_ram_end, ram_contains, BOOT_AREA_END, CMDLINE_ADDR, GDT_ADDR, KERNEL_LOAD_ADDR, PML4_ADDR,
     STACK_TOP, ZERO_PAGE_ADDR,
 };
 
-/// Present when /dev/kvm is the paravirtual kvm_pvm (see `cpuid::HostLimits`).
-const KVM_PVM_MODULE: &str = "/sys/module/kvm_pvm";
 /// The GSI (ISA IRQ) of COM1.
 pub const COM1_GSI: u32 = 4;
 /// The 64-bit entry of a bzImage, from its load address.
@@ -253,7 +252,8 @@ impl Vm {
         let supported = host_kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
-        let pvm = Path::new(KVM_PVM_MODULE).exists();
+        // kvm_pvm's emulator refuses some instructions (see `cpuid::HostLimits`).
+        let pvm = KvmBacking::detect() == KvmBacking::Paravirtual;
         let host = cpuid::HostLimits {
             // The TSC-deadline timer lives in the in-kernel LAPIC.
             tsc_deadline: self.irqchip && host_kvm.check_extension(Cap::TscDeadlineTimer),

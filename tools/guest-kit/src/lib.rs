@@ -247,13 +247,9 @@ pub fn default_kit_dir() -> PathBuf {
 /// `kvm` when `/dev/kvm` is backed by hardware virtualisation (kvm_intel/kvm_amd), else
 /// `tcg` (e.g. the paravirtual `kvm_pvm`, under which a stock kernel does not boot usefully).
 pub fn accel_hint() -> &'static str {
-    let hw = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if hw && Path::new("/dev/kvm").exists() {
-        "kvm"
-    } else {
-        "tcg"
+    match vesper_hypervisor::KvmBacking::detect().linux_problem() {
+        None => "kvm",
+        Some(_) => "tcg",
     }
 }
 
