@@ -480,17 +480,12 @@ impl Session {
             !failed.is_empty() && region.header().is_ok_and(|h| Some(h.generation) != known);
         for (i, error) in failed.into_iter().rev() {
             let error = if restarting {
-                "guest restarted".to_string()
+                GUEST_RESTARTED.to_string()
             } else {
                 error
             };
             let (spec, reader) = self.channels.remove(i);
-            let stats = reader.stats(region);
-            out.events.push(SessionEvent::RelayClosed {
-                channel: spec,
-                error: Some(error),
-                stats,
-            });
+            out.events.push(closed(region, spec, &reader, Some(error)));
         }
     }
 
@@ -550,12 +545,7 @@ impl Session {
                 records,
             });
         }
-        let stats = reader.stats(region);
-        out.events.push(SessionEvent::RelayClosed {
-            channel: spec,
-            error,
-            stats,
-        });
+        out.events.push(closed(region, spec, &reader, error));
         self.respond(region, &msg.header, 0, &[], out)
     }
 
@@ -638,13 +628,12 @@ impl Session {
             .is_some_and(|old| old.generation != info.generation);
         // A new frontend start means new rings and new grants: old channels are stale.
         for (spec, reader) in std::mem::take(&mut self.channels) {
-            let error = Some("guest restarted".to_string());
-            let stats = reader.stats(region);
-            out.events.push(SessionEvent::RelayClosed {
-                channel: spec,
-                error,
-                stats,
-            });
+            out.events.push(closed(
+                region,
+                spec,
+                &reader,
+                Some(GUEST_RESTARTED.to_string()),
+            ));
         }
         if restarted {
             if let Some(a) = self.active.take() {
@@ -935,6 +924,23 @@ fn failure(cmd: &Command, c: &CompletionRequest, log: String) -> CommandError {
             errno: c.error,
             log,
         },
+    }
+}
+
+/// Why a channel of an earlier guest generation was closed.
+const GUEST_RESTARTED: &str = "guest restarted";
+
+/// The event for a channel that is gone, with its final counters.
+fn closed(
+    region: &SharedRegion,
+    channel: Arc<ChannelSpec>,
+    reader: &RelayReader,
+    error: Option<String>,
+) -> SessionEvent {
+    SessionEvent::RelayClosed {
+        channel,
+        error,
+        stats: reader.stats(region),
     }
 }
 
