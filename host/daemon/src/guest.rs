@@ -63,6 +63,18 @@ pub struct GuestHandle {
     pub console: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
 }
 
+/// The event kind of a VM event a failover engine cares about, by QEMU's name for it
+/// (the builtin VMM reports its own under the same names).
+pub(crate) fn vm_event_kind(name: &str) -> Option<EventKind> {
+    Some(match name {
+        "GUEST_PANICKED" => EventKind::GuestPanicked,
+        "SHUTDOWN" => EventKind::Shutdown,
+        "STOP" => EventKind::Stop,
+        "RESET" => EventKind::Reset,
+        _ => return None,
+    })
+}
+
 /// Listens to QEMU's event-only QMP socket and publishes the events a failover engine
 /// cares about (`GUEST_PANICKED` from pvpanic, `SHUTDOWN`, `STOP`, `RESET`).
 async fn qmp_events(
@@ -96,12 +108,8 @@ async fn qmp_events(
         let Some(ev) = vesper_qemu::parse_event(&line) else {
             continue;
         };
-        let kind = match ev.name.as_str() {
-            "GUEST_PANICKED" => EventKind::GuestPanicked,
-            "SHUTDOWN" => EventKind::Shutdown,
-            "STOP" => EventKind::Stop,
-            "RESET" => EventKind::Reset,
-            _ => continue,
+        let Some(kind) = vm_event_kind(&ev.name) else {
+            continue;
         };
         let e = bus.publish(
             &name,

@@ -12,8 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use vesper_api::{
-    ApiError, ErrorCode, EventKind, Reply, Request, Response, VmStartRequest, VmStatus, Vmm,
-    WireResponse,
+    ApiError, ErrorCode, Reply, Request, Response, VmStartRequest, VmStatus, Vmm, WireResponse,
 };
 use vesper_core::{Command, CommandError, Reply as GuestReply, Session};
 use vesper_ivshmem::IvshmemTransport;
@@ -935,25 +934,24 @@ async fn launch_builtin(
     };
     let (bus, name, st) = (daemon.bus.clone(), a.name.clone(), status.clone());
     let sink: vesper_builtin::EventSink = Arc::new(move |event| {
-        let (kind, qemu_name, payload) = match event {
-            MachineEvent::GuestPanicked => (
-                EventKind::GuestPanicked,
-                "GUEST_PANICKED",
-                serde_json::json!({ "action": "run" }),
-            ),
+        let (qemu_name, payload) = match event {
+            MachineEvent::GuestPanicked => {
+                ("GUEST_PANICKED", serde_json::json!({ "action": "run" }))
+            }
             MachineEvent::Reset { rebooted: true } => (
-                EventKind::Reset,
                 "RESET",
                 serde_json::json!({ "guest": true, "reason": "guest-reset" }),
             ),
             MachineEvent::Reset { rebooted: false } => (
-                EventKind::Shutdown,
                 "SHUTDOWN",
                 serde_json::json!({ "guest": true, "reason": "guest-reset" }),
             ),
             MachineEvent::CrashLoaded => {
                 return tracing::info!(guest = %name, "guest is running its crash kernel");
             }
+        };
+        let Some(kind) = crate::guest::vm_event_kind(qemu_name) else {
+            return;
         };
         let e = bus.publish(
             &name,
@@ -1163,7 +1161,7 @@ async fn vm_send(daemon: &Shared, name: &str, line: &str) -> Response {
             "send one line at a time (no newline in the text)",
         ));
     }
-    let (path, console) = {
+    let (builtin, path, console) = {
         let guests = daemon.guests.lock().expect("guests lock");
         let g = guests
             .get(name)
@@ -1174,22 +1172,17 @@ async fn vm_send(daemon: &Shared, name: &str, line: &str) -> Response {
                 format!("{name}: the VM has exited"),
             ));
         }
-        if let Some(input) = g.builtin_console.clone() {
-            (PathBuf::new(), Err(input))
-        } else {
-            let path = g
-                .status
-                .lock()
-                .expect("status lock")
-                .console_log
-                .with_file_name("console.sock");
-            (path, Ok(g.console.clone()))
-        }
+        let path = g
+            .status
+            .lock()
+            .expect("status lock")
+            .console_log
+            .with_file_name("console.sock");
+        (g.builtin_console.clone(), path, g.console.clone())
     };
-    let console = match console {
-        Ok(c) => c,
-        Err(input) => return send_builtin(name, line, input).await,
-    };
+    if let Some(input) = builtin {
+        return send_builtin(name, line, input).await;
+    }
     let failed = |e: std::io::Error| {
         ApiError::new(
             ErrorCode::GuestNotReady,
