@@ -16,6 +16,9 @@
  *   panic           -> panicking, then a RECORD_PANIC, the pvpanic port, halt
  *   oom             -> oom hog pid=PID, then a RECORD_OOM for the pseudo victim
  *   reboot          -> rebooting, then a reset through port 0xCF9
+ *   spin MS         -> spinning MS ms: the poll loop stays awake that long instead of
+ *                      halting (1-60000; a same-run baseline for the idle test), or
+ *                      error: no clock
  *   anything else   -> unknown command: LINE; bad arguments -> error: ...
  *
  * Signals act as on the svc helper: default actions, except SIGUSR1, which makes it
@@ -28,6 +31,7 @@
 #include "arch.h"
 #include "console.h"
 #include "hand.h"
+#include "idle.h"
 #include "lib.h"
 #include "relay.h"
 #include "vesper_abi.h"
@@ -40,6 +44,7 @@
 #define HAND_PANIC_PID		1
 #define HAND_MAX_SIGNAL		64
 #define HAND_MAX_EXIT_CODE	255
+#define HAND_MAX_SPIN_MS	60000U
 
 #define SIGUSR1			10
 #define PVPANIC_PORT		0x505
@@ -396,6 +401,13 @@ void hand_run(char *line)
 			hand_oom();
 		else
 			say("error: usage: oom");
+	} else if (!strcmp(argv[0], "spin")) {
+		if (argc != 2 || parse_uint(argv[1], 5, &code) || !code || code > HAND_MAX_SPIN_MS)
+			say("error: usage: spin MS (1-%u)", HAND_MAX_SPIN_MS);
+		else if (idle_hold_awake(code))
+			say("error: no calibrated clock to spin by");
+		else
+			say("spinning %u ms", code);
 	} else if (!strcmp(argv[0], "reboot")) {
 		if (argc == 1)
 			hand_reboot();

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "arch.h"
+#include "clock.h"
 #include "console.h"
 #include "idle.h"
 #include "lib.h"
@@ -64,6 +65,8 @@ void mini_exception(uint64_t vector, uint64_t rip) __attribute__((noreturn));
 
 static struct idt_gate idt[IDT_VECTORS] __attribute__((aligned(16)));
 static int armed;
+/* clock_ns() until which the loop must not sleep; 0 for none. */
+static uint64_t awake_until;
 
 static void set_gate(unsigned int vector, const void *handler, uint16_t cs)
 {
@@ -123,4 +126,17 @@ void idle_sleep(uint32_t us)
 		return;
 	wrmsr(MSR_X2APIC_TIMER_INIT, (uint64_t)us * APIC_TICKS_PER_US);
 	__asm__ __volatile__("sti; hlt; cli" ::: "memory");
+}
+
+int idle_hold_awake(uint32_t ms)
+{
+	if (!clock_calibrated())
+		return -EOPNOTSUPP;
+	awake_until = clock_ns() + (uint64_t)ms * 1000000;
+	return 0;
+}
+
+int idle_held(void)
+{
+	return awake_until && clock_ns() < awake_until;
 }

@@ -19,4 +19,14 @@ int idle_init(void);
 /* Halts about us microseconds (KVM's APIC timer counts nanoseconds). */
 void idle_sleep(uint32_t us);
 
+/*
+ * Keeps the poll loop awake (spinning, never halting) for ms milliseconds: the tests'
+ * `spin` hand, a baseline measured in the same run for what the idle loop saves.
+ * Returns 0, or -EOPNOTSUPP without a calibrated clock.
+ */
+int idle_hold_awake(uint32_t ms);
+
+/* Whether a hold is in force. */
+int idle_held(void);
+
 #endif /* MINI_IDLE_H */

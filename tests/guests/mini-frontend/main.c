@@ -7,9 +7,14 @@
  * Entered by start.S in long mode with the identity map of [0, 4 GiB), interrupts off
  * and no IDT (idle.c installs one). One loop polls the shared rings all the time and
  * the console every CONSOLE_POLL_EVERY turns (each UART read is a VM exit); after
- * IDLE_AFTER_TURNS turns with nothing from the host or the console it polls both once
- * per IDLE_SLICE_US, halted in between, and once per IDLE_LONG_SLICE_US after
+ * IDLE_AFTER_NS with nothing from the host or the console it polls both once per
+ * IDLE_SLICE_US, halted in between, and once per IDLE_LONG_SLICE_US after
  * IDLE_SHORT_SLEEPS of those, until something arrives.
+ *
+ * The quiet spell is measured in time, not loop turns: a turn costs ~50 ns under
+ * hardware KVM but ~55 us under kvm_pvm, which emulates every instruction of this guest
+ * (1.5 M kvm_emulate_insn events in 3 s, ~76 per turn), so a turn count tuned for one
+ * kept the other spinning a host CPU for seconds after each command.
  */
 #include <stdint.h>
 
@@ -33,7 +38,9 @@
 #define CMDLINE_MAX		256
 /* Loop turns between console polls. */
 #define CONSOLE_POLL_EVERY	64
-/* Quiet turns (about a millisecond of spinning) before the loop starts sleeping. */
+/* Quiet time before the loop starts sleeping. */
+#define IDLE_AFTER_NS		1000000ULL
+/* The same without a calibrated clock, in turns (~1 ms under hardware KVM). */
 #define IDLE_AFTER_TURNS	20000
 /* How long an idle loop sleeps between polls: the added latency of a command. */
 #define IDLE_SLICE_US		1000
@@ -42,6 +49,16 @@
 #define IDLE_LONG_SLICE_US	100000
 
 void mini_main(const uint8_t *boot_params) __attribute__((noreturn));
+
+/* Whether the loop has been quiet long enough to sleep (never while a hold is on). */
+static int quiet_enough(uint64_t quiet_since, unsigned int quiet_turns)
+{
+	if (idle_held())
+		return 0;
+	if (clock_calibrated())
+		return clock_ns() - quiet_since >= IDLE_AFTER_NS;
+	return quiet_turns >= IDLE_AFTER_TURNS;
+}
 
 static uint32_t get_u32(const uint8_t *p)
 {
@@ -91,6 +108,8 @@ void mini_main(const uint8_t *boot_params)
 	struct pci_vesper dev;
 	char line[CONSOLE_LINE_MAX];
 	unsigned int turn = 0, quiet = 0, sleeps = 0;
+	uint64_t quiet_since;
+	int idle = 0;
 
 	console_init();
 	pr("vesper-mini: mini frontend starting (freestanding, no kernel)");
@@ -109,10 +128,12 @@ void mini_main(const uint8_t *boot_params)
 		pr("vesper-mini: no Vesper frontend; the console still answers");
 	pr("vesper-init: hand ready");
 
+	quiet_since = clock_ns();
 	for (;;) {
-		int idle = quiet >= IDLE_AFTER_TURNS, busy = front_poll();
+		int poll_console = idle || ++turn % CONSOLE_POLL_EVERY == 0;
+		int busy = front_poll();
 
-		if (idle || ++turn % CONSOLE_POLL_EVERY == 0) {
+		if (poll_console) {
 			switch (console_poll(line)) {
 			case CONSOLE_LINE:
 				hand_run(line);
@@ -127,15 +148,20 @@ void mini_main(const uint8_t *boot_params)
 				break;
 			}
 		}
-		if (busy) {
+		if (busy || (idle && idle_held())) {
+			idle = 0;
 			quiet = 0;
 			sleeps = 0;
+			quiet_since = clock_ns();
 		} else if (idle) {
 			idle_sleep(sleeps < IDLE_SHORT_SLEEPS ? IDLE_SLICE_US : IDLE_LONG_SLICE_US);
 			if (sleeps < IDLE_SHORT_SLEEPS)
 				sleeps++;
 		} else {
 			quiet++;
+			/* The clock is read with the console, not on every turn. */
+			if (poll_console)
+				idle = quiet_enough(quiet_since, quiet);
 		}
 		cpu_relax();
 	}
