@@ -4,7 +4,9 @@
  *
  * Implements shared-abi/PROTOCOL.md (ABI v1): one worker kthread posts requests into
  * the request ring, consumes the host's answers from the response ring and executes
- * host commands (load, unload, list modules, kernel log). Everything host-written is
+ * host commands (load, unload, list modules, kernel log); a module's init runs in a
+ * load-job kthread of its own, so commands are served while it runs, and the worker
+ * posts its completion when it returns. Everything host-written is
  * untrusted: ring slots are copied once into private memory and parsed only there,
  * every length and index is checked. Kernel-version-specific code lives in
  * vesper_loader.c only.
@@ -54,6 +56,8 @@
 #define VESPER_POLL_PERIOD (HZ / 10)
 /* Most module entries one OP_LIST reports. */
 #define VESPER_MAX_LIST_ENTRIES 4096U
+/* Most module inits running at once, each in a kthread of its own. */
+#define VESPER_MAX_LOAD_JOBS 8U
 
 static_assert(sizeof(struct vesper_msg_header) + VESPER_SLOT_PAYLOAD_SIZE == VESPER_SLOT_SIZE);
 static_assert(sizeof(struct vesper_completion_request) <= VESPER_SLOT_PAYLOAD_SIZE);
@@ -63,6 +67,25 @@ static_assert(sizeof(struct vesper_hello_request) <= VESPER_SLOT_PAYLOAD_SIZE);
 struct vesper_pushed {
 	struct list_head node;
 	char name[VESPER_MODULE_NAME_LEN];
+};
+
+/*
+ * A module whose init runs in a kthread of its own, so that the worker keeps serving
+ * commands meanwhile (a driver's init may wait for its hardware for many seconds). The
+ * job thread writes only result and cmpl, then sets done; the worker posts the
+ * completion and reaps the thread (kthread_stop), so fe outlives every job.
+ */
+struct vesper_load_job {
+	struct list_head node;		/* fe->load_jobs, worker-owned */
+	struct vesper_front *fe;
+	struct task_struct *task;
+	char name[VESPER_MODULE_NAME_LEN];
+	bool added_pushed;		/* this load marked name as pushed */
+	u8 *image;			/* vmalloc'ed; the job thread frees it */
+	u64 size;
+	char params[VESPER_PARAMS_LEN];
+	struct vesper_completion_request *cmpl;
+	int done;			/* cmpl complete (release/acquire) */
 };
 
 struct vesper_front {
@@ -75,6 +98,7 @@ struct vesper_front {
 	wait_queue_head_t wq;
 	struct task_struct *worker;
 	atomic_t relay_work;		/* relay requests queued for the worker */
+	atomic_t load_work;		/* a load job finished: its completion is due */
 
 	/* Data-area page allocator: bit i = page at DATA_AREA_OFFSET + i * PAGE_SIZE. */
 	spinlock_t pages_lock;
@@ -97,6 +121,8 @@ struct vesper_front {
 	struct vesper_command_response cmd;	/* private copy of the command */
 	struct vesper_completion_request *cmpl;
 	struct list_head pushed;
+	struct list_head load_jobs;	/* inits under way or awaiting their completion */
+	unsigned int n_load_jobs;
 };
 
 /* ---- region accessors ------------------------------------------------------- */
@@ -211,7 +237,8 @@ static void vf_nap(struct vesper_front *fe)
 {
 	wait_event_interruptible_timeout(fe->wq,
 					 vf_rsp_pending(fe) || kthread_should_stop() ||
-					 (fe->up && atomic_read(&fe->relay_work)),
+					 (fe->up && (atomic_read(&fe->relay_work) ||
+						     atomic_read(&fe->load_work))),
 					 VESPER_POLL_PERIOD);
 }
 
@@ -414,11 +441,25 @@ static bool vf_next_rsp(struct vesper_front *fe)
 	return false;
 }
 
+static void vf_pump_loads(struct vesper_front *fe);
+
+/* What the worker does while it waits: queued relay requests, finished loads. */
+static void vf_pump(struct vesper_front *fe)
+{
+	if (!fe->up)
+		return;
+	if (atomic_xchg(&fe->relay_work, 0))
+		vr_pump(fe);
+	if (atomic_xchg(&fe->load_work, 0))
+		vf_pump_loads(fe);
+}
+
 /*
  * Wait for the answer to request id of kind kind. timeout 0 waits forever. On success
  * the response is in fe->rsp; its header len is <= SLOT_PAYLOAD_SIZE and, when status
  * is 0, >= min_len. Returns 0, -ETIMEDOUT, -ESHUTDOWN, or -EPROTO (short payload).
- * Meanwhile posts queued relay requests and handles their answers.
+ * Meanwhile posts queued relay requests and finished loads' completions, and handles
+ * their answers.
  */
 static int vf_wait(struct vesper_front *fe, u64 id, u32 kind, unsigned long timeout,
 		   u32 min_len)
@@ -427,8 +468,7 @@ static int vf_wait(struct vesper_front *fe, u64 id, u32 kind, unsigned long time
 	struct vesper_msg_header *h = vf_rsp_hdr(fe);
 
 	for (;;) {
-		if (fe->up && atomic_xchg(&fe->relay_work, 0))
-			vr_pump(fe);
+		vf_pump(fe);
 		while (vf_next_rsp(fe)) {
 			if (h->id != id || h->kind != (kind | VESPER_RSP_FLAG)) {
 				vf_stray(fe, h);
@@ -459,8 +499,7 @@ int vf_wait_relay(struct vesper_front *fe, bool (*done)(void *arg), void *arg,
 	if (WARN_ON(current != fe->worker))
 		return -EINVAL;
 	for (;;) {
-		if (fe->up && atomic_xchg(&fe->relay_work, 0))
-			vr_pump(fe);
+		vf_pump(fe);
 		while (vf_next_rsp(fe))
 			vf_stray(fe, h);
 		if (done(arg))
@@ -543,16 +582,158 @@ static void vf_del_pushed(struct vesper_front *fe, const char *name)
 
 /* ---- commands ------------------------------------------------------------------ */
 
-/* Outcome of a command; stage is STAGE_* */
+/* Outcome of a command; stage is STAGE_*. deferred: a load job posts the completion. */
 struct vf_result {
 	int error;
 	u32 stage;
+	bool deferred;
 };
 
 static void vf_fail(struct vf_result *r, int error, u32 stage)
 {
 	r->error = error;
 	r->stage = stage;
+}
+
+/* ---- load jobs ------------------------------------------------------------------ */
+
+static int vf_load_job_thread(void *data)
+{
+	struct vesper_load_job *job = data;
+	struct vesper_completion_request *c = job->cmpl;
+	unsigned int stage;
+	int ret;
+
+	ret = vesper_loader_load(job->image, job->size, job->params, &stage);
+	c->error = ret;
+	c->stage = ret ? stage : VESPER_STAGE_DONE;
+	if (ret)
+		vf_fill_log(c);
+	smp_store_release(&job->done, 1);
+	atomic_set(&job->fe->load_work, 1);
+	wake_up(&job->fe->wq);
+
+	/* Kept until the worker has posted the completion and reaps us. */
+	for (;;) {
+		set_current_state(TASK_INTERRUPTIBLE);
+		if (kthread_should_stop())
+			break;
+		schedule();
+	}
+	__set_current_state(TASK_RUNNING);
+	return 0;
+}
+
+static void vf_free_load_job(struct vesper_load_job *job)
+{
+	vfree(job->image);
+	kfree(job->cmpl);
+	kfree(job);
+}
+
+/* Stops (after init returned) and frees a job. Worker, or remove after the worker. */
+static void vf_reap_load_job(struct vesper_front *fe, struct vesper_load_job *job)
+{
+	list_del(&job->node);
+	fe->n_load_jobs--;
+	kthread_stop(job->task);
+	vf_free_load_job(job);
+}
+
+/*
+ * Runs init_module for image in a job thread; on success the job owns *image (set to
+ * NULL) and the completion is posted when init returns. Worker only.
+ */
+static int vf_start_load_job(struct vesper_front *fe, u64 command_id, const char *name,
+			     u8 **image, u64 size, const char *params)
+{
+	struct vesper_load_job *job;
+
+	job = kzalloc(sizeof(*job), GFP_KERNEL);
+	if (!job)
+		return -ENOMEM;
+	job->cmpl = kzalloc(sizeof(*job->cmpl), GFP_KERNEL);
+	if (!job->cmpl) {
+		kfree(job);
+		return -ENOMEM;
+	}
+	job->fe = fe;
+	strscpy(job->name, name, sizeof(job->name));
+	strscpy(job->params, params, sizeof(job->params));
+	job->size = size;
+	job->cmpl->command_id = command_id;
+	job->cmpl->op = VESPER_OP_LOAD;
+	job->cmpl->data_grant = VESPER_GRANT_REF_NONE;
+	/* `vesper lsmod` shows it pushed while it is still coming. */
+	job->added_pushed = !vf_find_pushed(fe, name);
+	if (job->added_pushed)
+		vf_add_pushed(fe, name);
+
+	job->image = *image;
+	job->task = kthread_run(vf_load_job_thread, job, "vesper-load");
+	if (IS_ERR(job->task)) {
+		int ret = PTR_ERR(job->task);
+
+		job->image = NULL;	/* still the caller's */
+		if (job->added_pushed)
+			vf_del_pushed(fe, name);
+		vf_free_load_job(job);
+		return ret;
+	}
+	*image = NULL;
+	list_add_tail(&job->node, &fe->load_jobs);
+	fe->n_load_jobs++;
+	return 0;
+}
+
+/* Posts the completion of every load whose init returned, and reaps its job. */
+static void vf_pump_loads(struct vesper_front *fe)
+{
+	struct vesper_load_job *job, *tmp;
+	u64 id;
+
+	list_for_each_entry_safe(job, tmp, &fe->load_jobs, node) {
+		struct vesper_completion_request *c = job->cmpl;
+
+		if (!smp_load_acquire(&job->done))
+			continue;
+		if (c->error) {
+			pr_info(VESPER_DRV_NAME ": load %s failed: %d\n", job->name, c->error);
+			if (job->added_pushed)
+				vf_del_pushed(fe, job->name);
+		} else {
+			pr_info(VESPER_DRV_NAME ": loaded %s (%llu bytes)\n", job->name, job->size);
+		}
+		c->guest_time_ns = ktime_get_ns();
+		if (vf_post(fe, VESPER_REQ_COMPLETION, c, sizeof(*c), &id) == -ESHUTDOWN) {
+			atomic_set(&fe->load_work, 1);	/* still due; remove reaps it */
+			return;
+		}
+		vf_reap_load_job(fe, job);
+	}
+}
+
+/*
+ * REQ_PROGRESS: the command enters stage. Returns 0 when the host says go on, its
+ * error (-ECANCELED: it gave up on the command) or a wait failure.
+ */
+static int vf_progress(struct vesper_front *fe, u64 command_id, u32 stage)
+{
+	struct vesper_progress_request req;
+	s32 status;
+	u64 id;
+	int ret;
+
+	memset(&req, 0, sizeof(req));
+	req.command_id = command_id;
+	req.stage = stage;
+	ret = vf_post(fe, VESPER_REQ_PROGRESS, &req, sizeof(req), &id);
+	if (!ret)
+		ret = vf_wait(fe, id, VESPER_REQ_PROGRESS, VESPER_CMD_TIMEOUT, 0);
+	if (ret)
+		return ret;
+	status = vf_rsp_hdr(fe)->status;
+	return status ? vf_host_error(status) : 0;
 }
 
 static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_result *r)
@@ -583,6 +764,11 @@ static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_resu
 		return vf_fail(r, -ENOSYS, VESPER_STAGE_PREPARE);
 	if (!fe->chunk_size)
 		return vf_fail(r, -EPROTO, VESPER_STAGE_PREPARE);
+	if (fe->n_load_jobs >= VESPER_MAX_LOAD_JOBS) {
+		pr_info(VESPER_DRV_NAME ": load %s: %u module inits still running\n", name,
+			fe->n_load_jobs);
+		return vf_fail(r, -EBUSY, VESPER_STAGE_PREPARE);
+	}
 
 	/* Staging pages: a full chunk if the data area has room, else smaller chunks. */
 	for (;;) {
@@ -670,6 +856,23 @@ static void vf_do_load(struct vesper_front *fe, const char *name, struct vf_resu
 		goto out;
 	}
 
+	/*
+	 * Init may run long. The host says go on (and waits by its init limit from now),
+	 * or that it gave up meanwhile: then nothing is loaded.
+	 */
+	ret = vf_progress(fe, cmd->command_id, VESPER_STAGE_INIT_MODULE);
+	if (ret) {
+		pr_info(VESPER_DRV_NAME ": load %s: host did not confirm init: %d\n", name, ret);
+		vf_fail(r, ret, VESPER_STAGE_TRANSFER);
+		goto out;
+	}
+	ret = vf_start_load_job(fe, cmd->command_id, name, &image, size, params);
+	if (!ret) {
+		r->deferred = true;
+		goto out;
+	}
+	pr_warn(VESPER_DRV_NAME ": load %s: no load thread (%d); init runs in the worker\n",
+		name, ret);
 	ret = vesper_loader_load(image, size, params, &stage);
 	if (ret) {
 		pr_info(VESPER_DRV_NAME ": load %s failed: %d\n", name, ret);
@@ -816,6 +1019,8 @@ static int vf_run_command(struct vesper_front *fe)
 
 	if (r.error == -ESHUTDOWN)
 		return -ESHUTDOWN;
+	if (r.deferred)
+		return 0;	/* the load job completes it */
 
 	c->error = r.error;
 	c->stage = r.error ? r.stage : VESPER_STAGE_DONE;
@@ -1017,6 +1222,7 @@ static int vf_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	fe->pdev = pdev;
 	init_waitqueue_head(&fe->wq);
 	INIT_LIST_HEAD(&fe->pushed);
+	INIT_LIST_HEAD(&fe->load_jobs);
 	fe->list_grant = VESPER_GRANT_REF_NONE;
 
 	fe->rsp = kmalloc(VESPER_SLOT_SIZE, GFP_KERNEL);
@@ -1110,6 +1316,7 @@ err_free:
 static void vf_remove(struct pci_dev *pdev)
 {
 	struct vesper_front *fe = pci_get_drvdata(pdev);
+	struct vesper_load_job *job, *jtmp;
 	struct vesper_pushed *p, *tmp;
 	u32 ref;
 
@@ -1118,6 +1325,9 @@ static void vf_remove(struct pci_dev *pdev)
 	kthread_stop(fe->worker);
 	/* Relay writers stop touching the region before it goes away. */
 	vr_front_unbound(fe);
+	/* A module init still running is waited for: its job thread holds fe. */
+	list_for_each_entry_safe(job, jtmp, &fe->load_jobs, node)
+		vf_reap_load_job(fe, job);
 
 	for (ref = 0; ref < VESPER_GRANT_ENTRIES; ref++)
 		WRITE_ONCE(vf_grant_entry(fe, ref)->state, VESPER_GRANT_STATE_FREE);

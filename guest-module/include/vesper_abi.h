@@ -90,6 +90,11 @@
 #define VESPER_REQ_RELAY_OPEN 0x5U
 /* Request: a relay channel is closing; the host drops its view ([`RelayCloseRequest`]). */
 #define VESPER_REQ_RELAY_CLOSE 0x6U
+/* Request: a command is about to enter a stage that may run long ([`ProgressRequest`]).
+ * The host answers 0 (go on: it now waits for that stage by the stage's own limit,
+ * not the step timeout) or a negative errno (`-ECANCELED`: it gave up on the
+ * command; the guest must not start the stage). */
+#define VESPER_REQ_PROGRESS 0x7U
 /* Bit set in a response's kind: response kind = request kind | this. */
 #define VESPER_RSP_FLAG 0x80U
 /* Command: load the module image that follows. */
@@ -304,6 +309,17 @@ _Static_assert(offsetof(struct vesper_fetch_chunk_request, command_id) == 0, "ve
 _Static_assert(offsetof(struct vesper_fetch_chunk_request, offset) == 8, "vesper_fetch_chunk_request.offset");
 _Static_assert(offsetof(struct vesper_fetch_chunk_request, grant_ref) == 16, "vesper_fetch_chunk_request.grant_ref");
 _Static_assert(offsetof(struct vesper_fetch_chunk_request, reserved) == 20, "vesper_fetch_chunk_request.reserved");
+
+/* Payload of `REQ_PROGRESS`. */
+struct vesper_progress_request {
+	uint64_t command_id;
+	uint32_t stage;
+	uint32_t reserved;
+};
+_Static_assert(sizeof(struct vesper_progress_request) == 16, "vesper_progress_request size");
+_Static_assert(offsetof(struct vesper_progress_request, command_id) == 0, "vesper_progress_request.command_id");
+_Static_assert(offsetof(struct vesper_progress_request, stage) == 8, "vesper_progress_request.stage");
+_Static_assert(offsetof(struct vesper_progress_request, reserved) == 12, "vesper_progress_request.reserved");
 
 /* Payload of the answer to `REQ_FETCH_CHUNK`. */
 struct vesper_chunk_response {

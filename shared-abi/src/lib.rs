@@ -224,6 +224,11 @@ abi_consts! {
     pub const REQ_RELAY_OPEN: u32 = 5;
     /// Request: a relay channel is closing; the host drops its view ([`RelayCloseRequest`]).
     pub const REQ_RELAY_CLOSE: u32 = 6;
+    /// Request: a command is about to enter a stage that may run long ([`ProgressRequest`]).
+    /// The host answers 0 (go on: it now waits for that stage by the stage's own limit,
+    /// not the step timeout) or a negative errno (`-ECANCELED`: it gave up on the
+    /// command; the guest must not start the stage).
+    pub const REQ_PROGRESS: u32 = 7;
     /// Bit set in a response's kind: response kind = request kind | this.
     pub const RSP_FLAG: u32 = 0x80;
 
@@ -450,6 +455,18 @@ wire_structs! {
         pub reserved: u32,
     }
 
+    /// Payload of `REQ_PROGRESS`.
+    c_name = "vesper_progress_request";
+    pub struct ProgressRequest {
+        /// The command that moved on.
+        pub command_id: u64,
+        /// The stage it is about to enter (`STAGE_INIT_MODULE`: the module's init runs
+        /// next, in a worker of its own; the completion follows when init returns).
+        pub stage: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+
     /// Payload of the answer to `REQ_FETCH_CHUNK`.
     c_name = "vesper_chunk_response";
     pub struct ChunkResponse {
@@ -662,6 +679,7 @@ const _: () = {
     assert!(size_of::<HelloRequest>() as u32 <= SLOT_PAYLOAD_SIZE);
     assert!(size_of::<ModuleEntry>() == 88);
     assert!(size_of::<RelayOpenRequest>() as u32 <= SLOT_PAYLOAD_SIZE);
+    assert!(size_of::<ProgressRequest>() == 16);
     assert!(size_of::<RelayBufControl>() == 64);
     assert!(size_of::<RelayConsumer>() == 64);
     assert!(size_of::<RecordHeader>() == 24);

@@ -192,6 +192,9 @@ impl Mini {
                 SessionEvent::LateStep { id, what } => {
                     self.misbehaviour.push(format!("late step {id}: {what}"))
                 }
+                SessionEvent::InitEnded { name, .. } => self.misbehaviour.push(format!(
+                    "init of {name} ended, but the mini frontend loads nothing"
+                )),
             }
         }
     }
@@ -337,6 +340,7 @@ fn the_mini_frontend_says_hello_answers_commands_and_reports_a_killed_service_on
             name: "vesper_exit_probe".into(),
             image,
             params: String::new(),
+            init_timeout: None,
         })
         .expect_err("the mini frontend cannot load modules");
     let text = err.to_string();

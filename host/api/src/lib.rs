@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-pub use vesper_core::{GuestInfo, GuestModule};
+pub use vesper_core::{GuestInfo, GuestModule, DEFAULT_INIT_TIMEOUT};
 pub use vesper_events::{Event, EventKind, Filter, Source};
 pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
 pub use vesper_relay::{BufferStats, Decoded};
@@ -111,6 +111,10 @@ pub enum Request {
         image_b64: String,
         /// Module parameters.
         params: Vec<String>,
+        /// How long to wait for the module's init once it runs, in seconds (the
+        /// daemon's default when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        init_timeout_secs: Option<u64>,
     },
     /// Unload a module.
     Rmmod {
@@ -175,7 +179,20 @@ impl Request {
             file_name: file_name.to_string(),
             image_b64: base64::engine::general_purpose::STANDARD.encode(image),
             params,
+            init_timeout_secs: None,
         }
+    }
+
+    /// An `Insmod` request that waits `secs` for the module's init (other requests are
+    /// returned as they are).
+    pub fn with_init_timeout(mut self, secs: Option<u64>) -> Self {
+        if let Request::Insmod {
+            init_timeout_secs, ..
+        } = &mut self
+        {
+            *init_timeout_secs = secs;
+        }
+        self
     }
 }
 
@@ -212,6 +229,9 @@ pub enum ErrorCode {
     GuestFailed,
     /// The guest stopped answering.
     Timeout,
+    /// The module's init was still running in the guest when the wait for it ended:
+    /// the load's outcome is not known yet.
+    InitStillRunning,
     /// The guest broke the protocol.
     GuestMisbehaving,
     /// The VM could not be started.
@@ -233,6 +253,8 @@ impl ErrorCode {
             ErrorCode::Internal => 70,                          // EX_SOFTWARE
             ErrorCode::PermissionDenied => 77,                  // EX_NOPERM
             ErrorCode::GuestExists => 73,                       // EX_CANTCREAT
+            // Not a failure yet, not a success: as timeout(1) says "still running".
+            ErrorCode::InitStillRunning => 124,
             ErrorCode::AlreadyLoaded
             | ErrorCode::NotLoaded
             | ErrorCode::InUse
@@ -518,6 +540,9 @@ pub enum ClientError {
     /// The daemon's reply does not parse.
     #[error("vesperd sent a malformed reply: {0}")]
     Malformed(String),
+    /// The connection ended before a reply (the daemon died or was stopped).
+    #[error("vesperd went away before replying; the command may have completed in the guest (check with `vesper lsmod` or `vesper events`)")]
+    WentAway,
 }
 
 /// The default socket path: `$VESPER_SOCKET`, else `$XDG_RUNTIME_DIR/vesper/vesperd.sock`,
@@ -567,14 +592,20 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
         {
             return Err(ClientError::Timeout(timeout))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            sent?;
+            return Err(ClientError::WentAway);
+        }
         Err(e) => return Err(e.into()),
     }
     if reply.is_empty() {
         // No reply: if the request never got out, that is the error to report.
         sent?;
-        return Err(ClientError::Malformed(
-            "connection closed without a reply".into(),
-        ));
+        return Err(ClientError::WentAway);
+    }
+    if !reply.ends_with('\n') {
+        // Cut off mid-line: the daemon died while writing.
+        return Err(ClientError::WentAway);
     }
     let wire: WireResponse =
         serde_json::from_str(&reply).map_err(|e| ClientError::Malformed(e.to_string()))?;
@@ -643,6 +674,35 @@ mod tests {
         assert!(s.contains("unknown_guest"));
         let back: Response = serde_json::from_str::<WireResponse>(&s).unwrap().into();
         assert_eq!(back.unwrap_err().code.exit_code(), 68);
+    }
+
+    /// A listener that reads one request, writes `answer`, and hangs up.
+    fn hangs_up_after(answer: &'static [u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(answer).unwrap();
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn a_daemon_that_dies_mid_command_is_not_reported_as_a_malformed_reply() {
+        for answer in [&b""[..], b"{\"ok\":tr"] {
+            let (_dir, path) = hangs_up_after(answer);
+            let e = call(&path, &Request::VmList, Duration::from_secs(5)).unwrap_err();
+            assert!(matches!(e, ClientError::WentAway), "{e:?}");
+            assert!(
+                e.to_string().starts_with(
+                    "vesperd went away before replying; the command may have completed in the guest"
+                ),
+                "{e}"
+            );
+        }
     }
 
     #[test]

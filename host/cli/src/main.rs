@@ -13,9 +13,11 @@ use vesper_api::{
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 the guest refused or failed the operation (already loaded, \
 not loaded, in use, init failed, misbehaving guest); 2 usage; 65 bad module file or \
-request; 66 file not found; 68 unknown guest; 69 vesperd unreachable; 70 internal \
-error; 71 VM failed to start; 73 VM name taken; 74 cannot read the file; 75 guest not \
-ready or timed out (try again).";
+request; 66 file not found; 68 unknown guest; 69 vesperd unreachable, or it went away \
+before replying (the command may have completed); 70 internal error; 71 VM failed to \
+start; 73 VM name taken; 74 cannot read the file; 75 guest not ready or timed out (try \
+again); 124 insmod: the module's init was still running at --init-timeout (it ends live \
+or gone: `vesper lsmod`, and a module_loaded or module_failed event says which).";
 
 /// Push kernel probe modules into running guests and manage test VMs.
 #[derive(Debug, Parser)]
@@ -49,6 +51,10 @@ enum Cmd {
         file: PathBuf,
         /// Module parameters (name=value).
         params: Vec<String>,
+        /// Wait this many seconds for the module's init once it runs in the guest
+        /// (default 120); past it, exit 124 with the init still running.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        init_timeout: Option<u64>,
     },
     /// Unload module NAME from GUEST.
     Rmmod {
@@ -79,7 +85,8 @@ enum Cmd {
         #[arg(long = "guest")]
         guests: Vec<String>,
         /// Only this kind (repeatable): panic, service_exit, oom, guest_panicked,
-        /// shutdown, stop, reset, vm_exit, guest_up, decision.
+        /// shutdown, stop, reset, vm_exit, guest_up, decision, module_loaded,
+        /// module_failed.
         #[arg(long = "kind")]
         kinds: Vec<String>,
         /// Start from this sequence number (resume).
@@ -273,8 +280,9 @@ fn main() -> ExitCode {
         Err((code, kind, msg)) => return fail(cli.json, code, kind, &msg),
     };
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
-    match call(&socket, &req, Duration::from_secs(cli.timeout)) {
+    match call(&socket, &req, reply_timeout(&cli)) {
         Err(e @ ClientError::Connect { .. }) => fail(cli.json, 69, "unreachable", &e.to_string()),
+        Err(e @ ClientError::WentAway) => fail(cli.json, 69, "went_away", &e.to_string()),
         Err(e) => fail(cli.json, 70, "internal", &e.to_string()),
         Ok(Err(e)) => api_fail(cli.json, e),
         Ok(Ok(reply)) => {
@@ -285,6 +293,19 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// How long to wait for the daemon's reply: --timeout, and for insmod at least the
+/// init wait with a minute to spare for the transfer.
+fn reply_timeout(cli: &Cli) -> Duration {
+    let asked = Duration::from_secs(cli.timeout);
+    match &cli.cmd {
+        Cmd::Insmod { init_timeout, .. } => {
+            let init = init_timeout.map_or(vesper_api::DEFAULT_INIT_TIMEOUT, Duration::from_secs);
+            asked.max(init + Duration::from_secs(60))
+        }
+        _ => asked,
     }
 }
 
@@ -350,6 +371,7 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
             guest,
             file,
             params,
+            init_timeout,
         } => {
             let image = std::fs::read(file).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => {
@@ -365,7 +387,7 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Request::insmod(guest, &name, &image, params.clone())
+            Request::insmod(guest, &name, &image, params.clone()).with_init_timeout(*init_timeout)
         }
         Cmd::Rmmod { guest, name, force } => Request::Rmmod {
             guest: guest.clone(),
@@ -522,6 +544,19 @@ fn event_line(e: &Event) -> String {
             e.payload["kernel_release"].as_str().unwrap_or("?"),
             e.payload["generation"]
         ),
+        EventKind::ModuleLoaded | EventKind::ModuleFailed => {
+            let module = e.payload["module"].as_str().unwrap_or("?");
+            let ms = e.payload["init_ms"].as_f64().unwrap_or_default();
+            let late = if e.payload["after_host_gave_up"] == true {
+                " (after insmod stopped waiting)"
+            } else {
+                ""
+            };
+            match e.payload["errno_name"].as_str() {
+                Some(errno) => format!("{module}: init failed with {errno} after {ms:.0} ms{late}"),
+                None => format!("{module}: live, init took {ms:.0} ms{late}"),
+            }
+        }
         _ => {
             let mut p = e.payload.clone();
             if let Some(o) = p.as_object_mut() {

@@ -7,9 +7,19 @@ use vesper_shmem::ShmemError;
 pub fn errno_name(errno: i32) -> String {
     let e = nix::errno::Errno::from_raw(errno.abs());
     if e == nix::errno::Errno::UnknownErrno {
-        format!("errno {}", errno.abs())
+        errno_symbol(errno)
     } else {
         format!("{e:?} ({})", e.desc())
+    }
+}
+
+/// The errno's symbol alone ("ENODEV"), or "errno N" when unknown.
+pub fn errno_symbol(errno: i32) -> String {
+    let e = nix::errno::Errno::from_raw(errno.abs());
+    if e == nix::errno::Errno::UnknownErrno {
+        format!("errno {}", errno.abs())
+    } else {
+        format!("{e:?}")
     }
 }
 
@@ -78,6 +88,14 @@ pub enum CommandError {
         /// What was under way.
         stage: &'static str,
         /// How long the host waited.
+        after: Duration,
+    },
+    /// The module's init was still running in the guest when the host stopped waiting.
+    #[error("init of {name} still running in the guest after {}s; the module will be live or gone when it returns — see `vesper lsmod` (a module_loaded or module_failed event will say which)", after.as_secs())]
+    InitStillRunning {
+        /// Module name.
+        name: String,
+        /// How long the host waited for init.
         after: Duration,
     },
     /// The guest never picked the command up.

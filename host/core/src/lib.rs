@@ -4,9 +4,10 @@
 mod error;
 mod session;
 
-pub use error::{errno_name, CommandError};
+pub use error::{errno_name, errno_symbol, CommandError};
 pub use session::{
     Command, GuestInfo, GuestModule, PollOutcome, Reply, Session, SessionConfig, SessionEvent,
+    DEFAULT_INIT_TIMEOUT,
 };
 
 use std::os::fd::BorrowedFd;

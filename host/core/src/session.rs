@@ -25,6 +25,12 @@ const EBUSY: i32 = 16;
 const MAX_REQUESTS_PER_POLL: usize = 64;
 /// Abandoned command ids remembered, to answer late guest steps with `-ECANCELED`.
 const ABANDONED_MEMORY: usize = 32;
+/// Loads whose init outlasted the host's wait, remembered to report how they ended.
+const LATE_INIT_MEMORY: usize = 32;
+
+/// How long the host waits for a module's init by default: generous, since a driver's
+/// init may wait for its hardware.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Limits and timeouts of a session.
 #[derive(Debug, Clone)]
@@ -33,6 +39,9 @@ pub struct SessionConfig {
     pub step_timeout: Duration,
     /// Longest a command waits for the guest to pick it up.
     pub pickup_timeout: Duration,
+    /// Longest the host waits for a module's init once the guest said it started
+    /// (`REQ_PROGRESS`), unless the load names its own limit.
+    pub init_timeout: Duration,
     /// Largest image the host pushes.
     pub max_image_size: u64,
     /// Largest chunk written per fetch.
@@ -44,6 +53,7 @@ impl Default for SessionConfig {
         Self {
             step_timeout: Duration::from_secs(10),
             pickup_timeout: Duration::from_secs(10),
+            init_timeout: DEFAULT_INIT_TIMEOUT,
             max_image_size: 32 << 20,
             max_chunk: 1 << 20,
         }
@@ -61,6 +71,8 @@ pub enum Command {
         image: Arc<[u8]>,
         /// Module parameters, space separated.
         params: String,
+        /// How long to wait for the module's init; the session's default if `None`.
+        init_timeout: Option<Duration>,
     },
     /// Unload a module.
     Unload {
@@ -194,6 +206,23 @@ pub enum SessionEvent {
         /// Its final counters.
         stats: ChannelStats,
     },
+    /// A module's init, which the guest had said was starting, returned: loaded or
+    /// failed. Comes for every such load, also one whose command already ended with
+    /// [`CommandError::InitStillRunning`].
+    InitEnded {
+        /// Module name.
+        name: String,
+        /// Bytes pushed.
+        bytes: u64,
+        /// `Ok` when init returned 0 and the module is live.
+        outcome: Result<(), CommandError>,
+        /// The guest's errno (negative), 0 on success.
+        errno: i32,
+        /// From the guest saying init starts to its completion (host clock).
+        took: Duration,
+        /// The command had already ended: the host stopped waiting before init returned.
+        after_host_gave_up: bool,
+    },
     /// A late step of a command the host had already given up on.
     LateStep {
         /// The abandoned command.
@@ -208,6 +237,26 @@ struct Queued {
     id: u64,
     cmd: Command,
     submitted: Instant,
+}
+
+/// A load whose module init runs in the guest: the guest's command thread is free.
+#[derive(Debug)]
+struct Initializing {
+    id: u64,
+    name: String,
+    bytes: u64,
+    started: Instant,
+    deadline: Instant,
+    limit: Duration,
+}
+
+/// A load the host stopped waiting for while its init ran.
+#[derive(Debug)]
+struct LateInit {
+    id: u64,
+    name: String,
+    bytes: u64,
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -230,6 +279,8 @@ pub struct Session {
     standing_wait: Option<MsgHeader>,
     queue: VecDeque<Queued>,
     active: Option<Active>,
+    initializing: Vec<Initializing>,
+    late_inits: VecDeque<LateInit>,
     abandoned: VecDeque<u64>,
     next_id: u64,
     broken: Option<String>,
@@ -257,6 +308,8 @@ impl Session {
             standing_wait: None,
             queue: VecDeque::new(),
             active: None,
+            initializing: Vec::new(),
+            late_inits: VecDeque::new(),
             abandoned: VecDeque::new(),
             next_id: 1,
             broken: None,
@@ -397,7 +450,8 @@ impl Session {
             .queue
             .front()
             .map(|q| q.submitted + self.config.pickup_timeout);
-        active.into_iter().chain(queued).min()
+        let inits = self.initializing.iter().map(|i| i.deadline);
+        active.into_iter().chain(queued).chain(inits).min()
     }
 
     /// Fails every pending command (the VM is going away).
@@ -409,9 +463,10 @@ impl Session {
                 result: Err(CommandError::SessionClosed),
             });
         }
-        for q in self.queue.drain(..) {
+        let ids = self.initializing.drain(..).map(|i| i.id);
+        for id in ids.chain(self.queue.drain(..).map(|q| q.id)) {
             events.push(SessionEvent::Done {
-                id: q.id,
+                id,
                 result: Err(CommandError::SessionClosed),
             });
         }
@@ -598,9 +653,10 @@ impl Session {
                 Ok(())
             }
             REQ_FETCH_CHUNK => self.on_fetch(region, msg, now, out),
+            REQ_PROGRESS => self.on_progress(region, msg, now, out),
             REQ_RELAY_OPEN => self.on_relay_open(region, msg, out),
             REQ_RELAY_CLOSE => self.on_relay_close(region, msg, out),
-            REQ_COMPLETION => self.on_completion(region, msg, out),
+            REQ_COMPLETION => self.on_completion(region, msg, now, out),
             other => {
                 tracing::warn!(kind = other, "unknown request kind; answering -EINVAL");
                 self.respond(region, &h, -EINVAL, &[], out)
@@ -636,13 +692,15 @@ impl Session {
             ));
         }
         if restarted {
-            if let Some(a) = self.active.take() {
+            let ids = self.active.take().map(|a| a.id).into_iter();
+            for id in ids.chain(self.initializing.drain(..).map(|i| i.id)) {
                 out.events.push(SessionEvent::Done {
-                    id: a.id,
+                    id,
                     result: Err(CommandError::GuestRestarted),
                 });
             }
             self.abandoned.clear();
+            self.late_inits.clear();
         }
         self.standing_wait = None;
         self.info = Some(info.clone());
@@ -681,6 +739,7 @@ impl Session {
                 name,
                 image,
                 params,
+                ..
             } => {
                 c.image_size = image.len() as u64;
                 c.image_crc32 = crc32fast::hash(image);
@@ -793,14 +852,123 @@ impl Session {
         self.respond(region, &msg.header, 0, reply.as_slice(), out)
     }
 
+    /// The guest is about to start a long stage of a command (a module's init): from
+    /// now its command thread is free and the load waits by its own init limit.
+    fn on_progress(
+        &mut self,
+        region: &SharedRegion,
+        msg: &Message,
+        now: Instant,
+        out: &mut PollOutcome,
+    ) -> Result<(), ShmemError> {
+        let req: ProgressRequest = msg.payload_as()?;
+        let load = match self.active.take() {
+            Some(Active {
+                id,
+                cmd:
+                    Command::Load {
+                        name,
+                        image,
+                        init_timeout,
+                        ..
+                    },
+                sent,
+                ..
+            }) if id == req.command_id
+                && req.stage == STAGE_INIT_MODULE
+                && sent >= image.len() as u64 =>
+            {
+                let limit = init_timeout.unwrap_or(self.config.init_timeout);
+                Initializing {
+                    id,
+                    name,
+                    bytes: image.len() as u64,
+                    started: now,
+                    deadline: now + limit,
+                    limit,
+                }
+            }
+            other => {
+                self.active = other;
+                let status = if self.abandoned.contains(&req.command_id) {
+                    out.events.push(SessionEvent::LateStep {
+                        id: req.command_id,
+                        what: "wanted to start the module's init; told it was cancelled".into(),
+                    });
+                    -ECANCELED
+                } else if self.active.as_ref().is_some_and(|a| a.id == req.command_id) {
+                    // Our own command, but not a stage it can enter now.
+                    -EINVAL
+                } else {
+                    -ECANCELED
+                };
+                return self.respond(region, &msg.header, status, &[], out);
+            }
+        };
+        tracing::debug!(module = %load.name, limit = ?load.limit, "module init started in the guest");
+        self.initializing.push(load);
+        self.respond(region, &msg.header, 0, &[], out)
+    }
+
+    /// The completion of a load whose init the host waited for or had given up on.
+    fn on_init_completion(
+        &mut self,
+        region: &SharedRegion,
+        msg: &Message,
+        c: &CompletionRequest,
+        log: String,
+        now: Instant,
+        out: &mut PollOutcome,
+    ) -> Option<Result<(), ShmemError>> {
+        let (id, name, bytes, started, waiting) =
+            if let Some(i) = self.initializing.iter().position(|i| i.id == c.command_id) {
+                let i = self.initializing.remove(i);
+                (i.id, i.name, i.bytes, i.started, true)
+            } else if let Some(i) = self.late_inits.iter().position(|l| l.id == c.command_id) {
+                let l = self.late_inits.remove(i).expect("position is in range");
+                (l.id, l.name, l.bytes, l.started, false)
+            } else {
+                return None;
+            };
+        if waiting {
+            let result = if c.error == 0 {
+                Ok(Reply::Loaded {
+                    name: name.clone(),
+                    bytes,
+                })
+            } else {
+                Err(load_failure(&name, c, log.clone()))
+            };
+            out.events.push(SessionEvent::Done { id, result });
+        }
+        let outcome = if c.error == 0 {
+            Ok(())
+        } else {
+            Err(load_failure(&name, c, log))
+        };
+        out.events.push(SessionEvent::InitEnded {
+            name,
+            bytes,
+            outcome,
+            errno: c.error,
+            took: now.saturating_duration_since(started),
+            after_host_gave_up: !waiting,
+        });
+        Some(self.respond(region, &msg.header, 0, &[], out))
+    }
+
     fn on_completion(
         &mut self,
         region: &SharedRegion,
         msg: &Message,
+        now: Instant,
         out: &mut PollOutcome,
     ) -> Result<(), ShmemError> {
         let c: CompletionRequest = msg.payload_as()?;
         let log = lossy(&c.log[..(c.log_len.min(LOG_LEN)) as usize]);
+        if let Some(done) = self.on_init_completion(region, msg, &c, log.clone(), now, out) {
+            return done;
+        }
         let active = match self.active.take() {
             Some(a) if a.id == c.command_id => a,
             other => {
@@ -870,6 +1038,28 @@ impl Session {
                 });
             }
         }
+        let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.initializing)
+            .into_iter()
+            .partition(|i| now >= i.deadline);
+        self.initializing = waiting;
+        for i in late {
+            out.events.push(SessionEvent::Done {
+                id: i.id,
+                result: Err(CommandError::InitStillRunning {
+                    name: i.name.clone(),
+                    after: i.limit,
+                }),
+            });
+            if self.late_inits.len() == LATE_INIT_MEMORY {
+                self.late_inits.pop_front();
+            }
+            self.late_inits.push_back(LateInit {
+                id: i.id,
+                name: i.name,
+                bytes: i.bytes,
+                started: i.started,
+            });
+        }
         while let Some(q) = self.queue.front() {
             if now < q.submitted + self.config.pickup_timeout {
                 break;
@@ -902,16 +1092,29 @@ fn stage_name(stage: u32) -> &'static str {
     }
 }
 
-fn failure(cmd: &Command, c: &CompletionRequest, log: String) -> CommandError {
-    match (cmd, c.stage, -c.error) {
-        (Command::Load { name, .. }, STAGE_INIT_MODULE, EEXIST) => {
-            CommandError::AlreadyLoaded { name: name.clone() }
-        }
-        (Command::Load { name, .. }, STAGE_INIT_MODULE, _) => CommandError::InitFailed {
-            name: name.clone(),
+/// Why a load failed, from its completion.
+fn load_failure(name: &str, c: &CompletionRequest, log: String) -> CommandError {
+    match (c.stage, -c.error) {
+        (STAGE_INIT_MODULE, EEXIST) => CommandError::AlreadyLoaded {
+            name: name.to_string(),
+        },
+        (STAGE_INIT_MODULE, _) => CommandError::InitFailed {
+            name: name.to_string(),
             errno: c.error,
             log,
         },
+        _ => CommandError::GuestFailed {
+            op: "load",
+            stage: stage_name(c.stage),
+            errno: c.error,
+            log,
+        },
+    }
+}
+
+fn failure(cmd: &Command, c: &CompletionRequest, log: String) -> CommandError {
+    match (cmd, c.stage, -c.error) {
+        (Command::Load { name, .. }, _, _) => load_failure(name, c, log),
         (Command::Unload { name, .. }, STAGE_DELETE_MODULE, ENOENT) => {
             CommandError::NotLoaded { name: name.clone() }
         }

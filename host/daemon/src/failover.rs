@@ -112,7 +112,7 @@ async fn start(daemon: &Shared, policy: &Policy, guest: &str) -> Result<(), Stri
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        insmod(daemon, guest, &file_name, image, probe.params.clone())
+        insmod(daemon, guest, &file_name, image, probe.params.clone(), None)
             .await
             .map_err(|e| e.message)?;
     }

@@ -542,6 +542,36 @@ impl GuestTask {
                     *misbehaviours += 1;
                     tracing::warn!(guest = %name, count = *misbehaviours, "guest misbehaving: {e}");
                 }
+                SessionEvent::InitEnded {
+                    name: module,
+                    bytes,
+                    outcome,
+                    errno,
+                    took,
+                    after_host_gave_up,
+                } => {
+                    let mut payload = serde_json::json!({
+                        "module": module,
+                        "bytes": bytes,
+                        "init_ms": took.as_secs_f64() * 1e3,
+                        "after_host_gave_up": after_host_gave_up,
+                    });
+                    let kind = match &outcome {
+                        Ok(()) => {
+                            tracing::info!(guest = %name, %module, ?took, after_host_gave_up, "module init returned: live");
+                            EventKind::ModuleLoaded
+                        }
+                        Err(e) => {
+                            tracing::warn!(guest = %name, %module, ?took, after_host_gave_up, "module init failed: {e}");
+                            payload["errno"] = errno.abs().into();
+                            payload["errno_name"] = vesper_core::errno_symbol(errno).into();
+                            payload["error"] = e.to_string().into();
+                            EventKind::ModuleFailed
+                        }
+                    };
+                    self.bus
+                        .publish(name, kind, Source::Frontend, None, payload);
+                }
                 SessionEvent::LateStep { id, what } => {
                     tracing::warn!(guest = %name, command = id, "abandoned command {what}");
                 }

@@ -263,10 +263,12 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
             file_name,
             image_b64,
             params,
+            init_timeout_secs,
         } => {
             let image = vesper_api::decode_image(&image_b64)
                 .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
-            insmod(daemon, &guest, &file_name, image, params).await
+            let init_timeout = init_timeout_secs.map(Duration::from_secs);
+            insmod(daemon, &guest, &file_name, image, params, init_timeout).await
         }
         Request::Rmmod { guest, name, force } => {
             let started = Instant::now();
@@ -482,6 +484,7 @@ fn command_error(guest: &str, e: CommandError) -> ApiError {
         CommandError::InitFailed { .. } => ErrorCode::InitFailed,
         CommandError::GuestFailed { .. } | CommandError::GuestRestarted => ErrorCode::GuestFailed,
         CommandError::Timeout { .. } | CommandError::NotResponding { .. } => ErrorCode::Timeout,
+        CommandError::InitStillRunning { .. } => ErrorCode::InitStillRunning,
         CommandError::Misbehaving(_) | CommandError::BadGuestData(_) => ErrorCode::GuestMisbehaving,
         CommandError::SessionClosed => ErrorCode::GuestNotReady,
     };
@@ -532,6 +535,7 @@ pub(crate) async fn insmod(
     file_name: &str,
     image: Vec<u8>,
     params: Vec<String>,
+    init_timeout: Option<Duration>,
 ) -> Response {
     let started = Instant::now();
     let vermagic = {
@@ -549,6 +553,7 @@ pub(crate) async fn insmod(
         name: info.name.clone(),
         image: image.into(),
         params,
+        init_timeout,
     };
     match run_command(daemon, guest, cmd).await? {
         GuestReply::Loaded { name, bytes } => Ok(Reply::Loaded {

@@ -33,11 +33,15 @@ pub enum EventKind {
     GuestUp,
     /// The failover engine decided something.
     Decision,
+    /// A module's init returned 0 in the guest: the module is live.
+    ModuleLoaded,
+    /// A module's init failed in the guest: the module is gone.
+    ModuleFailed,
 }
 
 impl EventKind {
     /// Every kind, for help texts and validation.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Panic,
         EventKind::ServiceExit,
         EventKind::Oom,
@@ -48,6 +52,8 @@ impl EventKind {
         EventKind::VmExit,
         EventKind::GuestUp,
         EventKind::Decision,
+        EventKind::ModuleLoaded,
+        EventKind::ModuleFailed,
     ];
 
     /// The wire name (`service_exit`).
@@ -63,6 +69,8 @@ impl EventKind {
             EventKind::VmExit => "vm_exit",
             EventKind::GuestUp => "guest_up",
             EventKind::Decision => "decision",
+            EventKind::ModuleLoaded => "module_loaded",
+            EventKind::ModuleFailed => "module_failed",
         }
     }
 
