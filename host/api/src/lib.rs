@@ -10,6 +10,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 pub use vesper_core::{GuestInfo, GuestModule, DEFAULT_INIT_TIMEOUT};
+pub use vesper_debug::expr::Evaluated;
+pub use vesper_debug::kallsyms::Symbol;
+pub use vesper_debug::printk::{format_dmesg, LogRecord};
+pub use vesper_debug::tasks::Task;
 pub use vesper_events::{Event, EventKind, Filter, Source};
 pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
 pub use vesper_relay::{BufferStats, Decoded};
@@ -157,6 +161,23 @@ pub enum Request {
         /// VM name.
         name: String,
     },
+    /// Pause a VM (QMP `stop`): its vCPUs stop, its memory stays readable.
+    VmPause {
+        /// VM name.
+        name: String,
+    },
+    /// Resume a paused VM (QMP `cont`).
+    VmResume {
+        /// VM name.
+        name: String,
+    },
+    /// Read the guest kernel from the host (guest RAM, no help from the guest).
+    Debug {
+        /// Guest name.
+        guest: String,
+        /// What to read.
+        debug: DebugOp,
+    },
     /// Stream events (one `Event` reply per line): the history from `from_seq` (if
     /// given), then, when following, every new event that passes `filter`.
     Subscribe {
@@ -201,6 +222,53 @@ pub fn decode_image(b64: &str) -> Result<Vec<u8>, String> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| format!("image is not valid base64: {e}"))
+}
+
+/// What `vesper debug` reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "what", rename_all = "snake_case")]
+pub enum DebugOp {
+    /// The kernel found in guest RAM: release, KASLR offset, where VMCOREINFO is.
+    Info,
+    /// A symbol by name, `PREFIX*` for a listing, or an address to symbolize.
+    Sym {
+        /// Name, prefix with `*`, or address (hex with 0x, or decimal).
+        query: String,
+    },
+    /// An expression's value (`vesper_debug::expr`).
+    Read {
+        /// The expression.
+        expr: String,
+        /// Elements to read.
+        count: u64,
+        /// Integers in hex.
+        hex: bool,
+    },
+    /// The task list.
+    Ps,
+    /// The kernel log from the printk ring in guest memory.
+    Dmesg,
+}
+
+/// The kernel `vesper debug info` found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DebugInfo {
+    /// Guest.
+    pub guest: String,
+    /// Kernel release.
+    pub release: String,
+    /// KASLR offset of the kernel image.
+    pub kaslr_offset: u64,
+    /// Guest-physical address of VMCOREINFO.
+    pub vmcoreinfo_paddr: u64,
+    /// Kernel symbols read from kallsyms.
+    pub symbols: usize,
+    /// Page-table root (guest-physical) used for kernel addresses.
+    pub page_table_root: u64,
+    /// Five-level paging.
+    pub five_level: bool,
+    /// Guest RAM, MiB.
+    pub ram_mib: u64,
 }
 
 /// What kind of failure, for scripts and exit codes.
@@ -400,6 +468,50 @@ pub enum Reply {
     VmStatus(VmStatus),
     /// One event of a stream.
     Event(Event),
+    /// A VM was paused or resumed.
+    VmPaused {
+        /// Name.
+        name: String,
+        /// Paused now (false: running again).
+        paused: bool,
+    },
+    /// `debug info`.
+    DebugInfo(DebugInfo),
+    /// `debug sym`: matching symbols (with the offset into the symbol for an address).
+    DebugSymbols {
+        /// Guest.
+        guest: String,
+        /// Matches, at most a few hundred.
+        symbols: Vec<SymbolMatch>,
+    },
+    /// `debug read`.
+    DebugValue {
+        /// Guest.
+        guest: String,
+        /// The expression, its address, type and value.
+        #[serde(flatten)]
+        value: Evaluated,
+    },
+    /// `debug ps`.
+    DebugTasks {
+        /// Guest.
+        guest: String,
+        /// Tasks, init_task first.
+        tasks: Vec<Task>,
+        /// Where the walk stopped early (the list changed under it), if it did.
+        torn: Option<String>,
+    },
+    /// `debug dmesg`.
+    DebugLog {
+        /// Guest.
+        guest: String,
+        /// Records, oldest first.
+        records: Vec<LogRecord>,
+        /// Records skipped because the guest was rewriting them.
+        torn: u64,
+        /// Older records the ring already recycled (lost to its size).
+        recycled: u64,
+    },
     /// Relay counters.
     RelayStats {
         /// Guest.
@@ -407,6 +519,17 @@ pub enum Reply {
         /// Every channel the guest opened since it started.
         channels: Vec<ChannelView>,
     },
+}
+
+/// A symbol `debug sym` found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SymbolMatch {
+    /// The symbol.
+    #[serde(flatten)]
+    pub symbol: Symbol,
+    /// For an address query: how far into the symbol it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// One relay record as clients see it.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vesper_api::{
-    call, call_stream, default_socket, AccelRequest, ApiError, ClientError, Decoded, Event,
-    EventKind, Filter, RecordView, Reply, Request, Response, VmStartRequest, VmStatus, Vmm,
+    call, call_stream, default_socket, AccelRequest, ApiError, ClientError, DebugOp, Decoded,
+    Event, EventKind, Filter, RecordView, Reply, Request, Response, VmStartRequest, VmStatus, Vmm,
 };
 
 const AFTER_HELP: &str = "\
@@ -97,6 +97,12 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+    /// Read a guest's kernel from the host, in its RAM: symbols, memory, tasks, log.
+    /// Needs nothing from the guest: works while it runs, is paused, hangs or panicked.
+    Debug {
+        #[command(subcommand)]
+        cmd: DebugCmd,
     },
     /// Probe output read from the guest's shared relay buffers.
     Relay {
@@ -198,6 +204,58 @@ enum VmCmd {
         #[arg(required = true)]
         text: Vec<String>,
     },
+    /// Pause a VM: its vCPUs stop; `vesper debug` still reads its memory.
+    Pause {
+        /// VM name.
+        name: String,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// VM name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCmd {
+    /// The kernel vesperd found in the guest's RAM: release, KASLR offset, symbols.
+    Info {
+        /// Guest name.
+        guest: String,
+    },
+    /// A symbol's address (NAME), a listing (PREFIX*), or the symbol an address is in
+    /// (0xADDR).
+    Sym {
+        /// Guest name.
+        guest: String,
+        /// NAME, PREFIX* or ADDRESS.
+        query: String,
+    },
+    /// Read kernel memory as a typed value: SYMBOL, SYMBOL.member->member,
+    /// (struct T)SYMBOL.member, *(struct T *)ADDR, ADDR.
+    Read {
+        /// Guest name.
+        guest: String,
+        /// The expression.
+        expr: String,
+        /// Read this many consecutive elements.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Integers in hexadecimal.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// The task list, walked in guest memory from init_task (pid, state, CPU, comm).
+    Ps {
+        /// Guest name.
+        guest: String,
+    },
+    /// The kernel log, read from the printk ring in guest memory (works on a hung or
+    /// panicked guest, unlike `vesper dmesg`).
+    Dmesg {
+        /// Guest name.
+        guest: String,
+    },
 }
 
 fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
@@ -222,6 +280,13 @@ fn api_fail(json: bool, e: ApiError) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` should end us quietly, as it ends any Unix tool, not
+    // panic in println!.
+    // SAFETY: setting a signal's disposition to the default before any other thread
+    // exists; no handler code is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Cmd::Events {
         follow,
@@ -388,6 +453,42 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             Request::insmod(guest, &name, &image, params.clone()).with_init_timeout(*init_timeout)
+        }
+        Cmd::Vm {
+            cmd: VmCmd::Pause { name },
+        } => Request::VmPause { name: name.clone() },
+        Cmd::Vm {
+            cmd: VmCmd::Resume { name },
+        } => Request::VmResume { name: name.clone() },
+        Cmd::Debug { cmd } => {
+            let (guest, op) = match cmd {
+                DebugCmd::Info { guest } => (guest, DebugOp::Info),
+                DebugCmd::Sym { guest, query } => (
+                    guest,
+                    DebugOp::Sym {
+                        query: query.clone(),
+                    },
+                ),
+                DebugCmd::Read {
+                    guest,
+                    expr,
+                    count,
+                    hex,
+                } => (
+                    guest,
+                    DebugOp::Read {
+                        expr: expr.clone(),
+                        count: *count,
+                        hex: *hex,
+                    },
+                ),
+                DebugCmd::Ps { guest } => (guest, DebugOp::Ps),
+                DebugCmd::Dmesg { guest } => (guest, DebugOp::Dmesg),
+            };
+            Request::Debug {
+                guest: guest.clone(),
+                debug: op,
+            }
         }
         Cmd::Rmmod { guest, name, force } => Request::Rmmod {
             guest: guest.clone(),
@@ -763,6 +864,72 @@ fn print_human(reply: &Reply) {
         }
         Reply::Event(e) => println!("{}", event_line(e)),
         Reply::VmStatus(v) => println!("{}", vm_line(v)),
+        Reply::VmPaused { name, paused } => {
+            println!("{name}: {}", if *paused { "paused" } else { "running" })
+        }
+        Reply::DebugInfo(i) => println!(
+            "{}: Linux {}, KASLR offset {:#x}, {} symbols, VMCOREINFO at guest-physical {:#x}, {}-level page tables at {:#x}, {} MiB RAM",
+            i.guest,
+            i.release,
+            i.kaslr_offset,
+            i.symbols,
+            i.vmcoreinfo_paddr,
+            if i.five_level { 5 } else { 4 },
+            i.page_table_root,
+            i.ram_mib
+        ),
+        Reply::DebugSymbols { symbols, .. } => {
+            for m in symbols {
+                match m.offset {
+                    Some(off) => println!(
+                        "{:#018x} {} {}+{off:#x}",
+                        m.symbol.addr + off,
+                        m.symbol.kind,
+                        m.symbol.name
+                    ),
+                    None => println!("{:#018x} {} {}", m.symbol.addr, m.symbol.kind, m.symbol.name),
+                }
+            }
+        }
+        Reply::DebugValue { value, .. } => {
+            let at = value
+                .symbol
+                .as_deref()
+                .map(|s| format!(" <{s}>"))
+                .unwrap_or_default();
+            println!(
+                "{} = {}\n  ({}, {} bytes at {:#x}{at})",
+                value.expr,
+                serde_json::to_string_pretty(&value.value).unwrap_or_default(),
+                value.type_name,
+                value.size,
+                value.address
+            );
+        }
+        Reply::DebugTasks { tasks, torn, .. } => {
+            println!("{:>7} {:>7} {:>7} S {:>3} COMM", "PID", "TGID", "PPID", "CPU");
+            for t in tasks {
+                let cpu = t.cpu.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                let comm = if t.kernel_thread {
+                    format!("[{}]", t.comm)
+                } else {
+                    t.comm.clone()
+                };
+                println!(
+                    "{:>7} {:>7} {:>7} {} {:>3} {comm}",
+                    t.pid, t.tgid, t.ppid, t.state, cpu
+                );
+            }
+            if let Some(why) = torn {
+                println!("-- walk stopped early: {why} --");
+            }
+        }
+        Reply::DebugLog { records, torn, .. } => {
+            print!("{}", vesper_api::format_dmesg(records));
+            if *torn > 0 {
+                println!("-- {torn} record(s) skipped: the guest was rewriting them --");
+            }
+        }
         Reply::End { .. } => {}
     }
 }

@@ -58,9 +58,21 @@ pub(crate) struct Daemon {
     pub(crate) config: DaemonConfig,
     guests: Mutex<HashMap<String, GuestHandle>>,
     pub(crate) bus: Arc<EventBus>,
+    /// Guest kernels opened from their RAM (`vesper debug`).
+    pub(crate) kernels: crate::debug::Kernels,
 }
 
 impl Daemon {
+    /// A guest's status, or the unknown-guest error.
+    pub(crate) fn guest_status(&self, name: &str) -> Result<VmStatus, ApiError> {
+        let guests = self.guests.lock().expect("guests lock");
+        let g = guests
+            .get(name)
+            .ok_or_else(|| unknown_guest(&guests, name))?;
+        let status = g.status.lock().expect("status lock").clone();
+        Ok(status)
+    }
+
     /// The guests running now and their memory, for the failover engine's capacity checks.
     pub(crate) fn running(&self) -> Vec<(String, u32)> {
         let guests = self.guests.lock().expect("guests lock");
@@ -98,6 +110,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         guests: Mutex::new(HashMap::new()),
+        kernels: Default::default(),
         bus: Arc::new(EventBus::new(config.event_buffer)),
     });
     if config.simulate_guests > 0 {
@@ -308,14 +321,10 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
             let channels = store.lock().expect("relay lock").views();
             Ok(Reply::RelayStats { guest, channels })
         }
-        Request::VmStatus { name } => {
-            let guests = daemon.guests.lock().expect("guests lock");
-            let g = guests
-                .get(&name)
-                .ok_or_else(|| unknown_guest(&guests, &name))?;
-            let status = g.status.lock().expect("status lock").clone();
-            Ok(Reply::VmStatus(status))
-        }
+        Request::VmStatus { name } => Ok(Reply::VmStatus(daemon.guest_status(&name)?)),
+        Request::VmPause { name } => crate::debug::vm_pause(daemon, &name, true).await,
+        Request::VmResume { name } => crate::debug::vm_pause(daemon, &name, false).await,
+        Request::Debug { guest, debug } => crate::debug::debug(daemon, guest, debug).await,
         Request::RelayCat { .. } | Request::Subscribe { .. } => Err(ApiError::new(
             ErrorCode::Internal,
             "streams are served by serve_connection",

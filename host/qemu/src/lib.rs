@@ -79,6 +79,12 @@ pub struct VmSpec {
     pub allow_reboot: bool,
 }
 
+/// The id of the guest-RAM backend object on QEMU's command line.
+pub const RAM_BACKEND_ID: &str = "vesper-ram";
+/// The name the kernel shows for QEMU's guest-RAM memfd (`/proc/PID/fd` links read
+/// `/memfd:memory-backend-memfd (deleted)`).
+pub const RAM_MEMFD_NAME: &str = "memory-backend-memfd";
+
 impl VmSpec {
     /// QEMU arguments (without the program name).
     pub fn args(&self) -> Vec<String> {
@@ -90,7 +96,14 @@ impl VmSpec {
             "-display".into(),
             "none".into(),
             "-machine".into(),
-            "q35".into(),
+            format!("q35,memory-backend={RAM_BACKEND_ID}"),
+            // Guest RAM in a shared memfd, so the host can read the guest's memory
+            // (`vesper debug`) while it runs, hangs or after it died.
+            "-object".into(),
+            format!(
+                "memory-backend-memfd,id={RAM_BACKEND_ID},size={}M,share=on",
+                self.memory_mib
+            ),
         ];
         match self.accel {
             Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),

@@ -1,0 +1,280 @@
+//! `vesper debug`: the guest kernel read from the host. vesperd maps a QEMU guest's RAM
+//! read-only from the memfd QEMU backs it with (`/proc/PID/fd`), opens the kernel in
+//! it (`vesper_debug::Kernel`: VMCOREINFO, page tables, kallsyms, BTF) once, and keeps
+//! it until the guest reboots into another kernel layout. Nothing here needs the
+//! guest's frontend: a paused, hung or panicked guest reads the same.
+//!
+//! Also `vm pause|resume` (QMP `stop`/`cont`), which debugging a guest calls for.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vesper_api::{ApiError, DebugInfo, DebugOp, ErrorCode, Reply, Response, SymbolMatch, Vmm};
+use vesper_debug::{DebugError, Kernel, KernelMemory, MappedRam};
+
+use crate::server::Shared;
+
+/// Matches `debug sym PREFIX*` lists at most.
+const MAX_MATCHES: usize = 500;
+
+/// Kernels opened so far, per guest, with the QEMU pid they were found in.
+#[derive(Default)]
+pub(crate) struct Kernels(Mutex<HashMap<String, (u32, Arc<Kernel>)>>);
+
+/// The guest's RAM file: QEMU's `memory-backend-memfd`, found among its open files.
+fn ram_file(pid: u32) -> Result<std::fs::File, ApiError> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("cannot list QEMU's files (/proc/{pid}/fd): {e}"),
+        )
+    })?;
+    let want = format!("/memfd:{}", vesper_qemu::RAM_MEMFD_NAME);
+    for fd in fds.flatten() {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.to_string_lossy().starts_with(&want) {
+            return std::fs::File::open(fd.path()).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "cannot open QEMU's guest RAM ({}): {e}",
+                        fd.path().display()
+                    ),
+                )
+            });
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::GuestFailed,
+        format!(
+            "QEMU (pid {pid}) has no shared guest-RAM memfd: a VM started by an older vesperd? Restart it with `vesper vm start`"
+        ),
+    ))
+}
+
+fn debug_error(guest: &str, e: DebugError) -> ApiError {
+    let code = match &e {
+        DebugError::Expr(_) | DebugError::UnknownSymbol(_) => ErrorCode::BadRequest,
+        DebugError::Btf(vesper_debug::btf::BtfError::NoMember { .. }) => ErrorCode::BadRequest,
+        _ => ErrorCode::GuestFailed,
+    };
+    ApiError::new(code, format!("{guest}: {e}"))
+}
+
+/// The guest's QEMU pid and RAM size, refusing builtin and exited VMs.
+fn target(daemon: &Shared, guest: &str) -> Result<(u32, u64), ApiError> {
+    let status = daemon.guest_status(guest)?;
+    if status.vmm == Vmm::Builtin {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "{guest}: `vesper debug` reads QEMU guests' RAM; builtin VMs are not supported yet"
+            ),
+        ));
+    }
+    if status.state == "exited" {
+        return Err(ApiError::new(
+            ErrorCode::GuestNotReady,
+            format!("{guest}: the VM has exited; its memory is gone"),
+        ));
+    }
+    let pid = status.pid.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::GuestNotReady,
+            format!("{guest}: no QEMU process"),
+        )
+    })?;
+    Ok((pid, u64::from(status.memory_mib) << 20))
+}
+
+impl Kernels {
+    /// The guest's kernel: the one opened before if it is still the one in memory
+    /// (its VMCOREINFO unchanged where it was), else opened afresh.
+    fn get(&self, guest: &str, pid: u32, ram_bytes: u64) -> Result<Arc<Kernel>, ApiError> {
+        if let Some((p, k)) = self.0.lock().expect("kernels lock").get(guest).cloned() {
+            if p == pid && still_there(&k) {
+                return Ok(k);
+            }
+        }
+        let file = ram_file(pid)?;
+        let ram = MappedRam::map(file, vesper_debug::ram::q35_layout(ram_bytes))
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{guest}: guest RAM: {e}")))?;
+        let ranges = ram.ranges();
+        let k = Arc::new(Kernel::open(Arc::new(ram), &ranges).map_err(|e| debug_error(guest, e))?);
+        tracing::info!(
+            guest,
+            release = k.release(),
+            kaslr = format_args!("{:#x}", k.kaslr_offset()),
+            symbols = k.symbols().len(),
+            "guest kernel opened from its RAM"
+        );
+        self.0
+            .lock()
+            .expect("kernels lock")
+            .insert(guest.to_string(), (pid, k.clone()));
+        Ok(k)
+    }
+}
+
+/// Whether `k`'s VMCOREINFO is still where and what it was (a reboot moves the kernel).
+fn still_there(k: &Kernel) -> bool {
+    let raw = k.vmcoreinfo().raw().as_bytes();
+    let mut now = vec![0u8; raw.len()];
+    k.phys().read_phys(k.vmcoreinfo_paddr(), &mut now).is_ok() && now == raw
+}
+
+/// Serves one `debug` request (blocking work on a blocking thread).
+pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Response {
+    let (pid, ram_bytes) = target(daemon, &guest)?;
+    let daemon = daemon.clone();
+    tokio::task::spawn_blocking(move || {
+        let k = daemon.kernels.get(&guest, pid, ram_bytes)?;
+        run(&k, &guest, op, ram_bytes)
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("debug worker failed: {e}")))?
+}
+
+fn parse_addr(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None if s.chars().all(|c| c.is_ascii_digit()) => s.parse().ok(),
+        None => None,
+    }
+}
+
+fn run(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64) -> Response {
+    let guest_s = guest.to_string();
+    let fail = |e| debug_error(guest, e);
+    match op {
+        DebugOp::Info => Ok(Reply::DebugInfo(DebugInfo {
+            guest: guest_s,
+            release: k.release().to_string(),
+            kaslr_offset: k.kaslr_offset(),
+            vmcoreinfo_paddr: k.vmcoreinfo_paddr(),
+            symbols: k.symbols().len(),
+            page_table_root: k.page_tables().root,
+            five_level: k.page_tables().five_level,
+            ram_mib: ram_bytes >> 20,
+        })),
+        DebugOp::Sym { query } => {
+            let q = query.trim();
+            let symbols: Vec<SymbolMatch> = if let Some(addr) = parse_addr(q) {
+                let (s, off) = k.symbols().symbolize(addr).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("{guest}: no kernel symbol at or below {addr:#x}"),
+                    )
+                })?;
+                vec![SymbolMatch {
+                    symbol: s.clone(),
+                    offset: Some(off),
+                }]
+            } else if let Some(prefix) = q.strip_suffix('*') {
+                let found = k.symbols().with_prefix(prefix, MAX_MATCHES);
+                if found.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("{guest}: no kernel symbol starts with {prefix:?} (module symbols are not in the kernel's table)"),
+                    ));
+                }
+                found
+                    .into_iter()
+                    .map(|s| SymbolMatch {
+                        symbol: s.clone(),
+                        offset: None,
+                    })
+                    .collect()
+            } else {
+                let all = k.symbols().lookup_all(q);
+                if all.is_empty() {
+                    return Err(fail(DebugError::UnknownSymbol(q.to_string())));
+                }
+                all.into_iter()
+                    .map(|s| SymbolMatch {
+                        symbol: s.clone(),
+                        offset: None,
+                    })
+                    .collect()
+            };
+            Ok(Reply::DebugSymbols {
+                guest: guest_s,
+                symbols,
+            })
+        }
+        DebugOp::Read { expr, count, hex } => {
+            let value = vesper_debug::expr::read(k, &expr, count, hex).map_err(fail)?;
+            Ok(Reply::DebugValue {
+                guest: guest_s,
+                value,
+            })
+        }
+        DebugOp::Ps => {
+            let list = vesper_debug::tasks::list_tasks(k).map_err(fail)?;
+            Ok(Reply::DebugTasks {
+                guest: guest_s,
+                tasks: list.tasks,
+                torn: list.torn,
+            })
+        }
+        DebugOp::Dmesg => {
+            let layout = vesper_debug::printk::PrintkLayout::from_vmcoreinfo(|key| {
+                k.vmcoreinfo().lookup(key)
+            })
+            .map_err(|e| fail(e.into()))?;
+            let log = vesper_debug::printk::read_log(k as &dyn KernelMemory, &layout)
+                .map_err(|e| fail(e.into()))?;
+            Ok(Reply::DebugLog {
+                guest: guest_s,
+                records: log.records,
+                torn: log.torn,
+                recycled: log.recycled,
+            })
+        }
+    }
+}
+
+/// `vm pause` / `vm resume`: QMP `stop` / `cont`.
+pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Response {
+    let status = daemon.guest_status(name)?;
+    if status.vmm == Vmm::Builtin {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("{name}: pausing builtin VMs is not supported yet"),
+        ));
+    }
+    if status.state == "exited" {
+        return Err(ApiError::new(
+            ErrorCode::GuestNotReady,
+            format!("{name}: the VM has exited"),
+        ));
+    }
+    let qmp = daemon
+        .config
+        .run_dir
+        .join("guests")
+        .join(name)
+        .join("qmp.sock");
+    let cmd = if pause { "stop" } else { "cont" };
+    let name_s = name.to_string();
+    tokio::task::spawn_blocking(move || qmp_execute(&qmp, cmd))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("QMP worker failed: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::GuestFailed,
+                format!("{name_s}: QMP {cmd} failed: {e}"),
+            )
+        })?;
+    Ok(Reply::VmPaused {
+        name: name.to_string(),
+        paused: pause,
+    })
+}
+
+fn qmp_execute(socket: &Path, cmd: &str) -> Result<(), vesper_qemu::QemuError> {
+    let mut q = vesper_qemu::Qmp::connect(socket, Duration::from_secs(5))?;
+    q.execute(cmd, None).map(|_| ())
+}

@@ -1,0 +1,183 @@
+//! Kernel-debug sessions end to end: the kit's real guest under QEMU, its kernel read
+//! from the host through `vesper debug` — symbols with KASLR resolved, typed values,
+//! the task list, the printk ring — while it runs, while it is paused, and while its
+//! only CPU spins with interrupts off (the frontend cannot answer then).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vesper_e2e::{module, CliOutput, Daemon};
+
+fn debug(d: &Daemon, args: &[&str]) -> CliOutput {
+    let mut a = vec!["--json", "debug"];
+    a.extend_from_slice(args);
+    d.cli(&a)
+}
+
+fn ok(out: CliOutput) -> Value {
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()["result"].clone()
+}
+
+fn jiffies(d: &Daemon) -> u64 {
+    ok(debug(d, &["read", "vm1", "jiffies"]))["value"]
+        .as_u64()
+        .expect("jiffies is a number")
+}
+
+fn ps(d: &Daemon) -> Vec<Value> {
+    let r = ok(debug(d, &["ps", "vm1"]));
+    assert!(r["torn"].is_null(), "{r}");
+    r["tasks"].as_array().expect("tasks").clone()
+}
+
+fn dmesg(d: &Daemon) -> String {
+    let r = ok(debug(d, &["dmesg", "vm1"]));
+    r["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["text"].as_str().unwrap_or_default().to_string() + "\n")
+        .collect()
+}
+
+#[test]
+fn a_running_guest_kernel_is_read_from_the_host_without_its_help() {
+    let d = Daemon::start(&[]);
+    let vm = d.vm_start_with("vm1", &["--mode", "hand"]);
+    d.hand("vm1", "start svc", "started svc");
+    let release = vm["guest"]["kernel_release"].as_str().unwrap().to_string();
+
+    // The kernel found in RAM is the one the frontend reported, KASLR resolved.
+    let info = ok(debug(&d, &["info", "vm1"]));
+    assert_eq!(info["release"], release.as_str(), "{info}");
+    assert!(info["symbols"].as_u64().unwrap() > 10_000, "{info}");
+
+    // Symbols both ways.
+    let sym = ok(debug(&d, &["sym", "vm1", "jiffies"]));
+    let addr = sym["symbols"][0]["addr"].as_u64().unwrap();
+    assert!(addr >= 0xffff_ffff_8000_0000, "{sym}");
+    let back = ok(debug(&d, &["sym", "vm1", &format!("{:#x}", addr + 4)]));
+    assert_eq!(back["symbols"][0]["name"], "jiffies", "{back}");
+    assert_eq!(back["symbols"][0]["offset"], 4, "{back}");
+
+    // jiffies moves while the guest runs.
+    let j0 = jiffies(&d);
+    std::thread::sleep(Duration::from_millis(1500));
+    let j1 = jiffies(&d);
+    assert!(j1 > j0, "jiffies {j0} then {j1}");
+
+    // Typed reads through BTF.
+    let comm = ok(debug(&d, &["read", "vm1", "init_task.comm"]));
+    assert_eq!(comm["value"], "swapper/0", "{comm}");
+    assert_eq!(comm["type"], "char [16]", "{comm}");
+    let rel = ok(debug(&d, &["read", "vm1", "init_uts_ns.name.release"]));
+    assert_eq!(rel["value"], release.as_str(), "{rel}");
+    let pids = ok(debug(&d, &["read", "vm1", "init_task.pid", "--count", "1"]));
+    assert_eq!(pids["value"], 0, "{pids}");
+
+    // The task list: the idle task, PID 1 and the service the hand started.
+    let tasks = ps(&d);
+    let by_pid = |pid: i64| tasks.iter().find(|t| t["pid"] == pid).cloned();
+    assert_eq!(by_pid(0).unwrap()["comm"], "swapper/0");
+    assert!(by_pid(1).is_some(), "{tasks:?}");
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t["comm"] == "svc" && t["kernel_thread"] == false),
+        "{tasks:?}"
+    );
+    assert!(tasks
+        .iter()
+        .any(|t| t["kernel_thread"] == true && t["comm"] == "kthreadd"));
+
+    // The kernel log, from the printk ring.
+    let log = dmesg(&d);
+    assert!(log.contains("Linux version"), "{log}");
+    assert!(log.contains("vesper_front"), "{log}");
+
+    // Bad input: each its own error; the guest and vesperd go on.
+    let out = debug(&d, &["read", "vm1", "no_such_symbol_xyz"]);
+    assert_eq!(out.code, 65, "{out:?}");
+    assert!(
+        out.stdout.contains("no symbol \\\"no_such_symbol_xyz\\\""),
+        "{out:?}"
+    );
+    let out = debug(&d, &["read", "vm1", "init_task.no_such_field"]);
+    assert_eq!(out.code, 65, "{out:?}");
+    assert!(
+        out.stdout.contains("no_such_field") && out.stdout.contains("task_struct"),
+        "{out:?}"
+    );
+    let out = debug(
+        &d,
+        &["read", "vm1", "*(struct task_struct *)0xffffc9ffffff0000"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("not mapped"), "{out:?}");
+    let out = debug(&d, &["read", "vm1", "init_task+4"]);
+    assert_eq!(out.code, 65, "{out:?}");
+    let out = debug(&d, &["read", "vm1", "jiffies", "--count", "0"]);
+    assert_eq!(out.code, 65, "{out:?}");
+    let out = debug(&d, &["ps", "vm9"]);
+    assert_eq!(out.code, 68, "{out:?}");
+    d.cli(&["lsmod", "vm1"]).ok();
+}
+
+#[test]
+fn a_paused_guest_and_a_hung_guest_are_read_the_same() {
+    // A 3 s step timeout: the hung guest's frontend is given up on quickly.
+    let d = Daemon::start(&["--step-timeout-ms", "3000"]);
+    d.vm_start("vm1");
+
+    // Paused: time stands still in the guest, and everything still reads.
+    ok(d.cli(&["--json", "vm", "pause", "vm1"]).ok());
+    let j0 = jiffies(&d);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(jiffies(&d), j0, "jiffies moved in a paused guest");
+    assert!(dmesg(&d).contains("Linux version"));
+    assert!(ps(&d).iter().any(|t| t["pid"] == 1));
+    ok(d.cli(&["--json", "vm", "resume", "vm1"]).ok());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jiffies(&d) == j0 {
+        assert!(
+            Instant::now() < deadline,
+            "jiffies never moved after resume"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Hung: its only CPU spins with interrupts off.
+    d.cli(&[
+        "insmod",
+        "vm1",
+        &module("vesper_hang"),
+        "hang_ms=20000",
+        "delay_ms=300",
+    ])
+    .ok();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !dmesg(&d).contains("vesper_hang: spinning with interrupts off") {
+        assert!(Instant::now() < deadline, "the hang never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hung = Instant::now();
+    // The frontend cannot answer ...
+    let out = d.cli(&["dmesg", "vm1"]);
+    assert_eq!(out.code, 75, "{out:?}");
+    // ... but the host reads the kernel: the log, the spinning thread, a stopped clock.
+    let j0 = jiffies(&d);
+    let tasks = ps(&d);
+    let spinner = tasks
+        .iter()
+        .find(|t| t["comm"] == "vesper_hang")
+        .unwrap_or_else(|| panic!("{tasks:?}"));
+    assert_eq!(spinner["state"], "R", "{spinner}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(jiffies(&d), j0, "no tick reaches a CPU with interrupts off");
+    assert!(
+        hung.elapsed() < Duration::from_secs(18),
+        "the checks outlasted the hang ({:?}): they proved nothing",
+        hung.elapsed()
+    );
+}
