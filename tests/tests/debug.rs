@@ -96,6 +96,103 @@ fn a_running_guest_kernel_is_read_from_the_host_without_its_help() {
     assert!(log.contains("Linux version"), "{log}");
     assert!(log.contains("vesper_front"), "{log}");
 
+    // gdb through QEMU's gdbstub, with the symbol file made from kallsyms.
+    let session = ok(debug(&d, &["gdb", "vm1"]));
+    let mut gdb: Vec<String> = session["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    gdb.extend(
+        [
+            "-batch",
+            "-ex",
+            "p (unsigned long)jiffies",
+            "-ex",
+            "bt 1",
+            "-ex",
+            "x/s (char *)&init_uts_ns + 130",
+            "-ex",
+            "detach",
+        ]
+        .map(String::from),
+    );
+    let before = jiffies(&d);
+    let out = std::process::Command::new(&gdb[0])
+        .args(&gdb[1..])
+        .output()
+        .expect("run gdb");
+    let after = jiffies(&d);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let value: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("$1 = "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no jiffies from gdb:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(
+        before <= value && value <= after,
+        "{before} <= {value} <= {after}"
+    );
+    let frame0 = text
+        .lines()
+        .find(|l| l.starts_with("#0"))
+        .unwrap_or_default();
+    assert!(
+        frame0.contains(" in ") && !frame0.contains("?? ("),
+        "the stopped CPU's frame is named: {text}"
+    );
+    assert!(
+        text.contains(&format!("<init_uts_ns+130>:\t\"{release}\"")),
+        "{text}"
+    );
+    // Detached, the guest runs on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jiffies(&d) <= after {
+        assert!(
+            Instant::now() < deadline,
+            "the guest stayed stopped after gdb detached"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Garbage on the gdb endpoint, or a client that interrupts (^C) and hangs up,
+    // costs nothing: the guest runs on. A guest the operator paused stays paused.
+    let send = |bytes: &[u8]| {
+        use std::io::Write;
+        let sock = session["socket"].as_str().unwrap();
+        let mut s = std::os::unix::net::UnixStream::connect(sock).expect("gdb endpoint");
+        let _ = s.write_all(bytes);
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let runs_on = |what: &str| {
+        let j = jiffies(&d);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while jiffies(&d) <= j {
+            assert!(Instant::now() < deadline, "the guest stayed stopped {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    send(b"$qXfer:garbage\x00\xff#zz+++$m,#00$vCont;q#bb$g#00");
+    runs_on("after garbage on the gdb socket");
+    send(b"\x03");
+    runs_on("after a client interrupted it and hung up");
+    ok(d.cli(&["--json", "vm", "pause", "vm1"]).ok());
+    send(b"$g#67");
+    let j = jiffies(&d);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        jiffies(&d),
+        j,
+        "a paused guest was resumed by the gdb endpoint"
+    );
+    ok(d.cli(&["--json", "vm", "resume", "vm1"]).ok());
+    runs_on("after `vm resume`");
+
     // Bad input: each its own error; the guest and vesperd go on.
     let out = debug(&d, &["read", "vm1", "no_such_symbol_xyz"]);
     assert_eq!(out.code, 65, "{out:?}");

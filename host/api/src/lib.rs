@@ -248,6 +248,31 @@ pub enum DebugOp {
     Ps,
     /// The kernel log from the printk ring in guest memory.
     Dmesg,
+    /// A gdb session: QEMU's gdbstub, a symbol file from kallsyms, the command line.
+    Gdb {
+        /// A vmlinux with debug info for this kernel (Debian's `-dbg` package), for
+        /// types; loaded at the KASLR offset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vmlinux: Option<PathBuf>,
+    },
+}
+
+/// How to attach gdb to a guest's kernel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GdbSession {
+    /// Guest.
+    pub guest: String,
+    /// The gdb remote endpoint (QEMU's gdbstub).
+    pub socket: PathBuf,
+    /// ELF symbol file made from the guest's kallsyms.
+    pub symbol_file: PathBuf,
+    /// Where its `.text` goes (`add-symbol-file -s .text`).
+    pub text_base: u64,
+    /// The kernel image's KASLR offset (`symbol-file VMLINUX -o`).
+    pub kaslr_offset: u64,
+    /// gdb's command line, word by word; attaching stops the guest until gdb
+    /// detaches or continues.
+    pub command: Vec<String>,
 }
 
 /// The kernel `vesper debug info` found.
@@ -477,6 +502,8 @@ pub enum Reply {
     },
     /// `debug info`.
     DebugInfo(DebugInfo),
+    /// `debug gdb`.
+    DebugGdb(GdbSession),
     /// `debug sym`: matching symbols (with the offset into the symbol for an address).
     DebugSymbols {
         /// Guest.

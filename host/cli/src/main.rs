@@ -256,6 +256,17 @@ enum DebugCmd {
         /// Guest name.
         guest: String,
     },
+    /// Attach gdb: QEMU's gdbstub endpoint, a symbol file made from the guest's
+    /// kallsyms, and the gdb command line that loads them (attaching stops the guest
+    /// until gdb continues or detaches).
+    Gdb {
+        /// Guest name.
+        guest: String,
+        /// A vmlinux with debug info for the guest's kernel (Debian's
+        /// linux-image-VERSION-dbg), loaded at the KASLR offset, for types.
+        #[arg(long)]
+        vmlinux: Option<PathBuf>,
+    },
 }
 
 fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
@@ -484,6 +495,14 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 ),
                 DebugCmd::Ps { guest } => (guest, DebugOp::Ps),
                 DebugCmd::Dmesg { guest } => (guest, DebugOp::Dmesg),
+                DebugCmd::Gdb { guest, vmlinux } => (
+                    guest,
+                    DebugOp::Gdb {
+                        vmlinux: vmlinux
+                            .as_ref()
+                            .map(|v| std::path::absolute(v).unwrap_or_else(|_| v.clone())),
+                    },
+                ),
             };
             Request::Debug {
                 guest: guest.clone(),
@@ -924,6 +943,17 @@ fn print_human(reply: &Reply) {
                 println!("-- walk stopped early: {why} --");
             }
         }
+        Reply::DebugGdb(g) => {
+            println!(
+                "{}: gdbstub at {}; symbols from kallsyms in {} (.text at {:#x}, KASLR offset {:#x})",
+                g.guest,
+                g.socket.display(),
+                g.symbol_file.display(),
+                g.text_base,
+                g.kaslr_offset
+            );
+            println!("{}", shell_words(&g.command));
+        }
         Reply::DebugLog { records, torn, .. } => {
             print!("{}", vesper_api::format_dmesg(records));
             if *torn > 0 {
@@ -932,4 +962,22 @@ fn print_human(reply: &Reply) {
         }
         Reply::End { .. } => {}
     }
+}
+
+/// `words` as one shell command line, each word quoted when it needs to be.
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -11,17 +11,29 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vesper_api::{ApiError, DebugInfo, DebugOp, ErrorCode, Reply, Response, SymbolMatch, Vmm};
+use vesper_api::{
+    ApiError, DebugInfo, DebugOp, ErrorCode, GdbSession, Reply, Response, SymbolMatch, Vmm,
+};
 use vesper_debug::{DebugError, Kernel, KernelMemory, MappedRam};
 
 use crate::server::Shared;
 
 /// Matches `debug sym PREFIX*` lists at most.
 const MAX_MATCHES: usize = 500;
+/// QEMU's own gdbstub socket, in the VM's run directory (only vesperd connects).
+pub(crate) const QEMU_GDB_SOCKET: &str = "qemu-gdb.sock";
+/// The gdb endpoint users attach to: vesperd's relay to QEMU's gdbstub.
+const GDB_SOCKET: &str = "gdb.sock";
+/// The symbol file made from the guest's kallsyms, in the VM's run directory.
+const SYMBOL_FILE: &str = "kallsyms.o";
 
-/// Kernels opened so far, per guest, with the QEMU pid they were found in.
+/// Kernels opened so far, per guest, with the QEMU pid they were found in; and the
+/// gdb relays running, per guest and QEMU pid.
 #[derive(Default)]
-pub(crate) struct Kernels(Mutex<HashMap<String, (u32, Arc<Kernel>)>>);
+pub(crate) struct Kernels(
+    Mutex<HashMap<String, (u32, Arc<Kernel>)>>,
+    Mutex<std::collections::HashSet<(String, u32)>>,
+);
 
 /// The guest's RAM file: QEMU's `memory-backend-memfd`, found among its open files.
 fn ram_file(pid: u32) -> Result<std::fs::File, ApiError> {
@@ -90,6 +102,38 @@ fn target(daemon: &Shared, guest: &str) -> Result<(u32, u64), ApiError> {
 }
 
 impl Kernels {
+    /// Starts the guest's gdb relay unless it runs already.
+    fn gdb_relay(&self, guest: &str, pid: u32, dir: &Path) -> Result<(), ApiError> {
+        let mut running = self.1.lock().expect("relays lock");
+        if running.contains(&(guest.to_string(), pid)) {
+            return Ok(());
+        }
+        let upstream = dir.join(QEMU_GDB_SOCKET);
+        if !upstream.exists() {
+            return Err(ApiError::new(
+                ErrorCode::GuestFailed,
+                format!(
+                    "{guest}: QEMU has no gdbstub ({}): a VM started by an older vesperd? Restart it",
+                    upstream.display()
+                ),
+            ));
+        }
+        crate::gdbproxy::spawn(
+            guest.to_string(),
+            dir.join(GDB_SOCKET),
+            upstream,
+            dir.join("qmp.sock"),
+        )
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("{guest}: cannot serve the gdb endpoint: {e}"),
+            )
+        })?;
+        running.insert((guest.to_string(), pid));
+        Ok(())
+    }
+
     /// The guest's kernel: the one opened before if it is still the one in memory
     /// (its VMCOREINFO unchanged where it was), else opened afresh.
     fn get(&self, guest: &str, pid: u32, ram_bytes: u64) -> Result<Arc<Kernel>, ApiError> {
@@ -128,10 +172,17 @@ fn still_there(k: &Kernel) -> bool {
 /// Serves one `debug` request (blocking work on a blocking thread).
 pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Response {
     let (pid, ram_bytes) = target(daemon, &guest)?;
+    let dir = daemon.config.run_dir.join("guests").join(&guest);
     let daemon = daemon.clone();
     tokio::task::spawn_blocking(move || {
         let k = daemon.kernels.get(&guest, pid, ram_bytes)?;
-        run(&k, &guest, op, ram_bytes)
+        match op {
+            DebugOp::Gdb { vmlinux } => {
+                daemon.kernels.gdb_relay(&guest, pid, &dir)?;
+                gdb(&k, &guest, &dir, vmlinux)
+            }
+            op => run(&k, &guest, op, ram_bytes),
+        }
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("debug worker failed: {e}")))?
@@ -219,6 +270,10 @@ fn run(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64) -> Response {
                 torn: list.torn,
             })
         }
+        DebugOp::Gdb { .. } => Err(ApiError::new(
+            ErrorCode::Internal,
+            "gdb sessions are set up by debug()",
+        )),
         DebugOp::Dmesg => {
             let layout = vesper_debug::printk::PrintkLayout::from_vmcoreinfo(|key| {
                 k.vmcoreinfo().lookup(key)
@@ -234,6 +289,64 @@ fn run(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64) -> Response {
             })
         }
     }
+}
+
+/// Writes the kallsyms symbol file next to QEMU's gdbstub and says how to attach.
+fn gdb(k: &Kernel, guest: &str, dir: &Path, vmlinux: Option<std::path::PathBuf>) -> Response {
+    let socket = dir.join(GDB_SOCKET);
+    if let Some(v) = &vmlinux {
+        if !v.is_file() {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{}: no such vmlinux (Debian ships it in linux-image-{}-dbg)",
+                    v.display(),
+                    k.release()
+                ),
+            ));
+        }
+    }
+    let sym = vesper_debug::symfile::build(k.symbols())
+        .map_err(|e| ApiError::new(ErrorCode::GuestFailed, format!("{guest}: {e}")))?;
+    let path = dir.join(SYMBOL_FILE);
+    let tmp = dir.join(format!(".{SYMBOL_FILE}.partial"));
+    std::fs::write(&tmp, &sym.bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("{guest}: cannot write {}: {e}", path.display()),
+            )
+        })?;
+    let mut command: Vec<String> = vec!["gdb".into(), "-nx".into()];
+    let mut ex = |c: String| {
+        command.push("-ex".into());
+        command.push(c);
+    };
+    ex("set pagination off".into());
+    ex("set confirm off".into());
+    if let Some(v) = &vmlinux {
+        ex(format!(
+            "symbol-file {} -o {:#x}",
+            v.display(),
+            k.kaslr_offset()
+        ));
+    }
+    ex(format!(
+        "add-symbol-file {} -s .text {:#x}",
+        path.display(),
+        sym.base
+    ));
+    ex(format!("target remote {}", socket.display()));
+    Ok(Reply::DebugGdb(GdbSession {
+        guest: guest.to_string(),
+        socket,
+        symbol_file: path,
+        text_base: sym.base,
+        kaslr_offset: k.kaslr_offset(),
+        command,
+    }))
 }
 
 /// `vm pause` / `vm resume`: QMP `stop` / `cont`.

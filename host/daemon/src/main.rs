@@ -4,6 +4,7 @@
 mod debug;
 mod events;
 mod failover;
+mod gdbproxy;
 mod guest;
 mod persist;
 mod relay;

@@ -853,6 +853,7 @@ fn launch_qemu(
         serial_socket: dir.join("console.sock"),
         qmp_socket: dir.join("qmp.sock"),
         qmp_events_socket: dir.join("qmp-events.sock"),
+        gdb_socket: dir.join(crate::debug::QEMU_GDB_SOCKET),
         pvpanic: true,
         allow_reboot: a.allow_reboot,
     };

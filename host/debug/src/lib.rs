@@ -19,6 +19,7 @@ pub mod memory;
 pub mod paging;
 pub mod printk;
 pub mod ram;
+pub mod symfile;
 pub mod tasks;
 pub mod vmcoreinfo;
 

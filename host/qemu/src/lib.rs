@@ -73,6 +73,8 @@ pub struct VmSpec {
     pub qmp_socket: PathBuf,
     /// A second QMP socket, for a client that only listens to events.
     pub qmp_events_socket: PathBuf,
+    /// QEMU's gdbstub (the gdb remote protocol), for `vesper debug gdb`.
+    pub gdb_socket: PathBuf,
     /// Add a pvpanic-pci device (QMP `GUEST_PANICKED` on guest panic).
     pub pvpanic: bool,
     /// Let a guest reboot restart it in place; otherwise QEMU exits (`-no-reboot`).
@@ -146,6 +148,10 @@ impl VmSpec {
                 self.ivshmem_vectors
             ),
         ]);
+        a.extend([
+            "-gdb".into(),
+            format!("unix:{},server=on,wait=off", self.gdb_socket.display()),
+        ]);
         if !self.allow_reboot {
             a.push("-no-reboot".into());
         }
@@ -183,6 +189,7 @@ mod tests {
             serial_socket: "/run/console.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
             qmp_events_socket: "/run/qmp-events.sock".into(),
+            gdb_socket: "/run/gdb.sock".into(),
             pvpanic: true,
             allow_reboot: false,
         }

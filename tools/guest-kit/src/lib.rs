@@ -34,6 +34,8 @@ pub const HOST_PACKAGES: &[&str] = &[
     // the agent's meta-data with (only a Recommends of resource-agents).
     "resource-agents",
     "libxml2-utils",
+    // gdb for `vesper debug gdb` and its e2e test (real gdb against QEMU's gdbstub).
+    "gdb",
 ];
 
 /// Directories (relative to the repository root) whose Makefiles build guest modules.
