@@ -277,4 +277,55 @@ fn a_paused_guest_and_a_hung_guest_are_read_the_same() {
         "the checks outlasted the hang ({:?}): they proved nothing",
         hung.elapsed()
     );
+
+    // A vmcore of the hung guest: read back by vesper itself (no daemon) and by gdb.
+    let dump = ok(debug(&d, &["dump", "vm1", "--name", "hung.vmcore"]));
+    let path = dump["dump"]["path"].as_str().unwrap().to_string();
+    let ram = dump["dump"]["ram_bytes"].as_u64().unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < ram, "zero pages are left out: {size} of {ram} bytes");
+    let listed = ok(debug(&d, &["dumps", "vm1"]));
+    assert_eq!(listed["dumps"][0]["path"], path.as_str(), "{listed}");
+    let from_file = |args: &[&str]| {
+        let mut a = vec!["--json", "debug"];
+        a.extend_from_slice(args);
+        // No --socket: the file is read in process.
+        let out: CliOutput = std::process::Command::new(vesper_e2e::bin_dir().join("vesper"))
+            .args(&a)
+            .output()
+            .unwrap()
+            .into();
+        ok(out)
+    };
+    let log: String = from_file(&["dmesg", &path])["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        log.contains("vesper_hang: spinning with interrupts off"),
+        "{log}"
+    );
+    assert_eq!(
+        from_file(&["read", &path, "init_task.comm"])["value"],
+        "swapper/0"
+    );
+    let uts = from_file(&["sym", &path, "init_uts_ns"])["symbols"][0]["addr"]
+        .as_u64()
+        .unwrap();
+    let gdb = std::process::Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", &format!("core-file {path}")])
+        .args(["-ex", &format!("x/s {:#x}", uts + 130)])
+        .output()
+        .expect("run gdb");
+    let text = String::from_utf8_lossy(&gdb.stdout);
+    assert!(
+        text.contains("\"6.1."),
+        "gdb read the release from the vmcore: {text}"
+    );
+    // A name that is not a plain file name is refused; nothing is written.
+    let out = debug(&d, &["dump", "vm1", "--name", "../escape.vmcore"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!d.run_dir.path().join("dumps/escape.vmcore").exists());
 }

@@ -9,11 +9,14 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+pub mod debug;
+
 pub use vesper_core::{GuestInfo, GuestModule, DEFAULT_INIT_TIMEOUT};
 pub use vesper_debug::expr::Evaluated;
 pub use vesper_debug::kallsyms::Symbol;
 pub use vesper_debug::printk::{format_dmesg, LogRecord};
 pub use vesper_debug::tasks::Task;
+pub use vesper_debug::vmcore::DumpSummary;
 pub use vesper_events::{Event, EventKind, Filter, Source};
 pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
 pub use vesper_relay::{BufferStats, Decoded};
@@ -248,6 +251,14 @@ pub enum DebugOp {
     Ps,
     /// The kernel log from the printk ring in guest memory.
     Dmesg,
+    /// Save an ELF vmcore of the guest (paused while it is written).
+    Dump {
+        /// File name in the guest's dump directory; `GUEST-TIME.vmcore` if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// The guest's saved vmcores.
+    Dumps,
     /// A gdb session: QEMU's gdbstub, a symbol file from kallsyms, the command line.
     Gdb {
         /// A vmlinux with debug info for this kernel (Debian's `-dbg` package), for
@@ -255,6 +266,17 @@ pub enum DebugOp {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vmlinux: Option<PathBuf>,
     },
+}
+
+/// A saved vmcore.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was written (Unix seconds).
+    pub written: u64,
 }
 
 /// How to attach gdb to a guest's kernel.
@@ -504,6 +526,20 @@ pub enum Reply {
     DebugInfo(DebugInfo),
     /// `debug gdb`.
     DebugGdb(GdbSession),
+    /// `debug dump`: the vmcore written.
+    DebugDump {
+        /// Guest.
+        guest: String,
+        /// What was written.
+        dump: DumpSummary,
+    },
+    /// `debug dumps`.
+    DebugDumps {
+        /// Guest.
+        guest: String,
+        /// Saved vmcores, oldest first.
+        dumps: Vec<DumpFile>,
+    },
     /// `debug sym`: matching symbols (with the offset into the symbol for an address).
     DebugSymbols {
         /// Guest.

@@ -256,6 +256,20 @@ enum DebugCmd {
         /// Guest name.
         guest: String,
     },
+    /// Save an ELF vmcore of the guest (VMCOREINFO, zero pages left out), pausing it
+    /// while it is written; crash, gdb and `vesper debug ... FILE` read it.
+    Dump {
+        /// Guest name.
+        guest: String,
+        /// File name in the guest's dump directory (default GUEST-TIME.vmcore).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The guest's saved vmcores.
+    Dumps {
+        /// Guest name.
+        guest: String,
+    },
     /// Attach gdb: QEMU's gdbstub endpoint, a symbol file made from the guest's
     /// kallsyms, and the gdb command line that loads them (attaching stops the guest
     /// until gdb continues or detaches).
@@ -355,6 +369,11 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err((code, kind, msg)) => return fail(cli.json, code, kind, &msg),
     };
+    if let Request::Debug { guest, debug } = &req {
+        if looks_like_a_file(guest) {
+            return debug_core(&cli, guest, debug.clone());
+        }
+    }
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
     match call(&socket, &req, reply_timeout(&cli)) {
         Err(e @ ClientError::Connect { .. }) => fail(cli.json, 69, "unreachable", &e.to_string()),
@@ -495,6 +514,8 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 ),
                 DebugCmd::Ps { guest } => (guest, DebugOp::Ps),
                 DebugCmd::Dmesg { guest } => (guest, DebugOp::Dmesg),
+                DebugCmd::Dump { guest, name } => (guest, DebugOp::Dump { name: name.clone() }),
+                DebugCmd::Dumps { guest } => (guest, DebugOp::Dumps),
                 DebugCmd::Gdb { guest, vmlinux } => (
                     guest,
                     DebugOp::Gdb {
@@ -943,6 +964,21 @@ fn print_human(reply: &Reply) {
                 println!("-- walk stopped early: {why} --");
             }
         }
+        Reply::DebugDump { dump, .. } => println!(
+            "{}: {} bytes ({} MiB of RAM, {} zero pages left out, {} segments) in {} ms",
+            dump.path.display(),
+            dump.bytes_written,
+            dump.ram_bytes >> 20,
+            dump.zero_pages_skipped,
+            dump.segments,
+            dump.millis
+        ),
+        Reply::DebugDumps { dumps, guest } if dumps.is_empty() => println!("{guest}: no vmcores"),
+        Reply::DebugDumps { dumps, .. } => {
+            for d in dumps {
+                println!("{:>12} {}", d.bytes, d.path.display());
+            }
+        }
         Reply::DebugGdb(g) => {
             println!(
                 "{}: gdbstub at {}; symbols from kallsyms in {} (.text at {:#x}, KASLR offset {:#x})",
@@ -980,4 +1016,40 @@ fn shell_words(words: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A debug target that names a vmcore file rather than a VM (VM names have no '/').
+fn looks_like_a_file(target: &str) -> bool {
+    target.contains('/') || target.ends_with(".vmcore")
+}
+
+/// `vesper debug OP FILE`: the vmcore read in process, no daemon needed.
+fn debug_core(cli: &Cli, path: &str, op: DebugOp) -> ExitCode {
+    use vesper_debug::vmcore::{Vmcore, VmcoreError};
+    let core = match Vmcore::open(path) {
+        Ok(c) => c,
+        Err(VmcoreError::Read { ref source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return fail(cli.json, 66, "no_input", &format!("{path}: no such file"))
+        }
+        Err(e) => return fail(cli.json, 65, "bad_vmcore", &format!("{path}: {e}")),
+    };
+    let ram = core.ram_ranges();
+    let ram_bytes = ram.iter().map(|r| r.end - r.start).sum();
+    let kernel = match vesper_debug::Kernel::open(std::sync::Arc::new(core), &ram) {
+        Ok(k) => k,
+        Err(e) => return fail(cli.json, 65, "bad_vmcore", &format!("{path}: {e}")),
+    };
+    match vesper_api::debug::serve(&kernel, path, op, ram_bytes) {
+        Err(e) => api_fail(cli.json, e),
+        Ok(reply) => {
+            if cli.json {
+                println!("{}", serde_json::json!({ "ok": true, "result": reply }));
+            } else {
+                print_human(&reply);
+            }
+            ExitCode::SUCCESS
+        }
+    }
 }

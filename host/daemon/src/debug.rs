@@ -11,15 +11,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vesper_api::{
-    ApiError, DebugInfo, DebugOp, ErrorCode, GdbSession, Reply, Response, SymbolMatch, Vmm,
-};
-use vesper_debug::{DebugError, Kernel, KernelMemory, MappedRam};
+use vesper_api::{ApiError, DebugOp, DumpFile, ErrorCode, GdbSession, Reply, Response, Vmm};
+use vesper_debug::vmcore::{DumpOptions, KernelLayout};
+use vesper_debug::{Kernel, MappedRam};
 
 use crate::server::Shared;
 
-/// Matches `debug sym PREFIX*` lists at most.
-const MAX_MATCHES: usize = 500;
 /// QEMU's own gdbstub socket, in the VM's run directory (only vesperd connects).
 pub(crate) const QEMU_GDB_SOCKET: &str = "qemu-gdb.sock";
 /// The gdb endpoint users attach to: vesperd's relay to QEMU's gdbstub.
@@ -64,15 +61,6 @@ fn ram_file(pid: u32) -> Result<std::fs::File, ApiError> {
             "QEMU (pid {pid}) has no shared guest-RAM memfd: a VM started by an older vesperd? Restart it with `vesper vm start`"
         ),
     ))
-}
-
-fn debug_error(guest: &str, e: DebugError) -> ApiError {
-    let code = match &e {
-        DebugError::Expr(_) | DebugError::UnknownSymbol(_) => ErrorCode::BadRequest,
-        DebugError::Btf(vesper_debug::btf::BtfError::NoMember { .. }) => ErrorCode::BadRequest,
-        _ => ErrorCode::GuestFailed,
-    };
-    ApiError::new(code, format!("{guest}: {e}"))
 }
 
 /// The guest's QEMU pid and RAM size, refusing builtin and exited VMs.
@@ -146,7 +134,10 @@ impl Kernels {
         let ram = MappedRam::map(file, vesper_debug::ram::q35_layout(ram_bytes))
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{guest}: guest RAM: {e}")))?;
         let ranges = ram.ranges();
-        let k = Arc::new(Kernel::open(Arc::new(ram), &ranges).map_err(|e| debug_error(guest, e))?);
+        let k = Arc::new(
+            Kernel::open(Arc::new(ram), &ranges)
+                .map_err(|e| vesper_api::debug::debug_error(guest, e))?,
+        );
         tracing::info!(
             guest,
             release = k.release(),
@@ -169,8 +160,109 @@ fn still_there(k: &Kernel) -> bool {
     k.phys().read_phys(k.vmcoreinfo_paddr(), &mut now).is_ok() && now == raw
 }
 
+/// Where a guest's vmcores go (apart from its VM directory, which goes with the VM).
+fn dump_dir(daemon: &Shared, guest: &str) -> std::path::PathBuf {
+    daemon.config.run_dir.join("dumps").join(guest)
+}
+
+/// The guest's saved vmcores, oldest first.
+fn dumps(daemon: &Shared, guest: &str) -> Response {
+    let mut dumps: Vec<DumpFile> = std::fs::read_dir(dump_dir(daemon, guest))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .filter_map(|e| {
+                    let m = e.metadata().ok().filter(|m| m.is_file())?;
+                    let written = m
+                        .modified()
+                        .ok()?
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?
+                        .as_secs();
+                    Some(DumpFile {
+                        path: e.path(),
+                        bytes: m.len(),
+                        written,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dumps.sort_by_key(|d| (d.written, d.path.clone()));
+    Ok(Reply::DebugDumps {
+        guest: guest.to_string(),
+        dumps,
+    })
+}
+
+/// Writes a vmcore of the guest, pausing it meanwhile if it runs (a consistent image;
+/// a panicked or hung guest is dumped as it is).
+fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: &Path) -> Response {
+    let dir = dump_dir(daemon, guest);
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("{guest}: cannot create {}: {e}", dir.display()),
+        )
+    })?;
+    let name = name.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        format!("{guest}-{secs}.vmcore")
+    });
+    let qmp = vm_dir.join("qmp.sock");
+    let was_running = qmp_status(&qmp).as_deref() == Some("running");
+    if was_running {
+        qmp_execute(&qmp, "stop").map_err(|e| {
+            ApiError::new(
+                ErrorCode::GuestFailed,
+                format!("{guest}: QMP stop failed: {e}"),
+            )
+        })?;
+    }
+    let layout = KernelLayout::of(k);
+    let ranges = k.phys_ranges();
+    let written = vesper_debug::vmcore::write_vmcore(
+        k.phys(),
+        &ranges,
+        k.vmcoreinfo(),
+        Some(&layout),
+        &dir,
+        &name,
+        &DumpOptions::default(),
+    );
+    if was_running {
+        if let Err(e) = qmp_execute(&qmp, "cont") {
+            tracing::warn!(guest, "QMP cont after the dump failed: {e}");
+        }
+    }
+    let dump = written.map_err(|e| {
+        ApiError::new(
+            ErrorCode::GuestFailed,
+            format!("{guest}: vmcore not written: {e}"),
+        )
+    })?;
+    tracing::info!(guest, path = %dump.path.display(), bytes = dump.bytes_written, "vmcore written");
+    Ok(Reply::DebugDump {
+        guest: guest.to_string(),
+        dump,
+    })
+}
+
+fn qmp_status(qmp: &Path) -> Option<String> {
+    let mut q = vesper_qemu::Qmp::connect(qmp, Duration::from_secs(2)).ok()?;
+    let v = q.execute("query-status", None).ok()?;
+    v["status"].as_str().map(str::to_string)
+}
+
 /// Serves one `debug` request (blocking work on a blocking thread).
 pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Response {
+    if op == DebugOp::Dumps {
+        daemon.guest_status(&guest)?;
+        return dumps(daemon, &guest);
+    }
     let (pid, ram_bytes) = target(daemon, &guest)?;
     let dir = daemon.config.run_dir.join("guests").join(&guest);
     let daemon = daemon.clone();
@@ -181,114 +273,13 @@ pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Respon
                 daemon.kernels.gdb_relay(&guest, pid, &dir)?;
                 gdb(&k, &guest, &dir, vmlinux)
             }
-            op => run(&k, &guest, op, ram_bytes),
+            DebugOp::Dump { name } => dump(&daemon, &k, &guest, name, &dir),
+            DebugOp::Dumps => unreachable!("served without opening the kernel"),
+            op => vesper_api::debug::serve(&k, &guest, op, ram_bytes),
         }
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("debug worker failed: {e}")))?
-}
-
-fn parse_addr(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None if s.chars().all(|c| c.is_ascii_digit()) => s.parse().ok(),
-        None => None,
-    }
-}
-
-fn run(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64) -> Response {
-    let guest_s = guest.to_string();
-    let fail = |e| debug_error(guest, e);
-    match op {
-        DebugOp::Info => Ok(Reply::DebugInfo(DebugInfo {
-            guest: guest_s,
-            release: k.release().to_string(),
-            kaslr_offset: k.kaslr_offset(),
-            vmcoreinfo_paddr: k.vmcoreinfo_paddr(),
-            symbols: k.symbols().len(),
-            page_table_root: k.page_tables().root,
-            five_level: k.page_tables().five_level,
-            ram_mib: ram_bytes >> 20,
-        })),
-        DebugOp::Sym { query } => {
-            let q = query.trim();
-            let symbols: Vec<SymbolMatch> = if let Some(addr) = parse_addr(q) {
-                let (s, off) = k.symbols().symbolize(addr).ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::BadRequest,
-                        format!("{guest}: no kernel symbol at or below {addr:#x}"),
-                    )
-                })?;
-                vec![SymbolMatch {
-                    symbol: s.clone(),
-                    offset: Some(off),
-                }]
-            } else if let Some(prefix) = q.strip_suffix('*') {
-                let found = k.symbols().with_prefix(prefix, MAX_MATCHES);
-                if found.is_empty() {
-                    return Err(ApiError::new(
-                        ErrorCode::BadRequest,
-                        format!("{guest}: no kernel symbol starts with {prefix:?} (module symbols are not in the kernel's table)"),
-                    ));
-                }
-                found
-                    .into_iter()
-                    .map(|s| SymbolMatch {
-                        symbol: s.clone(),
-                        offset: None,
-                    })
-                    .collect()
-            } else {
-                let all = k.symbols().lookup_all(q);
-                if all.is_empty() {
-                    return Err(fail(DebugError::UnknownSymbol(q.to_string())));
-                }
-                all.into_iter()
-                    .map(|s| SymbolMatch {
-                        symbol: s.clone(),
-                        offset: None,
-                    })
-                    .collect()
-            };
-            Ok(Reply::DebugSymbols {
-                guest: guest_s,
-                symbols,
-            })
-        }
-        DebugOp::Read { expr, count, hex } => {
-            let value = vesper_debug::expr::read(k, &expr, count, hex).map_err(fail)?;
-            Ok(Reply::DebugValue {
-                guest: guest_s,
-                value,
-            })
-        }
-        DebugOp::Ps => {
-            let list = vesper_debug::tasks::list_tasks(k).map_err(fail)?;
-            Ok(Reply::DebugTasks {
-                guest: guest_s,
-                tasks: list.tasks,
-                torn: list.torn,
-            })
-        }
-        DebugOp::Gdb { .. } => Err(ApiError::new(
-            ErrorCode::Internal,
-            "gdb sessions are set up by debug()",
-        )),
-        DebugOp::Dmesg => {
-            let layout = vesper_debug::printk::PrintkLayout::from_vmcoreinfo(|key| {
-                k.vmcoreinfo().lookup(key)
-            })
-            .map_err(|e| fail(e.into()))?;
-            let log = vesper_debug::printk::read_log(k as &dyn KernelMemory, &layout)
-                .map_err(|e| fail(e.into()))?;
-            Ok(Reply::DebugLog {
-                guest: guest_s,
-                records: log.records,
-                torn: log.torn,
-                recycled: log.recycled,
-            })
-        }
-    }
 }
 
 /// Writes the kallsyms symbol file next to QEMU's gdbstub and says how to attach.

@@ -7,6 +7,7 @@ use crate::kallsyms::KallsymsError;
 use crate::memory::MemoryError;
 use crate::paging::PagingError;
 use crate::printk::PrintkError;
+use crate::vmcore::VmcoreError;
 use crate::vmcoreinfo::VmcoreInfoError;
 
 /// Why a debug operation failed.
@@ -30,6 +31,9 @@ pub enum DebugError {
     /// The printk ring is unreadable.
     #[error("printk ring: {0}")]
     Printk(#[from] PrintkError),
+    /// A vmcore could not be written or read.
+    #[error("vmcore: {0}")]
+    Vmcore(#[from] VmcoreError),
     /// No symbol by that name.
     #[error("no symbol {0:?} in the guest kernel (`vesper debug sym PREFIX*` lists symbols)")]
     UnknownSymbol(String),

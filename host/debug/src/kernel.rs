@@ -25,6 +25,7 @@ const MAX_CANDIDATES: usize = 8;
 /// A guest kernel, read from the host.
 pub struct Kernel {
     mem: Arc<dyn PhysMemory>,
+    ram: Vec<Range<u64>>,
     info: VmcoreInfo,
     info_paddr: u64,
     tables: PageTables,
@@ -52,7 +53,7 @@ impl Kernel {
         let candidates = vmcoreinfo::scan(mem.as_ref(), ram, MAX_CANDIDATES)?;
         let mut last = None;
         for c in candidates {
-            match Self::from_vmcoreinfo(mem.clone(), c.info, c.paddr) {
+            match Self::from_vmcoreinfo(mem.clone(), ram, c.info, c.paddr) {
                 Ok(k) => return Ok(k),
                 Err(e) => last = Some(e),
             }
@@ -60,9 +61,11 @@ impl Kernel {
         Err(last.expect("scan returns at least one candidate or an error"))
     }
 
-    /// The kernel `info` (found at guest-physical `info_paddr`) describes.
+    /// The kernel `info` (found at guest-physical `info_paddr`) describes, in guest RAM
+    /// `ram`.
     pub fn from_vmcoreinfo(
         mem: Arc<dyn PhysMemory>,
+        ram: &[Range<u64>],
         info: VmcoreInfo,
         info_paddr: u64,
     ) -> Result<Self, DebugError> {
@@ -98,6 +101,7 @@ impl Kernel {
         let syms = Kallsyms::read(&reader, &loc)?;
         Ok(Self {
             mem,
+            ram: ram.to_vec(),
             info,
             info_paddr,
             tables,
@@ -134,6 +138,11 @@ impl Kernel {
     /// Guest-physical memory.
     pub fn phys(&self) -> &dyn PhysMemory {
         self.mem.as_ref()
+    }
+
+    /// The guest-physical RAM ranges.
+    pub fn phys_ranges(&self) -> Vec<Range<u64>> {
+        self.ram.clone()
     }
 
     /// The symbol table.

@@ -21,6 +21,7 @@ pub mod printk;
 pub mod ram;
 pub mod symfile;
 pub mod tasks;
+pub mod vmcore;
 pub mod vmcoreinfo;
 
 pub use error::DebugError;

@@ -21,6 +21,17 @@ pub enum MemoryError {
         /// Which level said so.
         why: String,
     },
+    /// The source holds the range but could not deliver it (a dump file that
+    /// shrank or failed to read).
+    #[error("guest-physical {addr:#x}+{len:#x} could not be read: {why}")]
+    Unreadable {
+        /// First byte.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// Why.
+        why: String,
+    },
 }
 
 /// Guest-physical memory: a live VM's RAM, or the segments of a vmcore.

@@ -1,0 +1,202 @@
+//! An 8-byte read of a kernel symbol (`jiffies`) from a running guest, side by side in
+//! one run: Vesper's host-side read (vesper-debug over the guest's RAM memfd, in
+//! process and through vesperd's API), QEMU's gdbstub (`m` packets, what gdb does),
+//! and a round trip through the guest's frontend (`lsmod`, the cheapest command that
+//! returns data: any read the guest served would cost at least that).
+//!
+//! `cargo bench -p vesper-e2e --bench debug_read` (after `cargo build --release
+//! --workspace --bins`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vesper_api::{call, DebugOp, Reply, Request};
+use vesper_debug::{Kernel, KernelMemory, MappedRam};
+use vesper_e2e::{kit, Daemon};
+
+const LIB_READS: usize = 20_000;
+const API_READS: usize = 300;
+const GDB_READS: usize = 300;
+const FRONTEND_READS: usize = 100;
+const MIB: u64 = 1 << 20;
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+    n: usize,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    v.sort_by(f64::total_cmp);
+    let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        p50: pick(0.5),
+        p99: pick(0.99),
+        n: v.len(),
+    }
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
+    let t = Instant::now();
+    let r = f();
+    (t.elapsed().as_secs_f64() * 1e6, r)
+}
+
+/// QEMU's guest-RAM memfd among its open files.
+fn ram_file(pid: i32) -> std::fs::File {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fds")
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target
+            .to_string_lossy()
+            .starts_with("/memfd:memory-backend-memfd")
+        {
+            return std::fs::File::open(fd.path()).expect("open guest RAM");
+        }
+    }
+    panic!("QEMU {pid} has no guest-RAM memfd");
+}
+
+/// A minimal gdb remote-protocol client, one packet at a time, acknowledging each
+/// reply (QEMU 7.2 has no no-ack mode).
+struct Rsp(UnixStream);
+
+impl Rsp {
+    /// Sends `body` and returns the first reply `want` accepts (QEMU may send a stop
+    /// notification of its own first, when it stops the guest for the new client).
+    fn ask(&mut self, body: &str, want: impl Fn(&str) -> bool) -> String {
+        let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        write!(self.0, "${body}#{sum:02x}").expect("send");
+        for _ in 0..4 {
+            let r = self.reply();
+            if want(&r) {
+                return r;
+            }
+        }
+        panic!("gdbstub never answered {body:?} as expected");
+    }
+
+    fn reply(&mut self) -> String {
+        // Reply: [+]$data#xx
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        let mut hashes = None;
+        loop {
+            self.0.read_exact(&mut b).expect("gdbstub reply");
+            match (b[0], hashes) {
+                (b'#', None) => hashes = Some(0),
+                (_, Some(n)) if n < 1 => hashes = Some(n + 1),
+                (_, Some(_)) => {
+                    self.0.write_all(b"+").expect("ack");
+                    break;
+                }
+                (b'+', None) if out.is_empty() => {}
+                (b'$', None) if out.is_empty() => {}
+                (c, None) => out.push(c),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+fn main() {
+    let d = Daemon::start(&[]);
+    let vm = d.vm_start("bench");
+    let accel = format!("{} ({})", vm["accel"]["accel"], vm["accel"]["reason"]);
+    let pid = d.qemu_pid("bench");
+    let memory = vm["memory_mib"].as_u64().unwrap_or(512) * MIB;
+
+    // 1. In process: the guest's RAM mapped read-only, the kernel opened once.
+    let ram = MappedRam::map(ram_file(pid), vesper_debug::ram::q35_layout(memory)).unwrap();
+    let ranges = ram.ranges();
+    let (open_us, k) = time(|| Kernel::open(Arc::new(ram), &ranges).expect("open kernel"));
+    let jiffies = k.symbol("jiffies").expect("jiffies").addr;
+    let mut lib = Vec::with_capacity(LIB_READS);
+    for _ in 0..LIB_READS {
+        let (us, v) = time(|| k.read_u64(jiffies));
+        v.expect("read");
+        lib.push(us);
+    }
+
+    // 2. Through vesperd: `vesper debug read bench jiffies` without the CLI's start-up.
+    let read = Request::Debug {
+        guest: "bench".into(),
+        debug: DebugOp::Read {
+            expr: "jiffies".into(),
+            count: 1,
+            hex: false,
+        },
+    };
+    call(&d.socket, &read, Duration::from_secs(60))
+        .unwrap()
+        .expect("warm-up: open the kernel in vesperd");
+    let mut api = Vec::with_capacity(API_READS);
+    for _ in 0..API_READS {
+        let (us, r) = time(|| call(&d.socket, &read, Duration::from_secs(10)));
+        assert!(matches!(r, Ok(Ok(Reply::DebugValue { .. }))), "{r:?}");
+        api.push(us);
+    }
+
+    // 3. The frontend: a command round trip through the guest.
+    let lsmod = Request::Lsmod {
+        guest: "bench".into(),
+    };
+    let mut front = Vec::with_capacity(FRONTEND_READS);
+    for _ in 0..FRONTEND_READS {
+        let (us, r) = time(|| call(&d.socket, &lsmod, Duration::from_secs(10)));
+        assert!(matches!(r, Ok(Ok(Reply::Modules { .. }))), "{r:?}");
+        front.push(us);
+    }
+
+    // 4. QEMU's gdbstub, as gdb reads memory (the guest stops while attached).
+    let sock = d.run_dir.path().join("guests/bench/qemu-gdb.sock");
+    let stream = UnixStream::connect(&sock).expect("QEMU gdbstub");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut rsp = Rsp(stream);
+    rsp.ask("?", |r| r.starts_with('T') || r.starts_with('S'));
+    let m = format!("m{jiffies:x},8");
+    let mut gdb = Vec::with_capacity(GDB_READS);
+    for _ in 0..GDB_READS {
+        let (us, hex) = time(|| rsp.ask(&m, |r| r.len() == 16));
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{hex:?}");
+        gdb.push(us);
+    }
+    rsp.ask("D", |r| r == "OK");
+
+    let (lib, api, front, gdb) = (stats(lib), stats(api), stats(front), stats(gdb));
+    println!("\n8-byte read of jiffies from a running guest, host side, one run");
+    println!(
+        "guest kernel {}, accel {accel}; kernel opened from RAM in {:.0} ms",
+        kit().release,
+        open_us / 1e3
+    );
+    println!(
+        "{:<46} {:>10} {:>10} {:>6} {:>14}",
+        "us", "p50", "p99", "n", "p50 vs gdbstub"
+    );
+    for (name, s) in [
+        ("vesper-debug in process (RAM memfd)", &lib),
+        ("vesper debug read via vesperd's API", &api),
+        ("QEMU gdbstub `m` packet (baseline)", &gdb),
+        ("frontend command round trip (lsmod)", &front),
+    ] {
+        println!(
+            "{name:<46} {:>10.2} {:>10.2} {:>6} {:>13.1}x",
+            s.p50,
+            s.p99,
+            s.n,
+            gdb.p50 / s.p50
+        );
+    }
+    let goal = gdb.p50 / lib.p50;
+    println!(
+        "goal: host-side read >= 100x faster than the gdbstub -> {goal:.0}x {}",
+        if goal >= 100.0 { "MET" } else { "NOT MET" }
+    );
+}
