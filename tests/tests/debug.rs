@@ -329,3 +329,78 @@ fn a_paused_guest_and_a_hung_guest_are_read_the_same() {
     assert_ne!(out.code, 0, "{out:?}");
     assert!(!d.run_dir.path().join("dumps/escape.vmcore").exists());
 }
+
+#[test]
+fn a_panicking_guest_is_dumped_before_failover_restarts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[host]\nmax_guests = 2\nmax_memory_mib = 1024\n\n\
+         [[guest]]\nname = \"vm1\"\nmemory_mib = 512\nmode = \"hand\"\n\n\
+         [[rule]]\non = \"guest_panicked\"\naction = \"restart\"\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&["--dump-on-panic", "--policy", policy.to_str().unwrap()]);
+    d.vm_start_with("vm1", &["--mode", "hand"]);
+    d.hand("vm1", "panic", "panicking");
+
+    // The vmcore appears, complete, and the guest is restarted after it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let path = loop {
+        let listed = ok(debug(&d, &["dumps", "vm1"]));
+        if let Some(p) = listed["dumps"][0]["path"].as_str() {
+            break p.to_string();
+        }
+        assert!(Instant::now() < deadline, "no vmcore:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let exit = loop {
+        let ev = d.events(&["--guest", "vm1", "--kind", "vm_exit"]);
+        if let Some(e) = ev.first() {
+            break e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vm1 never stopped for its restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let written = std::fs::metadata(&path)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        written <= exit["time_ns"].as_u64().unwrap(),
+        "the restart stopped the VM before its vmcore was written"
+    );
+    let out: CliOutput = std::process::Command::new(vesper_e2e::bin_dir().join("vesper"))
+        .args(["--json", "debug", "dmesg", &path])
+        .output()
+        .unwrap()
+        .into();
+    let log: String = ok(out)["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap_or_default().to_string() + "\n")
+        .collect();
+    assert!(
+        log.contains("Kernel panic - not syncing: sysrq triggered crash"),
+        "{log}"
+    );
+    // The restarted guest comes up again.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while d.events(&["--guest", "vm1", "--kind", "guest_up"]).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "vm1 never came back:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -252,8 +252,7 @@ fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: 
 }
 
 fn qmp_status(qmp: &Path) -> Option<String> {
-    let mut q = vesper_qemu::Qmp::connect(qmp, Duration::from_secs(2)).ok()?;
-    let v = q.execute("query-status", None).ok()?;
+    let v = qmp_execute(qmp, "query-status").ok()?;
     v["status"].as_str().map(str::to_string)
 }
 
@@ -363,7 +362,7 @@ pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Respon
         .join("qmp.sock");
     let cmd = if pause { "stop" } else { "cont" };
     let name_s = name.to_string();
-    tokio::task::spawn_blocking(move || qmp_execute(&qmp, cmd))
+    tokio::task::spawn_blocking(move || qmp_execute(&qmp, cmd).map(|_| ()))
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("QMP worker failed: {e}")))?
         .map_err(|e| {
@@ -378,7 +377,99 @@ pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Respon
     })
 }
 
-fn qmp_execute(socket: &Path, cmd: &str) -> Result<(), vesper_qemu::QemuError> {
-    let mut q = vesper_qemu::Qmp::connect(socket, Duration::from_secs(5))?;
-    q.execute(cmd, None).map(|_| ())
+/// QMP `cmd` on `socket`. QEMU serves one QMP client per socket and re-listens a
+/// moment after one leaves, so a refused connection is tried again for a while.
+fn qmp_execute(socket: &Path, cmd: &str) -> Result<serde_json::Value, vesper_qemu::QemuError> {
+    let mut tries = 0;
+    loop {
+        match vesper_qemu::Qmp::connect(socket, Duration::from_secs(5)) {
+            Ok(mut q) => return q.execute(cmd, None),
+            Err(_) if tries < 30 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// vmcores of panicked guests being written, per guest: the failover engine waits
+/// for a guest's dump before it touches the VM.
+#[derive(Default)]
+pub(crate) struct PanicDumps(Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>);
+
+/// Longest the failover engine waits for a panicked guest's vmcore.
+const PANIC_DUMP_WAIT: Duration = Duration::from_secs(120);
+
+/// The hook a guest task calls on `GUEST_PANICKED` (with `--dump-on-panic`): marks the
+/// dump as under way — before the event is published, so no failover action can come
+/// first — then writes it (QEMU paused the guest at pvpanic) and lets the guest go on.
+pub(crate) fn panic_hook(daemon: &Shared) -> Option<crate::guest::PanicHook> {
+    if !daemon.config.dump_on_panic {
+        return None;
+    }
+    let daemon = daemon.clone();
+    Some(Arc::new(move |guest: &str| {
+        let (done, wait) = tokio::sync::watch::channel(false);
+        daemon
+            .panic_dumps
+            .0
+            .lock()
+            .expect("panic dumps lock")
+            .insert(guest.to_string(), wait);
+        let (daemon, guest) = (daemon.clone(), guest.to_string());
+        tokio::spawn(async move {
+            let name = format!(
+                "{guest}-panic-{}.vmcore",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default()
+            );
+            match debug(&daemon, guest.clone(), DebugOp::Dump { name: Some(name) }).await {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(guest, "no vmcore of the panic: {}", e.message),
+            }
+            // QEMU paused the guest at pvpanic; its panic path goes on now.
+            let qmp = daemon
+                .config
+                .run_dir
+                .join("guests")
+                .join(&guest)
+                .join("qmp.sock");
+            match tokio::task::spawn_blocking(move || qmp_execute(&qmp, "cont")).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(guest, "resuming the panicked guest failed: {e}"),
+                Err(e) => tracing::warn!(guest, "resuming the panicked guest failed: {e}"),
+            }
+            let _ = done.send(true);
+            daemon
+                .panic_dumps
+                .0
+                .lock()
+                .expect("panic dumps lock")
+                .remove(&guest);
+        });
+    }))
+}
+
+/// Waits (bounded) for a vmcore of `guest` still being written.
+pub(crate) async fn wait_for_dump(daemon: &Shared, guest: &str) {
+    let wait = daemon
+        .panic_dumps
+        .0
+        .lock()
+        .expect("panic dumps lock")
+        .get(guest)
+        .cloned();
+    if let Some(mut wait) = wait {
+        tracing::info!(guest, "failover waits for the guest's vmcore");
+        let done = tokio::time::timeout(PANIC_DUMP_WAIT, wait.wait_for(|d| *d)).await;
+        if done.is_err() {
+            tracing::warn!(
+                guest,
+                "the vmcore took over {PANIC_DUMP_WAIT:?}; failing over anyway"
+            );
+        }
+    }
 }

@@ -50,6 +50,21 @@ pub async fn run(daemon: Shared, policy: Policy, mut feed: mpsc::UnboundedReceiv
 }
 
 async fn carry_out(daemon: Shared, policy: Policy, action: Action, event: Arc<Event>) {
+    // A panicked guest's vmcore is written before anything touches the VM.
+    let touches = match &action {
+        Action::Restart { guest } | Action::Stop { guest } | Action::Fence { guest } => {
+            Some(guest.as_str())
+        }
+        Action::StartStandby {
+            replaces,
+            stop_failed: true,
+            ..
+        } => Some(replaces.as_str()),
+        _ => None,
+    };
+    if let Some(guest) = touches {
+        crate::debug::wait_for_dump(&daemon, guest).await;
+    }
     let result = match action {
         Action::Restart { guest } => {
             let _ = vm_stop(&daemon, &guest).await;

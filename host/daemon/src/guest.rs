@@ -82,6 +82,7 @@ async fn qmp_events(
     name: String,
     bus: Arc<EventBus>,
     status: Arc<Mutex<VmStatus>>,
+    on_panic: Option<PanicHook>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     // QEMU creates the socket while it starts.
@@ -111,6 +112,11 @@ async fn qmp_events(
         let Some(kind) = vm_event_kind(&ev.name) else {
             continue;
         };
+        if kind == EventKind::GuestPanicked {
+            if let Some(hook) = &on_panic {
+                hook(&name);
+            }
+        }
         let e = bus.publish(
             &name,
             kind,
@@ -329,7 +335,12 @@ pub struct GuestTask {
     pub bus: Arc<EventBus>,
     /// QEMU's event-only QMP socket.
     pub qmp_events: std::path::PathBuf,
+    /// Called with the guest's name on `GUEST_PANICKED`, before the event is published.
+    pub on_panic: Option<PanicHook>,
 }
+
+/// What runs when a guest panics, before anyone hears of it (`--dump-on-panic`).
+pub type PanicHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Registers a duplicate of `fd` with the reactor, for readiness only.
 fn dup(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<AsyncFd<OwnedFd>> {
@@ -391,6 +402,7 @@ impl GuestTask {
                 name.clone(),
                 self.bus.clone(),
                 self.status.clone(),
+                self.on_panic.clone(),
             ))
         });
         let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> =
@@ -456,7 +468,7 @@ impl GuestTask {
                             if let Some(tx) = pending.remove(&id) { let _ = tx.send(result); }
                         }
                     }
-                    if let Some(ack) = stop_ack.take() { let _ = ack.send(()); break; }
+                    if stop_ack.is_some() { break; }
                 }
                 req = &mut stop, if stop_ack.is_none() => {
                     match req {
@@ -464,7 +476,7 @@ impl GuestTask {
                             kill_at = Some(self.request_stop());
                             stop_ack = Some(ack);
                         }
-                        Ok(ack) => { let _ = ack.send(()); break; }
+                        Ok(ack) => { stop_ack = Some(ack); break; }
                         Err(_) => break,
                     }
                 }
@@ -497,6 +509,13 @@ impl GuestTask {
         }
         if let Some(qmp) = qmp {
             qmp.abort();
+        }
+        // Say "stopped" only once everything is let go (the ivshmem server removes its
+        // socket when dropped): a VM started again under the same name at once must
+        // not lose its new socket to the old server's clean-up.
+        drop(self);
+        if let Some(ack) = stop_ack {
+            let _ = ack.send(());
         }
     }
 

@@ -48,6 +48,11 @@ struct Args {
     /// and are then still checked against the allowlist).
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Save a vmcore of a guest that panics (QEMU pauses it at pvpanic; the dump is
+    /// written to RUN_DIR/dumps/GUEST/ before the failover engine touches the VM,
+    /// which then goes on).
+    #[arg(long)]
+    dump_on_panic: bool,
     /// Failover policy (TOML) for the engine; without it vesperd only reports events.
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         socket,
         kit_dir: args.kit_dir,
         step_timeout: Duration::from_millis(args.step_timeout_ms),
+        dump_on_panic: args.dump_on_panic,
         max_image_size: args.max_image_size,
         allow_uids: args.allow_uids,
         allow_gids: args.allow_gids,

@@ -33,6 +33,7 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub kit_dir: Option<PathBuf>,
     pub step_timeout: Duration,
+    pub dump_on_panic: bool,
     pub max_image_size: u64,
     pub allow_uids: Vec<u32>,
     pub allow_gids: Vec<u32>,
@@ -60,6 +61,8 @@ pub(crate) struct Daemon {
     pub(crate) bus: Arc<EventBus>,
     /// Guest kernels opened from their RAM (`vesper debug`).
     pub(crate) kernels: crate::debug::Kernels,
+    /// vmcores being written of guests that panicked (`--dump-on-panic`).
+    pub(crate) panic_dumps: crate::debug::PanicDumps,
 }
 
 impl Daemon {
@@ -111,6 +114,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         config: config.clone(),
         guests: Mutex::new(HashMap::new()),
         kernels: Default::default(),
+        panic_dumps: Default::default(),
         bus: Arc::new(EventBus::new(config.event_buffer)),
     });
     if config.simulate_guests > 0 {
@@ -676,7 +680,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         adopted: None,
     }));
     let launched = match a.vmm {
-        Vmm::Qemu => launch_qemu(&a, &kit, &dir, &accel, cmdline),
+        Vmm::Qemu => launch_qemu(&a, &kit, &dir, &accel, cmdline, daemon.config.dump_on_panic),
         Vmm::Builtin => launch_builtin(daemon, &a, &kit, &console, cmdline, &status).await,
     }
     .map_err(start_failed)?;
@@ -743,6 +747,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         clock_sync: None,
         bus: daemon.bus.clone(),
         qmp_events: dir.join("qmp-events.sock"),
+        on_panic: crate::debug::panic_hook(daemon),
     };
     tokio::spawn(task.run(rx, stop_rx));
     daemon.guests.lock().expect("guests lock").insert(
@@ -823,6 +828,7 @@ fn launch_qemu(
     dir: &Path,
     accel: &vesper_api::AccelChoice,
     cmdline: String,
+    pause_on_panic: bool,
 ) -> Result<Launched, String> {
     let kernel = match a.kernel.as_deref() {
         None => kit.kernel.clone(),
@@ -839,6 +845,9 @@ fn launch_qemu(
         vesper_shared_abi::DEFAULT_REGION_SIZE,
     )
     .map_err(|e| e.to_string())?;
+    // A QEMU that was killed leaves its gdbstub socket behind, and a new one cannot
+    // bind over it.
+    let _ = std::fs::remove_file(dir.join(crate::debug::QEMU_GDB_SOCKET));
     let spec = VmSpec {
         name: a.name.clone(),
         kernel,
@@ -855,6 +864,7 @@ fn launch_qemu(
         qmp_events_socket: dir.join("qmp-events.sock"),
         gdb_socket: dir.join(crate::debug::QEMU_GDB_SOCKET),
         pvpanic: true,
+        pause_on_panic,
         allow_reboot: a.allow_reboot,
     };
     let qemu_log_path = dir.join("qemu.log");
@@ -1129,6 +1139,7 @@ fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
         self_tx: tx.downgrade(),
         clock_sync: None,
         bus: daemon.bus.clone(),
+        on_panic: crate::debug::panic_hook(daemon),
     };
     if info.is_some() {
         task.clock_sync = Some(tokio::spawn(crate::guest::clock_sync(

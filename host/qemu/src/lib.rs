@@ -77,6 +77,9 @@ pub struct VmSpec {
     pub gdb_socket: PathBuf,
     /// Add a pvpanic-pci device (QMP `GUEST_PANICKED` on guest panic).
     pub pvpanic: bool,
+    /// Pause the guest when it panics (so the host can dump it) instead of letting it
+    /// run on through its panic path.
+    pub pause_on_panic: bool,
     /// Let a guest reboot restart it in place; otherwise QEMU exits (`-no-reboot`).
     pub allow_reboot: bool,
 }
@@ -159,11 +162,12 @@ impl VmSpec {
             // QEMU reports the panic (QMP GUEST_PANICKED) and lets the guest finish its
             // panic path — the probes' own panic records among it — instead of powering
             // it off on the spot: what happens next is the failover engine's call.
+            let action = if self.pause_on_panic { "pause" } else { "none" };
             a.extend([
                 "-device".into(),
                 "pvpanic-pci".into(),
                 "-action".into(),
-                "panic=none".into(),
+                format!("panic={action}"),
             ]);
         }
         a
@@ -190,6 +194,7 @@ mod tests {
             qmp_socket: "/run/qmp.sock".into(),
             qmp_events_socket: "/run/qmp-events.sock".into(),
             gdb_socket: "/run/gdb.sock".into(),
+            pause_on_panic: false,
             pvpanic: true,
             allow_reboot: false,
         }
