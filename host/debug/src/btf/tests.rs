@@ -1,0 +1,876 @@
+//! Tests of `btf.rs`.
+
+use super::*;
+use proptest::prelude::*;
+
+/// A tiny BTF writer: types are appended in id order (ids are predictable, so
+/// forward references are just numbers).
+struct Enc {
+    strs: Vec<u8>,
+    types: Vec<u8>,
+    n: TypeId,
+}
+
+impl Enc {
+    fn new() -> Enc {
+        Enc {
+            strs: vec![0],
+            types: Vec::new(),
+            n: 0,
+        }
+    }
+    fn s(&mut self, name: &str) -> u32 {
+        if name.is_empty() {
+            return 0;
+        }
+        let off = self.strs.len() as u32;
+        self.strs.extend_from_slice(name.as_bytes());
+        self.strs.push(0);
+        off
+    }
+    fn u32(&mut self, v: u32) {
+        self.types.extend_from_slice(&v.to_le_bytes());
+    }
+    /// A raw type header; the caller appends the kind-specific data.
+    fn raw(&mut self, name_off: u32, kind: u32, vlen: u32, kflag: bool, sot: u32) -> TypeId {
+        self.u32(name_off);
+        self.u32(vlen | (kind << 24) | (u32::from(kflag) << 31));
+        self.u32(sot);
+        self.n += 1;
+        self.n
+    }
+    fn head(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, sot: u32) -> TypeId {
+        let off = self.s(name);
+        self.raw(off, kind, vlen, kflag, sot)
+    }
+    fn int(&mut self, name: &str, size: u32, enc: u32, bits: u32) -> TypeId {
+        let id = self.head(name, KIND_INT, 0, false, size);
+        self.u32((enc << 24) | bits);
+        id
+    }
+    fn ptr(&mut self, target: TypeId) -> TypeId {
+        self.head("", KIND_PTR, 0, false, target)
+    }
+    fn array(&mut self, elem: TypeId, len: u32) -> TypeId {
+        let id = self.head("", KIND_ARRAY, 0, false, 0);
+        self.u32(elem);
+        self.u32(1);
+        self.u32(len);
+        id
+    }
+    /// Members are (name, type, raw offset word).
+    fn agg(
+        &mut self,
+        kind: u32,
+        name: &str,
+        size: u32,
+        kflag: bool,
+        m: &[(&str, TypeId, u32)],
+    ) -> TypeId {
+        let id = self.head(name, kind, m.len() as u32, kflag, size);
+        for &(n, t, off) in m {
+            let n = self.s(n);
+            self.u32(n);
+            self.u32(t);
+            self.u32(off);
+        }
+        id
+    }
+    fn refer(&mut self, kind: u32, name: &str, target: TypeId) -> TypeId {
+        self.head(name, kind, 0, false, target)
+    }
+    fn enum32(&mut self, name: &str, signed: bool, vals: &[(&str, i32)]) -> TypeId {
+        let id = self.head(name, KIND_ENUM, vals.len() as u32, signed, 4);
+        for &(n, v) in vals {
+            let n = self.s(n);
+            self.u32(n);
+            self.u32(v as u32);
+        }
+        id
+    }
+    fn enum64(&mut self, name: &str, vals: &[(&str, u64)]) -> TypeId {
+        let id = self.head(name, KIND_ENUM64, vals.len() as u32, false, 8);
+        for &(n, v) in vals {
+            let n = self.s(n);
+            self.u32(n);
+            self.u32(v as u32);
+            self.u32((v >> 32) as u32);
+        }
+        id
+    }
+    fn func_proto(&mut self, ret: TypeId, params: &[TypeId]) -> TypeId {
+        let id = self.head("", KIND_FUNC_PROTO, params.len() as u32, false, ret);
+        for &p in params {
+            self.u32(0);
+            self.u32(p);
+        }
+        id
+    }
+    fn blob(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.push(1);
+        b.push(0);
+        for v in [
+            24,
+            0,
+            self.types.len() as u32,
+            self.types.len() as u32,
+            self.strs.len() as u32,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&self.types);
+        b.extend_from_slice(&self.strs);
+        b
+    }
+}
+
+/// Ids of the sample blob, for the assertions.
+struct Sample {
+    int: TypeId,
+    char_: TypeId,
+    ulong: TypeId,
+    u64_: TypeId,
+    cchar_ptr: TypeId,
+    comm: TypeId,
+    list_head: TypeId,
+    demo: TypeId,
+    fn_ptr: TypeId,
+    demo_t: TypeId,
+    dual_union: TypeId,
+    dual_struct: TypeId,
+    oldbits: TypeId,
+    cptr_const: TypeId,
+    ptr_to_array: TypeId,
+}
+
+fn sample() -> (Vec<u8>, Sample) {
+    let mut e = Enc::new();
+    let int = e.int("int", 4, 1, 32);
+    let char_ = e.int("char", 1, 2, 8);
+    let ulong = e.int("unsigned long", 8, 0, 64);
+    let u64_ = e.refer(KIND_TYPEDEF, "u64", ulong);
+    let cchar = e.refer(KIND_CONST, "", char_);
+    let cchar_ptr = e.ptr(cchar);
+    let comm = e.array(char_, 16);
+    // Anonymous union { int a; u64 b; }.
+    let anon = e.agg(KIND_UNION, "", 8, false, &[("a", int, 0), ("b", u64_, 0)]);
+    // The fwd must not win over the struct below.
+    e.head("list_head", KIND_FWD, 0, false, 0);
+    let list_head = e.n + 1;
+    let lh_ptr = list_head + 1;
+    e.agg(
+        KIND_STRUCT,
+        "list_head",
+        16,
+        false,
+        &[("next", lh_ptr, 0), ("prev", lh_ptr, 64)],
+    );
+    e.ptr(list_head);
+    let demo = e.agg(
+        KIND_STRUCT,
+        "demo",
+        56,
+        true,
+        &[
+            ("head", list_head, 0),
+            ("", anon, 128),
+            ("comm", comm, 192),
+            ("flags", int, (3 << 24) | 320),
+            ("name", cchar_ptr, 384),
+        ],
+    );
+    e.enum32(
+        "pid_type",
+        true,
+        &[("PIDTYPE_PID", 0), ("PIDTYPE_TGID", 1), ("NEG", -1)],
+    );
+    e.enum64("big", &[("BIG", 1 << 32), ("HUGE", u64::MAX)]);
+    let proto = e.func_proto(int, &[cchar_ptr, ulong]);
+    let fn_ptr = e.ptr(proto);
+    let demo_t = e.refer(KIND_TYPEDEF, "demo_t", demo);
+    let dual_union = e.agg(KIND_UNION, "dual", 4, false, &[("x", int, 0)]);
+    let dual_struct = e.agg(KIND_STRUCT, "dual", 4, false, &[("y", int, 0)]);
+    // Old-style bitfields: a 3-bit int type, no kind_flag.
+    let u3 = e.int("unsigned int", 4, 0, 3);
+    let oldbits = e.agg(
+        KIND_STRUCT,
+        "oldbits",
+        4,
+        false,
+        &[("lo", u3, 0), ("hi", u3, 3)],
+    );
+    let cptr_const = e.refer(KIND_CONST, "", cchar_ptr);
+    let ptr_to_array = e.ptr(comm);
+    e.refer(KIND_FUNC, "do_thing", proto);
+    e.head("double", KIND_FLOAT, 0, false, 8);
+    let var = e.refer(KIND_VAR, "jiffies", ulong);
+    e.u32(1);
+    let ds = e.head(".data", KIND_DATASEC, 1, false, 8);
+    e.u32(var);
+    e.u32(0);
+    e.u32(8);
+    e.refer(KIND_TYPE_TAG, "user", char_);
+    e.refer(KIND_DECL_TAG, "tag", ds);
+    e.u32(u32::MAX);
+    let ids = Sample {
+        int,
+        char_,
+        ulong,
+        u64_,
+        cchar_ptr,
+        comm,
+        list_head,
+        demo,
+        fn_ptr,
+        demo_t,
+        dual_union,
+        dual_struct,
+        oldbits,
+        cptr_const,
+        ptr_to_array,
+    };
+    (e.blob(), ids)
+}
+
+fn member(btf: &Btf, id: TypeId, name: &str) -> Member {
+    btf.member(id, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn sample_blob_queries() {
+    let (blob, s) = sample();
+    let btf = Btf::parse(&blob).unwrap();
+    assert_eq!(btf.len(), 29);
+    assert!(!btf.is_empty());
+    assert_eq!(btf.ty(0).unwrap(), &Type::Void);
+    assert_eq!(
+        btf.ty(s.char_).unwrap(),
+        &Type::Int {
+            name: "char".into(),
+            size: 1,
+            signed: false,
+            is_char: true,
+            is_bool: false,
+            bits: 8
+        }
+    );
+    assert_eq!(
+        btf.ty(s.comm).unwrap(),
+        &Type::Array {
+            elem: s.char_,
+            len: 16
+        }
+    );
+    assert!(matches!(
+        btf.ty(30),
+        Err(BtfError::NoSuchType { id: 30, count: 29 })
+    ));
+
+    // Lookups.
+    assert_eq!(btf.struct_named("list_head"), Some(s.list_head));
+    assert_eq!(btf.struct_named("dual"), Some(s.dual_struct));
+    assert_eq!(btf.type_named("dual"), Some(s.dual_union));
+    assert_eq!(btf.type_named("u64"), Some(s.u64_));
+    assert_eq!(btf.type_named("unsigned long"), Some(s.ulong));
+    assert_eq!(btf.type_named("pid_type"), Some(13));
+    assert_eq!(btf.type_named("double"), Some(25));
+    assert_eq!(btf.type_named("do_thing"), None);
+    assert_eq!(btf.struct_named("u64"), None);
+    assert_eq!(btf.struct_named("nope"), None);
+
+    // resolve / size_of.
+    assert_eq!(btf.resolve(s.u64_).unwrap(), s.ulong);
+    assert_eq!(btf.resolve(s.demo_t).unwrap(), s.demo);
+    assert_eq!(btf.resolve(s.cptr_const).unwrap(), s.cchar_ptr);
+    assert_eq!(btf.size_of(s.u64_).unwrap(), 8);
+    assert_eq!(btf.size_of(s.comm).unwrap(), 16);
+    assert_eq!(btf.size_of(s.list_head).unwrap(), 16);
+    assert_eq!(btf.size_of(s.demo_t).unwrap(), 56);
+    assert_eq!(btf.size_of(s.fn_ptr).unwrap(), 8);
+    assert_eq!(btf.size_of(s.ptr_to_array).unwrap(), 8);
+    assert!(matches!(
+        btf.size_of(0),
+        Err(BtfError::NoSize {
+            id: 0,
+            what: "void"
+        })
+    ));
+    assert!(matches!(
+        btf.size_of(9),
+        Err(BtfError::NoSize {
+            id: 9,
+            what: "forward declaration"
+        })
+    ));
+
+    // Members, including through the anonymous union and the bitfield.
+    let head = member(&btf, s.demo_t, "head");
+    assert_eq!(
+        (head.type_id, head.bit_offset, head.bitfield_size),
+        (s.list_head, 0, None)
+    );
+    let a = member(&btf, s.demo, "a");
+    assert_eq!((a.type_id, a.bit_offset), (s.int, 128));
+    let b = member(&btf, s.demo, "b");
+    assert_eq!(
+        (b.name.as_deref(), b.type_id, b.bit_offset),
+        (Some("b"), s.u64_, 128)
+    );
+    assert_eq!(member(&btf, s.demo, "comm").bit_offset, 192);
+    let flags = member(&btf, s.demo, "flags");
+    assert_eq!((flags.bit_offset, flags.bitfield_size), (320, Some(3)));
+    assert_eq!(member(&btf, s.demo, "name").type_id, s.cchar_ptr);
+    assert_eq!(member(&btf, s.list_head, "prev").bit_offset, 64);
+    let hi = member(&btf, s.oldbits, "hi");
+    assert_eq!((hi.bit_offset, hi.bitfield_size), (3, Some(3)));
+    assert_eq!(member(&btf, s.dual_union, "x").bit_offset, 0);
+
+    // Names.
+    assert_eq!(btf.type_name(0), "void");
+    assert_eq!(btf.type_name(s.list_head), "struct list_head");
+    assert_eq!(btf.type_name(s.list_head + 1), "struct list_head *");
+    assert_eq!(btf.type_name(s.comm), "char [16]");
+    assert_eq!(btf.type_name(s.u64_), "u64");
+    assert_eq!(btf.type_name(s.cchar_ptr), "const char *");
+    assert_eq!(btf.type_name(s.cptr_const), "const char *const");
+    assert_eq!(btf.type_name(s.ptr_to_array), "char (*)[16]");
+    assert_eq!(
+        btf.type_name(s.fn_ptr),
+        "int (*)(const char *, unsigned long)"
+    );
+    assert_eq!(btf.type_name(8), "union <anonymous>");
+    assert_eq!(btf.type_name(9), "struct list_head");
+    assert_eq!(
+        btf.type_name(24),
+        "int do_thing(const char *, unsigned long)"
+    );
+    assert_eq!(btf.type_name(999), "?");
+
+    // Enum constants (signed 32-bit, and 64-bit).
+    assert_eq!(btf.enum_value("PIDTYPE_PID"), Some(0));
+    assert_eq!(btf.enum_value("PIDTYPE_TGID"), Some(1));
+    assert_eq!(btf.enum_value("NEG"), Some(-1));
+    assert_eq!(btf.enum_value("BIG"), Some(1 << 32));
+    assert_eq!(btf.enum_value("HUGE"), Some(-1));
+    assert_eq!(btf.enum_value("TASK_RUNNING"), None);
+    let Type::Enum { signed, size, .. } = btf.ty(btf.type_named("pid_type").unwrap()).unwrap()
+    else {
+        panic!("pid_type is not an enum");
+    };
+    assert!(*signed);
+    assert_eq!(*size, 4);
+}
+
+fn set_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn parse_err(b: &[u8]) -> BtfError {
+    match Btf::parse(b) {
+        Ok(_) => panic!("blob was accepted"),
+        Err(e) => {
+            // Every refusal must render a message.
+            assert!(!e.to_string().is_empty());
+            e
+        }
+    }
+}
+
+#[test]
+fn header_refusals() {
+    let (good, _) = sample();
+    let mut b = good.clone();
+    b[0] = 0x34;
+    assert!(matches!(parse_err(&b), BtfError::BadMagic { .. }));
+    let mut b = good.clone();
+    b[0..2].copy_from_slice(&[0xeb, 0x9f]);
+    assert_eq!(parse_err(&b), BtfError::BigEndian);
+    let mut b = good.clone();
+    b[2] = 2;
+    assert_eq!(parse_err(&b), BtfError::BadVersion { version: 2 });
+    assert!(matches!(
+        parse_err(&good[..10]),
+        BtfError::Truncated { len: 10, .. }
+    ));
+    assert!(matches!(parse_err(&[]), BtfError::Truncated { len: 0, .. }));
+
+    let mut b = good.clone();
+    set_u32(&mut b, 4, 16);
+    assert!(matches!(
+        parse_err(&b),
+        BtfError::HeaderTooShort { hdr_len: 16, .. }
+    ));
+    let mut b = good.clone();
+    let past = b.len() as u32 + 1;
+    set_u32(&mut b, 4, past);
+    assert!(matches!(parse_err(&b), BtfError::HeaderPastEnd { .. }));
+
+    let mut b = good.clone();
+    set_u32(&mut b, 12, u32::MAX);
+    assert!(matches!(parse_err(&b), BtfError::TypeSectionPastEnd { .. }));
+    let mut b = good.clone();
+    set_u32(&mut b, 8, u32::MAX);
+    assert!(matches!(parse_err(&b), BtfError::TypeSectionPastEnd { .. }));
+
+    let mut b = good.clone();
+    let str_len = u32::from_le_bytes(b[20..24].try_into().unwrap());
+    set_u32(&mut b, 20, str_len + 1);
+    assert!(matches!(
+        parse_err(&b),
+        BtfError::StringSectionPastEnd { .. }
+    ));
+    let mut b = good.clone();
+    set_u32(&mut b, 16, u32::MAX);
+    assert!(matches!(
+        parse_err(&b),
+        BtfError::StringSectionPastEnd { .. }
+    ));
+
+    let mut b = good.clone();
+    let str_start = 24 + u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;
+    b[str_start] = b'x';
+    assert!(matches!(parse_err(&b), BtfError::StringSectionStart { .. }));
+}
+
+#[test]
+fn string_refusals() {
+    // Name offset past the section.
+    let mut e = Enc::new();
+    e.raw(100, KIND_STRUCT, 0, false, 0);
+    assert_eq!(
+        parse_err(&e.blob()),
+        BtfError::NameOutOfBounds {
+            type_id: 1,
+            name_off: 100,
+            str_len: 1
+        }
+    );
+    // Offset exactly at the end.
+    let mut e = Enc::new();
+    e.s("abc");
+    e.raw(5, KIND_TYPEDEF, 0, false, 0);
+    assert!(matches!(
+        parse_err(&e.blob()),
+        BtfError::NameOutOfBounds { name_off: 5, .. }
+    ));
+
+    // A name running to the end of the section without a NUL.
+    let mut e = Enc::new();
+    e.strs.extend_from_slice(b"open");
+    e.raw(1, KIND_TYPEDEF, 0, false, 0);
+    assert_eq!(
+        parse_err(&e.blob()),
+        BtfError::NameNotTerminated {
+            type_id: 1,
+            name_off: 1
+        }
+    );
+
+    // A member name, too (the error names the struct).
+    let mut e = Enc::new();
+    e.int("int", 4, 1, 32);
+    e.agg(KIND_STRUCT, "s", 4, false, &[("x", 1, 0)]);
+    e.strs.extend_from_slice(b"tail");
+    let mut b = e.blob();
+    let bad = e.strs.len() as u32 - 4;
+    // Second struct's member record: name_off is the first word after the header.
+    set_u32(&mut b, 24 + 16 + 12, bad);
+    assert_eq!(
+        parse_err(&b),
+        BtfError::NameNotTerminated {
+            type_id: 2,
+            name_off: bad
+        }
+    );
+
+    // Too long to be an identifier.
+    let mut e = Enc::new();
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    e.head(&long, KIND_TYPEDEF, 0, false, 0);
+    assert!(matches!(
+        parse_err(&e.blob()),
+        BtfError::NameTooLong { type_id: 1, .. }
+    ));
+    let mut e = Enc::new();
+    e.head(&"y".repeat(MAX_NAME_LEN), KIND_TYPEDEF, 0, false, 0);
+    Btf::parse(&e.blob()).unwrap();
+
+    // Many records naming one long string: copies are budgeted.
+    let mut e = Enc::new();
+    let off = e.s(&"z".repeat(1000));
+    for _ in 0..2000 {
+        e.raw(off, KIND_TYPEDEF, 0, false, 0);
+    }
+    assert!(matches!(
+        parse_err(&e.blob()),
+        BtfError::NamesTooLarge { .. }
+    ));
+}
+
+#[test]
+fn type_section_refusals() {
+    // vlen says 5 members, 1 is there.
+    let mut e = Enc::new();
+    e.int("int", 4, 1, 32);
+    e.head("s", KIND_STRUCT, 5, false, 4);
+    e.u32(0);
+    e.u32(1);
+    e.u32(0);
+    assert_eq!(
+        parse_err(&e.blob()),
+        BtfError::TypePastEnd {
+            type_id: 2,
+            kind: KIND_STRUCT,
+            offset: 24 + 16 + 12,
+            need: 60,
+            have: 12
+        }
+    );
+    // Same for an enum64, a func_proto and a datasec with a huge vlen.
+    for kind in [
+        KIND_ENUM,
+        KIND_ENUM64,
+        KIND_FUNC_PROTO,
+        KIND_DATASEC,
+        KIND_UNION,
+    ] {
+        let mut e = Enc::new();
+        e.head("x", kind, 0xffff, false, 4);
+        assert!(matches!(
+            parse_err(&e.blob()),
+            BtfError::TypePastEnd { type_id: 1, .. }
+        ));
+    }
+    // Kind data cut off (int without its u32), and a partial record.
+    let mut e = Enc::new();
+    e.head("int", KIND_INT, 0, false, 4);
+    assert!(matches!(
+        parse_err(&e.blob()),
+        BtfError::TypePastEnd {
+            type_id: 1,
+            kind: KIND_INT,
+            need: 4,
+            have: 0,
+            ..
+        }
+    ));
+    let mut e = Enc::new();
+    e.int("int", 4, 1, 32);
+    e.u32(0);
+    assert!(matches!(
+        parse_err(&e.blob()),
+        BtfError::TypePastEnd {
+            type_id: 2,
+            kind: 0,
+            have: 4,
+            ..
+        }
+    ));
+
+    // Unknown kinds.
+    for kind in [0, 20, 31] {
+        let mut e = Enc::new();
+        e.int("int", 4, 1, 32);
+        e.head("", kind, 0, false, 0);
+        assert_eq!(
+            parse_err(&e.blob()),
+            BtfError::UnknownKind {
+                type_id: 2,
+                kind,
+                offset: 24 + 16
+            }
+        );
+    }
+}
+
+#[test]
+fn query_refusals() {
+    let mut e = Enc::new();
+    let int = e.int("int", 4, 1, 32);
+    // Typedef loop A -> B -> A.
+    let a = e.refer(KIND_TYPEDEF, "A", int + 2);
+    let b = e.refer(KIND_TYPEDEF, "B", a);
+    // A self-referencing array, and an array whose size overflows u64.
+    let selfarr = e.array(b + 1, 1);
+    let selfarr2 = e.array(b + 2, 2);
+    let ulong = e.int("unsigned long", 8, 0, 64);
+    let inner = e.array(ulong, u32::MAX);
+    let outer = e.array(inner, u32::MAX);
+    // A struct with a member of a broken type, and one with a dangling anonymous member.
+    let s = e.agg(
+        KIND_STRUCT,
+        "s",
+        8,
+        false,
+        &[("first", int, 0), ("second", int, 32)],
+    );
+    let dangling = e.agg(KIND_STRUCT, "d", 8, false, &[("", 999, 0)]);
+    let looped = e.agg(KIND_STRUCT, "l", 8, false, &[("", a, 0)]);
+    let btf = Btf::parse(&e.blob()).unwrap();
+
+    assert_eq!(btf.resolve(a), Err(BtfError::TypeLoop { id: a }));
+    assert_eq!(btf.size_of(b), Err(BtfError::TypeLoop { id: b }));
+    assert_eq!(btf.member(a, "x"), Err(BtfError::TypeLoop { id: a }));
+    assert_eq!(
+        btf.size_of(selfarr),
+        Err(BtfError::TypeLoop { id: selfarr })
+    );
+    assert_eq!(
+        btf.size_of(outer),
+        Err(BtfError::ArraySizeOverflow { id: outer })
+    );
+    assert_eq!(btf.size_of(inner), Ok(8 * u64::from(u32::MAX)));
+    assert_eq!(
+        btf.resolve(999),
+        Err(BtfError::NoSuchType {
+            id: 999,
+            count: btf.len()
+        })
+    );
+    assert_eq!(
+        btf.member(dangling, "x"),
+        Err(BtfError::NoSuchType {
+            id: 999,
+            count: btf.len()
+        })
+    );
+    assert_eq!(btf.member(looped, "x"), Err(BtfError::TypeLoop { id: a }));
+    // Names of broken types still come out.
+    assert_eq!(btf.type_name(a), "A");
+    assert!(btf.type_name(selfarr).starts_with("? [1][1][1]"));
+    assert_eq!(
+        btf.size_of(selfarr2),
+        Err(BtfError::ArraySizeOverflow { id: selfarr2 })
+    );
+
+    assert_eq!(
+        btf.member(int, "x"),
+        Err(BtfError::NotAStruct {
+            id: int,
+            name_of_type: "int".into()
+        })
+    );
+    let err = btf.member(s, "third").unwrap_err();
+    assert_eq!(
+        err,
+        BtfError::NoMember {
+            type_name: "struct s".into(),
+            member: "third".into(),
+            known: vec!["first".into(), "second".into()],
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "struct s has no member `third` (it has: first, second)"
+    );
+}
+
+#[test]
+fn known_list_is_capped_and_flattens_anonymous_members() {
+    let mut e = Enc::new();
+    let int = e.int("int", 4, 1, 32);
+    let inner = e.agg(KIND_UNION, "", 4, false, &[("deep", int, 0)]);
+    let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    let mut m: Vec<(&str, TypeId, u32)> = vec![("", inner, 0)];
+    m.extend(names.iter().map(|n| (n.as_str(), int, 0)));
+    let s = e.agg(KIND_STRUCT, "big", 4, false, &m);
+    let btf = Btf::parse(&e.blob()).unwrap();
+    let Err(BtfError::NoMember { known, .. }) = btf.member(s, "nope") else {
+        panic!("expected NoMember");
+    };
+    assert_eq!(known.len(), KNOWN_LIST);
+    assert_eq!(known[0], "deep");
+    assert_eq!(known[1], "m0");
+}
+
+#[test]
+fn hostile_fanout_is_bounded() {
+    // 16 levels of structs, each with 1000 anonymous members of the next level:
+    // a naive search would visit 1000^16 members.
+    let mut e = Enc::new();
+    let int = e.int("int", 4, 1, 32);
+    let mut prev = e.agg(KIND_STRUCT, "", 4, false, &[("leaf", int, 0)]);
+    for _ in 0..20 {
+        let m: Vec<(&str, TypeId, u32)> = (0..1000).map(|_| ("", prev, 0)).collect();
+        prev = e.agg(KIND_STRUCT, "", 4, false, &m);
+    }
+    // A function prototype with many function-pointer parameters, nested.
+    let mut proto = e.func_proto(int, &[int]);
+    for _ in 0..10 {
+        let p = e.ptr(proto);
+        proto = e.func_proto(int, &[p; 100]);
+    }
+    let btf = Btf::parse(&e.blob()).unwrap();
+    let start = std::time::Instant::now();
+    assert!(matches!(
+        btf.member(prev, "nope"),
+        Err(BtfError::NoMember { .. })
+    ));
+    // Deeper than 16 anonymous levels is not searched.
+    assert!(btf.member(prev, "leaf").is_err());
+    assert!(btf.type_name(proto).len() < 1 << 20);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// Calls every query on `btf` with ids and names derived from it and from `extra`.
+fn exercise(btf: &Btf, extra_id: u32, extra_name: &str) {
+    let n = btf.len() as u32;
+    let ids = (0..=n.saturating_add(2).min(64)).chain([extra_id, u32::MAX, n]);
+    let mut names = vec![extra_name.to_string(), String::new()];
+    for id in ids {
+        let _ = btf.ty(id);
+        let _ = btf.resolve(id);
+        let _ = btf.size_of(id);
+        let name = btf.type_name(id);
+        names.push(name);
+        if let Ok(Type::Struct { members, .. } | Type::Union { members, .. }) = btf.ty(id) {
+            names.extend(members.iter().filter_map(|m| m.name.clone()));
+        }
+        for nm in &names {
+            let _ = btf.member(id, nm);
+        }
+        if let Err(e) = btf.member(id, extra_name) {
+            let _ = e.to_string();
+        }
+    }
+    for nm in &names {
+        let _ = btf.struct_named(nm);
+        let _ = btf.type_named(nm);
+        let _ = btf.enum_value(nm);
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(btf) = Btf::parse(&bytes) {
+            exercise(&btf, 1, "x");
+        }
+    }
+
+    #[test]
+    fn arbitrary_headers_never_panic(
+        hdr in proptest::collection::vec(any::<u32>(), 5),
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let mut b = vec![0x9f, 0xeb, 1, 0];
+        for v in hdr {
+            // Mostly small values, so the sections often land inside the blob.
+            b.extend_from_slice(&(v % 600).to_le_bytes());
+        }
+        b.extend_from_slice(&body);
+        if let Ok(btf) = Btf::parse(&b) {
+            exercise(&btf, 3, "a");
+        }
+    }
+
+    #[test]
+    fn mutated_sample_never_panics(
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..12),
+        cut in any::<Option<usize>>(),
+        extra_id in any::<u32>(),
+        extra_name in "[a-z_]{0,12}",
+    ) {
+        let (mut b, _) = sample();
+        for (at, v) in edits {
+            let at = at % b.len();
+            b[at] = v;
+        }
+        if let Some(c) = cut {
+            b.truncate(c % (b.len() + 1));
+        }
+        if let Ok(btf) = Btf::parse(&b) {
+            exercise(&btf, extra_id, &extra_name);
+        }
+    }
+
+    #[test]
+    fn mutated_type_words_never_panic(
+        edits in proptest::collection::vec((any::<usize>(), any::<u32>()), 1..8),
+        extra_id in 0u32..40,
+    ) {
+        // Word-sized edits inside the type section hit ids, kinds and vlens whole.
+        let (mut b, _) = sample();
+        let type_len = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
+        for (at, v) in edits {
+            let at = 24 + (at % (type_len / 4)) * 4;
+            let v = if v & 1 == 0 { v % 64 } else { v };
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        if let Ok(btf) = Btf::parse(&b) {
+            exercise(&btf, extra_id, "comm");
+        }
+    }
+}
+
+#[test]
+fn kernel_vmlinux() {
+    let path = "/sys/kernel/btf/vmlinux";
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("!!!!! SKIPPED kernel_vmlinux: cannot read {path}: {e} !!!!!");
+            eprintln!("!!!!! SKIPPED kernel_vmlinux: cannot read {path}: {e} !!!!!");
+            return;
+        }
+    };
+    let start = std::time::Instant::now();
+    let btf = Btf::parse(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"));
+    eprintln!(
+        "parsed {path}: {} bytes, {} types in {:?}",
+        bytes.len(),
+        btf.len(),
+        start.elapsed()
+    );
+
+    let task = btf.struct_named("task_struct").expect("struct task_struct");
+    assert!(matches!(btf.ty(task).unwrap(), Type::Struct { .. }));
+    assert_eq!(btf.type_name(task), "struct task_struct");
+
+    let lh = btf.struct_named("list_head").expect("struct list_head");
+    let next = btf.member(lh, "next").unwrap();
+    assert_eq!(next.bit_offset, 0);
+    assert_eq!(btf.type_name(next.type_id), "struct list_head *");
+    assert_eq!(btf.member(lh, "prev").unwrap().bit_offset, 64);
+    assert_eq!(btf.size_of(lh).unwrap(), 16);
+
+    let comm = btf.member(task, "comm").unwrap();
+    let Type::Array { elem, len } = btf.ty(btf.resolve(comm.type_id).unwrap()).unwrap() else {
+        panic!("task_struct.comm is {}", btf.type_name(comm.type_id));
+    };
+    assert_eq!(*len, 16);
+    let Type::Int { name, size, .. } = btf.ty(btf.resolve(*elem).unwrap()).unwrap() else {
+        panic!("comm element is not an int");
+    };
+    assert_eq!((name.as_str(), *size), ("char", 1));
+    assert_eq!(btf.type_name(comm.type_id), "char [16]");
+    assert_eq!(btf.size_of(comm.type_id).unwrap(), 16);
+
+    let pid = btf.member(task, "pid").unwrap();
+    let Type::Int { size, .. } = btf.ty(btf.resolve(pid.type_id).unwrap()).unwrap() else {
+        panic!("task_struct.pid is {}", btf.type_name(pid.type_id));
+    };
+    assert_eq!(*size, 4);
+
+    let u64_ = btf.type_named("u64").expect("u64");
+    let Type::Int { size, signed, .. } = btf.ty(btf.resolve(u64_).unwrap()).unwrap() else {
+        panic!("u64 is {}", btf.type_name(u64_));
+    };
+    assert_eq!((*size, *signed), (8, false));
+    assert_eq!(btf.size_of(u64_).unwrap(), 8);
+
+    assert!(btf.enum_value("PIDTYPE_PID").is_some());
+    let missing = btf.member(task, "no_such_member").unwrap_err();
+    let BtfError::NoMember { known, .. } = &missing else {
+        panic!("{missing}");
+    };
+    assert!(!known.is_empty());
+
+    // Every type answers every query without panicking.
+    for id in 0..=btf.len() as u32 {
+        let _ = btf.size_of(id);
+        let _ = btf.type_name(id);
+    }
+}
