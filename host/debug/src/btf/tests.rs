@@ -811,8 +811,7 @@ fn kernel_vmlinux() {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
-            println!("!!!!! SKIPPED kernel_vmlinux: cannot read {path}: {e} !!!!!");
-            eprintln!("!!!!! SKIPPED kernel_vmlinux: cannot read {path}: {e} !!!!!");
+            crate::memory::fake::say_skipped("kernel_vmlinux", &format!("cannot read {path}: {e}"));
             return;
         }
     };

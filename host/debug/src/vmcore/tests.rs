@@ -615,7 +615,7 @@ impl Mount {
     fn tmpfs(options: &str, why: &str) -> Option<Self> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP {why}: not root, cannot mount a tmpfs");
+            crate::memory::fake::say_skipped(why, "not root, cannot mount a tmpfs");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -625,7 +625,7 @@ impl Mount {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("SKIP {why}: `mount -t tmpfs` failed here");
+            crate::memory::fake::say_skipped(why, "`mount -t tmpfs` failed here");
             return None;
         }
         Some(Self(dir))
@@ -642,18 +642,15 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn a_full_filesystem_is_enospc_and_leaves_no_file() {
-    let Some(m) = Mount::tmpfs("size=1m", "the ENOSPC test") else {
-        return;
-    };
+/// A dump into `dir` that must fail to write: the error, its step and errno.
+fn write_error_in(dir: &Path) -> (VmcoreError, &'static str, Option<i32>) {
     let g = guest();
     let e = write_vmcore(
         &g,
         &g.ranges(),
         &info(),
         None,
-        m.path(),
+        dir,
         "d",
         &DumpOptions::default(),
     )
@@ -664,8 +661,18 @@ fn a_full_filesystem_is_enospc_and_leaves_no_file() {
     else {
         panic!("{e:?}");
     };
+    let errno = source.raw_os_error();
+    (e, step, errno)
+}
+
+#[test]
+fn a_full_filesystem_is_enospc_and_leaves_no_file() {
+    let Some(m) = Mount::tmpfs("size=1m", "the ENOSPC test") else {
+        return;
+    };
+    let (e, step, errno) = write_error_in(m.path());
     assert_eq!(step, "writing");
-    assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+    assert_eq!(errno, Some(libc::ENOSPC));
     let msg = e.to_string();
     assert!(
         msg.contains("No space left") && msg.contains(&m.path().join("d").display().to_string()),
@@ -685,30 +692,11 @@ fn a_read_only_filesystem_is_erofs_and_leaves_no_file() {
         .status()
         .is_ok_and(|s| s.success());
     if !ro {
-        eprintln!("SKIP the EROFS test: remounting the tmpfs read-only failed");
+        crate::memory::fake::say_skipped("the EROFS test", "remounting the tmpfs read-only failed");
         return;
     }
-    let g = guest();
-    let e = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        m.path(),
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap_err();
-    let VmcoreError::Write {
-        step, ref source, ..
-    } = e
-    else {
-        panic!("{e:?}");
-    };
-    assert_eq!(
-        (step, source.raw_os_error()),
-        ("creating", Some(libc::EROFS))
-    );
+    let (_, step, errno) = write_error_in(m.path());
+    assert_eq!((step, errno), ("creating", Some(libc::EROFS)));
     assert!(files_in(m.path()).is_empty());
 }
 
@@ -985,7 +973,7 @@ fn have(tool: &str) -> bool {
 #[test]
 fn gdb_reads_image_and_direct_map_addresses_and_registers_from_the_dump() {
     if !have("gdb") {
-        eprintln!("SKIP the gdb test: no gdb on PATH");
+        crate::memory::fake::say_skipped("the gdb test", "no gdb on PATH");
         return;
     }
     let mut g = guest();
@@ -1057,7 +1045,7 @@ fn gdb_reads_image_and_direct_map_addresses_and_registers_from_the_dump() {
 #[test]
 fn readelf_reads_the_headers_and_notes_without_warnings() {
     if !have("readelf") {
-        eprintln!("SKIP the readelf test: no readelf on PATH");
+        crate::memory::fake::say_skipped("the readelf test", "no readelf on PATH");
         return;
     }
     let g = guest();
