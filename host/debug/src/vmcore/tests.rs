@@ -110,6 +110,19 @@ fn info() -> VmcoreInfo {
     VmcoreInfo::parse(INFO.as_bytes()).unwrap()
 }
 
+/// A dump of `g` with no kernel layout and default options: what most tests write.
+fn dump_plain(g: &Guest, dir: &Path, name: &str) -> Result<DumpSummary, VmcoreError> {
+    write_vmcore(
+        g,
+        &g.ranges(),
+        &info(),
+        None,
+        dir,
+        name,
+        &DumpOptions::default(),
+    )
+}
+
 fn cpu(n: u64) -> PrStatusRegs {
     PrStatusRegs {
         pid: n as u32 + 1,
@@ -278,16 +291,7 @@ fn a_dump_reads_back_page_for_page_without_its_zero_pages() {
 fn without_a_layout_vaddrs_are_zero_and_there_are_no_aliases() {
     let g = guest();
     let dir = tempfile::tempdir().unwrap();
-    let sum = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir.path(),
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap();
+    let sum = dump_plain(&g, dir.path(), "d").unwrap();
     let core = Vmcore::open(&sum.path).unwrap();
     assert!(core.loads().iter().all(|l| l.vaddr == 0));
     assert!(core.cpus().is_empty());
@@ -302,16 +306,7 @@ fn adjacent_ram_ranges_are_read_each_on_its_own() {
     let mut g = Guest(vec![patterned(0, MIB), patterned(MIB, MIB + 8 * KIB)]);
     g.zero(MIB - 4 * PAGE..MIB + 4 * PAGE);
     let dir = tempfile::tempdir().unwrap();
-    let sum = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir.path(),
-        "adj",
-        &DumpOptions::default(),
-    )
-    .unwrap();
+    let sum = dump_plain(&g, dir.path(), "adj").unwrap();
     assert_eq!(sum.zero_pages_skipped, 8);
     let core = Vmcore::open(&sum.path).unwrap();
     assert_eq!(
@@ -332,16 +327,7 @@ fn a_planted_link_under_the_partial_name_is_not_followed() {
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"precious").unwrap();
     std::os::unix::fs::symlink(&victim, dir.path().join(".d.partial")).unwrap();
-    let e = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir.path(),
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap_err();
+    let e = dump_plain(&g, dir.path(), "d").unwrap_err();
     assert!(
         matches!(
             e,
@@ -354,16 +340,7 @@ fn a_planted_link_under_the_partial_name_is_not_followed() {
     );
     std::fs::remove_file(dir.path().join(".d.partial")).unwrap();
     std::fs::hard_link(&victim, dir.path().join(".d.partial")).unwrap();
-    let e = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir.path(),
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap_err();
+    let e = dump_plain(&g, dir.path(), "d").unwrap_err();
     assert!(
         matches!(
             e,
@@ -479,16 +456,7 @@ fn a_missing_directory_is_an_error_naming_the_path() {
     let g = guest();
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    let e = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        &missing,
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap_err();
+    let e = dump_plain(&g, &missing, "d").unwrap_err();
     let VmcoreError::Write {
         ref path,
         step,
@@ -530,16 +498,7 @@ impl PhysMemory for Failing<'_> {
 fn a_failure_midway_leaves_no_partial_file_and_the_old_dump_intact() {
     let g = guest();
     let dir = tempfile::tempdir().unwrap();
-    let old = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir.path(),
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap();
+    let old = dump_plain(&g, dir.path(), "d").unwrap();
     let before = std::fs::read(&old.path).unwrap();
     // The plan reads 5 chunks; fail while writing the data.
     for ok in [2, 6] {
@@ -569,41 +528,15 @@ fn a_stale_partial_file_is_reclaimed_and_a_locked_one_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let partial = dir.path().join(".d.partial");
     std::fs::write(&partial, b"left by a dump that died").unwrap();
-    write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir.path(),
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap();
+    dump_plain(&g, dir.path(), "d").unwrap();
     assert_eq!(files_in(dir.path()), ["d"]);
 
     std::fs::write(&partial, b"in progress").unwrap();
     let holder = File::open(&partial).unwrap();
     holder.lock().unwrap();
-    let e = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir.path(),
-        "d2",
-        &DumpOptions::default(),
-    );
+    let e = dump_plain(&g, dir.path(), "d2");
     assert!(e.is_ok(), "another name is not busy");
-    let e = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir.path(),
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap_err();
+    let e = dump_plain(&g, dir.path(), "d").unwrap_err();
     assert!(matches!(e, VmcoreError::Busy { .. }), "{e:?}");
     assert_eq!(std::fs::read(&partial).unwrap(), b"in progress");
 }
@@ -645,16 +578,7 @@ impl Drop for Mount {
 /// A dump into `dir` that must fail to write: the error, its step and errno.
 fn write_error_in(dir: &Path) -> (VmcoreError, &'static str, Option<i32>) {
     let g = guest();
-    let e = write_vmcore(
-        &g,
-        &g.ranges(),
-        &info(),
-        None,
-        dir,
-        "d",
-        &DumpOptions::default(),
-    )
-    .unwrap_err();
+    let e = dump_plain(&g, dir, "d").unwrap_err();
     let VmcoreError::Write {
         step, ref source, ..
     } = e
