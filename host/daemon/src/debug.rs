@@ -251,7 +251,8 @@ fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: 
     })
 }
 
-fn qmp_status(qmp: &Path) -> Option<String> {
+/// The guest's run state per QMP (`running`, `paused`, `debug`, ...).
+pub(crate) fn qmp_status(qmp: &Path) -> Option<String> {
     let v = qmp_execute(qmp, "query-status").ok()?;
     v["status"].as_str().map(str::to_string)
 }
@@ -377,20 +378,12 @@ pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Respon
     })
 }
 
-/// QMP `cmd` on `socket`. QEMU serves one QMP client per socket and re-listens a
-/// moment after one leaves, so a refused connection is tried again for a while.
-fn qmp_execute(socket: &Path, cmd: &str) -> Result<serde_json::Value, vesper_qemu::QemuError> {
-    let mut tries = 0;
-    loop {
-        match vesper_qemu::Qmp::connect(socket, Duration::from_secs(5)) {
-            Ok(mut q) => return q.execute(cmd, None),
-            Err(_) if tries < 30 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+/// QMP `cmd` on `socket` (a busy socket is waited for by `Qmp::connect`).
+pub(crate) fn qmp_execute(
+    socket: &Path,
+    cmd: &str,
+) -> Result<serde_json::Value, vesper_qemu::QemuError> {
+    vesper_qemu::Qmp::connect(socket, Duration::from_secs(5))?.execute(cmd, None)
 }
 
 /// vmcores of panicked guests being written, per guest: the failover engine waits

@@ -13,6 +13,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::debug::{qmp_execute, qmp_status};
+
 /// Counts malformed remote-protocol packets in the client's byte stream.
 #[derive(Debug, Default)]
 pub(crate) struct PacketCheck {
@@ -61,13 +63,6 @@ impl PacketCheck {
     }
 }
 
-/// The guest's run state per QMP (`running`, `paused`, `debug`, ...).
-fn run_state(qmp: &Path) -> Option<String> {
-    let mut q = vesper_qemu::Qmp::connect(qmp, Duration::from_secs(2)).ok()?;
-    let v = q.execute("query-status", None).ok()?;
-    v["status"].as_str().map(str::to_string)
-}
-
 /// Serves `listen` for the guest whose QEMU gdbstub is at `upstream` (and QMP at
 /// `qmp`), in a thread.
 pub(crate) fn spawn(
@@ -98,7 +93,7 @@ pub(crate) fn spawn(
 }
 
 fn relay(guest: &str, mut client: UnixStream, upstream: &Path, qmp: &Path) {
-    let was_running = run_state(qmp).as_deref() == Some("running");
+    let was_running = qmp_status(qmp).as_deref() == Some("running");
     let mut stub = match UnixStream::connect(upstream) {
         Ok(s) => s,
         Err(e) => {
@@ -132,11 +127,9 @@ fn relay(guest: &str, mut client: UnixStream, upstream: &Path, qmp: &Path) {
     let _ = stub.shutdown(std::net::Shutdown::Both);
     let _ = back.join();
     // Whatever the client did, a guest that ran before it came runs on.
-    let now = run_state(qmp);
+    let now = qmp_status(qmp);
     if was_running && now.as_deref() != Some("running") {
-        let resumed = vesper_qemu::Qmp::connect(qmp, Duration::from_secs(2))
-            .and_then(|mut q| q.execute("cont", None));
-        match resumed {
+        match qmp_execute(qmp, "cont") {
             Ok(_) => {
                 tracing::info!(guest, state = ?now, "gdb client left the guest stopped; resumed it")
             }

@@ -16,9 +16,40 @@ pub struct Qmp {
     events: Vec<Value>,
 }
 
+/// Pause between tries while QEMU's QMP socket is busy.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
+
+/// QEMU serves one client per QMP socket and takes the next a moment after one leaves:
+/// meanwhile a connection is refused for now (`EAGAIN`) or accepted and dropped.
+fn busy(e: &QemuError) -> bool {
+    match e {
+        QemuError::QmpIo { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionReset
+        ),
+        QemuError::QmpProtocol(why) => why == CLOSED,
+        _ => false,
+    }
+}
+
+const CLOSED: &str = "QEMU closed the QMP connection";
+
 impl Qmp {
-    /// Connects, reads the greeting and negotiates capabilities.
+    /// Connects, reads the greeting and negotiates capabilities; while the socket is
+    /// busy with another client, tries again until `timeout` has passed.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QemuError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match Self::connect_once(path, timeout) {
+                Err(e) if busy(&e) && std::time::Instant::now() + BUSY_RETRY < deadline => {
+                    std::thread::sleep(BUSY_RETRY)
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn connect_once(path: &Path, timeout: Duration) -> Result<Self, QemuError> {
         let io = |source| QemuError::QmpIo {
             path: path.to_path_buf(),
             source,
@@ -53,9 +84,7 @@ impl Qmp {
                 source,
             })?;
         if n == 0 {
-            return Err(QemuError::QmpProtocol(
-                "QEMU closed the QMP connection".into(),
-            ));
+            return Err(QemuError::QmpProtocol(CLOSED.into()));
         }
         serde_json::from_str(&line)
             .map_err(|e| QemuError::QmpProtocol(format!("bad JSON from QEMU: {e}")))
@@ -153,5 +182,38 @@ mod tests {
             parse_event(r#"{"event":"STOP"}"#).unwrap().data,
             Value::Null
         );
+    }
+
+    #[test]
+    fn a_busy_socket_is_waited_for_and_a_missing_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("vesper-qmp-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // QEMU busy with another client: two connections accepted and dropped, then a
+        // real greeting and a capabilities answer.
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                drop(listener.accept().unwrap());
+            }
+            let (s, _) = listener.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            w.write_all(b"{\"QMP\": {\"version\": {}}}\n").unwrap();
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            w.write_all(b"{\"return\": {}}\n").unwrap();
+        });
+        Qmp::connect(&path, Duration::from_secs(5)).expect("connected after the busy spell");
+        server.join().unwrap();
+        // Nobody listening: refused at once, not retried until the timeout.
+        std::fs::remove_file(&path).unwrap();
+        let e = Qmp::connect(&path, Duration::from_secs(5)).unwrap_err();
+        assert!(!busy(&e), "{e}");
+        assert!(
+            matches!(&e, QemuError::QmpIo { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir(&dir);
     }
 }
