@@ -378,12 +378,14 @@ pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Respon
     })
 }
 
-/// QMP `cmd` on `socket` (a busy socket is waited for by `Qmp::connect`).
+/// QMP `cmd` on `socket`, waiting out a socket busy with another client (the guests
+/// these are for are not being replaced meanwhile: a panicked guest's restart waits
+/// for its dump).
 pub(crate) fn qmp_execute(
     socket: &Path,
     cmd: &str,
 ) -> Result<serde_json::Value, vesper_qemu::QemuError> {
-    vesper_qemu::Qmp::connect(socket, Duration::from_secs(5))?.execute(cmd, None)
+    vesper_qemu::Qmp::connect_waiting(socket, Duration::from_secs(5))?.execute(cmd, None)
 }
 
 /// vmcores of panicked guests being written, per guest: the failover engine waits

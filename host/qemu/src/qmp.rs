@@ -35,12 +35,13 @@ fn busy(e: &QemuError) -> bool {
 const CLOSED: &str = "QEMU closed the QMP connection";
 
 impl Qmp {
-    /// Connects, reads the greeting and negotiates capabilities; while the socket is
-    /// busy with another client, tries again until `timeout` has passed.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QemuError> {
+    /// [`Qmp::connect`], but while the socket is busy with another client, tries again
+    /// until `timeout` has passed. Not for a VM that may be replaced meanwhile: a new
+    /// QEMU binds the same path, and a late connection would reach it instead.
+    pub fn connect_waiting(path: &Path, timeout: Duration) -> Result<Self, QemuError> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            match Self::connect_once(path, timeout) {
+            match Self::connect(path, timeout) {
                 Err(e) if busy(&e) && std::time::Instant::now() + BUSY_RETRY < deadline => {
                     std::thread::sleep(BUSY_RETRY)
                 }
@@ -49,7 +50,8 @@ impl Qmp {
         }
     }
 
-    fn connect_once(path: &Path, timeout: Duration) -> Result<Self, QemuError> {
+    /// Connects, reads the greeting and negotiates capabilities.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QemuError> {
         let io = |source| QemuError::QmpIo {
             path: path.to_path_buf(),
             source,
@@ -204,11 +206,12 @@ mod tests {
             BufReader::new(s).read_line(&mut line).unwrap();
             w.write_all(b"{\"return\": {}}\n").unwrap();
         });
-        Qmp::connect(&path, Duration::from_secs(5)).expect("connected after the busy spell");
+        Qmp::connect_waiting(&path, Duration::from_secs(5))
+            .expect("connected after the busy spell");
         server.join().unwrap();
         // Nobody listening: refused at once, not retried until the timeout.
         std::fs::remove_file(&path).unwrap();
-        let e = Qmp::connect(&path, Duration::from_secs(5)).unwrap_err();
+        let e = Qmp::connect_waiting(&path, Duration::from_secs(5)).unwrap_err();
         assert!(!busy(&e), "{e}");
         assert!(
             matches!(&e, QemuError::QmpIo { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
