@@ -46,19 +46,10 @@ fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
 
 /// QEMU's guest-RAM memfd among its open files.
 fn ram_file(pid: i32) -> std::fs::File {
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let path = vesper_qemu::memfd_of(pid as u32, vesper_qemu::RAM_MEMFD_NAME)
         .expect("proc fds")
-        .flatten()
-    {
-        let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        if target
-            .to_string_lossy()
-            .starts_with("/memfd:memory-backend-memfd")
-        {
-            return std::fs::File::open(fd.path()).expect("open guest RAM");
-        }
-    }
-    panic!("QEMU {pid} has no guest-RAM memfd");
+        .unwrap_or_else(|| panic!("QEMU {pid} has no guest-RAM memfd"));
+    std::fs::File::open(path).expect("open guest RAM")
 }
 
 /// A minimal gdb remote-protocol client, one packet at a time, acknowledging each

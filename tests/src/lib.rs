@@ -407,20 +407,16 @@ pub fn module(name: &str) -> String {
 /// The shared region of a running QEMU, mapped through its memfd (the test's hand:
 /// it watches host/guest traffic to time a fault).
 pub fn qemu_region(pid: i32) -> vesper_shmem::SharedRegion {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("proc fds") {
-        let path = entry.expect("fd").path();
-        let target = std::fs::read_link(&path).unwrap_or_default();
-        if target.to_string_lossy().starts_with("/memfd:vesper-") {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .expect("open memfd");
-            let size = file.metadata().expect("stat").len();
-            return vesper_shmem::SharedRegion::map(file, size).expect("map region");
-        }
-    }
-    panic!("QEMU {pid} holds no Vesper region");
+    let path = vesper_qemu::memfd_of(pid as u32, "vesper-")
+        .expect("proc fds")
+        .unwrap_or_else(|| panic!("QEMU {pid} holds no Vesper region"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open memfd");
+    let size = file.metadata().expect("stat").len();
+    vesper_shmem::SharedRegion::map(file, size).expect("map region")
 }
 
 /// Sends `sig` to `pid`.

@@ -34,26 +34,19 @@ pub(crate) struct Kernels(
 
 /// The guest's RAM file: QEMU's `memory-backend-memfd`, found among its open files.
 fn ram_file(pid: u32) -> Result<std::fs::File, ApiError> {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| {
+    let found = vesper_qemu::memfd_of(pid, vesper_qemu::RAM_MEMFD_NAME).map_err(|e| {
         ApiError::new(
             ErrorCode::Internal,
             format!("cannot list QEMU's files (/proc/{pid}/fd): {e}"),
         )
     })?;
-    let want = format!("/memfd:{}", vesper_qemu::RAM_MEMFD_NAME);
-    for fd in fds.flatten() {
-        let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        if target.to_string_lossy().starts_with(&want) {
-            return std::fs::File::open(fd.path()).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::Internal,
-                    format!(
-                        "cannot open QEMU's guest RAM ({}): {e}",
-                        fd.path().display()
-                    ),
-                )
-            });
-        }
+    if let Some(path) = found {
+        return std::fs::File::open(&path).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot open QEMU's guest RAM ({}): {e}", path.display()),
+            )
+        });
     }
     Err(ApiError::new(
         ErrorCode::GuestFailed,

@@ -90,6 +90,20 @@ pub const RAM_BACKEND_ID: &str = "vesper-ram";
 /// `/memfd:memory-backend-memfd (deleted)`).
 pub const RAM_MEMFD_NAME: &str = "memory-backend-memfd";
 
+/// The `/proc/PID/fd` entry of process `pid`'s memfd named `name` (its link reads
+/// `/memfd:NAME (deleted)`): how the host reaches memory QEMU holds, e.g. guest RAM
+/// ([`RAM_MEMFD_NAME`]) or a Vesper region.
+pub fn memfd_of(pid: u32, name: &str) -> std::io::Result<Option<PathBuf>> {
+    let want = format!("/memfd:{name}");
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.to_string_lossy().starts_with(&want) {
+            return Ok(Some(fd.path()));
+        }
+    }
+    Ok(None)
+}
+
 impl VmSpec {
     /// QEMU arguments (without the program name).
     pub fn args(&self) -> Vec<String> {
