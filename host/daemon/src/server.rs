@@ -691,6 +691,21 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         log,
         console_input,
     } = launched;
+    // QEMU waits for its console client before it starts the guest.
+    let qemu_console = match a.vmm {
+        Vmm::Qemu => {
+            let c = crate::console::QemuConsole::new(&dir.join(crate::console::SOCKET), &console);
+            if let Err(e) = c.connect(crate::console::CONNECT_PATIENCE).await {
+                return Err(start_failed(format!(
+                    "cannot connect to QEMU's serial console {}: {e} (see {})",
+                    dir.join(crate::console::SOCKET).display(),
+                    dir.join("qemu.log").display()
+                )));
+            }
+            Some(c)
+        }
+        Vmm::Builtin => None,
+    };
     tracing::info!(guest = %a.name, vmm = %a.vmm, pid, accel = ?accel.accel, reason = %accel.reason, "VM started");
     status.lock().expect("status lock").pid = Some(pid);
     let (up_tx, mut up_rx) = watch::channel(None);
@@ -712,7 +727,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         accel: accel.clone(),
         mode: a.mode.clone(),
         console_log: console.clone(),
-        console_sock: dir.join("console.sock"),
+        console_sock: dir.join(crate::console::SOCKET),
         qmp: qmp.clone(),
         qmp_events: dir.join("qmp-events.sock"),
         region_size: vesper_shared_abi::DEFAULT_REGION_SIZE,
@@ -759,7 +774,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
             exited: exited_rx.clone(),
             stop: Some(stop_tx),
             relay,
-            console: Arc::new(tokio::sync::Mutex::new(None)),
+            console: qemu_console,
             builtin_console: console_input,
         },
     );
@@ -858,8 +873,7 @@ fn launch_qemu(
         accel: accel.accel,
         ivshmem_socket: dir.join("ivshmem.sock"),
         ivshmem_vectors: vesper_ivshmem::transport_vectors() as u32,
-        serial_log: dir.join("console.log"),
-        serial_socket: dir.join("console.sock"),
+        serial_socket: dir.join(crate::console::SOCKET),
         qmp_socket: dir.join("qmp.sock"),
         qmp_events_socket: dir.join("qmp-events.sock"),
         gdb_socket: dir.join(crate::debug::QEMU_GDB_SOCKET),
@@ -1112,6 +1126,8 @@ fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
     let mut record = record;
     record.guest = info.clone();
     record.save(dir);
+    let (record_console_sock, status_console_log) =
+        (record.console_sock.clone(), record.console_log.clone());
     let (up_tx, up_rx) = watch::channel(info.clone());
     let (exited_tx, exited_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(16);
@@ -1148,6 +1164,15 @@ fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
             name.clone(),
         )));
     }
+    // Back on the console at once: QEMU drops what the guest prints with no client.
+    let adopted_console =
+        crate::console::QemuConsole::new(&record_console_sock, &status_console_log);
+    let c = adopted_console.clone();
+    tokio::spawn(async move {
+        if let Err(e) = c.connect(std::time::Duration::ZERO).await {
+            tracing::warn!("serial console of an adopted VM not reconnected: {e}");
+        }
+    });
     tokio::spawn(task.run(rx, stop_rx));
     daemon.guests.lock().expect("guests lock").insert(
         name,
@@ -1158,7 +1183,7 @@ fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
             exited: exited_rx,
             stop: Some(stop_tx),
             relay,
-            console: Arc::new(tokio::sync::Mutex::new(None)),
+            console: Some(adopted_console),
             builtin_console: None,
         },
     );
@@ -1187,7 +1212,7 @@ async fn vm_send(daemon: &Shared, name: &str, line: &str) -> Response {
             "send one line at a time (no newline in the text)",
         ));
     }
-    let (builtin, path, console) = {
+    let (builtin, console) = {
         let guests = daemon.guests.lock().expect("guests lock");
         let g = guests
             .get(name)
@@ -1198,57 +1223,22 @@ async fn vm_send(daemon: &Shared, name: &str, line: &str) -> Response {
                 format!("{name}: the VM has exited"),
             ));
         }
-        let path = g
-            .status
-            .lock()
-            .expect("status lock")
-            .console_log
-            .with_file_name("console.sock");
-        (g.builtin_console.clone(), path, g.console.clone())
+        (g.builtin_console.clone(), g.console.clone())
     };
     if let Some(input) = builtin {
         return send_builtin(name, line, input).await;
     }
-    let failed = |e: std::io::Error| {
+    let console = console
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, format!("{name}: no serial console")))?;
+    console.send(line).await.map_err(|e| {
         ApiError::new(
             ErrorCode::GuestNotReady,
-            format!("{name}: serial console {}: {e}", path.display()),
+            format!("{name}: serial console: {e}"),
         )
-    };
-    let mut conn = console.lock().await;
-    for attempt in 0..2 {
-        if conn.is_none() {
-            let (mut output, input) = UnixStream::connect(&path)
-                .await
-                .map_err(failed)?
-                .into_split();
-            // QEMU writes the console to every client byte by byte; an unread client fills
-            // its socket within a few hundred bytes and stalls the guest's UART (a guest
-            // printing a panic would spin forever). The log file has the text: discard.
-            tokio::spawn(async move {
-                let mut sink = [0u8; 4096];
-                while matches!(tokio::io::AsyncReadExt::read(&mut output, &mut sink).await, Ok(n) if n > 0)
-                {
-                }
-            });
-            *conn = Some(input);
-        }
-        let stream = conn.as_mut().expect("connected above");
-        match stream.write_all(format!("{line}\n").as_bytes()).await {
-            Ok(()) => {
-                return Ok(Reply::VmSent {
-                    name: name.to_string(),
-                })
-            }
-            // QEMU closed our connection (e.g. the guest reset): reconnect once.
-            Err(e) if attempt == 0 => {
-                tracing::debug!(guest = %name, "console connection lost ({e}); reconnecting");
-                *conn = None;
-            }
-            Err(e) => return Err(failed(e)),
-        }
-    }
-    unreachable!("the loop returns on its second attempt")
+    })?;
+    Ok(Reply::VmSent {
+        name: name.to_string(),
+    })
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -43,6 +43,9 @@ pub enum DebugError {
     /// Types are needed but none could be loaded.
     #[error("no type information: {0}")]
     NoTypes(String),
+    /// The task asked for is not there, or cannot be traced from this source.
+    #[error("{0}")]
+    NoTask(String),
     /// An expression that does not parse or does not type-check.
     #[error("{0}")]
     Expr(String),

@@ -1,7 +1,7 @@
 //! Reads a guest Linux kernel from the host, without the guest's help: guest RAM (a
 //! live VM's, a paused or hung one's, or a vmcore's), x86-64 page tables, the
 //! VMCOREINFO note the kernel keeps in its own memory, the kallsyms tables, BTF types,
-//! the printk ring and the task list. Everything read is hostile input: every length,
+//! the printk ring, the task list and kernel stack traces (ORC). Everything read is hostile input: every length,
 //! index and pointer is checked, every walk is bounded, and each kind of bad data has a
 //! named error.
 //!
@@ -21,6 +21,7 @@ pub mod printk;
 pub mod ram;
 pub mod symfile;
 pub mod tasks;
+pub mod unwind;
 pub mod vmcore;
 pub mod vmcoreinfo;
 

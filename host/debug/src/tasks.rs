@@ -59,7 +59,8 @@ struct Layout {
     real_parent: Option<u64>,
 }
 
-fn offset(btf: &Btf, ty: TypeId, path: &str) -> Result<u64, DebugError> {
+/// The byte offset of the member path `path` ("a.b.c") in `ty`.
+pub(crate) fn offset(btf: &Btf, ty: TypeId, path: &str) -> Result<u64, DebugError> {
     let mut id = ty;
     let mut off = 0u64;
     for name in path.split('.') {

@@ -65,9 +65,8 @@ pub struct VmSpec {
     pub ivshmem_socket: PathBuf,
     /// MSI-X vectors of the ivshmem-doorbell device.
     pub ivshmem_vectors: u32,
-    /// Serial console log file.
-    pub serial_log: PathBuf,
-    /// Serial console socket (QEMU listens; a client can type into the console).
+    /// Serial console socket: QEMU listens and waits for one client before it starts
+    /// the guest; that client (vesperd) logs the output and types the input.
     pub serial_socket: PathBuf,
     /// QMP socket to create (commands).
     pub qmp_socket: PathBuf,
@@ -140,10 +139,11 @@ impl VmSpec {
             "-append".into(),
             self.cmdline.clone(),
             "-chardev".into(),
+            // QEMU waits for vesperd, which logs the console itself (QEMU's logfile
+            // doubles a byte each time its UART retries a write to a busy client).
             format!(
-                "socket,id=serial0,path={},server=on,wait=off,logfile={}",
-                self.serial_socket.display(),
-                self.serial_log.display()
+                "socket,id=serial0,path={},server=on,wait=on",
+                self.serial_socket.display()
             ),
             "-serial".into(),
             "chardev:serial0".into(),
@@ -203,7 +203,6 @@ mod tests {
             accel,
             ivshmem_socket: "/run/s.sock".into(),
             ivshmem_vectors: 2,
-            serial_log: "/run/console.log".into(),
             serial_socket: "/run/console.sock".into(),
             qmp_socket: "/run/qmp.sock".into(),
             qmp_events_socket: "/run/qmp-events.sock".into(),
@@ -220,9 +219,7 @@ mod tests {
         assert!(a.contains("-accel tcg"));
         assert!(a.contains("-chardev socket,path=/run/s.sock,id=vesper-ivshmem"));
         assert!(a.contains("-device ivshmem-doorbell,chardev=vesper-ivshmem,vectors=2"));
-        assert!(a.contains(
-            "socket,id=serial0,path=/run/console.sock,server=on,wait=off,logfile=/run/console.log"
-        ));
+        assert!(a.contains("socket,id=serial0,path=/run/console.sock,server=on,wait=on"));
         assert!(a.contains("-serial chardev:serial0"));
         assert!(a.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
         assert!(a.contains("-device pvpanic-pci -action panic=none"));

@@ -62,6 +62,9 @@ freeze() {
 #   panic           -> panicking                     (then sysrq-c: kernel panic)
 #   oom             -> oom hog pid=PID               (/bin/hog eats memory until OOM-killed)
 #   reboot          -> rebooting                     (then sysrq-b: immediate reboot)
+#   stack NAME      -> stack NAME pid=PID FRAME ...  (one line per /proc/PID/stack line:
+#                      the guest kernel's own unwinder, the host's `debug bt` oracle)
+#                      then stack end NAME pid=PID   | no process NAME
 #   anything else   -> unknown command: LINE
 #   malformed args  -> error: ...
 # NAME: 1-15 of [A-Za-z0-9._-] (it becomes the kernel's comm, which holds 15 bytes). A svc
@@ -223,10 +226,33 @@ hand_do() {
         reboot)
             if [ $# -eq 1 ]; then hand_reboot; else hand_say "error: usage: reboot"; fi
             ;;
+        stack)
+            if [ $# -ne 2 ] || ! hand_valid_name "$2"; then
+                hand_say "error: usage: stack NAME"
+            else
+                hand_stack "$2"
+            fi
+            ;;
         *)
             hand_say "unknown command: $line"
             ;;
     esac
+}
+
+# The kernel's own trace of each live process named $1.
+hand_stack() {
+    local pid l
+    hand_find "$1"
+    [ -n "$hand_pids" ] || {
+        hand_say "no process $1"
+        return
+    }
+    for pid in $hand_pids; do
+        while IFS= read -r l; do
+            hand_say "stack $1 pid=$pid $l"
+        done <"/proc/$pid/stack"
+        hand_say "stack end $1 pid=$pid"
+    done
 }
 
 hand() {

@@ -1,0 +1,120 @@
+//! `vesper debug bt` end to end on the kit's real guest under QEMU: kernel stack
+//! traces unwound from the host with the guest kernel's own ORC tables, checked
+//! against the guest kernel's own unwinder (`/proc/PID/stack`, read by the test init's
+//! hand), for sleeping tasks, kernel threads, and a CPU spinning with interrupts off.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use vesper_e2e::{CliOutput, Daemon};
+
+fn debug(d: &Daemon, args: &[&str]) -> CliOutput {
+    let mut a = vec!["--json", "debug"];
+    a.extend_from_slice(args);
+    d.cli(&a)
+}
+
+fn ok(out: CliOutput) -> Value {
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()["result"].clone()
+}
+
+/// The trace's function names with offsets, innermost first.
+fn functions(bt: &Value) -> Vec<String> {
+    bt["frames"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no frames: {bt}"))
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// `/proc/PID/stack` of the process named `name`, as the guest's kernel unwinds it:
+/// `func+0xoff` per frame (the `/size` dropped), and its pid.
+fn guest_stack(d: &Daemon, name: &str) -> (i64, Vec<String>) {
+    let before = d.console("vm1").len();
+    let end = d.hand(
+        "vm1",
+        &format!("stack {name}"),
+        &format!("stack end {name} pid="),
+    );
+    let pid = end
+        .split("pid=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {end:?}"));
+    let console = d.console("vm1");
+    let frame_line = format!("vesper-hand: stack {name} pid={pid} ");
+    let frames = console[before..]
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix(&frame_line))
+        // "[<0>] sigsuspend+0x77/0xb0"
+        .map(|f| {
+            f.rsplit(' ')
+                .next()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    (pid, frames)
+}
+
+#[test]
+fn traces_of_sleeping_tasks_match_the_guest_kernels_own_unwinder() {
+    let d = Daemon::start(&[]);
+    d.vm_start_with("vm1", &["--mode", "hand"]);
+    d.hand("vm1", "start svc", "started svc");
+    // Let svc reach its sleep.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (pid, theirs) = guest_stack(&d, "svc");
+    assert!(!theirs.is_empty(), "the guest printed no stack for svc");
+    let bt = ok(debug(&d, &["bt", "vm1", &pid.to_string()]));
+    let ours = functions(&bt);
+    // /proc/PID/stack leaves out the scheduler's own frames; the rest is identical,
+    // offsets included.
+    let past_scheduler: Vec<String> = ours
+        .iter()
+        .skip_while(|f| f.starts_with("__schedule+") || f.starts_with("schedule+"))
+        .cloned()
+        .collect();
+    assert_eq!(past_scheduler, theirs, "ours: {ours:?}");
+    assert_eq!(bt["pid"], pid, "{bt}");
+    assert_eq!(bt["comm"], "svc", "{bt}");
+    // A user process's kernel stack ends where it entered from user space.
+    assert_eq!(bt["end"]["reason"], "user_space", "{bt}");
+    assert!(bt["end"]["ip"].as_u64().unwrap() < 0x8000_0000_0000, "{bt}");
+
+    // A kernel thread's stack ends at its bottom, in ret_from_fork.
+    let bt = ok(debug(&d, &["bt", "vm1", "2"]));
+    let f = functions(&bt);
+    assert_eq!(bt["end"]["reason"], "stack_end", "{bt}");
+    assert!(f.last().unwrap().starts_with("ret_from_fork+"), "{f:?}");
+    assert!(f.iter().any(|x| x.starts_with("kthreadd+")), "{f:?}");
+
+    // Human output: one line per frame, the way the kernel prints them.
+    let out = d.cli(&["debug", "bt", "vm1", &pid.to_string()]).ok();
+    assert!(out.stdout.contains("PID"), "{}", out.stdout);
+    assert!(out.stdout.contains(&theirs[0]), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("entered from user space"),
+        "{}",
+        out.stdout
+    );
+
+    // Bad requests: no such task, neither PID nor CPU, both.
+    let out = debug(&d, &["bt", "vm1", "99999"]);
+    assert_eq!(out.code, 65, "{out:?}");
+    assert!(out.stdout.contains("no task with pid 99999"), "{out:?}");
+    let out = d.cli(&["debug", "bt", "vm1"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = d.cli(&["debug", "bt", "vm1", "1", "--cpu", "0"]);
+    assert_eq!(out.code, 2, "{out:?}");
+
+    // The guest was paused only while its stacks were walked.
+    d.hand("vm1", "ping", "pong");
+}
