@@ -155,38 +155,8 @@ pub(crate) fn fetch_kernel(
     release: &str,
     kernel_dir: &Path,
 ) -> Result<(), KitError> {
-    let dl = dir.join("downloads");
-    fs::create_dir_all(&dl).map_err(io_err("create", &dl))?;
     let pkg = format!("linux-image-{release}");
-    let prefix = apt::image_deb_prefix(release);
-    let find_deb = || -> Result<Option<PathBuf>, KitError> {
-        let rd = fs::read_dir(&dl).map_err(io_err("list", &dl))?;
-        Ok(rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        }))
-    };
-    let deb = match find_deb()? {
-        Some(d) => d,
-        None => {
-            // As root, apt warns that the download is unsandboxed (_apt cannot write to the
-            // cwd); that warning is harmless and ignored.
-            let download = || cmd::run(apt_get().current_dir(&dl).args(["download", &pkg]));
-            match download() {
-                Ok(_) => {}
-                Err(KitError::CommandFailed { .. }) if !apt.updated => {
-                    apt.update()?;
-                    download()?;
-                }
-                Err(e) => return Err(e),
-            }
-            find_deb()?.ok_or_else(|| KitError::MissingFile {
-                what: format!("downloaded {pkg} package"),
-                path: dl.join(format!("{prefix}*.deb")),
-            })?
-        }
-    };
+    let deb = download_deb(apt, dir, &pkg, &apt::image_deb_prefix(release))?;
     let tmp = dir.join(format!("tmp-extract-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
@@ -244,4 +214,78 @@ pub(crate) const GUEST_DRIVERS: [&str; 2] = ["pvpanic", "pvpanic-pci"];
 /// Where the extracted guest drivers live in a kernel directory.
 pub(crate) fn drivers_dir(kernel_dir: &Path) -> PathBuf {
     kernel_dir.join("drivers")
+}
+
+/// `<dir>/downloads/<prefix>*.deb`, downloaded with `apt-get download PKG` unless it is
+/// there already (retried once after `apt-get update`).
+fn download_deb(apt: &mut Apt, dir: &Path, pkg: &str, prefix: &str) -> Result<PathBuf, KitError> {
+    let dl = dir.join("downloads");
+    fs::create_dir_all(&dl).map_err(io_err("create", &dl))?;
+    let find_deb = || -> Result<Option<PathBuf>, KitError> {
+        let rd = fs::read_dir(&dl).map_err(io_err("list", &dl))?;
+        Ok(rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".deb"))
+        }))
+    };
+    if let Some(d) = find_deb()? {
+        return Ok(d);
+    }
+    // As root, apt warns that the download is unsandboxed (_apt cannot write to the
+    // cwd); that warning is harmless and ignored.
+    let download = || cmd::run(apt_get().current_dir(&dl).args(["download", pkg]));
+    match download() {
+        Ok(_) => {}
+        Err(KitError::CommandFailed { .. }) if !apt.updated => {
+            apt.update()?;
+            download()?;
+        }
+        Err(e) => return Err(e),
+    }
+    find_deb()?.ok_or_else(|| KitError::MissingFile {
+        what: format!("downloaded {pkg} package"),
+        path: dl.join(format!("{prefix}*.deb")),
+    })
+}
+
+/// The kernel's debug symbols: `vmlinux` with DWARF, as Debian's `-dbg` package ships
+/// it, kept as `<kernel_dir>/vmlinux` (the name appears only once it is complete).
+pub(crate) fn debug_vmlinux_path(kernel_dir: &Path) -> PathBuf {
+    kernel_dir.join("vmlinux")
+}
+
+/// `apt-get download linux-image-<release>-dbg` (283 MB), extract only
+/// `usr/lib/debug/boot/vmlinux-<release>` (about 600 MB; the package unpacks to 1.75
+/// GB), move it to `dest` and delete the `.deb`. A failed extraction deletes the `.deb`
+/// too, so the next run downloads it afresh rather than trip over a damaged one.
+pub(crate) fn fetch_debug_vmlinux(
+    apt: &mut Apt,
+    dir: &Path,
+    release: &str,
+    dest: &Path,
+) -> Result<(), KitError> {
+    let pkg = apt::dbg_package(release);
+    let deb = download_deb(apt, dir, &pkg, &format!("{pkg}_"))?;
+    let tmp = dir.join(format!("tmp-dbg-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+    let member = format!("usr/lib/debug/boot/vmlinux-{release}");
+    let extracted = cmd::extract_deb_members(&deb, &tmp, &[format!("*{member}")]).and_then(|()| {
+        let src = tmp.join(&member);
+        if !src.is_file() {
+            return Err(KitError::MissingFile {
+                what: format!("{member} in {}", deb.display()),
+                path: src,
+            });
+        }
+        // Same filesystem: the rename is atomic, so `dest` is complete or absent.
+        fs::rename(&src, dest).map_err(io_err("move into", dest))
+    });
+    let _ = fs::remove_dir_all(&tmp);
+    if extracted.is_err() {
+        let _ = fs::remove_file(&deb);
+    }
+    extracted?;
+    fs::remove_file(&deb).map_err(io_err("remove", &deb))
 }

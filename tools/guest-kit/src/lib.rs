@@ -46,6 +46,9 @@ pub const HOST_PACKAGES: &[&str] = &[
     "libxml2-utils",
     // gdb for `vesper debug gdb` and its e2e test (real gdb against QEMU's gdbstub).
     "gdb",
+    // The kernel debuggers that open Vesper's vmcores, with the kit's debug vmlinux.
+    "crash",
+    "python3-drgn",
 ];
 
 /// Directories (relative to the repository root) whose Makefiles build guest modules.
@@ -107,7 +110,7 @@ const MANIFEST: &str = "manifest.json";
 /// 2: `svc` and `hog` helpers (hand mode); 3: the mini frontend. Older kits must be
 /// rebuilt.
 const MANIFEST_FORMAT: u32 = 3;
-const STEPS: usize = 9;
+const STEPS: usize = 10;
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Everything that can go wrong while building or loading a kit.
@@ -233,6 +236,15 @@ pub struct Kit {
     pub mini_frontend: PathBuf,
     /// QEMU accelerator hint for this host: `kvm` (VT-x/AMD-V KVM present) or `tcg`.
     pub accel: String,
+    /// The kernel's `vmlinux` with DWARF, from Debian's `linux-image-<release>-dbg`
+    /// (for crash, drgn and gdb); `None` when it could not be had, and then
+    /// [`Kit::debug_vmlinux_missing`] says why. Absent from older manifests (same
+    /// format: kits built by older code still load).
+    #[serde(default)]
+    pub debug_vmlinux: Option<PathBuf>,
+    /// Why there is no `debug_vmlinux`, and what to do about it.
+    #[serde(default)]
+    pub debug_vmlinux_missing: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -528,26 +540,54 @@ impl Builder {
             Ok(((), format!("extracted to {}", kernel.display())))
         })?;
 
-        // 5. guest modules
+        // 5. debug symbols: failing to get them leaves the kit usable, so it is
+        // recorded (and warned about) rather than fatal.
+        let debug_vmlinux_file = kernel::debug_vmlinux_path(&kernel_dir);
+        let (debug_vmlinux, debug_vmlinux_missing) =
+            self.p
+                .step(5, &format!("debug symbols for {release}"), || {
+                    if debug_vmlinux_file.is_file() {
+                        let note = format!("cached at {}", debug_vmlinux_file.display());
+                        return Ok(((Some(debug_vmlinux_file.clone()), None), note));
+                    }
+                    match kernel::fetch_debug_vmlinux(apt, dir, &release, &debug_vmlinux_file) {
+                        Ok(()) => {
+                            let note = format!("extracted to {}", debug_vmlinux_file.display());
+                            Ok(((Some(debug_vmlinux_file.clone()), None), note))
+                        }
+                        Err(e) => {
+                            let why = format!(
+                            "no debug vmlinux: getting {} failed: {e}; crash, drgn and gdb cannot \
+                             read Vesper's vmcores without it (fix apt's access to Debian's \
+                             archive and rerun `cargo run -p vesper-guest-kit`)",
+                            apt::dbg_package(&release)
+                        );
+                            self.p.warn(&why);
+                            Ok(((None, Some(why)), "not available (see the warning)".into()))
+                        }
+                    }
+                })?;
+
+        // 6. guest modules
         let modules_dir = dir.join("modules").join(&release);
         let root = &self.root;
         let p = &self.p;
         let modules = p.step(
-            5,
+            6,
             &format!("building guest modules against {release}"),
             || build_modules(p, root, &kdir, &release, &modules_dir),
         )?;
 
-        // 6. static helpers
+        // 7. static helpers
         let bin_dir = dir.join("guest-bin");
-        let helpers = p.step(6, "building static helpers (gcc -static)", || {
+        let helpers = p.step(7, "building static helpers (gcc -static)", || {
             build_helpers(&bin_dir)
         })?;
         let helper_path = |name: &str| bin_dir.join(name);
 
-        // 7. the mini frontend (independent of the kernel)
+        // 8. the mini frontend (independent of the kernel)
         let mini_dir = dir.join("mini-frontend");
-        let mini_frontend = p.step(7, "building the mini frontend (freestanding ELF64)", || {
+        let mini_frontend = p.step(8, "building the mini frontend (freestanding ELF64)", || {
             let (elf, built) = build_mini_frontend(root, &mini_dir)?;
             let note = if built {
                 format!("built {}", elf.display())
@@ -557,9 +597,9 @@ impl Builder {
             Ok((elf, note))
         })?;
 
-        // 8. initramfs
+        // 9. initramfs
         let initramfs = dir.join(format!("initramfs-{release}.cpio"));
-        p.step(8, "packing the initramfs", || {
+        p.step(9, "packing the initramfs", || {
             let drivers: Vec<(String, PathBuf)> = GUEST_DRIVERS
                 .iter()
                 .map(|d| {
@@ -581,7 +621,7 @@ impl Builder {
             ))
         })?;
 
-        // 9. manifest
+        // 10. manifest
         let kit = Kit {
             dir: dir.clone(),
             release: release.clone(),
@@ -596,8 +636,10 @@ impl Builder {
             hog: helper_path("hog"),
             mini_frontend,
             accel: accel_hint().to_string(),
+            debug_vmlinux,
+            debug_vmlinux_missing,
         };
-        p.step(9, "writing manifest.json", || {
+        p.step(10, "writing manifest.json", || {
             let path = dir.join(MANIFEST);
             let m = Manifest {
                 format: MANIFEST_FORMAT,

@@ -123,6 +123,8 @@ fn manifest_round_trip() {
         hog: "/k/guest-bin/hog".into(),
         mini_frontend: "/k/mini-frontend/mini-frontend.elf".into(),
         accel: "tcg".into(),
+        debug_vmlinux: Some("/k/kernel/x/vmlinux".into()),
+        debug_vmlinux_missing: None,
     };
     let json = serde_json::to_string(&Manifest {
         format: MANIFEST_FORMAT,
@@ -132,6 +134,20 @@ fn manifest_round_trip() {
     let back: Manifest = serde_json::from_str(&json).unwrap();
     assert_eq!(back.kit, kit);
     assert_eq!(kit.module("vesper_front"), kit.modules["vesper_front"]);
+
+    // A manifest written before the debug symbols (same format) still loads, without
+    // them; so does one that says why they are missing.
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("debug_vmlinux");
+    old.as_object_mut().unwrap().remove("debug_vmlinux_missing");
+    let back: Manifest = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(back.kit.debug_vmlinux, None);
+    old["debug_vmlinux_missing"] = "no debug vmlinux: apt failed".into();
+    let back: Manifest = serde_json::from_value(old).unwrap();
+    assert_eq!(
+        back.kit.debug_vmlinux_missing.as_deref(),
+        Some("no debug vmlinux: apt failed")
+    );
 }
 
 /// Reads a little-endian integer of `N` bytes at `at`.
