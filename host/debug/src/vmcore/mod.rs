@@ -7,9 +7,14 @@
 //!
 //! - the ELF header, then the program headers right after it, the `PT_NOTE` first
 //!   (crash's header check wants both);
-//! - one `PT_NOTE` holding an `NT_PRSTATUS` note ("CORE", `struct elf_prstatus`) per
-//!   CPU given, then the `VMCOREINFO` note (name "VMCOREINFO", type 0, the text as the
-//!   kernel keeps it), as `/proc/vmcore` orders them;
+//! - one `PT_NOTE` holding, per CPU given and in CPU order, an `NT_PRSTATUS` note
+//!   ("CORE", `struct elf_prstatus`, `pr_pid` the task on the CPU) and a QEMU
+//!   CPU-state note ("QEMU", type 0, `QEMUCPUState`), as QEMU's `dump-guest-memory`
+//!   writes them; then the `VMCOREINFO` note (name "VMCOREINFO", type 0, the text as
+//!   the kernel keeps it). The QEMU notes matter to crash: without them it takes the
+//!   `NT_PRSTATUS` notes as kdump's, one per CPU *online*, and a panic without kdump
+//!   has taken the other CPUs offline (`smp_send_stop`), so their registers would land
+//!   on the wrong CPUs. drgn indexes the notes by CPU either way;
 //! - one `PT_LOAD` per run of guest RAM that is not all zero, in address order,
 //!   `p_paddr` the guest-physical address and `p_vaddr` the direct-map address
 //!   (`page_offset_base + paddr`, or 0 as QEMU's `dump-guest-memory` writes when the
@@ -48,7 +53,7 @@ mod read;
 mod write;
 
 pub use layout::KernelLayout;
-pub use prstatus::PrStatusRegs;
+pub use prstatus::{ControlRegs, PrStatusRegs};
 pub use read::Vmcore;
 pub use write::write_vmcore;
 #[cfg(test)]
@@ -69,7 +74,7 @@ const MAX_CPUS: usize = 8192;
 const PN_XNUM: u16 = 0xffff;
 /// Program headers read at most.
 const MAX_HEADERS: u16 = PN_XNUM - 1;
-/// Bytes of notes read at most (8192 CPUs' `NT_PRSTATUS` are ~3 MiB).
+/// Bytes of notes read at most (8192 CPUs' `NT_PRSTATUS` and QEMU notes are ~7 MiB).
 const MAX_NOTE_BYTES: u64 = 16 << 20;
 /// The kernel-image mapping runs from `__START_KERNEL_map` to the top of memory.
 const IMAGE_MAP_SIZE: u64 = (1 << 31) - PAGE;
@@ -89,6 +94,10 @@ const NT_VMCOREINFO: u32 = 0;
 /// `NT_PRSTATUS`, named "CORE".
 const CORE_NAME: &[u8] = b"CORE";
 const NT_PRSTATUS: u32 = 1;
+/// QEMU's CPU-state note: name "QEMU", type 0, `QEMUCPUState` with `kernel_gs_base`.
+const QEMU_NAME: &[u8] = b"QEMU";
+const NT_QEMU_CPU_STATE: u32 = 0;
+const QEMU_CPU_STATE_SIZE: usize = 440;
 /// `sizeof(struct elf_prstatus)` on x86-64, where `pr_pid` and `pr_reg` lie in it, and
 /// the number of registers in `struct user_regs_struct`.
 const PRSTATUS_SIZE: usize = 336;

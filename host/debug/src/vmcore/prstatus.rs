@@ -1,8 +1,10 @@
-//! `NT_PRSTATUS`: one CPU's registers in a note, as `struct elf_prstatus` has them.
+//! A CPU's notes: `NT_PRSTATUS` (its registers, as `struct elf_prstatus` has them) and
+//! QEMU's CPU-state note (`QEMUCPUState`: the same registers, segment bases and the
+//! control registers), the pair QEMU's `dump-guest-memory` writes per vCPU.
 
 use serde::{Deserialize, Serialize};
 
-use super::{NREGS, PRSTATUS_SIZE, PR_PID, PR_REG};
+use super::{NREGS, PRSTATUS_SIZE, PR_PID, PR_REG, QEMU_CPU_STATE_SIZE};
 
 /// One CPU's registers, as an `NT_PRSTATUS` note carries them (`struct
 /// user_regs_struct` order).
@@ -38,7 +40,31 @@ pub struct PrStatusRegs {
     pub es: u64,
     pub fs: u64,
     pub gs: u64,
+    /// Not in `NT_PRSTATUS`: written in the CPU's QEMU CPU-state note.
+    #[serde(default)]
+    pub control: ControlRegs,
 }
+
+/// `cr0`, `cr2`, `cr3`, `cr4`: what tells a reader the CPU's paging (crash reads `cr3`
+/// from QEMU's note when VMCOREINFO lacks the KASLR offset).
+#[allow(missing_docs)] // The registers are their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ControlRegs {
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+}
+
+/// `QEMUCPUState`'s version and where its parts lie (QEMU's target/i386/arch_dump.c):
+/// 18 registers from `rax`, six segments of 24 bytes (selector, limit, flags, pad,
+/// base) from `cs` in the order cs ds es fs gs ss, then ldt tr gdt idt, then `cr[5]`,
+/// then `kernel_gs_base`.
+const QEMU_CPU_STATE_VERSION: u32 = 1;
+const QEMU_REGS: usize = 8;
+const QEMU_SEGMENTS: usize = QEMU_REGS + 18 * 8;
+const QEMU_SEGMENT_SIZE: usize = 24;
+const QEMU_CR: usize = QEMU_SEGMENTS + 10 * QEMU_SEGMENT_SIZE;
 
 impl PrStatusRegs {
     pub(super) fn regs(&self) -> [u64; NREGS] {
@@ -105,7 +131,73 @@ impl PrStatusRegs {
             es,
             fs,
             gs,
+            control: ControlRegs::default(),
         }
+    }
+
+    /// QEMU's `QEMUCPUState` for this CPU: what makes crash take the `NT_PRSTATUS`
+    /// notes as one per CPU (offline ones included) rather than one per CPU online.
+    pub(super) fn encode_qemu(&self) -> [u8; QEMU_CPU_STATE_SIZE] {
+        let mut d = [0u8; QEMU_CPU_STATE_SIZE];
+        let mut put = |at: usize, v: u64| d[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        let gprs = [
+            self.rax,
+            self.rbx,
+            self.rcx,
+            self.rdx,
+            self.rsi,
+            self.rdi,
+            self.rsp,
+            self.rbp,
+            self.r8,
+            self.r9,
+            self.r10,
+            self.r11,
+            self.r12,
+            self.r13,
+            self.r14,
+            self.r15,
+            self.rip,
+            self.rflags,
+        ];
+        for (i, v) in gprs.into_iter().enumerate() {
+            put(QEMU_REGS + 8 * i, v);
+        }
+        let segments = [
+            (self.cs, 0),
+            (self.ds, 0),
+            (self.es, 0),
+            (self.fs, self.fs_base),
+            (self.gs, self.gs_base),
+            (self.ss, 0),
+        ];
+        for (i, (selector, base)) in segments.into_iter().enumerate() {
+            let at = QEMU_SEGMENTS + QEMU_SEGMENT_SIZE * i;
+            // The selector is a u32 and the base a u64 at +16.
+            put(at, selector & 0xffff_ffff);
+            put(at + 16, base);
+        }
+        let c = &self.control;
+        for (i, v) in [c.cr0, 0, c.cr2, c.cr3, c.cr4].into_iter().enumerate() {
+            put(QEMU_CR + 8 * i, v);
+        }
+        d[0..4].copy_from_slice(&QEMU_CPU_STATE_VERSION.to_le_bytes());
+        d[4..8].copy_from_slice(&(QEMU_CPU_STATE_SIZE as u32).to_le_bytes());
+        d
+    }
+
+    /// The control registers of a `QEMUCPUState` (of any size that holds them).
+    pub(super) fn decode_qemu_control(d: &[u8]) -> Option<ControlRegs> {
+        let get = |i: usize| {
+            let at = QEMU_CR + 8 * i;
+            Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
+        };
+        Some(ControlRegs {
+            cr0: get(0)?,
+            cr2: get(2)?,
+            cr3: get(3)?,
+            cr4: get(4)?,
+        })
     }
 
     /// `struct elf_prstatus` with `pr_pid` and `pr_reg` set, the rest zero.

@@ -178,6 +178,7 @@ impl Vmcore {
 
         let mut vmcoreinfo = None;
         let mut cpus = Vec::new();
+        let mut control = Vec::new();
         for data in &notes {
             for note in parse_notes(data)? {
                 match (note.name, note.ntype) {
@@ -192,9 +193,23 @@ impl Vmcore {
                             ))
                         })?);
                     }
+                    // One per CPU, in the same order as the NT_PRSTATUS notes.
+                    (QEMU_NAME, NT_QEMU_CPU_STATE) => {
+                        control.push(PrStatusRegs::decode_qemu_control(note.desc).ok_or_else(
+                            || {
+                                VmcoreError::BadNote(format!(
+                                "QEMU CPU state of {} bytes is too short for the control registers",
+                                note.desc.len()
+                            ))
+                            },
+                        )?);
+                    }
                     _ => {}
                 }
             }
+        }
+        for (cpu, c) in cpus.iter_mut().zip(control) {
+            cpu.control = c;
         }
 
         let mut phys: Vec<LoadSegment> = loads
@@ -256,7 +271,8 @@ impl Vmcore {
         &self.loads
     }
 
-    /// The CPUs' registers from the `NT_PRSTATUS` notes, in note order.
+    /// The CPUs' registers from the `NT_PRSTATUS` notes, in note order (with the
+    /// control registers of the QEMU CPU-state notes, when there are some).
     pub fn cpus(&self) -> &[PrStatusRegs] {
         &self.cpus
     }

@@ -259,6 +259,7 @@ impl Job<'_> {
         let mut notes = Vec::new();
         for cpu in &self.opts.cpus {
             put_note(&mut notes, CORE_NAME, NT_PRSTATUS, &cpu.encode());
+            put_note(&mut notes, QEMU_NAME, NT_QEMU_CPU_STATE, &cpu.encode_qemu());
         }
         put_note(
             &mut notes,

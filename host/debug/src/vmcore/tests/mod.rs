@@ -144,6 +144,12 @@ fn cpu(n: u64) -> PrStatusRegs {
         rflags: 0x246,
         fs_base: 0x7f00_0000_0000,
         gs_base: 0xffff_8880_7fc0_0000 + n,
+        control: ControlRegs {
+            cr0: 0x8005_0033,
+            cr2: n,
+            cr3: 0x1ff0_0000 + n * PAGE,
+            cr4: 0x0075_1eb0,
+        },
         ..Default::default()
     }
 }
