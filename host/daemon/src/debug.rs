@@ -461,14 +461,35 @@ pub(crate) fn qmp_execute(
 #[derive(Default)]
 pub(crate) struct PanicDumps(Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>);
 
-/// Longest the failover engine waits for a panicked guest's vmcore.
-const PANIC_DUMP_WAIT: Duration = Duration::from_secs(120);
+/// Whether a panic of `guest` is dumped: the policy's say (the guest's `dump`, else
+/// `[dump] on_panic`), else vesperd's `--dump-on-panic`.
+pub(crate) fn dumps_on_panic(daemon: &Shared, guest: &str) -> bool {
+    let flag = daemon.config.dump_on_panic;
+    match &daemon.config.policy {
+        Some(p) => p.dumps(guest, flag),
+        None => flag,
+    }
+}
 
-/// The hook a guest task calls on `GUEST_PANICKED` (with `--dump-on-panic`): marks the
-/// dump as under way — before the event is published, so no failover action can come
-/// first — then writes it (QEMU paused the guest at pvpanic) and lets the guest go on.
-pub(crate) fn panic_hook(daemon: &Shared) -> Option<crate::guest::PanicHook> {
-    if !daemon.config.dump_on_panic {
+/// Longest the failover engine waits for a panicked guest's vmcore: the policy's
+/// `[dump] wait_secs`, 120 s without a policy.
+fn panic_dump_wait(daemon: &Shared) -> Duration {
+    let secs = daemon
+        .config
+        .policy
+        .as_ref()
+        .map_or(vesper_failover::DEFAULT_DUMP_WAIT_SECS, |p| {
+            p.dump().wait_secs
+        });
+    Duration::from_secs(secs)
+}
+
+/// The hook a guest task calls on `GUEST_PANICKED` when its panics are dumped
+/// ([`dumps_on_panic`]): marks the dump as under way — before the event is published,
+/// so no failover action can come first — then writes it (QEMU paused the guest at
+/// pvpanic) and lets the guest go on.
+pub(crate) fn panic_hook(daemon: &Shared, guest: &str) -> Option<crate::guest::PanicHook> {
+    if !dumps_on_panic(daemon, guest) {
         return None;
     }
     let daemon = daemon.clone();
@@ -527,12 +548,10 @@ pub(crate) async fn wait_for_dump(daemon: &Shared, guest: &str) {
         .cloned();
     if let Some(mut wait) = wait {
         tracing::info!(guest, "failover waits for the guest's vmcore");
-        let done = tokio::time::timeout(PANIC_DUMP_WAIT, wait.wait_for(|d| *d)).await;
+        let limit = panic_dump_wait(daemon);
+        let done = tokio::time::timeout(limit, wait.wait_for(|d| *d)).await;
         if done.is_err() {
-            tracing::warn!(
-                guest,
-                "the vmcore took over {PANIC_DUMP_WAIT:?}; failing over anyway"
-            );
+            tracing::warn!(guest, "the vmcore took over {limit:?}; failing over anyway");
         }
     }
 }

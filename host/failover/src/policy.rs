@@ -23,6 +23,11 @@ pub const DEFAULT_HOOK_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// `window_secs` when `[limits]` sets none.
 pub const DEFAULT_WINDOW_SECS: u64 = 600;
+/// `[dump] wait_secs` when none is set: how long a failover action waits for a panicked
+/// guest's vmcore before it goes ahead.
+pub const DEFAULT_DUMP_WAIT_SECS: u64 = 120;
+/// Smallest and largest `[dump] wait_secs`.
+pub const DUMP_WAIT_SECS: std::ops::RangeInclusive<u64> = 1..=3600;
 /// Test-init mode of a guest that sets none.
 pub const DEFAULT_MODE: &str = "freeze";
 
@@ -59,6 +64,9 @@ pub struct GuestSpec {
     pub vmm: String,
     /// What it boots instead of the kit's kernel (a path, or `mini`), if anything.
     pub kernel: Option<String>,
+    /// Save a vmcore when it panics (`dump = true|false`); `None`: the policy's
+    /// `[dump] on_panic`, else vesperd's `--dump-on-panic`.
+    pub dump: Option<bool>,
     /// Probes to push after it (re)starts.
     pub probes: Vec<ProbeSpec>,
 }
@@ -237,6 +245,25 @@ impl Default for Limits {
     }
 }
 
+/// `[dump]`: vmcores of guests that panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DumpPolicy {
+    /// Every declared guest's default (`on_panic`); `None`: vesperd's
+    /// `--dump-on-panic`.
+    pub on_panic: Option<bool>,
+    /// Longest a failover action that touches a panicked guest waits for its vmcore.
+    pub wait_secs: u64,
+}
+
+impl Default for DumpPolicy {
+    fn default() -> Self {
+        DumpPolicy {
+            on_panic: None,
+            wait_secs: DEFAULT_DUMP_WAIT_SECS,
+        }
+    }
+}
+
 /// A validated policy. Only [`Policy::from_toml`] and [`Policy::load`] make one, so every
 /// name it refers to exists and every guest fits on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -246,6 +273,7 @@ pub struct Policy {
     groups: Vec<Group>,
     rules: Vec<Rule>,
     limits: Limits,
+    dump: DumpPolicy,
 }
 
 impl Policy {
@@ -303,6 +331,21 @@ impl Policy {
         self.limits
     }
 
+    /// `[dump]`.
+    pub fn dump(&self) -> DumpPolicy {
+        self.dump
+    }
+
+    /// Whether a panic of `guest` is dumped: its own `dump`, else `[dump] on_panic`,
+    /// else `daemon_default` (vesperd's `--dump-on-panic`). Guests the policy does not
+    /// declare follow `[dump] on_panic` too.
+    pub fn dumps(&self, guest: &str, daemon_default: bool) -> bool {
+        self.guest(guest)
+            .and_then(|g| g.dump)
+            .or(self.dump.on_panic)
+            .unwrap_or(daemon_default)
+    }
+
     /// A human summary, what `vesper policy check` prints for a good policy.
     pub fn summary(&self) -> String {
         let mut s = String::new();
@@ -340,6 +383,13 @@ impl Policy {
             if let Some(k) = &g.kernel {
                 let _ = write!(s, ", kernel {k}");
             }
+            if let Some(d) = g.dump {
+                s.push_str(if d {
+                    ", vmcore on panic"
+                } else {
+                    ", no vmcore on panic"
+                });
+            }
             for p in &g.probes {
                 let _ = write!(s, ", probe {}", p.module);
                 if !p.params.is_empty() {
@@ -347,6 +397,24 @@ impl Policy {
                 }
             }
             s.push('\n');
+        }
+        match self.dump.on_panic {
+            _ if self.dump == DumpPolicy::default() => {}
+            Some(d) => {
+                let _ = writeln!(
+                    s,
+                    "dump: vmcore on panic {} by default, failover waits up to {} s for one",
+                    if d { "on" } else { "off" },
+                    self.dump.wait_secs
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "dump: vmcore on panic as vesperd's --dump-on-panic says, failover waits up to {} s for one",
+                    self.dump.wait_secs
+                );
+            }
         }
         for g in &self.groups {
             let standbys = if g.standbys.is_empty() {

@@ -23,6 +23,15 @@ struct RawPolicy {
     #[serde(default)]
     rule: Vec<RawRule>,
     limits: Option<RawLimits>,
+    dump: Option<RawDump>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDump {
+    // Values, not bools: a non-boolean gets our own error, naming the key.
+    on_panic: Option<Spanned<toml::Value>>,
+    wait_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +50,7 @@ struct RawGuest {
     mode: Option<Spanned<String>>,
     vmm: Option<Spanned<String>>,
     kernel: Option<Spanned<String>>,
+    dump: Option<Spanned<toml::Value>>,
     #[serde(default)]
     probes: Vec<RawProbe>,
 }
@@ -190,6 +200,24 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyErr
         }
     }
 
+    // [dump]
+    let mut dump = DumpPolicy::default();
+    if let Some(d) = raw.dump {
+        if let Some(v) = d.on_panic {
+            dump.on_panic = Some(boolean(&loc, v, "[dump] on_panic".into())?);
+        }
+        if let Some(w) = d.wait_secs {
+            let value = *w.get_ref();
+            dump.wait_secs = u64::try_from(value)
+                .ok()
+                .filter(|v| DUMP_WAIT_SECS.contains(v))
+                .ok_or_else(|| PolicyError::DumpWaitOutOfRange {
+                    at: loc.of(&w),
+                    value,
+                })?;
+        }
+    }
+
     // [[guest]]
     let mut guests: Vec<GuestSpec> = Vec::with_capacity(raw.guest.len());
     for g in raw.guest {
@@ -272,6 +300,10 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyErr
                 params: p.params,
             });
         }
+        let dump = match g.dump {
+            Some(v) => Some(boolean(&loc, v, format!("guest {name:?}"))?),
+            None => None,
+        };
         guests.push(GuestSpec {
             name,
             memory_mib,
@@ -279,6 +311,7 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyErr
             mode,
             vmm,
             kernel,
+            dump,
             probes,
         });
     }
@@ -509,12 +542,25 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyErr
     }
 
     Ok(Policy {
+        dump,
         host: capacity,
         guests,
         groups,
         rules,
         limits,
     })
+}
+
+/// A `dump` value: true or false, anything else its own error.
+fn boolean(loc: &Locator, v: Spanned<toml::Value>, whose: String) -> Result<bool, PolicyError> {
+    match v.get_ref() {
+        toml::Value::Boolean(b) => Ok(*b),
+        other => Err(PolicyError::BadDump {
+            at: loc.of(&v),
+            whose,
+            found: other.to_string(),
+        }),
+    }
 }
 
 fn flatten_where(
