@@ -3,10 +3,10 @@
 //! against the guest kernel's own unwinder (`/proc/PID/stack`, read by the test init's
 //! hand), for sleeping tasks, kernel threads, and a CPU spinning with interrupts off.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vesper_e2e::{CliOutput, Daemon};
+use vesper_e2e::{module, CliOutput, Daemon};
 
 fn debug(d: &Daemon, args: &[&str]) -> CliOutput {
     let mut a = vec!["--json", "debug"];
@@ -117,4 +117,78 @@ fn traces_of_sleeping_tasks_match_the_guest_kernels_own_unwinder() {
 
     // The guest was paused only while its stacks were walked.
     d.hand("vm1", "ping", "pong");
+}
+
+#[test]
+fn a_cpu_spinning_with_interrupts_off_is_traced_from_its_registers() {
+    let d = Daemon::start(&[]);
+    d.vm_start_with("vm1", &["--mode", "hand"]);
+    d.cli(&[
+        "insmod",
+        "vm1",
+        &module("vesper_hang"),
+        "hang_ms=20000",
+        "delay_ms=300",
+    ])
+    .ok();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let spinner = loop {
+        let tasks = ok(debug(&d, &["ps", "vm1"]))["tasks"].clone();
+        if let Some(t) = tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["comm"] == "vesper_hang" && t["state"] == "R")
+        {
+            break t["pid"].as_i64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the hang never started: {tasks}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let hung = Instant::now();
+    // The spinning thread, traced from CPU 0's registers: its own function in its
+    // module, under kthread. The frontend cannot answer meanwhile; the host can.
+    let by_cpu = ok(debug(&d, &["bt", "vm1", "--cpu", "0"]));
+    let by_pid = ok(debug(&d, &["bt", "vm1", &spinner.to_string()]));
+    for bt in [&by_cpu, &by_pid] {
+        let f = functions(bt);
+        let frames = bt["frames"].as_array().unwrap();
+        assert!(
+            frames.iter().any(|x| x["function"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("vesper_hang_fn+")
+                && x["module"] == "vesper_hang"),
+            "{bt}"
+        );
+        assert!(f.iter().any(|x| x.starts_with("kthread+")), "{f:?}");
+        assert_eq!(bt["end"]["reason"], "stack_end", "{bt}");
+        assert_eq!(bt["cpu"], 0, "{bt}");
+        assert_eq!(bt["pid"], spinner, "{bt}");
+    }
+    assert!(by_pid["source"]
+        .as_str()
+        .unwrap()
+        .contains("running on CPU 0"));
+    // A CPU the guest does not have.
+    let out = debug(&d, &["bt", "vm1", "--cpu", "7"]);
+    assert_eq!(out.code, 65, "{out:?}");
+    assert!(out.stdout.contains("no CPU 7"), "{out:?}");
+
+    // The same from a vmcore of the hung guest, read by the CLI with no daemon: the
+    // CPU's registers come from the dump's NT_PRSTATUS note.
+    let dump = ok(debug(&d, &["dump", "vm1", "--name", "hung.vmcore"]));
+    let path = dump["dump"]["path"].as_str().unwrap().to_string();
+    let out: CliOutput = std::process::Command::new(vesper_e2e::bin_dir().join("vesper"))
+        .args(["--json", "debug", "bt", &path, "--cpu", "0"])
+        .output()
+        .unwrap()
+        .into();
+    let from_file = ok(out);
+    assert_eq!(functions(&from_file), functions(&by_cpu), "{from_file}");
+    assert!(
+        hung.elapsed() < Duration::from_secs(18),
+        "the checks outlasted the hang ({:?}): they proved nothing",
+        hung.elapsed()
+    );
 }

@@ -1059,12 +1059,14 @@ fn debug_core(cli: &Cli, path: &str, op: DebugOp) -> ExitCode {
         Err(e) => return fail(cli.json, 65, "bad_vmcore", &format!("{path}: {e}")),
     };
     let ram = core.ram_ranges();
+    // The dump's NT_PRSTATUS notes, CPU n at index n: `bt --cpu N` and running tasks.
+    let cpus: Vec<vesper_debug::unwind::Registers> = core.cpus().iter().map(Into::into).collect();
     let ram_bytes = ram.iter().map(|r| r.end - r.start).sum();
     let kernel = match vesper_debug::Kernel::open(std::sync::Arc::new(core), &ram) {
         Ok(k) => k,
         Err(e) => return fail(cli.json, 65, "bad_vmcore", &format!("{path}: {e}")),
     };
-    match vesper_api::debug::serve(&kernel, path, op, ram_bytes, &[]) {
+    match vesper_api::debug::serve(&kernel, path, op, ram_bytes, &cpus) {
         Err(e) => api_fail(cli.json, e),
         Ok(reply) => {
             if cli.json {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use vesper_api::{ApiError, DebugOp, DumpFile, ErrorCode, GdbSession, Reply, Response, Vmm};
 use vesper_debug::unwind::Registers;
-use vesper_debug::vmcore::{DumpOptions, KernelLayout};
+use vesper_debug::vmcore::{ControlRegs, DumpOptions, KernelLayout, PrStatusRegs};
 use vesper_debug::{Kernel, MappedRam};
 
 use crate::server::Shared;
@@ -189,8 +189,10 @@ fn dumps(daemon: &Shared, guest: &str) -> Response {
     })
 }
 
-/// Writes a vmcore of the guest, pausing it meanwhile if it runs (a consistent image;
-/// a panicked or hung guest is dumped as it is).
+/// Writes a vmcore of the guest, pausing it meanwhile if it runs: RAM and the vCPUs'
+/// registers then come from one instant (a live dump costs the guest the dump's time,
+/// about 3 s for 512 MiB under TCG). A panicked guest is already paused by QEMU
+/// (`-action panic=pause`), and a hung one is paused like a running one.
 fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: &Path) -> Response {
     let dir = dump_dir(daemon, guest);
     std::fs::create_dir_all(&dir).map_err(|e| {
@@ -207,31 +209,22 @@ fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: 
         format!("{guest}-{secs}.vmcore")
     });
     let qmp = vm_dir.join("qmp.sock");
-    let was_running = qmp_status(&qmp).as_deref() == Some("running");
-    if was_running {
-        qmp_execute(&qmp, "stop").map_err(|e| {
-            ApiError::new(
-                ErrorCode::GuestFailed,
-                format!("{guest}: QMP stop failed: {e}"),
-            )
-        })?;
-    }
-    let layout = KernelLayout::of(k);
-    let ranges = k.phys_ranges();
-    let written = vesper_debug::vmcore::write_vmcore(
-        k.phys(),
-        &ranges,
-        k.vmcoreinfo(),
-        Some(&layout),
-        &dir,
-        &name,
-        &DumpOptions::default(),
-    );
-    if was_running {
-        if let Err(e) = qmp_execute(&qmp, "cont") {
-            tracing::warn!(guest, "QMP cont after the dump failed: {e}");
-        }
-    }
+    let written = paused(guest, vm_dir, || {
+        let layout = KernelLayout::of(k);
+        let opts = DumpOptions {
+            cpus: cpu_notes(k, guest, &qmp),
+            ..DumpOptions::default()
+        };
+        Ok(vesper_debug::vmcore::write_vmcore(
+            k.phys(),
+            &k.phys_ranges(),
+            k.vmcoreinfo(),
+            Some(&layout),
+            &dir,
+            &name,
+            &opts,
+        ))
+    })?;
     let dump = written.map_err(|e| {
         ApiError::new(
             ErrorCode::GuestFailed,
@@ -243,6 +236,75 @@ fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: 
         guest: guest.to_string(),
         dump,
     })
+}
+
+/// Every vCPU's registers for the dump's `NT_PRSTATUS` notes, each with the pid of the
+/// task running on it (as kdump names it). Without them the dump is still written: a
+/// reader loses only the running tasks' exact registers, so a failure is a warning.
+fn cpu_notes(k: &Kernel, guest: &str, qmp: &Path) -> Vec<PrStatusRegs> {
+    let regs = vesper_qemu::Qmp::connect_waiting(qmp, Duration::from_secs(5))
+        .and_then(|mut q| q.cpu_registers());
+    let regs = match regs {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(guest, "vmcore without CPU registers: {e}");
+            return Vec::new();
+        }
+    };
+    regs.iter()
+        .map(|r| {
+            let pid = match vesper_debug::tasks::current_task(k, r.cpu) {
+                Ok(t) => u32::try_from(t.pid).unwrap_or(0),
+                Err(e) => {
+                    tracing::warn!(guest, cpu = r.cpu, "task on the CPU unknown: {e}");
+                    0
+                }
+            };
+            prstatus(r, pid)
+        })
+        .collect()
+}
+
+/// QEMU's view of a vCPU as an `NT_PRSTATUS` (plus the control registers for QEMU's
+/// CPU-state note).
+fn prstatus(r: &vesper_qemu::CpuRegisters, pid: u32) -> PrStatusRegs {
+    PrStatusRegs {
+        pid,
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        // -1: not in a system call, as the kernel's crash_setup_regs leaves it.
+        orig_rax: u64::MAX,
+        rip: r.rip,
+        cs: r.cs.into(),
+        rflags: r.rflags,
+        rsp: r.rsp,
+        ss: r.ss.into(),
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds.into(),
+        es: r.es.into(),
+        fs: r.fs.into(),
+        gs: r.gs.into(),
+        control: ControlRegs {
+            cr0: r.cr0,
+            cr2: r.cr2,
+            cr3: r.cr3,
+            cr4: r.cr4,
+        },
+    }
 }
 
 /// The guest's run state per QMP (`running`, `paused`, `debug`, ...).
@@ -306,9 +368,44 @@ fn paused<T>(
     out
 }
 
-/// Each vCPU's registers, CPU n at index n (the guest should be paused).
-fn cpu_registers(_guest: &str, _vm_dir: &Path) -> Result<Vec<Registers>, ApiError> {
-    Ok(Vec::new())
+/// Each vCPU's registers from QMP, CPU n at index n (the guest should be paused).
+fn cpu_registers(guest: &str, vm_dir: &Path) -> Result<Vec<Registers>, ApiError> {
+    let regs = vesper_qemu::Qmp::connect_waiting(&vm_dir.join("qmp.sock"), Duration::from_secs(5))
+        .and_then(|mut q| q.cpu_registers())
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::GuestFailed,
+                format!("{guest}: vCPU registers unreadable over QMP: {e}"),
+            )
+        })?;
+    // QEMU numbers its CPUs from 0; a number past any machine's is not believed.
+    let regs: Vec<_> = regs.into_iter().filter(|r| r.cpu < 4096).collect();
+    let mut out =
+        vec![Registers::default(); regs.iter().map(|r| r.cpu as usize + 1).max().unwrap_or(0)];
+    for r in &regs {
+        out[r.cpu as usize] = Registers {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rbp: r.rbp,
+            rsp: r.rsp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+            cs: r.cs.into(),
+        };
+    }
+    Ok(out)
 }
 
 /// Writes the kallsyms symbol file next to QEMU's gdbstub and says how to attach.
@@ -422,14 +519,35 @@ pub(crate) fn qmp_execute(
 #[derive(Default)]
 pub(crate) struct PanicDumps(Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>);
 
-/// Longest the failover engine waits for a panicked guest's vmcore.
-const PANIC_DUMP_WAIT: Duration = Duration::from_secs(120);
+/// Whether a panic of `guest` is dumped: the policy's say (the guest's `dump`, else
+/// `[dump] on_panic`), else vesperd's `--dump-on-panic`.
+pub(crate) fn dumps_on_panic(daemon: &Shared, guest: &str) -> bool {
+    let flag = daemon.config.dump_on_panic;
+    match &daemon.config.policy {
+        Some(p) => p.dumps(guest, flag),
+        None => flag,
+    }
+}
 
-/// The hook a guest task calls on `GUEST_PANICKED` (with `--dump-on-panic`): marks the
-/// dump as under way — before the event is published, so no failover action can come
-/// first — then writes it (QEMU paused the guest at pvpanic) and lets the guest go on.
-pub(crate) fn panic_hook(daemon: &Shared) -> Option<crate::guest::PanicHook> {
-    if !daemon.config.dump_on_panic {
+/// Longest the failover engine waits for a panicked guest's vmcore: the policy's
+/// `[dump] wait_secs`, 120 s without a policy.
+fn panic_dump_wait(daemon: &Shared) -> Duration {
+    let secs = daemon
+        .config
+        .policy
+        .as_ref()
+        .map_or(vesper_failover::DEFAULT_DUMP_WAIT_SECS, |p| {
+            p.dump().wait_secs
+        });
+    Duration::from_secs(secs)
+}
+
+/// The hook a guest task calls on `GUEST_PANICKED` when its panics are dumped
+/// ([`dumps_on_panic`]): marks the dump as under way — before the event is published,
+/// so no failover action can come first — then writes it (QEMU paused the guest at
+/// pvpanic) and lets the guest go on.
+pub(crate) fn panic_hook(daemon: &Shared, guest: &str) -> Option<crate::guest::PanicHook> {
+    if !dumps_on_panic(daemon, guest) {
         return None;
     }
     let daemon = daemon.clone();
@@ -488,12 +606,10 @@ pub(crate) async fn wait_for_dump(daemon: &Shared, guest: &str) {
         .cloned();
     if let Some(mut wait) = wait {
         tracing::info!(guest, "failover waits for the guest's vmcore");
-        let done = tokio::time::timeout(PANIC_DUMP_WAIT, wait.wait_for(|d| *d)).await;
+        let limit = panic_dump_wait(daemon);
+        let done = tokio::time::timeout(limit, wait.wait_for(|d| *d)).await;
         if done.is_err() {
-            tracing::warn!(
-                guest,
-                "the vmcore took over {PANIC_DUMP_WAIT:?}; failing over anyway"
-            );
+            tracing::warn!(guest, "the vmcore took over {limit:?}; failing over anyway");
         }
     }
 }

@@ -7,6 +7,7 @@ mod events;
 mod failover;
 mod gdbproxy;
 mod guest;
+mod launch;
 mod persist;
 mod relay;
 mod server;
@@ -51,7 +52,8 @@ struct Args {
     socket_mode: u32,
     /// Save a vmcore of a guest that panics (QEMU pauses it at pvpanic; the dump is
     /// written to RUN_DIR/dumps/GUEST/ before the failover engine touches the VM,
-    /// which then goes on).
+    /// which then goes on). The default: a policy's `[dump] on_panic` and each
+    /// guest's `dump = true|false` override it.
     #[arg(long)]
     dump_on_panic: bool,
     /// Failover policy (TOML) for the engine; without it vesperd only reports events.

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,14 +14,14 @@ use vesper_api::{
     ApiError, ErrorCode, Reply, Request, Response, VmStartRequest, VmStatus, Vmm, WireResponse,
 };
 use vesper_core::{Command, CommandError, Reply as GuestReply, Session};
-use vesper_ivshmem::IvshmemTransport;
-use vesper_qemu::{choose_accel, VmSpec};
+use vesper_qemu::choose_accel;
 
 use crate::events::{EventBus, WRITE_TIMEOUT};
 
 /// Socket send buffer of an event subscriber's connection.
 const SUBSCRIBER_SNDBUF: usize = 4 << 10;
 use crate::guest::{GuestHandle, GuestMsg, GuestTask, Link, Process};
+use crate::launch::{launch_qemu, Launched};
 use crate::persist::{Channels, VmRecord};
 use crate::relay::RelayStore;
 
@@ -680,7 +679,14 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         adopted: None,
     }));
     let launched = match a.vmm {
-        Vmm::Qemu => launch_qemu(&a, &kit, &dir, &accel, cmdline, daemon.config.dump_on_panic),
+        Vmm::Qemu => launch_qemu(
+            &a,
+            &kit,
+            &dir,
+            &accel,
+            cmdline,
+            crate::debug::dumps_on_panic(daemon, &a.name),
+        ),
         Vmm::Builtin => launch_builtin(daemon, &a, &kit, &console, cmdline, &status).await,
     }
     .map_err(start_failed)?;
@@ -762,7 +768,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         clock_sync: None,
         bus: daemon.bus.clone(),
         qmp_events: dir.join("qmp-events.sock"),
-        on_panic: crate::debug::panic_hook(daemon),
+        on_panic: crate::debug::panic_hook(daemon, &a.name),
     };
     tokio::spawn(task.run(rx, stop_rx));
     daemon.guests.lock().expect("guests lock").insert(
@@ -824,88 +830,8 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     Ok(Reply::VmStarted(st))
 }
 
-/// A VM process or thread just started, and how to reach it.
-struct Launched {
-    link: Link,
-    process: Process,
-    /// QEMU's pid, or vesperd's own for a builtin VM.
-    pid: u32,
-    /// QEMU's own log, if it has one.
-    log: Option<PathBuf>,
-    /// A builtin VM's console input.
-    console_input: Option<vesper_builtin::ConsoleInput>,
-}
-
-/// Starts QEMU with the kit's (or the asked-for) kernel and an ivshmem server for it.
-fn launch_qemu(
-    a: &VmStartRequest,
-    kit: &vesper_guest_kit::Kit,
-    dir: &Path,
-    accel: &vesper_api::AccelChoice,
-    cmdline: String,
-    pause_on_panic: bool,
-) -> Result<Launched, String> {
-    let kernel = match a.kernel.as_deref() {
-        None => kit.kernel.clone(),
-        Some(MINI_FRONTEND) => {
-            return Err(
-                "--kernel mini is a test guest for the builtin VMM; add --vmm builtin".into(),
-            )
-        }
-        Some(path) => PathBuf::from(path),
-    };
-    let transport = IvshmemTransport::new(
-        &a.name,
-        &dir.join("ivshmem.sock"),
-        vesper_shared_abi::DEFAULT_REGION_SIZE,
-    )
-    .map_err(|e| e.to_string())?;
-    // A QEMU that was killed leaves its gdbstub socket behind, and a new one cannot
-    // bind over it.
-    let _ = std::fs::remove_file(dir.join(crate::debug::QEMU_GDB_SOCKET));
-    let spec = VmSpec {
-        name: a.name.clone(),
-        kernel,
-        initrd: kit.initramfs.clone(),
-        cmdline,
-        memory_mib: a.memory_mib,
-        cpus: a.cpus,
-        accel: accel.accel,
-        ivshmem_socket: dir.join("ivshmem.sock"),
-        ivshmem_vectors: vesper_ivshmem::transport_vectors() as u32,
-        serial_socket: dir.join(crate::console::SOCKET),
-        qmp_socket: dir.join("qmp.sock"),
-        qmp_events_socket: dir.join("qmp-events.sock"),
-        gdb_socket: dir.join(crate::debug::QEMU_GDB_SOCKET),
-        pvpanic: true,
-        pause_on_panic,
-        allow_reboot: a.allow_reboot,
-    };
-    let qemu_log_path = dir.join("qemu.log");
-    let qemu_log = std::fs::File::create(&qemu_log_path)
-        .map_err(|e| format!("cannot create qemu.log: {e}"))?;
-    let qemu_err = qemu_log.try_clone().map_err(|e| e.to_string())?;
-    let child = tokio::process::Command::new("qemu-system-x86_64")
-        .args(spec.args())
-        .stdin(Stdio::null())
-        .stdout(qemu_log)
-        .stderr(qemu_err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            format!("cannot run qemu-system-x86_64 ({e}); install the qemu-system-x86 package")
-        })?;
-    Ok(Launched {
-        link: Link::Ivshmem(transport),
-        pid: child.id().unwrap_or(0),
-        process: Process::Child(child),
-        log: Some(qemu_log_path),
-        console_input: None,
-    })
-}
-
 /// `--kernel` value naming the kit's mini frontend.
-const MINI_FRONTEND: &str = "mini";
+pub(crate) const MINI_FRONTEND: &str = "mini";
 
 /// The builtin VMM runs on KVM only, and boots a stock Linux kernel only where KVM is
 /// hardware-backed (`--accel kvm` insists anyway, to see how far it gets).
@@ -1155,7 +1081,7 @@ fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
         self_tx: tx.downgrade(),
         clock_sync: None,
         bus: daemon.bus.clone(),
-        on_panic: crate::debug::panic_hook(daemon),
+        on_panic: crate::debug::panic_hook(daemon, &name),
     };
     if info.is_some() {
         task.clock_sync = Some(tokio::spawn(crate::guest::clock_sync(

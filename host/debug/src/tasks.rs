@@ -190,6 +190,34 @@ pub fn list_tasks(k: &Kernel) -> Result<TaskList, DebugError> {
     Ok(TaskList { tasks, torn })
 }
 
+/// The task running on `cpu` now: its per-CPU `current_task` (in `pcpu_hot` since
+/// 6.2), read at `__per_cpu_offset[cpu]`. What a dump's `NT_PRSTATUS` names as
+/// `pr_pid`, as kdump does: drgn uses a CPU's registers for a task only when the pids
+/// agree.
+pub fn current_task(k: &Kernel, cpu: u32) -> Result<Task, DebugError> {
+    let btf = k.btf()?;
+    let l = Layout::new(&btf)?;
+    let cpus = k.read_u32(k.symbol("nr_cpu_ids")?.addr)?;
+    if cpu >= cpus {
+        return Err(DebugError::Inconsistent(format!(
+            "CPU {cpu} asked for; the kernel has {cpus} (nr_cpu_ids)"
+        )));
+    }
+    // Per-CPU symbols are offsets into each CPU's area.
+    let var = match k.symbol("current_task") {
+        Ok(s) => s.addr,
+        Err(_) => {
+            let hot = btf
+                .struct_named("pcpu_hot")
+                .ok_or_else(|| DebugError::NoTypes("neither current_task nor pcpu_hot".into()))?;
+            k.symbol("pcpu_hot")?.addr + offset(&btf, hot, "current_task")?
+        }
+    };
+    let area = k.read_u64(k.symbol("__per_cpu_offset")?.addr + 8 * u64::from(cpu))?;
+    let task = k.read_u64(area.wrapping_add(var))?;
+    read_task(k, &l, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,6 +99,32 @@ impl Registers {
     }
 }
 
+impl From<&crate::vmcore::PrStatusRegs> for Registers {
+    fn from(r: &crate::vmcore::PrStatusRegs) -> Self {
+        Self {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rbp: r.rbp,
+            rsp: r.rsp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+            cs: r.cs,
+        }
+    }
+}
+
 /// What the unwinder needs to know about code: its ORC entry and its name.
 pub trait CodeInfo {
     /// The ORC entry covering `ip`; `Ok(None)` when no table covers it.
@@ -209,7 +235,7 @@ pub fn unwind(mem: &dyn KernelMemory, code: &dyn CodeInfo, start: Start) -> (Vec
         regs: start.regs.map(SavedRegs::Cpu),
         full_regs: start.regs.is_some(),
         prev_regs: None,
-        from_regs: start.regs.is_some(),
+        from_regs: false,
         reliable: true,
     };
     let mut frames = Vec::new();

@@ -112,6 +112,24 @@ pub enum PolicyError {
         /// `guest`, `group`, `probe module`, `guest mode`.
         what: &'static str,
     },
+    /// A `dump` key that is not a boolean.
+    #[error("{at}: {whose} dump = {found}; use true or false")]
+    BadDump {
+        /// Where.
+        at: Location,
+        /// `guest "web1"` or `[dump] on_panic`.
+        whose: String,
+        /// What it said (TOML text).
+        found: String,
+    },
+    /// `[dump] wait_secs` out of range.
+    #[error("{at}: [dump] wait_secs = {value} is out of range; use 1 to 3600")]
+    DumpWaitOutOfRange {
+        /// Where.
+        at: Location,
+        /// What it said.
+        value: i64,
+    },
     /// A guest's `vmm` names no VMM.
     #[error("{at}: guest {guest:?} has vmm = {found:?}; use \"qemu\" or \"builtin\"")]
     UnknownVmm {

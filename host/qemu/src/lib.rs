@@ -3,9 +3,11 @@
 
 mod accel;
 mod qmp;
+mod registers;
 
 pub use accel::{choose_accel, Accel, AccelChoice, AccelRequest};
 pub use qmp::{parse_event, Qmp, QmpEvent, CAPABILITIES as QMP_CAPABILITIES};
+pub use registers::{parse_info_registers, CpuRegisters};
 
 use std::path::PathBuf;
 
@@ -32,6 +34,14 @@ pub enum QemuError {
     /// QMP said something unexpected.
     #[error("QMP protocol error: {0}")]
     QmpProtocol(String),
+    /// QEMU's register dump (`info registers`) does not parse.
+    #[error("vCPU registers from QEMU{}: {why}", cpu.map(|c| format!(", CPU {c}")).unwrap_or_default())]
+    BadRegisters {
+        /// The CPU whose block is bad, if known.
+        cpu: Option<u32>,
+        /// What is wrong.
+        why: String,
+    },
     /// A QMP command failed.
     #[error("QMP command {command} failed: {class}: {desc}")]
     QmpCommand {

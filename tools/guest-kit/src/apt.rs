@@ -60,6 +60,11 @@ pub fn image_deb_prefix(release: &str) -> String {
     format!("linux-image-{release}_")
 }
 
+/// Debian's debug-symbols package of kernel `release` (its `vmlinux` with DWARF).
+pub fn dbg_package(release: &str) -> String {
+    format!("linux-image-{release}-dbg")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +87,16 @@ mod tests {
             parse_depends_release(out).as_deref(),
             Some("6.1.0-56-cloud-amd64")
         );
+    }
+
+    #[test]
+    fn package_names_follow_debian() {
+        let rel = "6.1.0-57-cloud-amd64";
+        assert_eq!(dbg_package(rel), "linux-image-6.1.0-57-cloud-amd64-dbg");
+        // The image's .deb prefix does not match the -dbg package's .deb.
+        let dbg_deb = "linux-image-6.1.0-57-cloud-amd64-dbg_6.1.192-3_amd64.deb";
+        assert!(!dbg_deb.starts_with(&image_deb_prefix(rel)));
+        assert!(dbg_deb.starts_with(&format!("{}_", dbg_package(rel))));
     }
 
     #[test]

@@ -78,6 +78,10 @@ fn print_summary(kit: &Kit) {
     println!("hog          {}", kit.hog.display());
     println!("mini front   {}", kit.mini_frontend.display());
     println!("accel        {}", kit.accel);
+    match (&kit.debug_vmlinux, &kit.debug_vmlinux_missing) {
+        (Some(v), _) => println!("vmlinux      {} (debug symbols)", v.display()),
+        (None, why) => println!("vmlinux      none: {}", why.as_deref().unwrap_or("unknown")),
+    }
     if kit.modules.is_empty() {
         println!("modules      (none built yet)");
     }

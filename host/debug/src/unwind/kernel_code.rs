@@ -11,7 +11,7 @@ use crate::btf::{Btf, Type};
 use crate::error::DebugError;
 use crate::kernel::Kernel;
 use crate::memory::KernelMemory;
-use crate::tasks::{list_tasks, offset};
+use crate::tasks::{current_task, list_tasks, offset};
 
 /// Most modules walked.
 const MAX_MODULES: usize = 4096;
@@ -23,7 +23,6 @@ const MODULE_NAME_LEN: usize = 56;
 const ELF_SYM_SIZE: u64 = 24;
 /// Longest symbol name read from a module's string table.
 const MAX_NAME: usize = 128;
-const COMM_LEN: usize = 16;
 
 /// A module's code: where it is, its ORC table, its symbol table.
 #[derive(Debug)]
@@ -327,8 +326,6 @@ fn module_symbols(
 struct TaskLayout {
     thread_sp: u64,
     on_cpu: Option<u64>,
-    pid: u64,
-    comm: u64,
     frame_bp: u64,
     frame_ret: u64,
     frame_size: u64,
@@ -345,8 +342,6 @@ impl TaskLayout {
         Ok(Self {
             thread_sp: offset(btf, t, "thread.sp")?,
             on_cpu: offset(btf, t, "on_cpu").ok(),
-            pid: offset(btf, t, "pid")?,
-            comm: offset(btf, t, "comm")?,
             frame_bp: offset(btf, f, "bp")?,
             frame_ret: offset(btf, f, "ret_addr")?,
             frame_size: btf.size_of(f)?,
@@ -354,36 +349,11 @@ impl TaskLayout {
     }
 }
 
-/// The task running on `cpu` per the per-CPU `current_task` (up to 6.1) or
-/// `pcpu_hot.current_task` (6.2 on, its first member).
-fn current_task(k: &Kernel, cpu: u32) -> Option<u64> {
-    let per_cpu = k.symbol("__per_cpu_offset").ok()?.addr;
-    let base = k.read_u64(per_cpu + u64::from(cpu) * 8).ok()?;
-    let var = k
-        .symbols()
-        .lookup("current_task")
-        .or_else(|| k.symbols().lookup("pcpu_hot"))?
-        .addr;
-    k.read_u64(base.wrapping_add(var)).ok().filter(|&t| t != 0)
-}
-
-fn task_name(k: &Kernel, l: &TaskLayout, task: u64) -> (Option<i32>, Option<String>) {
-    let pid = k.read_u32(task + l.pid).ok().map(|p| p as i32);
-    let mut comm = [0u8; COMM_LEN];
-    let comm = k
-        .read(task + l.comm, &mut comm)
-        .ok()
-        .map(|()| crate::c_string(&comm));
-    (pid, comm)
-}
-
 /// The trace of CPU `cpu` from its registers `regs` (the guest should be paused).
 pub fn backtrace_cpu(k: &Kernel, cpu: u32, regs: &Registers) -> Result<Backtrace, DebugError> {
-    let btf = k.btf()?;
-    let l = TaskLayout::new(&btf)?;
     let (pid, comm) = match current_task(k, cpu) {
-        Some(t) => task_name(k, &l, t),
-        None => (None, None),
+        Ok(t) => (Some(t.pid), Some(t.comm)),
+        Err(_) => (None, None),
     };
     let code = KernelCode::new(k)?;
     let (frames, end) = unwind(
@@ -424,8 +394,8 @@ pub fn backtrace_task(k: &Kernel, pid: i32, cpus: &[Registers]) -> Result<Backtr
     })?;
     let cpu = task.cpu.unwrap_or(0);
     let running = match current_task(k, cpu) {
-        Some(current) => current == task.addr,
-        None => match l.on_cpu {
+        Ok(current) => current.addr == task.addr,
+        Err(_) => match l.on_cpu {
             Some(o) => k.read_u32(task.addr + o)? != 0,
             None => false,
         },

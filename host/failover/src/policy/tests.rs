@@ -539,3 +539,81 @@ fn guests_name_their_vmm_and_kernel_and_unknown_vmms_are_refused() {
     assert!(matches!(e, PolicyError::UnknownVmm { .. }), "{e}");
     says(&e, &["\"a\"", "\"xen\"", "qemu", "builtin", "line 7"]);
 }
+
+#[test]
+fn dump_is_per_guest_then_the_policy_then_the_daemon_flag() {
+    // Nothing said: the daemon's flag decides, for declared guests and others.
+    let p = Policy::from_toml(&with("")).unwrap();
+    assert_eq!(p.dump(), DumpPolicy::default());
+    assert_eq!(p.dump().wait_secs, DEFAULT_DUMP_WAIT_SECS);
+    assert!(p.dumps("web1", true) && !p.dumps("web1", false));
+    assert!(p.dumps("other", true) && !p.dumps("other", false));
+    assert!(!p.summary().contains("dump:"), "{}", p.summary());
+
+    // A guest's own key wins over [dump], which wins over the flag.
+    let text = r#"[host]
+max_guests = 4
+max_memory_mib = 4096
+
+[dump]
+on_panic = true
+wait_secs = 30
+
+[[guest]]
+name = "web1"
+memory_mib = 512
+dump = false
+
+[[guest]]
+name = "web2"
+memory_mib = 512
+"#;
+    let p = Policy::from_toml(text).unwrap();
+    assert_eq!(p.guest("web1").unwrap().dump, Some(false));
+    assert_eq!(p.guest("web2").unwrap().dump, None);
+    assert!(!p.dumps("web1", true));
+    assert!(p.dumps("web2", false));
+    assert!(p.dumps("undeclared", false));
+    assert_eq!(p.dump().wait_secs, 30);
+    let summary = p.summary();
+    assert!(summary.contains("web1: 512 MiB"), "{summary}");
+    assert!(summary.contains("no vmcore on panic"), "{summary}");
+    assert!(
+        summary.contains("dump: vmcore on panic on by default, failover waits up to 30 s"),
+        "{summary}"
+    );
+
+    // [dump] on_panic = false turns dumps off unless a guest says otherwise.
+    let p = Policy::from_toml(&format!(
+        "{HOST}[dump]\non_panic = false\n[[guest]]\nname = \"a\"\nmemory_mib = 512\ndump = true\n"
+    ))
+    .unwrap();
+    assert!(p.dumps("a", false));
+    assert!(!p.dumps("b", true));
+}
+
+#[test]
+fn a_dump_that_is_not_a_boolean_is_refused_where_it_stands() {
+    for bad in ["\"yes\"", "1", "\"true\"", "[true]"] {
+        let e = err(&format!(
+            "{HOST}[[guest]]\nname = \"web1\"\nmemory_mib = 512\ndump = {bad}\n"
+        ));
+        assert!(matches!(e, PolicyError::BadDump { .. }), "{e:?}");
+        says(
+            &e,
+            &["line 7", "guest \"web1\"", "dump =", "use true or false"],
+        );
+    }
+    let e = err(&format!("{HOST}[dump]\non_panic = \"no\"\n"));
+    says(
+        &e,
+        &["line 5", "[dump] on_panic", "\"no\"", "use true or false"],
+    );
+    for bad in ["0", "-5", "3601"] {
+        let e = err(&format!("{HOST}[dump]\nwait_secs = {bad}\n"));
+        assert!(matches!(e, PolicyError::DumpWaitOutOfRange { .. }), "{e:?}");
+        says(&e, &["line 5", &format!("wait_secs = {bad}"), "1 to 3600"]);
+    }
+    let e = err(&format!("{HOST}[dump]\nonpanic = true\n"));
+    says(&e, &["onpanic"]);
+}
