@@ -24,46 +24,68 @@ impl Drop for QemuGuard {
     }
 }
 
-fn console(dir: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(dir.join("console.log")).unwrap_or_default())
-        .into_owned()
+
+/// The serial console reached with no daemon involved (while none runs: QEMU serves
+/// one client at a time, and a running vesperd is it). Its output is read here, not
+/// from console.log, which only a vesperd writes.
+struct OwnConsole {
+    input: std::os::unix::net::UnixStream,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-/// Types into the serial console with no daemon involved, over one connection kept
-/// for the whole test (QEMU may drop input of a client that hangs up) whose output is
-/// drained (an unread client stalls the guest's UART); returns the reply line.
-fn hand(dir: &Path, command: &str, reply_prefix: &str) -> String {
-    static CONN: std::sync::Mutex<Option<std::os::unix::net::UnixStream>> =
-        std::sync::Mutex::new(None);
-    let before = console(dir).len();
-    let mut conn = CONN.lock().unwrap();
-    let s = conn.get_or_insert_with(|| {
-        let s = std::os::unix::net::UnixStream::connect(dir.join("console.sock"))
+impl OwnConsole {
+    fn connect(dir: &Path) -> Self {
+        let input = std::os::unix::net::UnixStream::connect(dir.join("console.sock"))
             .expect("connect console socket");
-        let mut out = s.try_clone().expect("clone");
+        let mut out = input.try_clone().expect("clone");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let text = output.clone();
+        // Drained at once: an unread client stalls the guest's UART.
         std::thread::spawn(move || {
-            let mut sink = [0u8; 4096];
-            while matches!(std::io::Read::read(&mut out, &mut sink), Ok(n) if n > 0) {}
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut out, &mut buf) {
+                text.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
         });
-        s
-    });
-    s.write_all(format!("{command}\n").as_bytes())
-        .expect("type into console");
-    let needle = format!("vesper-hand: {reply_prefix}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = console(dir);
-        if let Some(at) = c[before.min(c.len())..].find(&needle) {
-            let line = &c[before + at..];
-            return line.lines().next().unwrap_or_default().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} after {command:?}:\n{}",
-            &c[before.min(c.len())..]
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        Self { input, output }
     }
+
+    /// Types `command`; returns the reply line starting `vesper-hand: reply_prefix`.
+    fn hand(&mut self, command: &str, reply_prefix: &str) -> String {
+        let before = self.output.lock().unwrap().len();
+        self.input
+            .write_all(format!("{command}\n").as_bytes())
+            .expect("type into console");
+        let needle = format!("vesper-hand: {reply_prefix}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.output.lock().unwrap()[before..].to_string();
+            if let Some(at) = c.find(&needle) {
+                if let Some(line) = c[at..].lines().next().filter(|_| c[at..].contains('\n')) {
+                    return line.to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} after {command:?}:\n{c}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnConsole {
+    /// Hangs up for real (the reader thread holds a second descriptor of the socket),
+    /// so that QEMU takes its next client.
+    fn drop(&mut self) {
+        let _ = self.input.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Starts and SIGKILLs a svc through `hand`; returns its pid.
+fn kill_svc(mut hand: impl FnMut(&str, &str) -> String) -> i64 {
+    let pid = pid_of(&hand("start svc", "started svc"));
+    hand("kill 9 svc", "killed svc");
+    pid
 }
 
 fn pid_of(reply: &str) -> i64 {
@@ -73,12 +95,6 @@ fn pid_of(reply: &str) -> i64 {
         .and_then(|p| p.split_whitespace().next())
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid in {reply:?}"))
-}
-
-fn kill_svc(dir: &Path) -> i64 {
-    let pid = pid_of(&hand(dir, "start svc", "started svc"));
-    hand(dir, "kill 9 svc", "killed svc");
-    pid
 }
 
 fn exit_pids(recs: &[Value]) -> Vec<i64> {
@@ -106,7 +122,7 @@ fn a_restarted_daemon_adopts_its_running_guest_without_re_reading_records() {
     let vm_dir = d1.run_dir.path().join("guests").join("vm1");
     d1.wait_console("vm1", "vesper-init: hand ready", WAIT);
     d1.watch_svc("vm1");
-    let first = kill_svc(&vm_dir);
+    let first = kill_svc(|c, r| d1.hand("vm1", c, r));
     let recs = d1.wait_records("vm1", "vesper_exit_probe", "exit", WAIT, |r| !r.is_empty());
     assert_eq!(exit_pids(&recs), vec![first]);
     assert_eq!(service_exit_pids(&d1), vec![first]);
@@ -116,7 +132,10 @@ fn a_restarted_daemon_adopts_its_running_guest_without_re_reading_records() {
     // The daemon goes away; the VM does not.
     let run_dir = d1.detach();
     assert!(vesper_e2e_alive(qemu), "QEMU died with the detached daemon");
-    let second = kill_svc(&vm_dir);
+    // With no daemon, a client of our own types into the console.
+    let mut own = OwnConsole::connect(&vm_dir);
+    let second = kill_svc(|c, r| own.hand(c, r));
+    drop(own);
 
     let d2 = Daemon::start_in(run_dir, &[]);
     let list = d2.cli(&["--json", "vm", "list"]).ok().json();
@@ -152,7 +171,8 @@ fn a_restarted_daemon_adopts_its_running_guest_without_re_reading_records() {
     assert_eq!(service_exit_pids(&d2), vec![second]);
 
     // Without doorbells the next exit is still seen promptly (polling).
-    let third = kill_svc(&vm_dir);
+    // The new daemon is back on the console: it types, and logs the output again.
+    let third = kill_svc(|c, r| d2.hand("vm1", c, r));
     let t0 = Instant::now();
     let recs = d2.wait_records(
         "vm1",
