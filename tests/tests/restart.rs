@@ -24,7 +24,6 @@ impl Drop for QemuGuard {
     }
 }
 
-
 /// The serial console reached with no daemon involved (while none runs: QEMU serves
 /// one client at a time, and a running vesperd is it). Its output is read here, not
 /// from console.log, which only a vesperd writes.
@@ -67,7 +66,10 @@ impl OwnConsole {
                     return line.to_string();
                 }
             }
-            assert!(Instant::now() < deadline, "no {needle:?} after {command:?}:\n{c}");
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} after {command:?}:\n{c}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

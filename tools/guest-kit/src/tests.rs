@@ -64,6 +64,8 @@ fn init_script_has_the_hand_protocol() {
         "echo c >/proc/sysrq-trigger",
         "hand_say \"oom hog pid=$!\"",
         "hand_say \"unknown command: $line\"",
+        "hand_say \"stack $1 pid=$pid $l\"",
+        "hand_say \"stack end $1 pid=$pid\"",
         "echo -1000 >/proc/1/oom_score_adj",
         "ln -sf /bin/svc \"/tmp/svc/$name\"",
     ] {
