@@ -2,7 +2,10 @@
 //! one run: Vesper's host-side read (vesper-debug over the guest's RAM memfd, in
 //! process and through vesperd's API), QEMU's gdbstub (`m` packets, what gdb does),
 //! and a round trip through the guest's frontend (`lsmod`, the cheapest command that
-//! returns data: any read the guest served would cost at least that).
+//! returns data: any read the guest served would cost at least that). Then `debug ps`
+//! and `debug dmesg` beside the identical walks with every read an `m` packet to the
+//! gdbstub — what gdb's `lx-ps` / `lx-dmesg` do, without their Python on top (so the
+//! baseline is, if anything, flattered).
 //!
 //! `cargo bench -p vesper-e2e --bench debug_read` (after `cargo build --release
 //! --workspace --bins`).
@@ -13,13 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vesper_api::{call, DebugOp, Reply, Request};
-use vesper_debug::{Kernel, KernelMemory, MappedRam};
+use vesper_debug::{Kernel, KernelMemory, MappedRam, MemoryError};
 use vesper_e2e::{kit, Daemon};
 
 const LIB_READS: usize = 20_000;
 const API_READS: usize = 300;
 const GDB_READS: usize = 300;
 const FRONTEND_READS: usize = 100;
+const WALKS: usize = 50;
+const API_WALKS: usize = 20;
+const GDB_WALKS: usize = 5;
 const MIB: u64 = 1 << 20;
 
 struct Stats {
@@ -36,6 +42,19 @@ fn stats(mut v: Vec<f64>) -> Stats {
         p99: pick(0.99),
         n: v.len(),
     }
+}
+
+/// `n` runs of a whole walk: stats in microseconds, and the items of the last.
+fn walk(n: usize, mut f: impl FnMut() -> usize) -> (Stats, usize) {
+    let mut items = 0;
+    let v = (0..n)
+        .map(|_| {
+            let (us, got) = time(&mut f);
+            items = got;
+            us
+        })
+        .collect();
+    (stats(v), items)
 }
 
 fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
@@ -91,6 +110,36 @@ impl Rsp {
             }
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Kernel memory read through the gdbstub (`m ADDR,LEN`: guest-virtual addresses,
+/// translated by QEMU with the vCPU's page tables), as gdb reads it.
+struct GdbMemory(std::sync::Mutex<Rsp>);
+
+/// Bytes per `m` packet (QEMU's packet buffer holds a little over 4 KiB of hex).
+const GDB_CHUNK: usize = 1024;
+
+impl KernelMemory for GdbMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let mut rsp = self.0.lock().unwrap();
+        for (i, chunk) in buf.chunks_mut(GDB_CHUNK).enumerate() {
+            let at = addr + (i * GDB_CHUNK) as u64;
+            let want = chunk.len() * 2;
+            let r = rsp.ask(&format!("m{at:x},{:x}", chunk.len()), |r| {
+                r.len() == want || r.starts_with('E')
+            });
+            if r.starts_with('E') {
+                return Err(MemoryError::NotMapped {
+                    addr: at,
+                    why: format!("gdbstub: {r}"),
+                });
+            }
+            for (j, b) in chunk.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&r[j * 2..j * 2 + 2], 16).expect("hex");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -158,7 +207,50 @@ fn main() {
         assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{hex:?}");
         gdb.push(us);
     }
+
+    // 5. Whole walks: the task list and the printk ring, in process and through the
+    // gdbstub (the same reads), and `debug ps` / `debug dmesg` through vesperd.
+    let gdb_mem = GdbMemory(std::sync::Mutex::new(rsp));
+    let layout =
+        vesper_debug::printk::PrintkLayout::from_vmcoreinfo(|key| k.vmcoreinfo().lookup(key))
+            .expect("printk layout");
+    let ps_lib = walk(WALKS, || {
+        vesper_debug::tasks::list_tasks(&k).unwrap().tasks.len()
+    });
+    let ps_gdb = walk(GDB_WALKS, || {
+        vesper_debug::tasks::list_tasks_in(&k, &gdb_mem)
+            .unwrap()
+            .tasks
+            .len()
+    });
+    let log_lib = walk(WALKS, || {
+        vesper_debug::printk::read_log(&k as &dyn KernelMemory, &layout)
+            .unwrap()
+            .records
+            .len()
+    });
+    let log_gdb = walk(GDB_WALKS, || {
+        vesper_debug::printk::read_log(&gdb_mem, &layout)
+            .unwrap()
+            .records
+            .len()
+    });
+    let mut rsp = gdb_mem.0.into_inner().unwrap();
     rsp.ask("D", |r| r == "OK");
+    let api_walk = |op: DebugOp| {
+        let req = Request::Debug {
+            guest: "bench".into(),
+            debug: op,
+        };
+        walk(API_WALKS, || {
+            call(&d.socket, &req, Duration::from_secs(30))
+                .unwrap()
+                .expect("debug reply");
+            0
+        })
+    };
+    let ps_api = api_walk(DebugOp::Ps);
+    let log_api = api_walk(DebugOp::Dmesg);
 
     let (lib, api, front, gdb) = (stats(lib), stats(api), stats(front), stats(gdb));
     println!("\n8-byte read of jiffies from a running guest, host side, one run");
@@ -190,4 +282,33 @@ fn main() {
         "goal: host-side read >= 100x faster than the gdbstub -> {goal:.0}x {}",
         if goal >= 100.0 { "MET" } else { "NOT MET" }
     );
+    println!("\nWhole walks (the gdbstub row does the identical reads, one `m` packet each)");
+    println!(
+        "{:<46} {:>10} {:>10} {:>6} {:>7} {:>14}",
+        "ms", "p50", "p99", "n", "items", "p50 vs gdbstub"
+    );
+    for (what, lib, api, gdb) in [
+        ("debug ps", &ps_lib, &ps_api, &ps_gdb),
+        ("debug dmesg", &log_lib, &log_api, &log_gdb),
+    ] {
+        for (how, (s, items)) in [
+            ("in process (RAM memfd)", lib),
+            ("through vesperd's API", api),
+            ("through QEMU's gdbstub (baseline)", gdb),
+        ] {
+            println!(
+                "{:<46} {:>10.2} {:>10.2} {:>6} {:>7} {:>13.1}x",
+                format!("{what}, {how}"),
+                s.p50 / 1e3,
+                s.p99 / 1e3,
+                s.n,
+                if *items > 0 {
+                    items.to_string()
+                } else {
+                    "-".into()
+                },
+                gdb.0.p50 / s.p50
+            );
+        }
+    }
 }

@@ -107,11 +107,11 @@ pub fn state_letter(state: u32, exit_state: u32) -> char {
     LETTERS.get(index).copied().unwrap_or('?')
 }
 
-fn read_i32(k: &Kernel, addr: u64) -> Result<i32, DebugError> {
+fn read_i32(k: &dyn KernelMemory, addr: u64) -> Result<i32, DebugError> {
     Ok(k.read_u32(addr)? as i32)
 }
 
-fn read_task(k: &Kernel, l: &Layout, addr: u64) -> Result<Task, DebugError> {
+fn read_task(k: &dyn KernelMemory, l: &Layout, addr: u64) -> Result<Task, DebugError> {
     let mut comm = [0u8; COMM_LEN];
     k.read(addr + l.comm, &mut comm)?;
     let state = k.read_u32(addr + l.state)?;
@@ -147,14 +147,21 @@ fn read_task(k: &Kernel, l: &Layout, addr: u64) -> Result<Task, DebugError> {
 
 /// Walks the task list from `init_task`.
 pub fn list_tasks(k: &Kernel) -> Result<TaskList, DebugError> {
+    list_tasks_in(k, k)
+}
+
+/// The same walk with every read of the list and the tasks through `mem` (symbols and
+/// types from `k`): how a benchmark runs the identical walk over another transport,
+/// e.g. a gdbstub.
+pub fn list_tasks_in(k: &Kernel, mem: &dyn KernelMemory) -> Result<TaskList, DebugError> {
     let btf = k.btf()?;
     let l = Layout::new(&btf)?;
     let init = k.symbol("init_task")?.addr;
     let head = init + l.tasks;
-    let mut tasks = vec![read_task(k, &l, init)?];
+    let mut tasks = vec![read_task(mem, &l, init)?];
     let mut seen = HashSet::from([head]);
     let mut prev = head;
-    let mut node = k.read_u64(head)?;
+    let mut node = mem.read_u64(head)?;
     let torn = loop {
         if node == head {
             break None;
@@ -169,7 +176,7 @@ pub fn list_tasks(k: &Kernel) -> Result<TaskList, DebugError> {
         }
         // A node whose way back is not where we came from was unlinked or reused
         // while we walked: stop there rather than follow it anywhere.
-        let (next, back) = match (k.read_u64(node), k.read_u64(node + 8)) {
+        let (next, back) = match (mem.read_u64(node), mem.read_u64(node + 8)) {
             (Ok(n), Ok(b)) => (n, b),
             (Err(e), _) | (_, Err(e)) => {
                 break Some(format!("list entry {node:#x} is unreadable: {e}"))
@@ -180,7 +187,7 @@ pub fn list_tasks(k: &Kernel) -> Result<TaskList, DebugError> {
                 "list entry {node:#x} points back to {back:#x}, not {prev:#x}: the list changed during the walk"
             ));
         }
-        match read_task(k, &l, node - l.tasks) {
+        match read_task(mem, &l, node - l.tasks) {
             Ok(t) => tasks.push(t),
             Err(e) => break Some(format!("task at {:#x} is unreadable: {e}", node - l.tasks)),
         }
