@@ -403,4 +403,10 @@ fn a_panicking_guest_is_dumped_before_failover_restarts_it() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The vmcores outlive the VM; a name that is no guest's lists nothing.
+    d.cli(&["vm", "stop", "vm1"]).ok();
+    let listed = ok(debug(&d, &["dumps", "vm1"]));
+    assert_eq!(listed["dumps"][0]["path"], path.as_str(), "{listed}");
+    let out = debug(&d, &["dumps", "bad.name"]);
+    assert_eq!(out.code, 68, "{out:?}");
 }

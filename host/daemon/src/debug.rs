@@ -316,7 +316,11 @@ pub(crate) fn qmp_status(qmp: &Path) -> Option<String> {
 /// Serves one `debug` request (blocking work on a blocking thread).
 pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Response {
     if op == DebugOp::Dumps {
-        daemon.guest_status(&guest)?;
+        // A guest's vmcores outlive its VM (a restart, a stop): list them whenever
+        // there are any; only a name with neither is unknown.
+        if !crate::server::valid_name(&guest) || !dump_dir(daemon, &guest).is_dir() {
+            daemon.guest_status(&guest)?;
+        }
         return dumps(daemon, &guest);
     }
     let (pid, ram_bytes) = target(daemon, &guest)?;

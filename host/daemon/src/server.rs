@@ -607,7 +607,7 @@ fn check_params(params: &[String]) -> Result<String, ApiError> {
     Ok(joined)
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
         && name
