@@ -204,6 +204,7 @@ impl Vm {
         let control = Arc::new(RunControl::default());
         let serial = Arc::new(Mutex::new(Serial::new(serial_out)));
         let frame_grants = GuestFrameGrants::new(memory.clone());
+        let debug = Arc::new(DebugControl::new(config.vcpus, memory.clone()));
         let mut vm = Self {
             frame_grants,
             config,
@@ -220,7 +221,7 @@ impl Vm {
             control: control.clone(),
             stats: Arc::default(),
             serial: serial.clone(),
-            debug: Arc::new(DebugControl::new(config.vcpus)),
+            debug,
         };
         vm.register_pio(BusRange::new(COM1_PORT.into(), SERIAL_PORT_LEN)?, serial)?;
         vm.register_pio(
@@ -265,7 +266,7 @@ impl Vm {
     /// A debugger's handle on this VM (pause, registers, memory, guest debug), for use
     /// from another thread while `run` runs.
     pub fn debug_handle(&self) -> DebugHandle {
-        DebugHandle::new(self.debug.clone(), self.memory.clone(), &self.vm_fd)
+        DebugHandle::new(self.debug.clone(), &self.vm_fd)
     }
 
     /// The console, e.g. to queue input.

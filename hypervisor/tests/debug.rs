@@ -141,6 +141,11 @@ fn a_running_vm_is_paused_read_written_and_resumed() {
     assert_eq!(thread.join().unwrap(), Stop::HostStopped);
     assert!(d.ended(), "the Vm is dropped with its thread");
     assert!(matches!(d.pause(PAUSE), Err(HypervisorError::VmEnded)));
+    // Nor is its RAM kept mapped for the handle.
+    assert!(matches!(
+        d.read_phys(COUNTER, &mut [0u8; 8]),
+        Err(HypervisorError::VmEnded)
+    ));
 }
 
 /// What this host's KVM does with each kind of guest debug, asserted against what

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_debug_exit_arch;
 use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
 
 use super::{DebugStop, GuestDebug};
 use crate::error::{HypervisorError, Result};
@@ -60,13 +61,15 @@ struct State {
 /// Shared by a VM's vCPU threads and its `DebugHandle`s.
 pub(crate) struct DebugControl {
     state: Mutex<State>,
+    /// Guest RAM until the VM ends: a handle kept after that does not keep it mapped.
+    memory: Mutex<Option<GuestMemoryMmap>>,
     changed: Condvar,
     /// Some vCPU is held: the checkpoint's fast path skips the lock when false.
     any_hold: AtomicBool,
 }
 
 impl DebugControl {
-    pub(crate) fn new(vcpus: u32) -> Self {
+    pub(crate) fn new(vcpus: u32, memory: GuestMemoryMmap) -> Self {
         let slots = (0..vcpus)
             .map(|_| Slot {
                 phase: Phase::Away,
@@ -80,9 +83,16 @@ impl DebugControl {
                 slots,
                 ..State::default()
             }),
+            memory: Mutex::new(Some(memory)),
             changed: Condvar::new(),
             any_hold: AtomicBool::new(false),
         }
+    }
+
+    /// Runs `f` on guest RAM, unless the VM has ended.
+    pub(crate) fn with_memory<T>(&self, f: impl FnOnce(&GuestMemoryMmap) -> T) -> Result<T> {
+        let memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        memory.as_ref().map(f).ok_or(HypervisorError::VmEnded)
     }
 
     pub(crate) fn vcpu_count(&self) -> u32 {
@@ -128,6 +138,10 @@ impl DebugControl {
 
     /// The VM is gone.
     pub(crate) fn end(&self) {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let mut st = self.lock();
         st.ended = true;
         for s in &mut st.slots {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use kvm_bindings::{kvm_segment, KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_SET_GUEST_DEBUG2};
 use kvm_bindings::{KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP};
 use kvm_ioctls::{VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{kvm as kvm_err, HypervisorError, Result};
 use crate::vcpu::VcpuSnapshot;
@@ -189,21 +189,19 @@ impl GuestDebugSupport {
 #[derive(Clone)]
 pub struct DebugHandle {
     control: Arc<DebugControl>,
-    memory: GuestMemoryMmap,
     vcpus: u32,
     support: GuestDebugSupport,
     block_irq: bool,
 }
 
 impl DebugHandle {
-    pub(crate) fn new(control: Arc<DebugControl>, memory: GuestMemoryMmap, vm: &VmFd) -> Self {
+    pub(crate) fn new(control: Arc<DebugControl>, vm: &VmFd) -> Self {
         let cap = vm.check_extension_raw(u64::from(KVM_CAP_SET_GUEST_DEBUG)) > 0;
         let flags =
             u32::try_from(vm.check_extension_raw(u64::from(KVM_CAP_SET_GUEST_DEBUG2))).unwrap_or(0);
         Self {
             vcpus: control.vcpu_count(),
             control,
-            memory,
             support: GuestDebugSupport::of(&KvmBacking::detect(), cap, flags),
             block_irq: flags & KVM_GUESTDBG_BLOCKIRQ != 0,
         }
@@ -335,24 +333,20 @@ impl DebugHandle {
     }
 
     /// Reads guest-physical memory through vm-memory's checked accessors; the whole
-    /// range must be guest RAM.
+    /// range must be guest RAM. A handle does not keep RAM mapped once the VM ended.
     pub fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
-        self.memory
-            .read_slice(buf, GuestAddress(gpa))
-            .map_err(|_| HypervisorError::NotGuestRam {
-                gpa,
-                len: buf.len() as u64,
-            })
+        let len = buf.len() as u64;
+        self.control
+            .with_memory(|m| m.read_slice(buf, GuestAddress(gpa)))?
+            .map_err(|_| HypervisorError::NotGuestRam { gpa, len })
     }
 
     /// Writes guest-physical memory, all of it guest RAM.
     pub fn write_phys(&self, gpa: u64, data: &[u8]) -> Result<()> {
-        self.memory
-            .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| HypervisorError::NotGuestRam {
-                gpa,
-                len: data.len() as u64,
-            })
+        let len = data.len() as u64;
+        self.control
+            .with_memory(|m| m.write_slice(data, GuestAddress(gpa)))?
+            .map_err(|_| HypervisorError::NotGuestRam { gpa, len })
     }
 }
 
