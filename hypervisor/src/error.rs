@@ -351,6 +351,54 @@ pub enum HypervisorError {
         /// Registers of each vCPU where it was stopped.
         vcpus: Vec<VcpuSnapshot>,
     },
+    /// A debugger asked for vCPU state while the VM runs.
+    #[error("the VM is running: pause it first (DebugHandle::pause)")]
+    VmNotPaused,
+    /// The vCPUs did not reach their checkpoint in time.
+    #[error(
+        "the vCPUs did not stop within {waited:?}: the VM is not running (between runs, or \
+         every vCPU halted for good); try again"
+    )]
+    PauseTimeout {
+        /// How long the pause waited.
+        waited: Duration,
+    },
+    /// The VM is gone.
+    #[error("the VM has ended: there is nothing left to debug")]
+    VmEnded,
+    /// A vCPU index the VM does not have.
+    #[error("vCPU {vcpu} does not exist: the VM has {count} (0 to {count} - 1)")]
+    NoSuchVcpu {
+        /// Asked for.
+        vcpu: u32,
+        /// vCPUs the VM has.
+        count: u32,
+    },
+    /// A vCPU whose thread is not in the run (it halted for good, or the VM is between
+    /// runs).
+    #[error("vCPU {0} is not in the current run (it halted for good or the VM is rebooting)")]
+    VcpuAway(u32),
+    /// Guest debug this host's KVM does not allow.
+    #[error("this host's KVM does not allow {what}: {why}")]
+    GuestDebugUnsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// Why not, and what to use instead.
+        why: &'static str,
+    },
+    /// A register write the VMM does not make.
+    #[error("{0}")]
+    RegisterRefused(&'static str),
+    /// A debugger's guest-physical access outside guest RAM.
+    #[error(
+        "guest-physical {gpa:#x}+{len:#x} is not guest RAM (a hole, a device or past the end)"
+    )]
+    NotGuestRam {
+        /// First address.
+        gpa: u64,
+        /// Bytes.
+        len: u64,
+    },
 }
 
 /// Shorthand.

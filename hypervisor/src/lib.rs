@@ -7,13 +7,15 @@
 //! function's state (Vesper's BAR0 registers or its MSI-X state, never both) → the run
 //! control (`power::RunControl`). The buses' ranges are immutable during a run and
 //! unlocked; BARs move inside the PCI root, under its lock.
-//! The frame-grant log budget (`grants`) is a leaf: nothing is taken while it is held.
+//! The frame-grant log budget (`grants`) and the debug park state (`debug`) are leaves:
+//! nothing is taken while one is held.
 //! Nothing a guest does panics the host: unmapped accesses are counted, the run has a
 //! deadline, unknown exits become `HypervisorError::UnexpectedExit`.
 #![deny(missing_docs)]
 
 pub mod boot;
 pub mod bus;
+pub mod debug;
 mod error;
 pub mod grants;
 mod kvm_backing;
@@ -28,6 +30,7 @@ mod vm;
 
 pub use boot::{BootInfo, LinuxBoot};
 pub use bus::{Bus, BusDevice, BusRange, SharedDevice};
+pub use debug::{DebugHandle, DebugStop, GuestDebug, GuestDebugSupport, ResumeAction, StopCause};
 pub use error::{HypervisorError, Result};
 pub use grants::{FrameGrantStats, GuestFrameGrants};
 pub use kvm_backing::KvmBacking;

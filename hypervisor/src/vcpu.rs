@@ -8,6 +8,7 @@ use kvm_bindings::kvm_segment;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
+use crate::debug::DebugControl;
 use crate::error::{kvm, HypervisorError, Result};
 use crate::power::RunControl;
 
@@ -205,6 +206,7 @@ pub(crate) struct VcpuContext {
     pub(crate) mmio: Bus,
     pub(crate) control: Arc<RunControl>,
     pub(crate) stats: Arc<ExitStats>,
+    pub(crate) debug: Arc<DebugControl>,
 }
 
 /// How a vCPU's run ended when it was not an error.
@@ -259,13 +261,21 @@ impl VcpuContext {
 }
 
 /// Runs `vcpu` until it halts, the run is stopped, or something unexpected happens.
-/// Returns the end and the registers there.
+/// Returns the end and the registers there. A debugger may park it in between.
 pub(crate) fn run_vcpu(
     index: u32,
     vcpu: &mut VcpuFd,
     ctx: &VcpuContext,
 ) -> Result<(VcpuEnd, VcpuSnapshot)> {
+    ctx.debug.enter(index);
+    let end = run_loop(index, vcpu, ctx);
+    ctx.debug.leave(index);
+    end
+}
+
+fn run_loop(index: u32, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Result<(VcpuEnd, VcpuSnapshot)> {
     loop {
+        ctx.debug.checkpoint(index, vcpu, &ctx.control);
         if ctx.control.stop_requested() {
             return Ok((VcpuEnd::Stopped, VcpuSnapshot::capture(index, vcpu)?));
         }
@@ -287,6 +297,11 @@ pub(crate) fn run_vcpu(
                 Step::Continue
             }
             Ok(VcpuExit::Hlt) => Step::Halted,
+            // Only with guest debug on: the debugger hears of it, every vCPU parks.
+            Ok(VcpuExit::Debug(arch)) => {
+                ctx.debug.debug_exit(index, &arch);
+                Step::Continue
+            }
             Ok(VcpuExit::Intr) => Step::Continue,
             Ok(VcpuExit::Shutdown) => Step::Unexpected(ExitKind::Shutdown),
             Ok(VcpuExit::FailEntry(reason, cpu)) => {

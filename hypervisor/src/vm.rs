@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{layout, EntryExtra};
 use crate::bus::{Bus, BusRange, SharedDevice};
+use crate::debug::{DebugControl, DebugHandle};
 use crate::error::{kvm, HypervisorError, Result};
 use crate::grants::GuestFrameGrants;
 use crate::pci::{PciMmio, PciPorts, PciRoot, PCI_CONFIG_ADDRESS_PORT, PCI_PORTS_LEN};
@@ -104,6 +105,8 @@ pub struct Vm {
     control: Arc<RunControl>,
     stats: Arc<ExitStats>,
     serial: Arc<Mutex<Serial>>,
+    /// Where a debugger parks the vCPUs (`debug_handle`).
+    debug: Arc<DebugControl>,
 }
 
 impl Vm {
@@ -201,6 +204,7 @@ impl Vm {
         let control = Arc::new(RunControl::default());
         let serial = Arc::new(Mutex::new(Serial::new(serial_out)));
         let frame_grants = GuestFrameGrants::new(memory.clone());
+        let debug = Arc::new(DebugControl::new(config.vcpus, memory.clone()));
         let mut vm = Self {
             frame_grants,
             config,
@@ -217,6 +221,7 @@ impl Vm {
             control: control.clone(),
             stats: Arc::default(),
             serial: serial.clone(),
+            debug,
         };
         vm.register_pio(BusRange::new(COM1_PORT.into(), SERIAL_PORT_LEN)?, serial)?;
         vm.register_pio(
@@ -256,6 +261,12 @@ impl Vm {
     /// to use it from another thread while the VM runs.
     pub fn frame_grants(&self) -> &GuestFrameGrants {
         &self.frame_grants
+    }
+
+    /// A debugger's handle on this VM (pause, registers, memory, guest debug), for use
+    /// from another thread while `run` runs.
+    pub fn debug_handle(&self) -> DebugHandle {
+        DebugHandle::new(self.debug.clone(), &self.vm_fd)
     }
 
     /// The console, e.g. to queue input.
@@ -444,6 +455,7 @@ impl Vm {
             mmio: self.mmio.clone(),
             control: self.control.clone(),
             stats: self.stats.clone(),
+            debug: self.debug.clone(),
         });
         let (tx, rx) = mpsc::channel::<VcpuMsg>();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -614,6 +626,7 @@ impl Drop for Vm {
         // PCI glue holds the VM fd and KVM resources on the device memory: remove it
         // first, so the fields then drop in order (vCPUs, VM, device memory, RAM).
         lock_pci(&self.pci).remove_devices();
+        self.debug.end();
     }
 }
 

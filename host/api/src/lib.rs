@@ -270,7 +270,7 @@ pub enum DebugOp {
     },
     /// The guest's saved vmcores.
     Dumps,
-    /// A gdb session: QEMU's gdbstub, a symbol file from kallsyms, the command line.
+    /// A gdb session (QEMU's gdbstub, or a builtin VM's own server), symbols, command.
     Gdb {
         /// A vmlinux with debug info for this kernel (Debian's `-dbg` package), for
         /// types; loaded at the KASLR offset.
@@ -295,11 +295,11 @@ pub struct DumpFile {
 pub struct GdbSession {
     /// Guest.
     pub guest: String,
-    /// The gdb remote endpoint (QEMU's gdbstub).
+    /// The gdb remote endpoint (a relay to QEMU's gdbstub, or a builtin VM's server).
     pub socket: PathBuf,
-    /// ELF symbol file made from the guest's kallsyms.
+    /// ELF symbols: from kallsyms (QEMU), or the ELF a builtin VM booted (or empty).
     pub symbol_file: PathBuf,
-    /// Where its `.text` goes (`add-symbol-file -s .text`).
+    /// Where its `.text` goes (`add-symbol-file -s .text`); 0: linked addresses.
     pub text_base: u64,
     /// The kernel image's KASLR offset (`symbol-file VMLINUX -o`).
     pub kaslr_offset: u64,

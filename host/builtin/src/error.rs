@@ -34,6 +34,15 @@ pub enum BuiltinError {
         /// How long we waited.
         ms: u128,
     },
+    /// The gdb endpoint's socket could not be created.
+    #[error("cannot listen for gdb on {}: check that its directory exists and is writable", .path.display())]
+    GdbSocket {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The machine has ended.
     #[error("the VM has ended")]
     Ended,

@@ -1,10 +1,12 @@
 //! The in-process transport: a guest that runs in `vesper-hypervisor` inside the host
 //! process. `Machine` builds, boots and runs the VM; `BuiltinTransport` is the host
-//! `Transport` over its Vesper device.
+//! `Transport` over its Vesper device; `gdb::GdbServer` serves gdb's remote protocol
+//! for it.
 #![deny(missing_docs)]
 
 mod console;
 mod error;
+pub mod gdb;
 mod machine;
 mod transport;
 

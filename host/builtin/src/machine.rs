@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vesper_hypervisor::pvpanic::{PvPanic, PvPanicEvent, PVPANIC_PORT};
-use vesper_hypervisor::{BusRange, Stop, StopHandle, VesperConfig, Vm, VmConfig};
+use vesper_hypervisor::{BusRange, DebugHandle, Stop, StopHandle, VesperConfig, Vm, VmConfig};
 use vesper_shmem::SharedRegion;
 
 use crate::{BuiltinError, BuiltinTransport, ConsoleInput};
@@ -105,6 +105,8 @@ pub struct Machine {
     name: String,
     stop: StopHandle,
     console: ConsoleInput,
+    debug: DebugHandle,
+    boot: BootImage,
     thread: Option<JoinHandle<MachineEnd>>,
 }
 
@@ -154,6 +156,7 @@ impl Machine {
         boot(&mut vm, &spec.boot)?;
         let frames = vm.frame_grants().clone();
         let stop = vm.stop_handle();
+        let debug = vm.debug_handle();
         let console = ConsoleInput::new(vm.serial());
         let (boot_image, allow_reboot, name) =
             (spec.boot.clone(), spec.allow_reboot, spec.name.clone());
@@ -167,6 +170,8 @@ impl Machine {
                 name: spec.name.clone(),
                 stop,
                 console,
+                debug,
+                boot: spec.boot.clone(),
                 thread: Some(thread),
             },
             transport,
@@ -181,6 +186,17 @@ impl Machine {
     /// A handle that stops it from any thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
+    }
+
+    /// A debugger's handle on the VM (pause, registers, memory, guest debug), e.g. for
+    /// `gdb::GdbServer`; it outlives the machine and then says the VM has ended.
+    pub fn debug_handle(&self) -> DebugHandle {
+        self.debug.clone()
+    }
+
+    /// What it booted.
+    pub fn boot_image(&self) -> &BootImage {
+        &self.boot
     }
 
     /// Waits for the machine to end (call `stop_handle().stop()` first to make it end).

@@ -1003,7 +1003,7 @@ fn print_human(reply: &Reply) {
         }
         Reply::DebugGdb(g) => {
             println!(
-                "{}: gdbstub at {}; symbols from kallsyms in {} (.text at {:#x}, KASLR offset {:#x})",
+                "{}: gdb endpoint at {}; symbols from {} (.text at {:#x}, KASLR offset {:#x})",
                 g.guest,
                 g.socket.display(),
                 g.symbol_file.display(),

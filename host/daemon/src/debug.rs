@@ -20,17 +20,19 @@ use crate::server::Shared;
 
 /// QEMU's own gdbstub socket, in the VM's run directory (only vesperd connects).
 pub(crate) const QEMU_GDB_SOCKET: &str = "qemu-gdb.sock";
-/// The gdb endpoint users attach to: vesperd's relay to QEMU's gdbstub.
-const GDB_SOCKET: &str = "gdb.sock";
+/// The gdb endpoint users attach to: vesperd's relay to QEMU's gdbstub, or a builtin
+/// VM's own gdb server.
+pub(crate) const GDB_SOCKET: &str = "gdb.sock";
 /// The symbol file made from the guest's kallsyms, in the VM's run directory.
 const SYMBOL_FILE: &str = "kallsyms.o";
 
-/// Kernels opened so far, per guest, with the QEMU pid they were found in; and the
-/// gdb relays running, per guest and QEMU pid.
+/// Kernels opened so far, per guest, with the QEMU pid they were found in; the gdb
+/// relays running, per guest and QEMU pid; and builtin VMs' gdb endpoints.
 #[derive(Default)]
 pub(crate) struct Kernels(
     Mutex<HashMap<String, (u32, Arc<Kernel>)>>,
     Mutex<std::collections::HashSet<(String, u32)>>,
+    pub(crate) crate::builtin_gdb::Endpoints,
 );
 
 /// The guest's RAM file: QEMU's `memory-backend-memfd`, found among its open files.
@@ -322,6 +324,12 @@ pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Respon
             daemon.guest_status(&guest)?;
         }
         return dumps(daemon, &guest);
+    }
+    // Builtin VMs: the VMM's own gdb server; the other ops read QEMU guests only.
+    if let DebugOp::Gdb { vmlinux } = &op {
+        if daemon.guest_status(&guest)?.vmm == Vmm::Builtin {
+            return crate::builtin_gdb::session(daemon, &guest, vmlinux.clone());
+        }
     }
     let (pid, ram_bytes) = target(daemon, &guest)?;
     let dir = daemon.config.run_dir.join("guests").join(&guest);

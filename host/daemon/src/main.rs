@@ -1,6 +1,7 @@
 //! `vesperd`: the Vesper host daemon.
 #![deny(missing_docs)]
 
+mod builtin_gdb;
 mod console;
 mod debug;
 mod events;
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VESPER_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,gdbstub=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -934,8 +934,8 @@ async fn launch_builtin(
         .await
         .map_err(|e| format!("the VM builder thread failed: {e}"))?
         .map_err(|e| e.to_string())?;
-    let console_input = machine.console();
-    let stop = machine.stop_handle();
+    daemon.kernels.2.register(&a.name, &machine);
+    let (console_input, stop) = (machine.console(), machine.stop_handle());
     let (end_tx, end_rx) = oneshot::channel();
     let name = a.name.clone();
     std::thread::Builder::new()
