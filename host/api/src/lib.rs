@@ -194,6 +194,22 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Adds a cluster manager's event to the stream (`vesper cluster bridge` reports its
+    /// decisions, `vesper cluster alert` Pacemaker's alerts): kinds `decision` and
+    /// `cluster` only; vesperd numbers and timestamps it.
+    Publish {
+        /// The guest it is about; empty for none (a node left the cluster).
+        #[serde(default)]
+        guest: String,
+        /// `decision` or `cluster`.
+        kind: EventKind,
+        /// Who sends it: `bridge` or `alert`.
+        origin: String,
+        /// The cluster node it comes from.
+        node: String,
+        /// Details: a JSON object.
+        payload: serde_json::Value,
+    },
 }
 
 impl Request {
@@ -593,6 +609,11 @@ pub enum Reply {
         torn: u64,
         /// Older records the ring already recycled (lost to its size).
         recycled: u64,
+    },
+    /// An event was added to the stream.
+    Published {
+        /// Its sequence number.
+        seq: u64,
     },
     /// Relay counters.
     RelayStats {

@@ -1,6 +1,7 @@
 //! `vesper`: operator CLI for vesperd.
 
 mod backtrace;
+mod cluster;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,7 +89,7 @@ enum Cmd {
         guests: Vec<String>,
         /// Only this kind (repeatable): panic, service_exit, oom, guest_panicked,
         /// shutdown, stop, reset, vm_exit, guest_up, decision, module_loaded,
-        /// module_failed.
+        /// module_failed, cluster.
         #[arg(long = "kind")]
         kinds: Vec<String>,
         /// Start from this sequence number (resume).
@@ -110,6 +111,11 @@ enum Cmd {
     Relay {
         #[command(subcommand)]
         cmd: RelayCmd,
+    },
+    /// For a Pacemaker cluster: the event bridge and the alert agent.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
     },
 }
 
@@ -298,7 +304,7 @@ enum DebugCmd {
     },
 }
 
-fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
+pub(crate) fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode {
     if json {
         println!(
             "{}",
@@ -328,6 +334,9 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Cmd::Cluster { cmd } = &cli.cmd {
+        return cluster::run(cli.socket.clone(), cli.json, cmd);
+    }
     if let Cmd::Events {
         follow,
         guests,
@@ -572,6 +581,7 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
             cmd: RelayCmd::Cat { .. },
         }
         | Cmd::Events { .. }
+        | Cmd::Cluster { .. }
         | Cmd::Policy { .. }
         | Cmd::Vm {
             cmd: VmCmd::Status { .. },
@@ -699,9 +709,14 @@ fn event_line(e: &Event) -> String {
         vesper_api::Source::Process => "process".into(),
         vesper_api::Source::Frontend => "frontend".into(),
         vesper_api::Source::Engine => "engine".into(),
+        vesper_api::Source::Cluster { origin, node } => format!("cluster {origin}@{node}"),
     };
     let detail = match e.kind {
         EventKind::Decision => e.payload["reason"].as_str().unwrap_or_default().to_string(),
+        EventKind::Cluster => e.payload["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         EventKind::GuestUp => format!(
             "kernel {} gen {}",
             e.payload["kernel_release"].as_str().unwrap_or("?"),
@@ -920,6 +935,7 @@ fn print_human(reply: &Reply) {
             }
         ),
         Reply::RelayStats { channels, .. } => print_relay_stats(channels),
+        Reply::Published { seq } => println!("event #{seq}"),
         Reply::Record(r) => println!("{}", record_line(r)),
         Reply::Gap { missed } => {
             println!("-- {missed} missed (reader too slow, or older than the daemon keeps) --")

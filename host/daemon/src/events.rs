@@ -119,41 +119,6 @@ impl EventBus {
     }
 }
 
-/// One line saying what a failure event means.
-pub fn summary(e: &Event) -> String {
-    let p = &e.payload;
-    match e.kind {
-        EventKind::ServiceExit if p["signal"].as_i64().unwrap_or(0) != 0 => {
-            format!(
-                "{} (pid {}) killed by signal {}",
-                p["comm"].as_str().unwrap_or("?"),
-                p["pid"],
-                p["signal"]
-            )
-        }
-        EventKind::ServiceExit => {
-            format!(
-                "{} (pid {}) exited with status {}",
-                p["comm"].as_str().unwrap_or("?"),
-                p["pid"],
-                p["status"]
-            )
-        }
-        EventKind::Panic => format!(
-            "kernel panic: {}",
-            p["message"].as_str().unwrap_or("?").trim_end()
-        ),
-        EventKind::Oom => format!(
-            "OOM killer killed {} (pid {})",
-            p["comm"].as_str().unwrap_or("?"),
-            p["pid"]
-        ),
-        EventKind::GuestPanicked => "QEMU reports GUEST_PANICKED (pvpanic)".to_string(),
-        EventKind::VmExit => "the VM process ended".to_string(),
-        other => other.name().to_string(),
-    }
-}
-
 /// Records a failure in the VM's health, unless one is already recorded since it came up.
 pub fn note_failure(status: &Mutex<VmStatus>, e: &Event) {
     if !e.kind.is_failure() {
@@ -164,7 +129,7 @@ pub fn note_failure(status: &Mutex<VmStatus>, e: &Event) {
         st.failure = Some(FailureView {
             seq: e.seq,
             kind: e.kind,
-            summary: summary(e),
+            summary: e.summary(),
         });
     }
 }

@@ -459,7 +459,12 @@ impl GuestTask {
                     let last = self.session.drain_relays(self.transport.region());
                     self.handle_events(last.events, &mut pending, &mut misbehaviours);
                     crate::persist::remove(&self.dir);
-                    let payload = serde_json::json!({ "status": status });
+                    // `requested`: the exit was asked for (`vm stop`, a failover restart),
+                    // so a cluster bridge must not report it as a failure.
+                    let payload = serde_json::json!({
+                        "status": status,
+                        "requested": stop_ack.is_some(),
+                    });
                     let e = self.bus.publish(&name, EventKind::VmExit, Source::Process, None, payload);
                     note_failure(&self.status, &e);
                     let _ = self.exited.send(true);

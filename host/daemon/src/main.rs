@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod builtin_gdb;
+mod cluster;
 mod console;
 mod debug;
 mod events;
@@ -51,6 +52,13 @@ struct Args {
     /// and are then still checked against the allowlist).
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Also listen here for Pacemaker alerts (`vesper cluster alert`, run by Pacemaker as
+    /// `hacluster`): a socket that takes nothing but alerts, which become `cluster` events.
+    #[arg(long)]
+    alert_socket: Option<PathBuf>,
+    /// Group (name or gid) that may use the alert socket.
+    #[arg(long, default_value = "haclient", requires = "alert_socket")]
+    alert_group: String,
     /// Save a vmcore of a guest that panics (QEMU pauses it at pvpanic; the dump is
     /// written to RUN_DIR/dumps/GUEST/ before the failover engine touches the VM,
     /// which then goes on). The default: a policy's `[dump] on_panic` and each
@@ -77,6 +85,20 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("{s:?} is not an octal permission mode like 600 or 660"))
+}
+
+/// A group name or number, as a gid.
+fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!(
+            "no group {group:?} on this host (Pacemaker's packages create haclient; give a group that exists, or a gid)"
+        )),
+        Err(e) => Err(format!("cannot look up group {group:?}: {e}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -114,6 +136,14 @@ fn main() -> ExitCode {
             return ExitCode::from(78); // EX_CONFIG
         }
     };
+    let alert_socket = match args.alert_socket.map(|p| (p, group_id(&args.alert_group))) {
+        None => None,
+        Some((p, Ok(gid))) => Some((p, gid)),
+        Some((_, Err(why))) => {
+            eprintln!("vesperd: --alert-group: {why}");
+            return ExitCode::from(64); // EX_USAGE
+        }
+    };
     let config = server::DaemonConfig {
         run_dir,
         socket,
@@ -124,6 +154,7 @@ fn main() -> ExitCode {
         allow_uids: args.allow_uids,
         allow_gids: args.allow_gids,
         socket_mode: args.socket_mode,
+        alert_socket,
         event_buffer: args.event_buffer as usize,
         policy,
         simulate_guests: args.simulate_guests,

@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     pub allow_uids: Vec<u32>,
     pub allow_gids: Vec<u32>,
     pub socket_mode: u32,
+    /// The alert socket and the group that may use it (`--alert-socket`).
+    pub alert_socket: Option<(PathBuf, u32)>,
     pub event_buffer: usize,
     pub policy: Option<vesper_failover::Policy>,
     pub simulate_guests: usize,
@@ -132,6 +134,10 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    if let Some((path, gid)) = &config.alert_socket {
+        let alerts = crate::cluster::bind_alert_socket(path, *gid)?;
+        tokio::spawn(crate::cluster::serve_alerts(daemon.clone(), alerts));
+    }
     adopt_all(&daemon);
     loop {
         tokio::select! {
@@ -163,6 +169,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         let _ = vm_stop(&daemon, &name).await;
     }
     let _ = std::fs::remove_file(&config.socket);
+    if let Some((path, _)) = &config.alert_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 
@@ -328,6 +337,13 @@ async fn handle(daemon: &Shared, req: Request) -> Response {
         Request::VmPause { name } => crate::debug::vm_pause(daemon, &name, true).await,
         Request::VmResume { name } => crate::debug::vm_pause(daemon, &name, false).await,
         Request::Debug { guest, debug } => crate::debug::debug(daemon, guest, debug).await,
+        Request::Publish {
+            guest,
+            kind,
+            origin,
+            node,
+            payload,
+        } => crate::cluster::publish(daemon, &guest, kind, &origin, &node, payload),
         Request::RelayCat { .. } | Request::Subscribe { .. } => Err(ApiError::new(
             ErrorCode::Internal,
             "streams are served by serve_connection",

@@ -37,11 +37,14 @@ pub enum EventKind {
     ModuleLoaded,
     /// A module's init failed in the guest: the module is gone.
     ModuleFailed,
+    /// What a cluster manager did or saw (a Pacemaker alert: a resource started or
+    /// failed, a node left, a node was fenced), fed back into the stream.
+    Cluster,
 }
 
 impl EventKind {
     /// Every kind, for help texts and validation.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Panic,
         EventKind::ServiceExit,
         EventKind::Oom,
@@ -54,6 +57,7 @@ impl EventKind {
         EventKind::Decision,
         EventKind::ModuleLoaded,
         EventKind::ModuleFailed,
+        EventKind::Cluster,
     ];
 
     /// The wire name (`service_exit`).
@@ -71,6 +75,7 @@ impl EventKind {
             EventKind::Decision => "decision",
             EventKind::ModuleLoaded => "module_loaded",
             EventKind::ModuleFailed => "module_failed",
+            EventKind::Cluster => "cluster",
         }
     }
 
@@ -135,6 +140,14 @@ pub enum Source {
     Frontend,
     /// The failover engine.
     Engine,
+    /// A cluster manager, through `vesper cluster` (the bridge's decisions, Pacemaker's
+    /// alerts).
+    Cluster {
+        /// Who sent it: `bridge` or `alert`.
+        origin: String,
+        /// The cluster node it came from (`crm_node -n` there).
+        node: String,
+    },
 }
 
 /// One event. `seq` is host-wide and increases by one per event.
@@ -155,6 +168,46 @@ pub struct Event {
     pub source: Source,
     /// Kind-specific details (a decoded record, a QMP event's data, a decision).
     pub payload: Value,
+}
+
+impl Event {
+    /// One line saying what the event means (a failure's cause, for status and logs).
+    pub fn summary(&self) -> String {
+        let p = &self.payload;
+        match self.kind {
+            EventKind::ServiceExit if p["signal"].as_i64().unwrap_or(0) != 0 => {
+                format!(
+                    "{} (pid {}) killed by signal {}",
+                    p["comm"].as_str().unwrap_or("?"),
+                    p["pid"],
+                    p["signal"]
+                )
+            }
+            EventKind::ServiceExit => {
+                format!(
+                    "{} (pid {}) exited with status {}",
+                    p["comm"].as_str().unwrap_or("?"),
+                    p["pid"],
+                    p["status"]
+                )
+            }
+            EventKind::Panic => format!(
+                "kernel panic: {}",
+                p["message"].as_str().unwrap_or("?").trim_end()
+            ),
+            EventKind::Oom => format!(
+                "OOM killer killed {} (pid {})",
+                p["comm"].as_str().unwrap_or("?"),
+                p["pid"]
+            ),
+            EventKind::GuestPanicked => "QEMU reports GUEST_PANICKED (pvpanic)".to_string(),
+            EventKind::VmExit if p["requested"] == true => {
+                "the VM process ended (stop requested)".to_string()
+            }
+            EventKind::VmExit => "the VM process ended".to_string(),
+            other => other.name().to_string(),
+        }
+    }
 }
 
 /// What a subscriber wants.
