@@ -648,7 +648,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
             a.memory_mib, a.cpus
         ));
     }
-    {
+    let ended = {
         let mut guests = daemon.guests.lock().expect("guests lock");
         if let Some(g) = guests.get(&a.name) {
             if !*g.exited.borrow() {
@@ -657,7 +657,15 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
                     format!("a VM named {} is already running", a.name),
                 ));
             }
-            guests.remove(&a.name);
+        }
+        guests.remove(&a.name)
+    };
+    // The VM that ended under this name still holds its run directory's sockets until
+    // its task winds up: wait for that, or its clean-up removes the new VM's sockets.
+    if let Some(stop) = ended.and_then(|mut g| g.stop.take()) {
+        let (ack, done) = oneshot::channel();
+        if stop.send(ack).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
         }
     }
     let start_failed =
