@@ -169,6 +169,7 @@ fn main() {
             expr: "jiffies".into(),
             count: 1,
             hex: false,
+            vmlinux: None,
         },
     };
     call(&d.socket, &read, Duration::from_secs(60))
