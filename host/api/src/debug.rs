@@ -114,12 +114,9 @@ pub fn serve(
         } => {
             let value = match vmlinux {
                 None => vesper_debug::expr::read(k, &expr, count, hex),
-                Some(path) => dwarf
-                    .get(&path)
-                    .map_err(DebugError::from)
-                    .and_then(|f| {
-                        vesper_debug::expr::read_with(k, TypeSource::Dwarf(&f), &expr, count, hex)
-                    }),
+                Some(path) => dwarf.get(&path).map_err(DebugError::from).and_then(|f| {
+                    vesper_debug::expr::read_with(k, TypeSource::Dwarf(&f), &expr, count, hex)
+                }),
             }
             .map_err(fail)?;
             Ok(Reply::DebugValue {

@@ -252,7 +252,7 @@ impl<'a> Converter<'a> {
                 ));
             }
             let entry = child.entry().clone();
-            let offset = die.unit + entry.offset().0;
+            let offset = die.unit.saturating_add(entry.offset().0);
             out.push(Die {
                 unit: die.unit,
                 entry,

@@ -110,7 +110,7 @@ impl Index {
                 .unit(header)
                 .map_err(|e| DwarfError::parse(path, start, e))?;
             dies += index_unit(&dwarf, &unit, &mut names)
-                .map_err(|(off, e)| DwarfError::parse(path, start + off, e))?;
+                .map_err(|(off, e)| DwarfError::parse(path, start.saturating_add(off), e))?;
         }
         let stats = IndexStats {
             units: units.len(),

@@ -79,17 +79,26 @@ impl DwarfFile {
 
     /// The type of global variable `name`, if the file declares one.
     pub fn variable(&self, name: &str) -> Result<Option<Arc<Converted>>, DwarfError> {
+        let key = format!("variable {name}");
+        // Cached before the variable's DIE is even read: that parses its unit.
+        if let Some(c) = self.cached(&key) {
+            return Ok(Some(c));
+        }
         let index = self.index()?;
         let Some(var) = index.lookup(name, Kind::Variable) else {
             return Ok(None);
         };
         let die = variable_type(self, index, var)?;
-        self.convert_root(format!("variable {name}"), die).map(Some)
+        self.convert_root(key, die).map(Some)
+    }
+
+    fn cached(&self, key: &str) -> Option<Arc<Converted>> {
+        self.roots.lock().expect("roots lock").get(key).cloned()
     }
 
     fn convert_root(&self, key: String, die: usize) -> Result<Arc<Converted>, DwarfError> {
-        if let Some(c) = self.roots.lock().expect("roots lock").get(&key) {
-            return Ok(c.clone());
+        if let Some(c) = self.cached(&key) {
+            return Ok(c);
         }
         let index = self.index()?;
         let (types, root) = Converter::new(self, index, &key).run(die)?;

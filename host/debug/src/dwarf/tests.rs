@@ -404,3 +404,39 @@ fn files_are_kept_until_they_change() {
     let fresh = files.get(&p).unwrap();
     assert!(!std::sync::Arc::ptr_eq(&one, &fresh));
 }
+
+#[test]
+fn a_linked_file_must_carry_the_guest_kernels_build_id() {
+    let b = Built::new();
+    std::fs::write(b.path("main.c"), "int main(void) { return 0; }\n").unwrap();
+    cc(
+        b.dir.path(),
+        &["-g", "-Wl,--build-id", "types.c", "main.c", "-o", "linked"],
+    );
+    let f = open(&b.path("linked"));
+    assert!(!f.is_relocatable());
+    let id: String = f
+        .build_id()
+        .expect("a build-id")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    f.check_build_id(Some(&id)).unwrap();
+    f.check_build_id(Some(&id.to_uppercase())).unwrap();
+    let e = f.check_build_id(Some("0123abcd")).unwrap_err();
+    assert!(
+        matches!(&e, DwarfError::Mismatch { what: "build-id", file, .. } if *file == id),
+        "{e}"
+    );
+    // A guest that does not say is taken on trust; a module is never compared.
+    f.check_build_id(None).unwrap();
+    open(&b.path("types.o"))
+        .check_build_id(Some("0123abcd"))
+        .unwrap();
+    // Linked, the layouts are the same.
+    let c = f.type_named("struct outer").unwrap();
+    assert_eq!(
+        c.btf.size_of(c.root).unwrap(),
+        dwarf_fact(&open(&b.path("types.o")), "size", "struct outer")
+    );
+}
