@@ -7,9 +7,10 @@
 //! units' top-level DIEs (global variables and named types) in one pass (`index.rs`),
 //! kept inside the [`DwarfFile`]; each read then converts only the type graph inside
 //! what it asks for (`convert.rs`), cached per root: a struct met only behind a pointer
-//! stays a named `Fwd` until `->` reaches it and converts it as a root of its own. Everything in the file is
-//! untrusted: every reference is checked, the conversion is a bounded worklist (no
-//! recursion on file data), and each kind of bad data has an error.
+//! stays a named `Fwd` until `->` reaches it and converts it as a root of its own.
+//! Everything in the file is untrusted: every reference is checked, the conversion is
+//! a bounded worklist (no recursion on file data), and each kind of bad data has an
+//! error.
 
 mod convert;
 mod elf;
