@@ -62,6 +62,8 @@ pub(crate) struct Daemon {
     pub(crate) bus: Arc<EventBus>,
     /// Guest kernels opened from their RAM (`vesper debug`).
     pub(crate) kernels: crate::debug::Kernels,
+    /// DWARF files `debug read --vmlinux` opened and indexed, by path.
+    pub(crate) dwarf: vesper_debug::dwarf::DwarfFiles,
     /// vmcores being written of guests that panicked (`--dump-on-panic`).
     pub(crate) panic_dumps: crate::debug::PanicDumps,
 }
@@ -115,6 +117,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         config: config.clone(),
         guests: Mutex::new(HashMap::new()),
         kernels: Default::default(),
+        dwarf: Default::default(),
         panic_dumps: Default::default(),
         bus: Arc::new(EventBus::new(config.event_buffer)),
     });
