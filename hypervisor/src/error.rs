@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::vcpu::{ExitKind, VcpuSnapshot};
+use crate::vcpu_state::{ExitKind, VcpuSnapshot};
 
 /// Why building or running a VM failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,153 +1,22 @@
-//! The vCPU run loop, register snapshots and the kick that pulls a vCPU out of `KVM_RUN`.
+//! The vCPU run loop: `KVM_RUN` exits dispatched to the port and MMIO buses, unmapped
+//! accesses counted, and a run ended by a halt, a stop or an unexpected exit. The
+//! register snapshot and exit kinds it reports are `vcpu_state`'s, the kick that pulls a
+//! vCPU out of `KVM_RUN` is `kick`'s; both are re-exported here under their old paths.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use kvm_bindings::kvm_segment;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
 use crate::debug::DebugControl;
-use crate::error::{kvm, HypervisorError, Result};
+use crate::error::{HypervisorError, Result};
+pub use crate::kick::kick_signal;
 use crate::power::RunControl;
+pub use crate::vcpu_state::{ExitKind, Segment, VcpuSnapshot};
 
 /// Unmapped accesses logged per VM before further ones are only counted.
 pub const UNMAPPED_LOG_LIMIT: u64 = 16;
-
-/// What KVM reported when the VMM could not go on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitKind {
-    /// `KVM_EXIT_SHUTDOWN` (e.g. a triple fault).
-    Shutdown,
-    /// `KVM_EXIT_FAIL_ENTRY` with the hardware reason.
-    FailEntry {
-        /// `hardware_entry_failure_reason`.
-        reason: u64,
-        /// Host CPU.
-        cpu: u32,
-    },
-    /// `KVM_EXIT_INTERNAL_ERROR` with its sub-error.
-    InternalError {
-        /// `internal.suberror`.
-        suberror: u32,
-    },
-    /// `KVM_EXIT_UNKNOWN`.
-    Unknown,
-    /// Any other exit this layer does not handle.
-    Other(String),
-    /// `KVM_RUN` itself failed with this errno.
-    RunFailed(i32),
-}
-
-impl fmt::Display for ExitKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Shutdown => write!(f, "SHUTDOWN"),
-            Self::FailEntry { reason, cpu } => {
-                write!(f, "FAIL_ENTRY (reason {reason:#x}, cpu {cpu})")
-            }
-            Self::InternalError { suberror } => write!(f, "INTERNAL_ERROR (suberror {suberror})"),
-            Self::Unknown => write!(f, "UNKNOWN"),
-            Self::Other(s) => write!(f, "{s}"),
-            Self::RunFailed(errno) => write!(f, "KVM_RUN errno {errno}"),
-        }
-    }
-}
-
-/// A segment register as the snapshot keeps it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Segment {
-    /// Selector.
-    pub selector: u16,
-    /// Base address.
-    pub base: u64,
-    /// Limit.
-    pub limit: u32,
-}
-
-impl From<&kvm_segment> for Segment {
-    fn from(s: &kvm_segment) -> Self {
-        Self {
-            selector: s.selector,
-            base: s.base,
-            limit: s.limit,
-        }
-    }
-}
-
-/// A vCPU's registers at a stop, for reports and errors.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VcpuSnapshot {
-    /// vCPU index.
-    pub vcpu: u32,
-    /// Instruction pointer.
-    pub rip: u64,
-    /// Flags.
-    pub rflags: u64,
-    /// rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8 … r15.
-    pub gprs: [u64; 16],
-    /// cs, ds, es, fs, gs, ss.
-    pub segments: [Segment; 6],
-    /// cr0.
-    pub cr0: u64,
-    /// cr3.
-    pub cr3: u64,
-    /// cr4.
-    pub cr4: u64,
-    /// EFER.
-    pub efer: u64,
-}
-
-const GPR_NAMES: [&str; 16] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
-    "r14", "r15",
-];
-const SEG_NAMES: [&str; 6] = ["cs", "ds", "es", "fs", "gs", "ss"];
-
-impl VcpuSnapshot {
-    /// Reads the registers of `vcpu`.
-    pub fn capture(index: u32, vcpu: &VcpuFd) -> Result<Self> {
-        let r = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
-        let s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        Ok(Self {
-            vcpu: index,
-            rip: r.rip,
-            rflags: r.rflags,
-            gprs: [
-                r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
-                r.r12, r.r13, r.r14, r.r15,
-            ],
-            segments: [&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss].map(Segment::from),
-            cr0: s.cr0,
-            cr3: s.cr3,
-            cr4: s.cr4,
-            efer: s.efer,
-        })
-    }
-
-    /// A general register by name order (0 = rax … 15 = r15).
-    pub fn gpr(&self, i: usize) -> u64 {
-        self.gprs.get(i).copied().unwrap_or(0)
-    }
-}
-
-impl fmt::Display for VcpuSnapshot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rip={:#x} rflags={:#x}", self.rip, self.rflags)?;
-        for (name, v) in GPR_NAMES.iter().zip(self.gprs) {
-            write!(f, " {name}={v:#x}")?;
-        }
-        for (name, s) in SEG_NAMES.iter().zip(self.segments) {
-            write!(f, " {name}={:#x}@{:#x}", s.selector, s.base)?;
-        }
-        write!(
-            f,
-            " cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
-            self.cr0, self.cr3, self.cr4, self.efer
-        )
-    }
-}
 
 /// Counts of guest accesses that hit nothing.
 #[derive(Debug, Default)]
@@ -336,46 +205,6 @@ fn internal_suberror(vcpu: &mut VcpuFd) -> u32 {
     // SAFETY: called right after KVM_RUN returned exit reason KVM_EXIT_INTERNAL_ERROR, for
     // which the kernel fills the `internal` member of the union; it is plain integers.
     unsafe { run.__bindgen_anon_1.internal.suberror }
-}
-
-/// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
-pub fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 2
-}
-
-extern "C" fn on_kick(_: libc::c_int) {
-    // Nothing: delivery alone makes KVM_RUN return EINTR.
-}
-
-/// Installs the (empty) kick handler once per process, without `SA_RESTART`.
-pub(crate) fn install_kick_handler() -> Result<()> {
-    static INSTALLED: OnceLock<std::result::Result<(), i32>> = OnceLock::new();
-    let result = INSTALLED.get_or_init(|| {
-        // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags).
-        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-        act.sa_sigaction = on_kick as *const () as libc::sighandler_t;
-        // SAFETY: `act.sa_mask` is a valid sigset_t owned by us.
-        unsafe { libc::sigemptyset(&mut act.sa_mask) };
-        // SAFETY: installs a handler that does nothing (async-signal-safe) for a real-time
-        // signal this crate owns; the old action is not needed.
-        let rc = unsafe { libc::sigaction(kick_signal(), &act, std::ptr::null_mut()) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-        }
-    });
-    result.map_err(HypervisorError::SignalHandler)
-}
-
-/// Sends the kick signal to a thread that has not been joined yet.
-pub(crate) fn kick(thread: libc::pthread_t) {
-    // SAFETY: the caller keeps the thread's JoinHandle alive (not joined, not detached), so
-    // `thread` is a valid pthread_t; the signal's handler is installed and does nothing.
-    let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
-    if rc != 0 {
-        tracing::debug!(rc, "pthread_kill for a vCPU kick failed");
-    }
 }
 
 #[cfg(test)]

@@ -21,13 +21,12 @@ use crate::bus::{Bus, BusRange, SharedDevice};
 use crate::debug::{DebugControl, DebugHandle};
 use crate::error::{kvm, HypervisorError, Result};
 use crate::grants::GuestFrameGrants;
+use crate::kick::{install_kick_handler, kick};
 use crate::pci::{PciMmio, PciPorts, PciRoot, PCI_CONFIG_ADDRESS_PORT, PCI_PORTS_LEN};
 use crate::power::{DebugExit, ResetControl, RunControl, StopHandle, StopRequest, DEBUG_EXIT_PORT};
 use crate::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
-use crate::vcpu::{
-    install_kick_handler, kick, run_vcpu, ExitStats, UnmappedAccesses, VcpuContext, VcpuEnd,
-    VcpuSnapshot,
-};
+use crate::vcpu::{run_vcpu, ExitStats, UnmappedAccesses, VcpuContext, VcpuEnd};
+use crate::vcpu_state::VcpuSnapshot;
 use crate::vesper::{self, VesperConfig, VesperHandle};
 
 /// Guest RAM granularity.

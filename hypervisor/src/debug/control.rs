@@ -16,8 +16,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{DebugStop, GuestDebug};
 use crate::error::{HypervisorError, Result};
+use crate::kick::kick;
 use crate::power::RunControl;
-use crate::vcpu::kick;
 
 /// How often a held vCPU still running is kicked again (a kick that lands just before
 /// `KVM_RUN` is lost) and how often a parked vCPU looks at the run's stop flag.

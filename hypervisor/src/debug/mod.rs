@@ -15,13 +15,14 @@ mod kvm;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_segment, KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_SET_GUEST_DEBUG2};
+use kvm_bindings::{KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_SET_GUEST_DEBUG2};
 use kvm_bindings::{KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP};
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{kvm as kvm_err, HypervisorError, Result};
-use crate::vcpu::VcpuSnapshot;
+use crate::registers::write_registers;
+use crate::vcpu_state::VcpuSnapshot;
 use crate::KvmBacking;
 pub(crate) use control::DebugControl;
 
@@ -348,35 +349,6 @@ impl DebugHandle {
             .with_memory(|m| m.write_slice(data, GuestAddress(gpa)))?
             .map_err(|_| HypervisorError::NotGuestRam { gpa, len })
     }
-}
-
-fn write_registers(fd: &mut VcpuFd, regs: &VcpuSnapshot) -> Result<()> {
-    let mut r = fd.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
-    let mut s = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    let g = regs.gprs;
-    [
-        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
-        r.r13, r.r14, r.r15,
-    ] = g;
-    r.rip = regs.rip;
-    r.rflags = regs.rflags;
-    let now: [&kvm_segment; 6] = [&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss];
-    if now
-        .iter()
-        .zip(&regs.segments)
-        .any(|(a, b)| crate::vcpu::Segment::from(*a) != *b)
-    {
-        return Err(HypervisorError::RegisterRefused(
-            "segment registers cannot be changed from the debugger (their descriptors would \
-             not follow); load them in the guest",
-        ));
-    }
-    let sregs_changed = (s.cr0, s.cr3, s.cr4, s.efer) != (regs.cr0, regs.cr3, regs.cr4, regs.efer);
-    (s.cr0, s.cr3, s.cr4, s.efer) = (regs.cr0, regs.cr3, regs.cr4, regs.efer);
-    if sregs_changed {
-        fd.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
-    }
-    fd.set_regs(&r).map_err(kvm_err("KVM_SET_REGS"))
 }
 
 #[cfg(test)]
