@@ -27,7 +27,6 @@ use vesper_shmem::SharedRegion;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::error::{HypervisorError, Result};
-use crate::vm::Vm;
 
 /// Refusals logged per window at most.
 pub const LOG_BURST: u32 = 10;
@@ -250,34 +249,6 @@ impl GuestFrameGrants {
             }
         }
         result
-    }
-}
-
-impl Vm {
-    /// Copies `len` bytes at byte `at` of the guest RAM frames granted by `grant_ref` in
-    /// `region` (the VM's Vesper region). See [`GuestFrameGrants::read`].
-    pub fn read_granted_frames(
-        &self,
-        region: &SharedRegion,
-        grant_ref: u32,
-        need: GrantNeed,
-        at: u64,
-        len: u64,
-    ) -> Result<Vec<u8>> {
-        self.frame_grants().read(region, grant_ref, need, at, len)
-    }
-
-    /// Copies `data` to byte `at` of the guest RAM frames granted (writable) by
-    /// `grant_ref`. See [`GuestFrameGrants::write`].
-    pub fn write_granted_frames(
-        &self,
-        region: &SharedRegion,
-        grant_ref: u32,
-        need: GrantNeed,
-        at: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        self.frame_grants().write(region, grant_ref, need, at, data)
     }
 }
 

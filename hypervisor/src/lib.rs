@@ -31,6 +31,7 @@ mod vcpu_state;
 pub mod vesper;
 mod vm;
 
+pub use boot::layout::PAGE_SIZE;
 pub use boot::{BootInfo, LinuxBoot};
 pub use bus::{Bus, BusDevice, BusRange, SharedDevice};
 pub use debug::{DebugHandle, DebugStop, GuestDebug, GuestDebugSupport, ResumeAction, StopCause};
@@ -42,4 +43,4 @@ pub use serial::{Serial, SharedBuffer, COM1_PORT};
 pub use vcpu::UnmappedAccesses;
 pub use vcpu_state::{ExitKind, Segment, VcpuSnapshot};
 pub use vesper::{InterruptStats, VesperConfig, VesperHandle};
-pub use vm::{RealModeEntry, RunReport, Stop, Vm, VmConfig, PAGE_SIZE, STOP_GRACE};
+pub use vm::{RealModeEntry, RunReport, Stop, Vm, VmConfig, STOP_GRACE};

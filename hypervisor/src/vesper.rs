@@ -727,7 +727,8 @@ pub(crate) struct Attach {
 
 /// Checks the region's size; what `Vm` maps it with.
 pub(crate) fn region_len(config: &VesperConfig<'_>) -> Result<usize> {
-    if config.region_size < crate::vm::PAGE_SIZE || !config.region_size.is_power_of_two() {
+    if config.region_size < crate::boot::layout::PAGE_SIZE || !config.region_size.is_power_of_two()
+    {
         return Err(HypervisorError::InvalidConfig(
             "Vesper region: its size must be a power of two of at least one page",
         ));

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vesper_shmem::grant::GrantNeed;
+use vesper_shmem::SharedRegion;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -16,7 +18,8 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{layout, EntryExtra};
+use crate::boot::entry_state::EntryExtra;
+use crate::boot::layout::{self, PAGE_SIZE};
 use crate::bus::{Bus, BusRange, SharedDevice};
 use crate::debug::{DebugControl, DebugHandle};
 use crate::error::{kvm, HypervisorError, Result};
@@ -29,8 +32,6 @@ use crate::vcpu::{run_vcpu, ExitStats, UnmappedAccesses, VcpuContext, VcpuEnd};
 use crate::vcpu_state::VcpuSnapshot;
 use crate::vesper::{self, VesperConfig, VesperHandle};
 
-/// Guest RAM granularity.
-pub const PAGE_SIZE: u64 = 4096;
 /// How long stopping vCPUs may take before they are declared unresponsive.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
@@ -260,6 +261,32 @@ impl Vm {
     /// to use it from another thread while the VM runs.
     pub fn frame_grants(&self) -> &GuestFrameGrants {
         &self.frame_grants
+    }
+
+    /// Copies `len` bytes at byte `at` of the guest RAM frames granted by `grant_ref` in
+    /// `region` (the VM's Vesper region). See [`GuestFrameGrants::read`].
+    pub fn read_granted_frames(
+        &self,
+        region: &SharedRegion,
+        grant_ref: u32,
+        need: GrantNeed,
+        at: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        self.frame_grants().read(region, grant_ref, need, at, len)
+    }
+
+    /// Copies `data` to byte `at` of the guest RAM frames granted (writable) by
+    /// `grant_ref`. See [`GuestFrameGrants::write`].
+    pub fn write_granted_frames(
+        &self,
+        region: &SharedRegion,
+        grant_ref: u32,
+        need: GrantNeed,
+        at: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.frame_grants().write(region, grant_ref, need, at, data)
     }
 
     /// A debugger's handle on this VM (pause, registers, memory, guest debug), for use

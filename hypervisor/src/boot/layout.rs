@@ -1,6 +1,9 @@
 //! The agreed guest-physical layout: RAM around the 32-bit PCI hole, the fixed addresses
 //! of the boot structures, and the e820 map. Pure arithmetic, no fd.
 
+/// Guest RAM granularity.
+pub const PAGE_SIZE: u64 = 4096;
+
 /// RAM below the hole ends here at most: [0, 3 GiB) is RAM, the rest continues at 4 GiB.
 pub const LOW_RAM_END: u64 = 0xC000_0000;
 /// Where RAM beyond `LOW_RAM_END` continues.
