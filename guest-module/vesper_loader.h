@@ -2,7 +2,7 @@
 /*
  * vesper_loader: load and unload kernel modules from kernel context, and list the
  * loaded ones. Every kernel-version-specific trick of the frontend lives behind this
- * interface (see README.md); vesper_main.c only uses exported, stable API.
+ * interface (see README.md); the other files use exported, stable API only.
  */
 #ifndef VESPER_LOADER_H
 #define VESPER_LOADER_H

@@ -48,6 +48,7 @@
 #include "vesper_abi.h"
 #include "vesper_relay_api.h"
 #include "vesper_relay.h"
+#include "vesper_transport.h"
 
 #define VR_NAME "vesper_front"
 /* How long open/close wait for the host's answer. */

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Internal interface between the frontend core (vesper_main.c) and the relay channels
- * (vesper_relay.c). Probe modules use include/vesper_relay_api.h instead.
+ * What the relay channels (vesper_relay.c) offer the frontend core (vesper_main.c):
+ * binding and unbinding, posting queued channels and taking relay answers. Probe
+ * modules use include/vesper_relay_api.h instead; the relay itself uses only the
+ * transport (vesper_transport.h), never the core.
  *
  * Threading: everything that touches the rings or the grant table runs in the
  * frontend's worker kthread. Relay open/close callers queue their channel with the
@@ -19,38 +21,6 @@
 
 struct vesper_front;
 struct vesper_relay;
-
-/* ---- provided by vesper_main.c (worker-only unless noted) --------------------- */
-
-/* Pointer to region offset off (any context while the frontend is bound). */
-void *vf_region_ptr(struct vesper_front *fe, u64 off);
-/* BAR0 doorbell register (any context while the frontend is bound). */
-void __iomem *vf_doorbell_reg(struct vesper_front *fe);
-/* The worker thread of fe. */
-struct task_struct *vf_worker_task(struct vesper_front *fe);
-u32 vf_generation(struct vesper_front *fe);
-
-/* Data-area page allocator (process context, any thread; spinlock inside). */
-int vf_pages_alloc(struct vesper_front *fe, unsigned int npages, u64 *off);
-void vf_pages_free(struct vesper_front *fe, u64 off, unsigned int npages);
-
-/* Grants and requests: worker only. */
-int vf_grant(struct vesper_front *fe, u64 offset, u32 len, u32 access, u32 owner);
-void vf_revoke(struct vesper_front *fe, u32 ref);
-int vf_post(struct vesper_front *fe, u32 kind, const void *payload, u32 len, u64 *id);
-
-/* Any process context: relay work is queued, wake the worker. */
-void vf_relay_kick(struct vesper_front *fe);
-
-/*
- * Worker only: serve the rings (posting queued relay requests, dispatching answers)
- * until done(arg) is true, the timeout (jiffies) passes (-ETIMEDOUT) or the worker is
- * asked to stop (-ESHUTDOWN).
- */
-int vf_wait_relay(struct vesper_front *fe, bool (*done)(void *arg), void *arg,
-		  unsigned long timeout);
-
-/* ---- provided by vesper_relay.c ------------------------------------------------ */
 
 /* A frontend bound. */
 void vr_front_bound(struct vesper_front *fe);
