@@ -1,25 +1,32 @@
 //! The per-guest control session: the host half of `shared-abi/PROTOCOL.md`.
+//!
+//! This file holds the `Session` state machine: the hello, the command queue and each
+//! command's steps (pickup, chunks, progress, completion, expiry). What callers pass in
+//! and get back is `interface`'s; turning completions into replies and errors is
+//! `completion`'s; the relay channels are `relay_channels`'s. None of those names the
+//! session.
+
+mod completion;
+mod interface;
+mod relay_channels;
+
+pub use interface::{
+    Command, GuestInfo, GuestModule, PollOutcome, Reply, SessionConfig, SessionEvent,
+    DEFAULT_INIT_TIMEOUT,
+};
 
 use std::collections::VecDeque;
-use std::mem::size_of;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use vesper_shared_abi::*;
 use vesper_shmem::grant::GrantNeed;
 use vesper_shmem::{HostRings, Message, SharedRegion, ShmemError};
 use vm_memory::ByteValued;
 
 use crate::CommandError;
-use vesper_relay::{validate_open, ChannelSpec, ChannelStats, Record, RelayError, RelayReader};
-
-const ECANCELED: i32 = 125;
-const EINVAL: i32 = 22;
-const EEXIST: i32 = 17;
-const ENOENT: i32 = 2;
-const EAGAIN: i32 = 11;
-const EBUSY: i32 = 16;
+use completion::{failure, load_failure, lossy, read_module_list, ECANCELED, EINVAL};
+use relay_channels::RelayChannels;
+use vesper_relay::{ChannelSpec, ChannelStats, RelayError};
 
 /// Requests handled per [`Session::poll`], so a flooding guest cannot starve others.
 const MAX_REQUESTS_PER_POLL: usize = 64;
@@ -27,210 +34,6 @@ const MAX_REQUESTS_PER_POLL: usize = 64;
 const ABANDONED_MEMORY: usize = 32;
 /// Loads whose init outlasted the host's wait, remembered to report how they ended.
 const LATE_INIT_MEMORY: usize = 32;
-
-/// How long the host waits for a module's init by default: generous, since a driver's
-/// init may wait for its hardware.
-pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Limits and timeouts of a session.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    /// Longest silence from the guest while a command is under way.
-    pub step_timeout: Duration,
-    /// Longest a command waits for the guest to pick it up.
-    pub pickup_timeout: Duration,
-    /// Longest the host waits for a module's init once the guest said it started
-    /// (`REQ_PROGRESS`), unless the load names its own limit.
-    pub init_timeout: Duration,
-    /// Largest image the host pushes.
-    pub max_image_size: u64,
-    /// Largest chunk written per fetch.
-    pub max_chunk: u32,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            step_timeout: Duration::from_secs(10),
-            pickup_timeout: Duration::from_secs(10),
-            init_timeout: DEFAULT_INIT_TIMEOUT,
-            max_image_size: 32 << 20,
-            max_chunk: 1 << 20,
-        }
-    }
-}
-
-/// An operator command for one guest.
-#[derive(Debug, Clone)]
-pub enum Command {
-    /// Push and load a module image (already validated by the caller).
-    Load {
-        /// Module name from its `.modinfo`.
-        name: String,
-        /// The whole image.
-        image: Arc<[u8]>,
-        /// Module parameters, space separated.
-        params: String,
-        /// How long to wait for the module's init; the session's default if `None`.
-        init_timeout: Option<Duration>,
-    },
-    /// Unload a module.
-    Unload {
-        /// Module name.
-        name: String,
-        /// Force (`O_TRUNC`).
-        force: bool,
-    },
-    /// List the guest's modules.
-    List,
-    /// Fetch the guest kernel log tail.
-    Kmsg,
-    /// Read the guest's clock (answered at once).
-    Clock,
-}
-
-impl Command {
-    fn op(&self) -> u32 {
-        match self {
-            Command::Load { .. } => OP_LOAD,
-            Command::Unload { .. } => OP_UNLOAD,
-            Command::List => OP_LIST,
-            Command::Kmsg => OP_KMSG,
-            Command::Clock => OP_CLOCK,
-        }
-    }
-
-    fn op_name(&self) -> &'static str {
-        match self {
-            Command::Load { .. } => "load",
-            Command::Unload { .. } => "unload",
-            Command::List => "list",
-            Command::Kmsg => "kmsg",
-            Command::Clock => "clock",
-        }
-    }
-}
-
-/// A module loaded in the guest, as `OP_LIST` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuestModule {
-    /// Name.
-    pub name: String,
-    /// Core size in bytes.
-    pub size: u64,
-    /// Reference count.
-    pub refcount: i32,
-    /// "live", "coming", "going" or "unformed".
-    pub state: String,
-    /// Loaded by Vesper.
-    pub pushed: bool,
-    /// The Vesper frontend itself.
-    pub frontend: bool,
-}
-
-/// What a successful command returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// The module is loaded and its init returned 0.
-    Loaded {
-        /// Module name.
-        name: String,
-        /// Bytes pushed.
-        bytes: u64,
-    },
-    /// The module is gone.
-    Unloaded {
-        /// Module name.
-        name: String,
-    },
-    /// The guest's modules.
-    Modules(Vec<GuestModule>),
-    /// The guest kernel log tail.
-    Kmsg(String),
-    /// The guest's `ktime_get_ns()` when it answered.
-    Clock(u64),
-}
-
-/// What the guest told the host about itself in its hello.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuestInfo {
-    /// `uname -r`.
-    pub kernel_release: String,
-    /// The kernel's vermagic.
-    pub vermagic: String,
-    /// Online CPUs.
-    pub nr_cpus: u32,
-    /// Region size the guest sees.
-    pub region_size: u64,
-    /// Frontend generation (bumped per guest boot).
-    pub generation: u32,
-}
-
-/// Something the daemon should know about.
-#[derive(Debug)]
-pub enum SessionEvent {
-    /// The frontend said hello (first time, or after a guest restart).
-    GuestUp {
-        /// What it reported.
-        info: GuestInfo,
-        /// True when an earlier generation was known: the guest restarted.
-        restarted: bool,
-    },
-    /// A command finished.
-    Done {
-        /// Id returned by [`Session::submit`].
-        id: u64,
-        /// Its result.
-        result: Result<Reply, CommandError>,
-    },
-    /// The guest broke the protocol; the session keeps going.
-    Misbehaviour(ShmemError),
-    /// The guest opened a relay channel and the host accepted it.
-    RelayOpened(ChannelSpec),
-    /// The host refused a relay channel (bad geometry or grants).
-    RelayRefused(RelayError),
-    /// Records read from a channel.
-    Records {
-        /// The channel.
-        channel: Arc<ChannelSpec>,
-        /// Records in the order read (per CPU in sequence order).
-        records: Vec<Record>,
-    },
-    /// A channel is gone: closed by the guest, dropped for misbehaviour, or its guest
-    /// restarted.
-    RelayClosed {
-        /// The channel.
-        channel: Arc<ChannelSpec>,
-        /// Why, when not a clean close.
-        error: Option<String>,
-        /// Its final counters.
-        stats: ChannelStats,
-    },
-    /// A module's init, which the guest had said was starting, returned: loaded or
-    /// failed. Comes for every such load, also one whose command already ended with
-    /// [`CommandError::InitStillRunning`].
-    InitEnded {
-        /// Module name.
-        name: String,
-        /// Bytes pushed.
-        bytes: u64,
-        /// `Ok` when init returned 0 and the module is live.
-        outcome: Result<(), CommandError>,
-        /// The guest's errno (negative), 0 on success.
-        errno: i32,
-        /// From the guest saying init starts to its completion (host clock).
-        took: Duration,
-        /// The command had already ended: the host stopped waiting before init returned.
-        after_host_gave_up: bool,
-    },
-    /// A late step of a command the host had already given up on.
-    LateStep {
-        /// The abandoned command.
-        id: u64,
-        /// What the guest said.
-        what: String,
-    },
-}
 
 #[derive(Debug)]
 struct Queued {
@@ -284,18 +87,9 @@ pub struct Session {
     abandoned: VecDeque<u64>,
     next_id: u64,
     broken: Option<String>,
-    channels: Vec<(Arc<ChannelSpec>, RelayReader)>,
+    channels: RelayChannels,
     /// Reads guest RAM frames granted to the host, when the transport can.
     frames: Option<Box<dyn crate::GuestFrames>>,
-}
-
-/// Result of one [`Session::poll`].
-#[derive(Debug, Default)]
-pub struct PollOutcome {
-    /// Events for the daemon, in order.
-    pub events: Vec<SessionEvent>,
-    /// Responses were produced: interrupt the guest.
-    pub notify: bool,
 }
 
 impl Session {
@@ -313,7 +107,7 @@ impl Session {
             abandoned: VecDeque::new(),
             next_id: 1,
             broken: None,
-            channels: Vec::new(),
+            channels: RelayChannels::default(),
             frames: None,
         }
     }
@@ -410,15 +204,7 @@ impl Session {
         req: &RelayOpenRequest,
     ) -> Result<ChannelSpec, RelayError> {
         let generation = self.info.as_ref().map(|i| i.generation).unwrap_or(0);
-        let spec = validate_open(region, req, generation)?;
-        if self.channels.iter().any(|(s, _)| s.id == spec.id) {
-            return Err(RelayError::DuplicateChannel { channel: spec.id });
-        }
-        self.channels.push((
-            Arc::new(spec.clone()),
-            RelayReader::resume(spec.clone(), region),
-        ));
-        Ok(spec)
+        self.channels.resume(region, req, generation)
     }
 
     /// The guest's hello, once it said one.
@@ -510,38 +296,12 @@ impl Session {
 
     /// Counters of every open channel.
     pub fn relay_stats(&self, region: &SharedRegion) -> Vec<ChannelStats> {
-        self.channels.iter().map(|(_, r)| r.stats(region)).collect()
+        self.channels.stats(region)
     }
 
     fn read_relays(&mut self, region: &SharedRegion, out: &mut PollOutcome) {
-        let mut failed = Vec::new();
-        for (i, (spec, reader)) in self.channels.iter_mut().enumerate() {
-            let mut records = Vec::new();
-            let result = reader.poll(region, &mut records);
-            if !records.is_empty() {
-                out.events.push(SessionEvent::Records {
-                    channel: spec.clone(),
-                    records,
-                });
-            }
-            if let Err(e) = result {
-                failed.push((i, e.to_string()));
-            }
-        }
-        // A guest restarting bumps the generation before it frees its grants
-        // (PROTOCOL.md, start-up): a channel failing then is a restart, not misbehaviour.
         let known = self.info.as_ref().map(|i| i.generation);
-        let restarting =
-            !failed.is_empty() && region.header().is_ok_and(|h| Some(h.generation) != known);
-        for (i, error) in failed.into_iter().rev() {
-            let error = if restarting {
-                GUEST_RESTARTED.to_string()
-            } else {
-                error
-            };
-            let (spec, reader) = self.channels.remove(i);
-            out.events.push(closed(region, spec, &reader, Some(error)));
-        }
+        self.channels.read(region, known, &mut out.events);
     }
 
     fn on_relay_open(
@@ -551,25 +311,9 @@ impl Session {
         out: &mut PollOutcome,
     ) -> Result<(), ShmemError> {
         let req: RelayOpenRequest = msg.payload_as()?;
-        let status = match validate_open(region, &req, msg.header.generation) {
-            Ok(spec) if self.channels.iter().any(|(s, _)| s.id == spec.id) => {
-                out.events
-                    .push(SessionEvent::RelayRefused(RelayError::DuplicateChannel {
-                        channel: spec.id,
-                    }));
-                -EEXIST
-            }
-            Ok(spec) => {
-                out.events.push(SessionEvent::RelayOpened(spec.clone()));
-                self.channels
-                    .push((Arc::new(spec.clone()), RelayReader::new(spec)));
-                0
-            }
-            Err(e) => {
-                out.events.push(SessionEvent::RelayRefused(e));
-                -EINVAL
-            }
-        };
+        let status = self
+            .channels
+            .open(region, &req, msg.header.generation, &mut out.events);
         self.respond(region, &msg.header, status, &[], out)
     }
 
@@ -580,28 +324,8 @@ impl Session {
         out: &mut PollOutcome,
     ) -> Result<(), ShmemError> {
         let req: RelayCloseRequest = msg.payload_as()?;
-        let Some(i) = self
-            .channels
-            .iter()
-            .position(|(s, _)| s.id == req.channel_id)
-        else {
-            return self.respond(region, &msg.header, -ENOENT, &[], out);
-        };
-        // Read what is left before the guest may revoke the grants.
-        let (spec, mut reader) = self.channels.remove(i);
-        let mut records = Vec::new();
-        let error = reader
-            .poll(region, &mut records)
-            .err()
-            .map(|e| e.to_string());
-        if !records.is_empty() {
-            out.events.push(SessionEvent::Records {
-                channel: spec.clone(),
-                records,
-            });
-        }
-        out.events.push(closed(region, spec, &reader, error));
-        self.respond(region, &msg.header, 0, &[], out)
+        let status = self.channels.close(region, &req, &mut out.events);
+        self.respond(region, &msg.header, status, &[], out)
     }
 
     fn misbehaved(&mut self, e: ShmemError, out: &mut PollOutcome) {
@@ -683,14 +407,7 @@ impl Session {
             .as_ref()
             .is_some_and(|old| old.generation != info.generation);
         // A new frontend start means new rings and new grants: old channels are stale.
-        for (spec, reader) in std::mem::take(&mut self.channels) {
-            out.events.push(closed(
-                region,
-                spec,
-                &reader,
-                Some(GUEST_RESTARTED.to_string()),
-            ));
-        }
+        self.channels.close_all_restarted(region, &mut out.events);
         if restarted {
             let ids = self.active.take().map(|a| a.id).into_iter();
             for id in ids.chain(self.initializing.drain(..).map(|i| i.id)) {
@@ -1074,132 +791,6 @@ impl Session {
             });
         }
     }
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn stage_name(stage: u32) -> &'static str {
-    match stage {
-        STAGE_TRANSFER => "transfer",
-        STAGE_PREPARE => "prepare",
-        STAGE_INIT_MODULE => "init_module",
-        STAGE_DELETE_MODULE => "delete_module",
-        STAGE_LIST => "list",
-        STAGE_COMMAND => "command",
-        _ => "unknown",
-    }
-}
-
-/// Why a load failed, from its completion.
-fn load_failure(name: &str, c: &CompletionRequest, log: String) -> CommandError {
-    match (c.stage, -c.error) {
-        (STAGE_INIT_MODULE, EEXIST) => CommandError::AlreadyLoaded {
-            name: name.to_string(),
-        },
-        (STAGE_INIT_MODULE, _) => CommandError::InitFailed {
-            name: name.to_string(),
-            errno: c.error,
-            log,
-        },
-        _ => CommandError::GuestFailed {
-            op: "load",
-            stage: stage_name(c.stage),
-            errno: c.error,
-            log,
-        },
-    }
-}
-
-fn failure(cmd: &Command, c: &CompletionRequest, log: String) -> CommandError {
-    match (cmd, c.stage, -c.error) {
-        (Command::Load { name, .. }, _, _) => load_failure(name, c, log),
-        (Command::Unload { name, .. }, STAGE_DELETE_MODULE, ENOENT) => {
-            CommandError::NotLoaded { name: name.clone() }
-        }
-        (Command::Unload { name, .. }, STAGE_DELETE_MODULE, EAGAIN | EBUSY) => {
-            CommandError::InUse { name: name.clone() }
-        }
-        _ => CommandError::GuestFailed {
-            op: cmd.op_name(),
-            stage: stage_name(c.stage),
-            errno: c.error,
-            log,
-        },
-    }
-}
-
-/// Why a channel of an earlier guest generation was closed.
-const GUEST_RESTARTED: &str = "guest restarted";
-
-/// The event for a channel that is gone, with its final counters.
-fn closed(
-    region: &SharedRegion,
-    channel: Arc<ChannelSpec>,
-    reader: &RelayReader,
-    error: Option<String>,
-) -> SessionEvent {
-    SessionEvent::RelayClosed {
-        channel,
-        error,
-        stats: reader.stats(region),
-    }
-}
-
-fn read_module_list(
-    region: &SharedRegion,
-    frames: Option<&dyn crate::GuestFrames>,
-    c: &CompletionRequest,
-    generation: u32,
-) -> Result<Vec<GuestModule>, CommandError> {
-    let entry_size = size_of::<ModuleEntry>() as u32;
-    if c.data_len == 0 {
-        return Ok(Vec::new());
-    }
-    if !c.data_len.is_multiple_of(entry_size) {
-        return Err(CommandError::BadGuestData(format!(
-            "module list of {} bytes is not a whole number of entries",
-            c.data_len
-        )));
-    }
-    let need = GrantNeed {
-        access: GRANT_READ,
-        owner: GRANT_OWNER_MODLIST,
-        generation,
-    };
-    let bytes = match (region.grant(c.data_grant, need), frames) {
-        (Ok(grant), _) => region
-            .read_granted(&grant, c.data_len as u64)
-            .map_err(CommandError::Misbehaving)?,
-        // Granted from guest RAM, and this transport can read it there.
-        (Err(ShmemError::GrantIsGuestFrames(_)), Some(frames)) => frames
-            .read(region, c.data_grant, need, c.data_len as u64)
-            .map_err(|why| CommandError::BadGuestData(format!("module list: {why}")))?,
-        (Err(e), _) => return Err(CommandError::Misbehaving(e)),
-    };
-    Ok(bytes
-        .chunks_exact(entry_size as usize)
-        .map(|raw| {
-            let mut e = ModuleEntry::default();
-            e.as_mut_slice().copy_from_slice(raw);
-            GuestModule {
-                name: lossy(c_str_bytes(&e.name)),
-                size: e.size,
-                refcount: e.refcount,
-                state: match e.state {
-                    0 => "live",
-                    1 => "coming",
-                    2 => "going",
-                    3 => "unformed",
-                    _ => "unknown",
-                }
-                .to_string(),
-                pushed: e.flags & MODULE_FLAG_PUSHED != 0,
-                frontend: e.flags & MODULE_FLAG_FRONTEND != 0,
-            }
-        })
-        .collect())
 }
 
 #[cfg(test)]
