@@ -54,6 +54,8 @@ enum Cmd {
         #[arg(long, default_value_t = 90)]
         timeout: u64,
     },
+    /// Only install the packages a lab needs (up does it too, unless --no-install).
+    Install,
     /// End every process in the lab's namespaces and remove its namespaces, mounts,
     /// bridge and state. Safe after a failed up, and when nothing is up.
     Down,
@@ -153,6 +155,13 @@ fn run(args: Args) -> Result<ExitCode, LabError> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Cmd::Install => {
+            if !vesper_cluster_lab::is_root() {
+                return Err(LabError::NotRoot);
+            }
+            vesper_cluster_lab::install::ensure_packages(&say)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Down => {
             let r = down(&lab, &say)?;
