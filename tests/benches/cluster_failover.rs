@@ -1,0 +1,72 @@
+//! A real Pacemaker cluster (tools/cluster's lab, 2 nodes) failing a Vesper guest over on
+//! its *polling* monitor (`ocf:vesper:vesper`, interval 2 s): time from the guest
+//! confirming its watched service was killed to Pacemaker recording the failure, and to
+//! the guest and its IP address running on the other node. The guest goes back and forth
+//! (the failure is cleaned up after each move). The baseline for event-driven recovery.
+//!
+//! `cargo build --release --workspace --bins && cargo bench -p vesper-e2e --bench cluster_failover`
+//! (`VESPER_BENCH_FAILOVERS=N`, default 10).
+
+use std::time::Duration;
+
+use vesper_e2e::cluster::{measure_failover, ClusterLab};
+
+const GUEST: &str = "web1";
+const IP: &str = "web1-ip";
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() {
+    let n: usize = std::env::var("VESPER_BENCH_FAILOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let lab = ClusterLab::up("bench", 2, &[]);
+    let (mut from, mut to) = ("n1", "n2");
+    lab.wait_started(&[GUEST, IP], from, Duration::from_secs(240));
+    let (mut detected, mut moved) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        lab.start_service(from, GUEST);
+        let f = measure_failover(
+            &lab,
+            GUEST,
+            &[GUEST, IP],
+            from,
+            to,
+            Duration::from_secs(180),
+        );
+        println!(
+            "failover {:2} {from} -> {to}: failure recorded {:6.2} s, running on {to} {:6.2} s",
+            i + 1,
+            f.detected.as_secs_f64(),
+            f.moved.as_secs_f64()
+        );
+        detected.push(f.detected.as_secs_f64());
+        moved.push(f.moved.as_secs_f64());
+        // Forget the failure, so the guest may come back to `from` next time.
+        lab.exec(to, &["crm_resource", "--cleanup", "--resource", GUEST])
+            .ok();
+        std::mem::swap(&mut from, &mut to);
+        lab.wait_started(&[GUEST, IP], from, Duration::from_secs(60));
+    }
+    println!(
+        "\n{n} failovers, polling monitor (2 s), guest kernel {}, up took {:.1} s",
+        vesper_e2e::kit().release,
+        lab.up_time.as_secs_f64()
+    );
+    for (what, v) in [
+        ("failure recorded", &mut detected),
+        ("running on the other node", &mut moved),
+    ] {
+        println!(
+            "  kill -> {what:26} p50 {:6.2} s  max {:6.2} s",
+            pct(v, 0.5),
+            pct(v, 1.0)
+        );
+    }
+    let footprint = lab.footprint();
+    lab.down(&footprint);
+}
