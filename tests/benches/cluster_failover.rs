@@ -14,6 +14,17 @@ use vesper_e2e::cluster::{measure_failover, ClusterLab};
 const GUEST: &str = "web1";
 const IP: &str = "web1-ip";
 
+const MONITOR_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A pseudo-random duration in [0, max) (the clock's nanoseconds; no RNG crate needed).
+fn jitter(max: Duration) -> Duration {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    max.mul_f64(f64::from(ns) / 1e9)
+}
+
 fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * q).round() as usize]
@@ -30,6 +41,9 @@ fn main() {
     let (mut detected, mut moved) = (Vec::new(), Vec::new());
     for i in 0..n {
         lab.start_service(from, GUEST);
+        // Kill at a random phase of the 2 s monitor: the steps before are regular enough
+        // to lock onto one phase (every kill just after a monitor: ~1.8 s each time).
+        std::thread::sleep(jitter(MONITOR_INTERVAL));
         let f = measure_failover(
             &lab,
             GUEST,

@@ -41,6 +41,15 @@ pub const SUBNET: &str = "10.213.0";
 pub const VIP: &str = "10.213.0.100";
 /// vesperd's run directory inside each node (`/run` is the node's own).
 pub const NODE_VESPER_RUN: &str = "/run/vesper";
+/// Directories each node has its own of (mounted over the system's inside it).
+pub const NODE_OWN_DIRS: &[&str] = &[
+    "/etc/corosync",
+    "/var/lib/corosync",
+    "/var/lib/pacemaker",
+    "/var/log",
+    "/run",
+    "/dev/shm",
+];
 /// Most nodes a lab may have (corosync would take more; two cores would not).
 pub const MAX_NODES: usize = 5;
 
@@ -241,15 +250,23 @@ impl Lab {
     }
 
     /// `nsenter` into `node` (network, mount and UTS namespaces), ready for the command's
-    /// program and arguments. The working directory is kept where it exists in the node.
+    /// program and arguments, in this process's working directory when the node sees the
+    /// same one (not under a directory it has its own of), else in `/`.
     pub fn node_command(&self, node: &str) -> std::process::Command {
+        let wd = std::env::current_dir()
+            .ok()
+            .filter(|d| !NODE_OWN_DIRS.iter().any(|o| d.starts_with(o)))
+            .unwrap_or_else(|| PathBuf::from("/"));
+        self.node_command_at(node, &wd)
+    }
+
+    /// As [`Lab::node_command`], in `wd` (as the node sees it).
+    pub fn node_command_at(&self, node: &str, wd: &Path) -> std::process::Command {
         let mut c = std::process::Command::new("nsenter");
         c.arg(format!("--net={}", self.netns_path(node).display()))
             .arg(format!("--mount={}", self.mnt_ns_path(node).display()))
-            .arg(format!("--uts={}", self.uts_ns_path(node).display()));
-        if let Ok(wd) = std::env::current_dir() {
-            c.arg(format!("--wd={}", wd.display()));
-        }
+            .arg(format!("--uts={}", self.uts_ns_path(node).display()))
+            .arg(format!("--wd={}", wd.display()));
         // The node's vesperd for the vesper CLI, as on a real node.
         c.env("VESPER_SOCKET", format!("{NODE_VESPER_RUN}/vesperd.sock"));
         c.arg("--");

@@ -293,7 +293,7 @@ pub fn spawn(
         .open(&log_path)
         .map_err(io_err(&step, &log_path))?;
     let err = log.try_clone().map_err(io_err(&step, &log_path))?;
-    let mut c = lab.node_command(node);
+    let mut c = lab.node_command_at(node, Path::new("/"));
     c.args(argv)
         .envs(env.iter().copied())
         .stdin(Stdio::null())

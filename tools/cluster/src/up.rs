@@ -288,10 +288,7 @@ fn wait_corosync(lab: &Lab, nodes: &[String], timeout: Duration) -> Result<(), L
         // Exit 2 means "not quorate": its output still says how far it got.
         if let Ok(o) = c.output() {
             last = String::from_utf8_lossy(&o.stdout).into_owned();
-            if last.contains("Quorate")
-                && last.contains(&want)
-                && last.contains("Quorate:          Yes")
-            {
+            if last.contains(&want) && last.contains("Quorate:          Yes") {
                 return Ok(());
             }
         }
