@@ -36,7 +36,36 @@ pub fn cluster_packages() {
             .expect("run vesper-cluster-lab install")
             .into();
         assert_eq!(out.code, 0, "installing the cluster packages: {out:?}");
+        reap_stale_labs();
     });
+}
+
+/// Brings down the labs of test processes that died without doing it (killed by a
+/// timeout, say): their guests would hold memory and CPU for ever.
+fn reap_stale_labs() {
+    let Ok(dir) = std::fs::read_dir(vesper_cluster_lab::STATE_ROOT) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix('t')
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            note(&format!(
+                "bringing down lab {name}, left by dead test process {pid}"
+            ));
+            let _ = Command::new(lab_bin())
+                .args(["--lab", &name, "down"])
+                .output();
+        }
+    }
 }
 
 /// Prints past libtest's capture: timings of a passing test are worth seeing.
@@ -61,9 +90,9 @@ pub struct ClusterLab {
 pub struct UpFailed(pub CliOutput);
 
 impl ClusterLab {
-    /// A lab name unique to this process and `tag` (1-6 of a-z).
+    /// A lab name unique to this process and `tag` (1-6 of a-z): `tPID-TAG`.
     pub fn name(tag: &str) -> String {
-        format!("t{}-{tag}", std::process::id() % 1_000_000)
+        format!("t{}-{tag}", std::process::id())
     }
 
     /// Brings up `nodes` nodes with the base CIB and `extra` up arguments (e.g.
