@@ -9,7 +9,7 @@ use crate::LabError;
 
 /// Debian 12 packages: the cluster stack, its shell, the agents the CIB uses (`IPaddr2`
 /// from resource-agents), the fence agents a stonith resource will use, and the tools
-/// `up` runs (`ip`, `nsenter`, `unshare`).
+/// `up` runs (`ip`, `nsenter`, `unshare`), and `ping` to check a node from another.
 pub const PACKAGES: &[&str] = &[
     "corosync",
     "pacemaker",
@@ -18,6 +18,7 @@ pub const PACKAGES: &[&str] = &[
     "resource-agents",
     "fence-agents",
     "iproute2",
+    "iputils-ping",
     "util-linux",
 ];
 
