@@ -5,7 +5,10 @@
 //! returns data: any read the guest served would cost at least that). Then `debug ps`
 //! and `debug dmesg` beside the identical walks with every read an `m` packet to the
 //! gdbstub — what gdb's `lx-ps` / `lx-dmesg` do, without their Python on top (so the
-//! baseline is, if anything, flattered).
+//! baseline is, if anything, flattered). Last, typed reads with DWARF types from the
+//! kit's debug vmlinux (`read --vmlinux`) beside the guest's BTF: the first read (BTF:
+//! read out of guest memory and parsed; DWARF: the file mapped, its names indexed and
+//! the type converted) and warm reads, in process and through vesperd.
 //!
 //! `cargo bench -p vesper-e2e --bench debug_read` (after `cargo build --release
 //! --workspace --bins`).
@@ -143,6 +146,106 @@ impl KernelMemory for GdbMemory {
     }
 }
 
+/// First reads, and p50 of warm ones, in microseconds: BTF beside DWARF.
+struct TypeRows {
+    rows: Vec<(String, Stats, Stats)>,
+    index: vesper_debug::dwarf::IndexStats,
+}
+
+const FIRST_READS: usize = 5;
+const WARM_READS: usize = 2_000;
+const TYPED_EXPRS: [&str; 2] = ["init_task.comm", "init_task.nsproxy->uts_ns"];
+
+fn types_bench(
+    d: &Daemon,
+    ram: &std::fs::File,
+    memory: u64,
+    vmlinux: &std::path::Path,
+) -> TypeRows {
+    use vesper_debug::dwarf::DwarfFile;
+    use vesper_debug::expr::{read_with, TypeSource};
+    let layout = vesper_debug::ram::q35_layout(memory);
+    let open = || {
+        let ram = MappedRam::map(ram.try_clone().unwrap(), layout.clone()).unwrap();
+        let ranges = ram.ranges();
+        Kernel::open(Arc::new(ram), &ranges).expect("open kernel")
+    };
+    let expr = TYPED_EXPRS[0];
+    // First reads: a fresh kernel (BTF not yet read) or a fresh file (not indexed).
+    let mut first_btf = Vec::new();
+    let mut first_dwarf = Vec::new();
+    let k = open();
+    let mut index = None;
+    for _ in 0..FIRST_READS {
+        let fresh = open();
+        let (us, r) = time(|| read_with(&fresh, TypeSource::Btf, expr, 1, false));
+        r.expect("BTF read");
+        first_btf.push(us);
+        let (us, r) = time(|| {
+            let f = DwarfFile::open(vmlinux).expect("open vmlinux");
+            read_with(&k, TypeSource::Dwarf(&f), expr, 1, false)?;
+            Ok::<_, vesper_debug::DebugError>(f.index_stats()?)
+        });
+        index = Some(r.expect("DWARF read"));
+        first_dwarf.push(us);
+    }
+    let mut rows = vec![(
+        format!("first read of {expr} (types loaded)"),
+        stats(first_btf),
+        stats(first_dwarf),
+    )];
+    let f = DwarfFile::open(vmlinux).expect("open vmlinux");
+    for e in TYPED_EXPRS {
+        let warm = |src| {
+            read_with(&k, src, e, 1, false).expect("warm-up");
+            stats(
+                (0..WARM_READS)
+                    .map(|_| time(|| read_with(&k, src, e, 1, false).unwrap()).0)
+                    .collect(),
+            )
+        };
+        rows.push((
+            format!("warm read of {e}, in process"),
+            warm(TypeSource::Btf),
+            warm(TypeSource::Dwarf(&f)),
+        ));
+    }
+    // Through vesperd: its first DWARF read indexes the file it then keeps.
+    let req = |vmlinux: Option<std::path::PathBuf>| Request::Debug {
+        guest: "bench".into(),
+        debug: DebugOp::Read {
+            expr: expr.into(),
+            count: 1,
+            hex: false,
+            vmlinux,
+        },
+    };
+    let ask = |r: &Request| {
+        time(|| {
+            let out = call(&d.socket, r, Duration::from_secs(120)).unwrap();
+            assert!(matches!(out, Ok(Reply::DebugValue { .. })), "{out:?}");
+        })
+        .0
+    };
+    let (btf_req, dwarf_req) = (req(None), req(Some(vmlinux.to_path_buf())));
+    // vesperd read BTF earlier in this run (the jiffies reads), so only DWARF is first.
+    let first = ask(&dwarf_req);
+    rows.push((
+        "first read via vesperd (BTF loaded before; DWARF: indexed)".to_string(),
+        stats(vec![ask(&btf_req)]),
+        stats(vec![first]),
+    ));
+    rows.push((
+        format!("warm read of {expr} via vesperd"),
+        stats((0..API_READS).map(|_| ask(&btf_req)).collect()),
+        stats((0..API_READS).map(|_| ask(&dwarf_req)).collect()),
+    ));
+    TypeRows {
+        rows,
+        index: index.expect("indexed"),
+    }
+}
+
 fn main() {
     let d = Daemon::start(&[]);
     let vm = d.vm_start("bench");
@@ -169,6 +272,7 @@ fn main() {
             expr: "jiffies".into(),
             count: 1,
             hex: false,
+            vmlinux: None,
         },
     };
     call(&d.socket, &read, Duration::from_secs(60))
@@ -251,6 +355,10 @@ fn main() {
     };
     let ps_api = api_walk(DebugOp::Ps);
     let log_api = api_walk(DebugOp::Dmesg);
+    let types = kit()
+        .debug_vmlinux
+        .as_ref()
+        .map(|v| types_bench(&d, &ram_file(pid), memory, v));
 
     let (lib, api, front, gdb) = (stats(lib), stats(api), stats(front), stats(gdb));
     println!("\n8-byte read of jiffies from a running guest, host side, one run");
@@ -309,6 +417,31 @@ fn main() {
                 },
                 gdb.0.p50 / s.p50
             );
+        }
+    }
+    match types {
+        None => println!("\nTyped reads with DWARF: skipped, the kit has no debug vmlinux"),
+        Some(t) => {
+            println!(
+                "\nTyped reads: DWARF (kit's debug vmlinux, {} units, {} top-level DIEs, {} names indexed in {:.0} ms) beside BTF",
+                t.index.units,
+                t.index.dies,
+                t.index.names,
+                t.index.took.as_secs_f64() * 1e3
+            );
+            println!(
+                "{:<58} {:>10} {:>10} {:>10} {:>6}",
+                "us (p50)", "BTF", "DWARF", "DWARF/BTF", "n"
+            );
+            for (what, btf, dwarf) in &t.rows {
+                println!(
+                    "{what:<58} {:>10.1} {:>10.1} {:>9.2}x {:>6}",
+                    btf.p50,
+                    dwarf.p50,
+                    dwarf.p50 / btf.p50,
+                    dwarf.n
+                );
+            }
         }
     }
 }

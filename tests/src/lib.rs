@@ -86,6 +86,31 @@ impl CliOutput {
         assert_eq!(self.code, 0, "command failed: {self:?}");
         self
     }
+
+    /// Asserts success and returns the JSON reply's `result`.
+    #[track_caller]
+    pub fn result(self) -> Value {
+        self.ok().json()["result"].clone()
+    }
+}
+
+/// The kit's debug vmlinux (Debian's `-dbg` package); `None` (after a loud banner)
+/// when the kit could not get it, unless `VESPER_REQUIRE_DEBUG_VMLINUX` is set
+/// (tools/test sets it: there the test must run).
+pub fn debug_vmlinux(test: &str) -> Option<PathBuf> {
+    let k = kit();
+    if let Some(v) = &k.debug_vmlinux {
+        return Some(v.clone());
+    }
+    let why = k
+        .debug_vmlinux_missing
+        .clone()
+        .unwrap_or_else(|| "the kit has no debug vmlinux".into());
+    if std::env::var_os("VESPER_REQUIRE_DEBUG_VMLINUX").is_some() {
+        panic!("{test}: {why}");
+    }
+    say_skipped(test, &why);
+    None
 }
 
 impl From<Output> for CliOutput {
@@ -214,6 +239,13 @@ impl Daemon {
             .output()
             .expect("run vesper")
             .into()
+    }
+
+    /// Runs `vesper --json debug ARGS` against this daemon.
+    pub fn debug(&self, args: &[&str]) -> CliOutput {
+        let mut a = vec!["--json", "debug"];
+        a.extend_from_slice(args);
+        self.cli(&a)
     }
 
     /// Starts VM `name` (freeze mode) and waits for its frontend.

@@ -9,29 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vesper_debug::vmcore::Vmcore;
-use vesper_e2e::{kit, CliOutput, Daemon};
+use vesper_e2e::{debug_vmlinux, CliOutput, Daemon};
 
 const PANIC: &str = "Kernel panic - not syncing: sysrq triggered crash";
-
-/// The kit's debug vmlinux; `None` (after a loud banner) when the kit could not get
-/// it, unless `VESPER_REQUIRE_DEBUG_VMLINUX` is set (tools/test sets it: there the
-/// test must run).
-fn debug_vmlinux(test: &str) -> Option<PathBuf> {
-    let k = kit();
-    if let Some(v) = &k.debug_vmlinux {
-        return Some(v.clone());
-    }
-    let why = k
-        .debug_vmlinux_missing
-        .clone()
-        .unwrap_or_else(|| "the kit has no debug vmlinux".into());
-    if std::env::var_os("VESPER_REQUIRE_DEBUG_VMLINUX").is_some() {
-        panic!("{test}: {why}");
-    }
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPING {test}: {why}");
-    None
-}
 
 /// Runs a debugger to completion with no terminal; its stdout and stderr together.
 fn run(cmd: &mut Command) -> String {

@@ -1,6 +1,8 @@
 //! The `vesper debug` operations over an opened kernel, shared by vesperd (live
 //! guests) and the CLI (vmcore files read in process), so both answer alike.
 
+use vesper_debug::dwarf::DwarfFiles;
+use vesper_debug::expr::TypeSource;
 use vesper_debug::unwind::Registers;
 use vesper_debug::{DebugError, Kernel, KernelMemory};
 
@@ -17,6 +19,8 @@ pub fn debug_error(guest: &str, e: DebugError) -> ApiError {
             ErrorCode::BadRequest
         }
         DebugError::Btf(vesper_debug::btf::BtfError::NoMember { .. }) => ErrorCode::BadRequest,
+        // The file the user named is wrong, not the guest.
+        DebugError::Dwarf(_) => ErrorCode::BadRequest,
         _ => ErrorCode::GuestFailed,
     };
     ApiError::new(code, format!("{guest}: {e}"))
@@ -34,8 +38,16 @@ fn parse_addr(s: &str) -> Option<u64> {
 /// the same for a live guest (vesperd) and a dump (the CLI, in process). `cpus` are
 /// the vCPUs' registers, CPU n at index n, when the source has them (a paused VM, a
 /// vmcore's NT_PRSTATUS notes); `bt` of a running task or a CPU needs them. `Gdb`,
-/// `Dump` and `Dumps` need a live VM and are the daemon's.
-pub fn serve(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64, cpus: &[Registers]) -> Response {
+/// `Dump` and `Dumps` need a live VM and are the daemon's. `dwarf` keeps the files
+/// `read --vmlinux` opened, so a second read does not index again.
+pub fn serve(
+    k: &Kernel,
+    guest: &str,
+    op: DebugOp,
+    ram_bytes: u64,
+    cpus: &[Registers],
+    dwarf: &DwarfFiles,
+) -> Response {
     let guest_s = guest.to_string();
     let fail = |e| debug_error(guest, e);
     match op {
@@ -94,8 +106,19 @@ pub fn serve(k: &Kernel, guest: &str, op: DebugOp, ram_bytes: u64, cpus: &[Regis
                 symbols,
             })
         }
-        DebugOp::Read { expr, count, hex } => {
-            let value = vesper_debug::expr::read(k, &expr, count, hex).map_err(fail)?;
+        DebugOp::Read {
+            expr,
+            count,
+            hex,
+            vmlinux,
+        } => {
+            let value = match vmlinux {
+                None => vesper_debug::expr::read(k, &expr, count, hex),
+                Some(path) => dwarf.get(&path).map_err(DebugError::from).and_then(|f| {
+                    vesper_debug::expr::read_with(k, TypeSource::Dwarf(&f), &expr, count, hex)
+                }),
+            }
+            .map_err(fail)?;
             Ok(Reply::DebugValue {
                 guest: guest_s,
                 value,

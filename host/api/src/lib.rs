@@ -263,6 +263,9 @@ pub enum DebugOp {
         count: u64,
         /// Integers in hex.
         hex: bool,
+        /// Types from this vmlinux's (or module's) DWARF instead of the guest's BTF.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vmlinux: Option<PathBuf>,
     },
     /// The task list.
     Ps,

@@ -252,6 +252,10 @@ enum DebugCmd {
         /// Integers in hexadecimal.
         #[arg(long)]
         hex: bool,
+        /// Take types from this vmlinux's (or module's) DWARF instead of the guest
+        /// kernel's BTF (Debian's linux-image-RELEASE-dbg; the guest kit fetches it).
+        #[arg(long, value_name = "PATH")]
+        vmlinux: Option<std::path::PathBuf>,
     },
     /// The task list, walked in guest memory from init_task (pid, state, CPU, comm).
     Ps {
@@ -528,12 +532,17 @@ fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                     expr,
                     count,
                     hex,
+                    vmlinux,
                 } => (
                     guest,
                     DebugOp::Read {
                         expr: expr.clone(),
                         count: *count,
                         hex: *hex,
+                        // vesperd resolves paths in its own working directory.
+                        vmlinux: vmlinux
+                            .as_ref()
+                            .map(|v| std::path::absolute(v).unwrap_or_else(|_| v.clone())),
                     },
                 ),
                 DebugCmd::Ps { guest } => (guest, DebugOp::Ps),
@@ -1082,7 +1091,8 @@ fn debug_core(cli: &Cli, path: &str, op: DebugOp) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(cli.json, 65, "bad_vmcore", &format!("{path}: {e}")),
     };
-    match vesper_api::debug::serve(&kernel, path, op, ram_bytes, &cpus) {
+    let dwarf = vesper_debug::dwarf::DwarfFiles::new();
+    match vesper_api::debug::serve(&kernel, path, op, ram_bytes, &cpus, &dwarf) {
         Err(e) => api_fail(cli.json, e),
         Ok(reply) => {
             if cli.json {

@@ -345,9 +345,9 @@ pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Respon
             DebugOp::Dumps => unreachable!("served without opening the kernel"),
             op @ DebugOp::Bt { .. } => paused(&guest, &dir, || {
                 let cpus = cpu_registers(&guest, &dir)?;
-                vesper_api::debug::serve(&k, &guest, op, ram_bytes, &cpus)
+                vesper_api::debug::serve(&k, &guest, op, ram_bytes, &cpus, &daemon.dwarf)
             }),
-            op => vesper_api::debug::serve(&k, &guest, op, ram_bytes, &[]),
+            op => vesper_api::debug::serve(&k, &guest, op, ram_bytes, &[], &daemon.dwarf),
         }
     })
     .await

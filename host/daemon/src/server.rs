@@ -62,6 +62,8 @@ pub(crate) struct Daemon {
     pub(crate) bus: Arc<EventBus>,
     /// Guest kernels opened from their RAM (`vesper debug`).
     pub(crate) kernels: crate::debug::Kernels,
+    /// DWARF files `debug read --vmlinux` opened and indexed, by path.
+    pub(crate) dwarf: vesper_debug::dwarf::DwarfFiles,
     /// vmcores being written of guests that panicked (`--dump-on-panic`).
     pub(crate) panic_dumps: crate::debug::PanicDumps,
 }
@@ -115,6 +117,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         config: config.clone(),
         guests: Mutex::new(HashMap::new()),
         kernels: Default::default(),
+        dwarf: Default::default(),
         panic_dumps: Default::default(),
         bus: Arc::new(EventBus::new(config.event_buffer)),
     });
@@ -648,7 +651,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
             a.memory_mib, a.cpus
         ));
     }
-    {
+    let ended = {
         let mut guests = daemon.guests.lock().expect("guests lock");
         if let Some(g) = guests.get(&a.name) {
             if !*g.exited.borrow() {
@@ -657,7 +660,15 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
                     format!("a VM named {} is already running", a.name),
                 ));
             }
-            guests.remove(&a.name);
+        }
+        guests.remove(&a.name)
+    };
+    // The VM that ended under this name still holds its run directory's sockets until
+    // its task winds up: wait for that, or its clean-up removes the new VM's sockets.
+    if let Some(stop) = ended.and_then(|mut g| g.stop.take()) {
+        let (ack, done) = oneshot::channel();
+        if stop.send(ack).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
         }
     }
     let start_failed =

@@ -855,6 +855,21 @@ impl Btf {
         Ok(btf)
     }
 
+    /// A `Btf` over types from another source (DWARF): index = type id, entry 0 is
+    /// taken to be void whatever it holds.
+    pub fn from_types(mut types: Vec<Type>) -> Btf {
+        match types.first_mut() {
+            Some(t) => *t = Type::Void,
+            None => types.push(Type::Void),
+        }
+        let (names, enum_values) = build_indexes(&types);
+        Btf {
+            types,
+            names,
+            enum_values,
+        }
+    }
+
     /// Structs without kind_flag encode bitfields in the member's int type (its bit
     /// count and bit offset); fold that into the members so callers see one encoding.
     fn fix_legacy_bitfields(&mut self, legacy: &Legacy) {

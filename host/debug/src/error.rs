@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use crate::btf::BtfError;
+use crate::dwarf::DwarfError;
 use crate::kallsyms::KallsymsError;
 use crate::memory::MemoryError;
 use crate::paging::PagingError;
@@ -28,6 +29,9 @@ pub enum DebugError {
     /// The type information is unreadable or lacks something.
     #[error("BTF: {0}")]
     Btf(#[from] BtfError),
+    /// A DWARF file (`--vmlinux`) is unusable or lacks something.
+    #[error("DWARF: {0}")]
+    Dwarf(#[from] DwarfError),
     /// The printk ring is unreadable.
     #[error("printk ring: {0}")]
     Printk(#[from] PrintkError),

@@ -10,12 +10,17 @@
 //! 0xffffffff81000000            raw bytes at an address (unsigned long)
 //! ```
 //! BTF has no types for global variables, so a symbol's type comes from a cast, or a
-//! short table of well-known ones; anything else reads as `unsigned long`.
+//! short table of well-known ones; anything else reads as `unsigned long`. With
+//! DWARF (`--vmlinux`) a global's type is its variable DIE's, and the types come from
+//! the file as small graphs per root (`crate::dwarf`); the evaluation is the same.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::btf::{Btf, Type, TypeId};
+use crate::dwarf::{Converted, DwarfFile};
 use crate::error::DebugError;
 use crate::kernel::Kernel;
 use crate::memory::KernelMemory;
@@ -210,6 +215,76 @@ const C_INT_NAMES: &[(&str, &str)] = &[
     ("signed char", "signed char"),
 ];
 
+/// Where `read` takes its types from.
+#[derive(Debug, Clone, Copy)]
+pub enum TypeSource<'a> {
+    /// The guest kernel's own BTF, read out of its memory.
+    Btf,
+    /// A vmlinux (or module) with DWARF, given by the user.
+    Dwarf(&'a DwarfFile),
+}
+
+/// A type graph and a type in it.
+enum Graph {
+    Btf(Arc<Btf>),
+    Dwarf(Arc<Converted>),
+}
+
+impl Graph {
+    fn btf(&self) -> &Btf {
+        match self {
+            Graph::Btf(b) => b,
+            Graph::Dwarf(c) => &c.btf,
+        }
+    }
+}
+
+/// The type named `name` ("struct task_struct", "unsigned long", "u64") in `src`.
+fn named(k: &Kernel, src: TypeSource<'_>, name: &str) -> Result<(Graph, TypeId), DebugError> {
+    match src {
+        TypeSource::Btf => {
+            let btf = k.btf()?;
+            let id = type_by_name(&btf, name)?;
+            Ok((Graph::Btf(btf), id))
+        }
+        TypeSource::Dwarf(f) => {
+            let n = name.trim();
+            let c = match f.type_named(n) {
+                Err(crate::dwarf::DwarfError::NoType { .. }) if dwarf_spelling(n) != n => {
+                    f.type_named(dwarf_spelling(n))
+                }
+                r => r,
+            }?;
+            let id = c.root;
+            Ok((Graph::Dwarf(c), id))
+        }
+    }
+}
+
+/// The type of the object at symbol `name`: the variable's own type in DWARF, else a
+/// well-known global's, else `unsigned long`.
+fn symbol_type(k: &Kernel, src: TypeSource<'_>, name: &str) -> Result<(Graph, TypeId), DebugError> {
+    if let TypeSource::Dwarf(f) = src {
+        if let Some(c) = f.variable(name)? {
+            let id = c.root;
+            return Ok((Graph::Dwarf(c), id));
+        }
+    }
+    let ty = KNOWN_GLOBALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("unsigned long", |(_, t)| t);
+    named(k, src, ty)
+}
+
+/// How DWARF (and BTF) spell a C base type: "unsigned long" is "long unsigned int".
+fn dwarf_spelling(n: &str) -> &str {
+    C_INT_NAMES
+        .iter()
+        .find(|(c, _)| *c == n)
+        .map_or(n, |(_, d)| *d)
+}
+
 /// A type resolved by name: "struct task_struct", "unsigned long", "u64".
 fn type_by_name(btf: &Btf, name: &str) -> Result<TypeId, DebugError> {
     let n = name.trim();
@@ -222,39 +297,50 @@ fn type_by_name(btf: &Btf, name: &str) -> Result<TypeId, DebugError> {
         btf.type_named(e.trim())
     } else {
         // BTF spells base types as DWARF does ("long unsigned int").
-        let dwarf = C_INT_NAMES
-            .iter()
-            .find(|(c, _)| *c == n)
-            .map_or(n, |(_, d)| *d);
-        btf.type_named(n).or_else(|| btf.type_named(dwarf))
+        btf.type_named(n)
+            .or_else(|| btf.type_named(dwarf_spelling(n)))
     };
     found.ok_or_else(|| DebugError::Expr(format!("no type {n:?} in the guest kernel's BTF")))
 }
 
-/// Evaluates `expr` and reads `count` elements.
+/// Evaluates `expr` with the guest's BTF and reads `count` elements.
 pub fn read(k: &Kernel, text: &str, count: u64, hex: bool) -> Result<Evaluated, DebugError> {
+    read_with(k, TypeSource::Btf, text, count, hex)
+}
+
+/// Evaluates `expr` with types from `src` and reads `count` elements.
+pub fn read_with(
+    k: &Kernel,
+    src: TypeSource<'_>,
+    text: &str,
+    count: u64,
+    hex: bool,
+) -> Result<Evaluated, DebugError> {
     if count == 0 || count > MAX_COUNT {
         return Err(DebugError::Expr(format!(
             "--count must be 1 to {MAX_COUNT}, not {count}"
         )));
     }
     let expr = Expr::parse(text)?;
-    let btf = k.btf()?;
-    let (mut addr, ty_name) = match &expr.base {
+    if let TypeSource::Dwarf(f) = src {
+        f.check_build_id(k.vmcoreinfo().get("BUILD-ID"))?;
+    }
+    let (mut addr, (mut graph, mut ty)) = match &expr.base {
         Base::Symbol { name, ty } => {
             let sym = k.symbol(name)?;
-            let ty = ty.clone().or_else(|| {
-                KNOWN_GLOBALS
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, t)| t.to_string())
-            });
-            (sym.addr, ty.unwrap_or_else(|| "unsigned long".into()))
+            let t = match ty {
+                Some(t) => named(k, src, t)?,
+                None => symbol_type(k, src, name)?,
+            };
+            (sym.addr, t)
         }
-        Base::Address { addr, ty } => (*addr, ty.clone().unwrap_or_else(|| "unsigned long".into())),
+        Base::Address { addr, ty } => (
+            *addr,
+            named(k, src, ty.as_deref().unwrap_or("unsigned long"))?,
+        ),
     };
-    let mut ty = type_by_name(&btf, &ty_name)?;
     for step in &expr.path {
+        let btf = graph.btf();
         let (name, deref) = match step {
             Step::Member(n) => (n, false),
             Step::Deref(n) => (n, true),
@@ -272,7 +358,14 @@ pub fn read(k: &Kernel, text: &str, count: u64, hex: bool) -> Result<Evaluated, 
             };
             addr = k.read_u64(addr)?;
             ty = target;
+            // A struct behind a pointer may be known by name only (a declaration, or
+            // DWARF's lazily converted pointee): look it up as a root of its own.
+            if let Ok(Type::Fwd { name: tag, union }) = btf.resolve(ty).and_then(|r| btf.ty(r)) {
+                let kw = if *union { "union" } else { "struct" };
+                (graph, ty) = named(k, src, &format!("{kw} {tag}"))?;
+            }
         }
+        let btf = graph.btf();
         let m = btf
             .member(ty, name)
             .map_err(|e| DebugError::Expr(e.to_string()))?;
@@ -286,6 +379,7 @@ pub fn read(k: &Kernel, text: &str, count: u64, hex: bool) -> Result<Evaluated, 
             .ok_or_else(|| DebugError::Expr("address overflow".into()))?;
         ty = m.type_id;
     }
+    let btf = graph.btf();
     let size = btf.size_of(ty)?;
     let total = size
         .checked_mul(count)
@@ -298,7 +392,7 @@ pub fn read(k: &Kernel, text: &str, count: u64, hex: bool) -> Result<Evaluated, 
         })?;
     let mut bytes = vec![0u8; total as usize];
     k.read(addr, &mut bytes)?;
-    let r = Render { k, btf: &btf, hex };
+    let r = Render { k, btf, hex };
     let value = if count == 1 {
         r.value(ty, &bytes, 0)
     } else {

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod btf;
+pub mod dwarf;
 pub mod error;
 pub mod expr;
 pub mod kallsyms;

@@ -44,6 +44,8 @@ pub const HOST_PACKAGES: &[&str] = &[
     // the agent's meta-data with (only a Recommends of resource-agents).
     "resource-agents",
     "libxml2-utils",
+    // fencing.py, which fence_vesper (tools/fence) is built on, as every fence agent is.
+    "fence-agents",
     // gdb for `vesper debug gdb` and its e2e test (real gdb against QEMU's gdbstub).
     "gdb",
     // The kernel debuggers that open Vesper's vmcores, with the kit's debug vmlinux.

@@ -1,0 +1,141 @@
+//! `fence_vesper` (tools/fence), the fence agent for Vesper guests, run the way
+//! Pacemaker's fencer runs it — options on the command line or `key=value` lines on
+//! stdin — against a real vesperd and a real guest: metadata, list, status, off (the VM
+//! process gone), on, reboot, monitor, and a vesperd that is not there. Through
+//! `stonith_admin` in a real cluster: tests/tests/cluster.rs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use vesper_e2e::{bin_dir, kit, CliOutput, Daemon};
+
+fn agent() -> PathBuf {
+    kit(); // installs the host packages: fence-agents brings fencing.py
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tools/fence/fence_vesper")
+        .canonicalize()
+        .expect("tools/fence/fence_vesper")
+}
+
+fn fence(d: &Daemon, args: &[&str]) -> CliOutput {
+    Command::new(agent())
+        .arg(format!("--socket={}", d.socket.display()))
+        .arg(format!(
+            "--vesper-path={}",
+            bin_dir().join("vesper").display()
+        ))
+        .arg(format!("--kit-dir={}", kit().dir.display()))
+        .args(args)
+        .output()
+        .expect("run fence_vesper")
+        .into()
+}
+
+/// As pacemaker-fenced calls an agent: no arguments, options on stdin.
+fn fence_stdin(d: &Daemon, lines: &[&str]) -> CliOutput {
+    let mut child = Command::new(agent())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fence_vesper");
+    let mut input = format!(
+        "socket={}\nvesper_path={}\n",
+        d.socket.display(),
+        bin_dir().join("vesper").display()
+    );
+    for l in lines {
+        input.push_str(l);
+        input.push('\n');
+    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("fence_vesper").into()
+}
+
+#[test]
+fn fence_vesper_powers_a_guest_off_and_on_through_vesperd() {
+    let d = Daemon::start(&[]);
+    let meta = fence(&d, &["-o", "metadata"]);
+    assert_eq!(meta.code, 0, "{meta:?}");
+    for needle in [
+        "<resource-agent name=\"fence_vesper\"",
+        "name=\"socket\"",
+        "name=\"plug\"",
+        "<action name=\"off\"",
+        "<action name=\"list\"",
+    ] {
+        assert!(
+            meta.stdout.contains(needle),
+            "metadata lacks {needle}:\n{}",
+            meta.stdout
+        );
+    }
+
+    d.vm_start("f1");
+    let list = fence(&d, &["-o", "list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(list.stdout.contains("f1,f1"), "{list:?}");
+    let status = fence(&d, &["-o", "status", "-n", "f1"]);
+    assert_eq!(
+        (status.code, status.stdout.trim()),
+        (0, "Status: ON"),
+        "{status:?}"
+    );
+
+    let qemu = d.qemu_pid("f1");
+    let off = fence_stdin(&d, &["action=off", "plug=f1"]);
+    assert_eq!(off.code, 0, "{off:?}\n{}", d.log());
+    assert!(off.stdout.contains("Success: Powered OFF"), "{off:?}");
+    assert!(
+        !Path::new(&format!("/proc/{qemu}")).exists()
+            || std::fs::read_to_string(format!("/proc/{qemu}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
+        "the VM process is gone once off returns"
+    );
+    assert_eq!(d.cli(&["vm", "status", "f1"]).code, 3);
+    // Status of an off guest is OFF, exit 2 by the fence-agents convention.
+    let status = fence(&d, &["-o", "status", "-n", "f1"]);
+    assert_eq!(
+        (status.code, status.stdout.trim()),
+        (2, "Status: OFF"),
+        "{status:?}"
+    );
+
+    let on = fence(&d, &["-o", "on", "-n", "f1"]);
+    assert_eq!(on.code, 0, "{on:?}\n{}", d.log());
+    assert_eq!(
+        d.cli(&["vm", "status", "f1"]).code,
+        0,
+        "on: booted, frontend up"
+    );
+    let old = d.qemu_pid("f1");
+    let reboot = fence(&d, &["-o", "reboot", "-n", "f1"]);
+    assert_eq!(reboot.code, 0, "{reboot:?}\n{}", d.log());
+    assert_ne!(d.qemu_pid("f1"), old, "reboot is a new VM process");
+    assert_eq!(fence(&d, &["-o", "monitor"]).code, 0);
+
+    // No vesperd there: a failure that says so, not a false "off".
+    let gone = Command::new(agent())
+        .args([
+            "--socket=/nonexistent/vesperd.sock",
+            "-o",
+            "status",
+            "-n",
+            "f1",
+        ])
+        .arg(format!(
+            "--vesper-path={}",
+            bin_dir().join("vesper").display()
+        ))
+        .output()
+        .expect("run fence_vesper");
+    let gone = CliOutput::from(gone);
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(gone.stderr.contains("not reachable"), "{gone:?}");
+}
