@@ -5,7 +5,8 @@
 //! (the failure is cleaned up after each move). The baseline for event-driven recovery.
 //!
 //! `cargo build --release --workspace --bins && cargo bench -p vesper-e2e --bench cluster_failover`
-//! (`VESPER_BENCH_FAILOVERS=N`, default 10).
+//! (`VESPER_BENCH_FAILOVERS=N`, default 10; `VESPER_BENCH_CIB=tools/cluster/cib/events.crm`
+//! adds the event bridge: the same failovers, event-driven).
 
 use std::time::Duration;
 
@@ -35,7 +36,13 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let lab = ClusterLab::up("bench", 2, &[]);
+    // Relative to the repository (cargo runs benches in tests/).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cib = std::env::var("VESPER_BENCH_CIB")
+        .ok()
+        .map(|c| root.join(c).display().to_string());
+    let extra: Vec<&str> = cib.iter().flat_map(|c| ["--cib", c.as_str()]).collect();
+    let lab = ClusterLab::up("bench", 2, &extra);
     let (mut from, mut to) = ("n1", "n2");
     lab.wait_started(&[GUEST, IP], from, Duration::from_secs(240));
     let (mut detected, mut moved) = (Vec::new(), Vec::new());
@@ -67,7 +74,8 @@ fn main() {
         lab.wait_started(&[GUEST, IP], from, Duration::from_secs(60));
     }
     println!(
-        "\n{n} failovers, polling monitor (2 s), guest kernel {}, up took {:.1} s",
+        "\n{n} failovers, monitor every 2 s, extra CIB {}, guest kernel {}, up took {:.1} s",
+        cib.as_deref().unwrap_or("none"),
         vesper_e2e::kit().release,
         lab.up_time.as_secs_f64()
     );

@@ -35,7 +35,7 @@ impl Vars {
         v.insert("GUEST", "web1".to_string());
         v.insert("VESPER", p.bin_dir.join("vesper").display().to_string());
         v.insert("SOCKET", sock("vesperd.sock"));
-        v.insert("ALERT_SOCKET", sock("alert.sock"));
+        v.insert("ALERT_SOCKET", crate::NODE_ALERT_SOCKET.to_string());
         v.insert("KIT_DIR", p.kit_dir.display().to_string());
         v.insert("MODULES_DIR", p.modules_dir.display().to_string());
         v.insert("EXIT_PROBE", module("vesper_exit_probe"));
@@ -44,6 +44,10 @@ impl Vars {
         v.insert("NODE1", p.nodes.first().cloned().unwrap_or_default());
         v.insert("NODES", p.nodes.join(" "));
         v.insert("VIP", crate::VIP.to_string());
+        v.insert(
+            "TOOLS",
+            crate::repo_root().join("tools").display().to_string(),
+        );
         v.insert("CIDR", "24".to_string());
         v.insert("NIC", "eth0".to_string());
         Vars(v)
@@ -148,12 +152,18 @@ mod tests {
     }
 
     #[test]
-    fn the_base_template_renders() {
+    fn the_shipped_templates_render() {
         let text = std::fs::read_to_string(base_template()).unwrap();
         let out = vars().render(&text, &base_template()).unwrap();
         assert!(out.contains("ocf:vesper:vesper"));
         assert!(out.contains("socket=/run/vesper/vesperd.sock"));
         assert!(out.contains("migration-threshold=1"));
         assert!(!out.contains("@NODE1@"));
+        let events = base_template().with_file_name("events.crm");
+        let out = vars()
+            .render(&std::fs::read_to_string(&events).unwrap(), &events)
+            .unwrap();
+        assert!(out.contains("cluster bridge") && out.contains("/tools/ocf/alert_vesper"));
+        assert!(out.contains("to /run/vesper-alerts/alerts.sock"));
     }
 }

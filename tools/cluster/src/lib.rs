@@ -50,6 +50,9 @@ pub const NODE_OWN_DIRS: &[&str] = &[
     "/run",
     "/dev/shm",
 ];
+/// vesperd's alert socket inside each node: outside its run directory, which only root
+/// may enter, as Pacemaker runs alert agents as hacluster.
+pub const NODE_ALERT_SOCKET: &str = "/run/vesper-alerts/alerts.sock";
 /// Most nodes a lab may have (corosync would take more; two cores would not).
 pub const MAX_NODES: usize = 5;
 

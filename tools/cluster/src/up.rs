@@ -224,7 +224,6 @@ fn seed_cib(lab: &Lab) -> Result<String, LabError> {
 fn start_vesperd(lab: &Lab, st: &mut State, node: &str, opts: &UpOptions) -> Result<(), LabError> {
     let vesperd = opts.bin_dir.join("vesperd").display().to_string();
     let kit = opts.kit_dir.display().to_string();
-    let alert = format!("{NODE_VESPER_RUN}/alert.sock");
     let pid = node::spawn(
         lab,
         st,
@@ -237,7 +236,7 @@ fn start_vesperd(lab: &Lab, st: &mut State, node: &str, opts: &UpOptions) -> Res
             "--kit-dir",
             &kit,
             "--alert-socket",
-            &alert,
+            crate::NODE_ALERT_SOCKET,
         ],
         &[],
     )?;
