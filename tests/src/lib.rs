@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vesper_guest_kit::{EnsureOptions, Kit};
 
+pub mod cluster;
 pub mod tiny_guest;
 
 /// The guest kit, built once per test process.
@@ -315,26 +316,18 @@ impl Daemon {
     /// `--mode hand`, or the mini frontend's) and returns the console text from the
     /// reply line that starts with `vesper-hand: ` + `reply_prefix` on.
     pub fn hand(&self, name: &str, command: &str, reply_prefix: &str) -> String {
-        let before = self.console(name).len();
         // Through vesperd's one long-lived console connection (`vm send`), never a
         // connection of our own: QEMU drops input its UART had not taken yet when a client
         // hangs up, which lost a command now and then. A builtin VM's 8250 lives in
         // vesperd anyway.
-        self.cli(&["vm", "send", name, command]).ok();
-        let needle = format!("vesper-hand: {reply_prefix}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let c = self.console(name);
-            if let Some(at) = c[before.min(c.len())..].find(&needle) {
-                return c[before + at..].to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} after {command:?}:\n{}",
-                &c[before.min(c.len())..]
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        hand_through(
+            || self.console(name),
+            || {
+                self.cli(&["vm", "send", name, command]).ok();
+            },
+            command,
+            reply_prefix,
+        )
     }
 
     /// Events as JSON, read through `vesper --json events ARGS`.
@@ -426,6 +419,33 @@ impl Drop for Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The test init's hand, through any console: `send` types `command` (once), and the
+/// console text from the reply line starting `vesper-hand: ` + `reply_prefix` on is
+/// returned (what came before the command is never taken for its reply).
+pub fn hand_through(
+    console: impl Fn() -> String,
+    send: impl FnOnce(),
+    command: &str,
+    reply_prefix: &str,
+) -> String {
+    let before = console().len();
+    send();
+    let needle = format!("vesper-hand: {reply_prefix}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = console();
+        if let Some(at) = c[before.min(c.len())..].find(&needle) {
+            return c[before + at..].to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} after {command:?}:\n{}",
+            &c[before.min(c.len())..]
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
