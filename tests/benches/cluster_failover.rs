@@ -45,9 +45,9 @@ fn main() {
     let lab = ClusterLab::up("bench", 2, &extra);
     let (mut from, mut to) = ("n1", "n2");
     lab.wait_started(&[GUEST, IP], from, Duration::from_secs(240));
-    let (mut detected, mut moved) = (Vec::new(), Vec::new());
+    let (mut detected, mut moved, mut answering) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
-        lab.start_service(from, GUEST);
+        lab.service_answers(from, GUEST);
         // Kill at a random phase of the 2 s monitor: the steps before are regular enough
         // to lock onto one phase (every kill just after a monitor: ~1.8 s each time).
         std::thread::sleep(jitter(MONITOR_INTERVAL));
@@ -60,11 +60,13 @@ fn main() {
             Duration::from_secs(180),
         );
         println!(
-            "failover {:2} {from} -> {to}: failure recorded {:6.2} s, running on {to} {:6.2} s",
+            "failover {:2} {from} -> {to}: failure recorded {:6.2} s, running on {to} {:6.2} s, svc answering {:6.2} s",
             i + 1,
             f.detected.as_secs_f64(),
-            f.moved.as_secs_f64()
+            f.moved.as_secs_f64(),
+            f.answering.as_secs_f64()
         );
+        answering.push(f.answering.as_secs_f64());
         detected.push(f.detected.as_secs_f64());
         moved.push(f.moved.as_secs_f64());
         // Forget the failure, so the guest may come back to `from` next time.
@@ -82,6 +84,7 @@ fn main() {
     for (what, v) in [
         ("failure recorded", &mut detected),
         ("running on the other node", &mut moved),
+        ("service answering there", &mut answering),
     ] {
         println!(
             "  kill -> {what:26} p50 {:6.2} s  max {:6.2} s",

@@ -234,15 +234,16 @@ impl ClusterLab {
         )
     }
 
-    /// Starts the watched service `svc` in `guest` on `node` (once its hand is ready).
-    pub fn start_service(&self, node: &str, guest: &str) {
+    /// Waits until the watched service `svc` answers in `guest` on `node`: the guest
+    /// started it at boot (`vesper.start=svc` in the CIB), its hand reports it running.
+    pub fn service_answers(&self, node: &str, guest: &str) {
         self.wait_console(
             node,
             guest,
             "vesper-init: hand ready",
             Duration::from_secs(120),
         );
-        self.hand(node, guest, "start svc", "started svc");
+        self.hand(node, guest, "status svc", "running svc");
     }
 
     /// The tail of every node's Pacemaker log and vesperd output, for failures.
@@ -341,11 +342,14 @@ pub struct Failover {
     pub detected: Duration,
     /// Until every resource of the group ran on the other node.
     pub moved: Duration,
+    /// Until the service answered in the guest on the other node.
+    pub answering: Duration,
 }
 
 /// Kills the watched service `svc` in `guest` on `from` and times the cluster moving
 /// `resources` (the guest's resource first) to `to`, polling `crm_mon` on `to` every
-/// 100 ms. `svc` must run in the guest ([`ClusterLab::start_service`]) and `resources`
+/// 100 ms, then the service answering there. `svc` must run in the guest
+/// ([`ClusterLab::service_answers`]) and `resources`
 /// on `from`. Reusable by a benchmark: after it, `crm_resource --cleanup` clears the
 /// failure so the guest may move back.
 pub fn measure_failover(
@@ -373,9 +377,11 @@ pub fn measure_failover(
             }
             if resources.iter().all(|r| s.started_on(r, to)) {
                 let moved = killed.elapsed();
+                lab.service_answers(to, guest);
                 return Failover {
                     detected: detected.unwrap_or(moved),
                     moved,
+                    answering: killed.elapsed(),
                 };
             }
         }

@@ -45,7 +45,7 @@ fn a_service_killed_in_the_guest_moves_it_and_its_address_to_the_other_node() {
     assert_eq!(lab.vesper("n1", &["vm", "status", GUEST]).code, 0);
     assert_eq!(lab.vesper("n2", &["vm", "status", GUEST]).code, 3);
 
-    lab.start_service("n1", GUEST);
+    lab.service_answers("n1", GUEST);
     let f = measure_failover(
         &lab,
         GUEST,
@@ -55,9 +55,10 @@ fn a_service_killed_in_the_guest_moves_it_and_its_address_to_the_other_node() {
         Duration::from_secs(180),
     );
     note(&format!(
-        "kill -> failure recorded {:.2} s, -> {GUEST} and {IP} running on n2 {:.2} s (monitor interval 2 s)",
+        "kill -> failure recorded {:.2} s, -> {GUEST} and {IP} running on n2 {:.2} s, -> svc answering there {:.2} s (monitor interval 2 s)",
         f.detected.as_secs_f64(),
-        f.moved.as_secs_f64()
+        f.moved.as_secs_f64(),
+        f.answering.as_secs_f64()
     ));
 
     let s = lab.status("n2").expect("crm_mon on n2");

@@ -9,6 +9,8 @@
 #   vesper.mode=hand     load the frontend, then obey command lines read from the console
 #                        (the tests' remote hand; protocol below, at hand())
 #   vesper.bench_n=N     iterations for bench mode (default 20)
+#   vesper.start=A,B     hand mode: start these svcs at boot, before `hand ready` (a
+#                        guest whose service runs as soon as it is up, as a cluster's is)
 export PATH=/bin
 
 /bin/busybox mount -t proc proc /proc
@@ -19,9 +21,11 @@ echo "vesper-init: kernel $(cat /proc/sys/kernel/osrelease)"
 
 mode=freeze
 bench_n=20
+start_at_boot=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vesper.mode=*) mode="${arg#vesper.mode=}" ;;
+        vesper.start=*) start_at_boot="${arg#vesper.start=}" ;;
         vesper.bench_n=*) bench_n="${arg#vesper.bench_n=}" ;;
     esac
 done
@@ -62,6 +66,8 @@ freeze() {
 #   panic           -> panicking                     (then sysrq-c: kernel panic)
 #   oom             -> oom hog pid=PID               (/bin/hog eats memory until OOM-killed)
 #   reboot          -> rebooting                     (then sysrq-b: immediate reboot)
+#   status NAME     -> running NAME pid=PID          (per live process with comm NAME)
+#                    | no process NAME
 #   stack NAME      -> stack NAME pid=PID FRAME ...  (one line per /proc/PID/stack line:
 #                      the guest kernel's own unwinder, the host's `debug bt` oracle)
 #                      then stack end NAME pid=PID   | no process NAME
@@ -174,6 +180,15 @@ hand_reboot() {
     echo b >/proc/sysrq-trigger
 }
 
+hand_status() {
+    local pid
+    hand_find "$1"
+    for pid in $hand_pids; do
+        hand_say "running $1 pid=$pid"
+    done
+    [ -n "$hand_pids" ] || hand_say "no process $1"
+}
+
 # Runs one command line ($*, already split into words).
 hand_do() {
     local line="$*"
@@ -226,6 +241,13 @@ hand_do() {
         reboot)
             if [ $# -eq 1 ]; then hand_reboot; else hand_say "error: usage: reboot"; fi
             ;;
+        status)
+            if [ $# -ne 2 ] || ! hand_valid_name "$2"; then
+                hand_say "error: usage: status NAME"
+            else
+                hand_status "$2"
+            fi
+            ;;
         stack)
             if [ $# -ne 2 ] || ! hand_valid_name "$2"; then
                 hand_say "error: usage: stack NAME"
@@ -261,6 +283,14 @@ hand() {
     stty -echo 2>/dev/null
     mkdir -p /tmp/svc /tmp/svc-exit
     cr=$(printf '\r')
+    local name
+    for name in $(echo "$start_at_boot" | tr , ' '); do
+        if hand_valid_name "$name"; then
+            hand_start "$name"
+        else
+            hand_say "error: vesper.start: bad name $name"
+        fi
+    done
     echo "vesper-init: hand ready"
     while :; do
         line=

@@ -66,6 +66,8 @@ fn init_script_has_the_hand_protocol() {
         "hand_say \"unknown command: $line\"",
         "hand_say \"stack $1 pid=$pid $l\"",
         "hand_say \"stack end $1 pid=$pid\"",
+        "hand_say \"running $1 pid=$pid\"",
+        "vesper.start=*) start_at_boot=",
         "echo -1000 >/proc/1/oom_score_adj",
         "ln -sf /bin/svc \"/tmp/svc/$name\"",
     ] {
