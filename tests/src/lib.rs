@@ -63,6 +63,17 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Holds an event (a `--json events` line's result) to its kind's pinned payload shape
+/// (`vesper_events::shape`): every event a test reads is checked.
+#[track_caller]
+pub fn check_event_shape(e: &Value) {
+    let event: vesper_api::Event = serde_json::from_value(e.clone())
+        .unwrap_or_else(|err| panic!("not an event ({err}): {e}"));
+    if let Err(why) = vesper_events::shape::check(&event) {
+        panic!("event payload off its shape: {why}");
+    }
+}
+
 /// Result of one CLI run.
 #[derive(Debug)]
 pub struct CliOutput {
@@ -77,7 +88,13 @@ pub struct CliOutput {
 impl CliOutput {
     /// Stdout parsed as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+        let v: Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"));
+        // A `--json` reply is data: no Rust Debug rendering leaks into it.
+        if let Some(s) = vesper_events::shape::debug_leak(&v) {
+            panic!("--json output carries a Rust Debug rendering {s:?}: {v}");
+        }
+        v
     }
 
     /// Asserts success and returns self.
@@ -341,6 +358,7 @@ impl Daemon {
             .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
             .map(|v| v["result"].clone())
             .filter(|r| r["reply"] == "event")
+            .inspect(check_event_shape)
             .collect()
     }
 

@@ -99,11 +99,12 @@ fn a_builtin_vm_is_driven_by_the_same_cli_and_reports_the_same_events() {
         e["kind"] == "vm_exit" && e["guest"] == "b1"
     });
     assert!(
-        gone["payload"]["status"]
+        gone["payload"]["reason"]
             .as_str()
             .is_some_and(|s| s.contains("stopped by the host")),
         "{gone}"
     );
+    assert_eq!(gone["payload"]["requested"], true, "{gone}");
     assert_eq!(d.cli(&["vm", "status", "b1"]).code, 3);
     let again = start_mini(&d, "b1");
     assert_eq!(again["state"], "up");

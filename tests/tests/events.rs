@@ -79,6 +79,7 @@ fn subscribers_follow_filter_resume_and_a_slow_one_gets_a_gap() {
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("follower events");
         assert_eq!(r["reply"], "event", "{r}");
+        vesper_e2e::check_event_shape(&r);
         assert_eq!(r["kind"], "service_exit");
         assert_eq!(r["payload"]["comm"], "svc");
         got.push(r);

@@ -111,6 +111,7 @@ fn service_exit_pids(d: &Daemon) -> Vec<i64> {
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("JSON")["result"].clone())
         .filter(|r| r["reply"] == "event")
+        .inspect(vesper_e2e::check_event_shape)
         .map(|r| r["payload"]["pid"].as_i64().expect("payload pid"))
         .collect()
 }

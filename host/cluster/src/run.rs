@@ -44,6 +44,7 @@ fn decision(
         (Some(r), Err(e)) => format!("{what}; could not tell Pacemaker {r} failed: {e}"),
     };
     json!({
+        "guest": incident.guest,
         "action": if resource.is_some() { "fail_resource" } else { "none" },
         "resource": resource,
         "node": node,

@@ -218,20 +218,70 @@ pub enum Process {
     },
 }
 
+/// How a VM process ended, as a `vm_exit` event says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessEnd {
+    /// It exited with this code.
+    Exited { code: i32 },
+    /// A signal ended it.
+    Signaled { number: i32 },
+    /// A builtin VM's end, or a process whose status is not ours to see.
+    Other { reason: String },
+}
+
+impl ProcessEnd {
+    /// The `vm_exit` payload: `{"code": 0}`, `{"signal": "SIGKILL", "signal_number": 9}`
+    /// or `{"reason": "..."}`, and whether somebody asked for it (`requested`).
+    pub fn payload(&self, requested: bool) -> serde_json::Value {
+        let mut p = match self {
+            ProcessEnd::Exited { code } => serde_json::json!({ "code": code }),
+            ProcessEnd::Signaled { number } => serde_json::json!({
+                "signal": nix::sys::signal::Signal::try_from(*number)
+                    .map_or_else(|_| format!("signal {number}"), |s| s.as_str().to_string()),
+                "signal_number": number,
+            }),
+            ProcessEnd::Other { reason } => serde_json::json!({ "reason": reason }),
+        };
+        p["requested"] = requested.into();
+        p
+    }
+}
+
+impl std::fmt::Display for ProcessEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProcessEnd::Exited { code } => write!(f, "exit code {code}"),
+            ProcessEnd::Signaled { number } => write!(f, "killed by signal {number}"),
+            ProcessEnd::Other { reason } => f.write_str(reason),
+        }
+    }
+}
+
 impl Process {
     /// Waits until the process ends; says how.
-    async fn wait(&mut self) -> String {
+    async fn wait(&mut self) -> ProcessEnd {
         match self {
-            Process::Child(c) => format!("{:?}", c.wait().await),
+            Process::Child(c) => match c.wait().await {
+                Ok(st) => match (st.code(), std::os::unix::process::ExitStatusExt::signal(&st)) {
+                    (Some(code), _) => ProcessEnd::Exited { code },
+                    (None, Some(n)) => ProcessEnd::Signaled { number: n },
+                    (None, None) => ProcessEnd::Other {
+                        reason: st.to_string(),
+                    },
+                },
+                Err(e) => ProcessEnd::Other {
+                    reason: format!("cannot wait for it: {e}"),
+                },
+            },
             // Polled through `&mut` so that a select! dropping this future keeps the
             // receiver for the next call.
             Process::Builtin { end, .. } => match end {
                 Some(rx) => {
-                    let why = rx
+                    let reason = rx
                         .await
                         .unwrap_or_else(|_| "the VM thread went away".into());
                     *end = None;
-                    why
+                    ProcessEnd::Other { reason }
                 }
                 None => std::future::pending().await,
             },
@@ -239,7 +289,9 @@ impl Process {
                 while crate::persist::alive(*pid, *start_time) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                "gone (adopted process)".into()
+                ProcessEnd::Other {
+                    reason: "gone (an adopted process: its exit status went to the vesperd that started it)".into(),
+                }
             }
         }
     }
@@ -461,10 +513,7 @@ impl GuestTask {
                     crate::persist::remove(&self.dir);
                     // `requested`: the exit was asked for (`vm stop`, a failover restart),
                     // so a cluster bridge must not report it as a failure.
-                    let payload = serde_json::json!({
-                        "status": status,
-                        "requested": stop_ack.is_some(),
-                    });
+                    let payload = status.payload(stop_ack.is_some());
                     let e = self.bus.publish(&name, EventKind::VmExit, Source::Process, None, payload);
                     note_failure(&self.status, &e);
                     let _ = self.exited.send(true);

@@ -1,6 +1,8 @@
 //! One event model for every failure signal and every decision.
 #![deny(missing_docs)]
 
+pub mod shape;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
