@@ -67,8 +67,8 @@ pub fn bin_dir() -> PathBuf {
 /// (`vesper_events::shape`): every event a test reads is checked.
 #[track_caller]
 pub fn check_event_shape(e: &Value) {
-    let event: vesper_api::Event = serde_json::from_value(e.clone())
-        .unwrap_or_else(|err| panic!("not an event ({err}): {e}"));
+    let event: vesper_api::Event =
+        serde_json::from_value(e.clone()).unwrap_or_else(|err| panic!("not an event ({err}): {e}"));
     if let Err(why) = vesper_events::shape::check(&event) {
         panic!("event payload off its shape: {why}");
     }

@@ -262,7 +262,10 @@ impl Process {
     async fn wait(&mut self) -> ProcessEnd {
         match self {
             Process::Child(c) => match c.wait().await {
-                Ok(st) => match (st.code(), std::os::unix::process::ExitStatusExt::signal(&st)) {
+                Ok(st) => match (
+                    st.code(),
+                    std::os::unix::process::ExitStatusExt::signal(&st),
+                ) {
                     (Some(code), _) => ProcessEnd::Exited { code },
                     (None, Some(n)) => ProcessEnd::Signaled { number: n },
                     (None, None) => ProcessEnd::Other {

@@ -215,7 +215,10 @@ mod tests {
         let mut pid_text = exit;
         pid_text["pid"] = "9".into();
         assert!(check(&ev(EventKind::ServiceExit, pid_text)).is_err());
-        assert!(check(&ev(EventKind::Stop, Value::Null)).is_err(), "not an object");
+        assert!(
+            check(&ev(EventKind::Stop, Value::Null)).is_err(),
+            "not an object"
+        );
         check(&ev(EventKind::Stop, json!({}))).unwrap();
     }
 }
