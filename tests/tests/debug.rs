@@ -261,7 +261,7 @@ fn a_paused_guest_and_a_hung_guest_are_read_the_same() {
     let hung = Instant::now();
     // The frontend cannot answer ...
     let out = d.cli(&["dmesg", "vm1"]);
-    assert_eq!(out.code, 75, "{out:?}");
+    assert_eq!(out.code, vesper_api::TIMEOUT_EXIT_CODE, "{out:?}");
     // ... but the host reads the kernel: the log, the spinning thread, a stopped clock.
     let j0 = jiffies(&d);
     let tasks = ps(&d);

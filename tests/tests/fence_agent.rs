@@ -109,11 +109,20 @@ fn fence_vesper_powers_a_guest_off_and_on_through_vesperd() {
 
     let on = fence(&d, &["-o", "on", "-n", "f1"]);
     assert_eq!(on.code, 0, "{on:?}\n{}", d.log());
-    assert_eq!(
-        d.cli(&["vm", "status", "f1"]).code,
-        0,
-        "on: booted, frontend up"
+    // On: the VM process runs (powered on); its guest comes up after.
+    let status = d.cli(&["vm", "status", "f1"]).code;
+    assert!(
+        status == 0 || status == 4,
+        "on: running or booting, not {status}"
     );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while d.cli(&["vm", "status", "f1"]).code != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "f1 never came up after on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let old = d.qemu_pid("f1");
     let reboot = fence(&d, &["-o", "reboot", "-n", "f1"]);
     assert_eq!(reboot.code, 0, "{reboot:?}\n{}", d.log());

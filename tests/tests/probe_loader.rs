@@ -257,7 +257,7 @@ fn a_guest_that_stops_answering_mid_transfer_times_out_and_nothing_is_half_loade
     signal(pid, Signal::SIGSTOP);
     let out = vesper_e2e::CliOutput::from(insmod.join().unwrap());
     signal(pid, Signal::SIGCONT);
-    assert_eq!(out.code, 75, "{out:?}");
+    assert_eq!(out.code, vesper_api::TIMEOUT_EXIT_CODE, "{out:?}");
     assert!(
         out.stderr.contains("stopped answering during transfer"),
         "{out:?}"
@@ -311,4 +311,27 @@ fn vm_lifecycle_and_operator_errors() {
     );
     assert_eq!(nobody.code, 69);
     assert!(nobody.stderr.contains("cannot reach vesperd"));
+
+    // Booting has a status code of its own (4), distinct from running and not running.
+    d.cli(&["vm", "start", "vm2", "--no-wait"]).ok();
+    let st = d.cli(&["--json", "vm", "status", "vm2"]);
+    let state = st.json()["result"]["state"].as_str().unwrap().to_string();
+    let want = if state == "booting" { 4 } else { 0 };
+    assert_eq!(st.code, want, "state {state}: {st:?}");
+    // A VM that does not quit when told (QEMU frozen) is killed, and `vm stop` says so,
+    // returning only once the process is gone.
+    let pid = d.qemu_pid("vm2");
+    signal(pid, Signal::SIGSTOP);
+    let stop = d.cli(&["--json", "vm", "stop", "vm2"]).ok();
+    assert_eq!(stop.json()["result"]["killed"], true, "{stop:?}");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "QEMU still there: {stat}"
+    );
+    // And a reply that does not come within --timeout is a timeout, not an internal error.
+    signal(d.pid() as i32, Signal::SIGSTOP);
+    let late = d.cli(&["--timeout", "1", "vm", "list"]);
+    signal(d.pid() as i32, Signal::SIGCONT);
+    assert_eq!(late.code, vesper_api::TIMEOUT_EXIT_CODE, "{late:?}");
 }

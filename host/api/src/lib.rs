@@ -387,17 +387,22 @@ pub enum ErrorCode {
     PermissionDenied,
 }
 
+/// Exit code of the CLI for a timeout: the guest stopped answering, a VM did not stop in
+/// time, or vesperd did not reply within `--timeout` (62 is ETIME, "timer expired").
+pub const TIMEOUT_EXIT_CODE: i32 = 62;
+
 impl ErrorCode {
     /// Exit code for the CLI (sysexits.h where one fits).
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorCode::BadRequest | ErrorCode::BadModule => 65, // EX_DATAERR
             ErrorCode::UnknownGuest => 68,                      // EX_NOHOST
-            ErrorCode::GuestNotReady | ErrorCode::Timeout => 75, // EX_TEMPFAIL
-            ErrorCode::VmStartFailed => 71,                     // EX_OSERR
-            ErrorCode::Internal => 70,                          // EX_SOFTWARE
-            ErrorCode::PermissionDenied => 77,                  // EX_NOPERM
-            ErrorCode::GuestExists => 73,                       // EX_CANTCREAT
+            ErrorCode::GuestNotReady => 75,                     // EX_TEMPFAIL
+            ErrorCode::Timeout => TIMEOUT_EXIT_CODE,
+            ErrorCode::VmStartFailed => 71,    // EX_OSERR
+            ErrorCode::Internal => 70,         // EX_SOFTWARE
+            ErrorCode::PermissionDenied => 77, // EX_NOPERM
+            ErrorCode::GuestExists => 73,      // EX_CANTCREAT
             // Not a failure yet, not a success: as timeout(1) says "still running".
             ErrorCode::InitStillRunning => 124,
             ErrorCode::AlreadyLoaded
@@ -479,10 +484,13 @@ pub struct FailureView {
 pub enum Reply {
     /// VM started (and up, if waited for).
     VmStarted(VmStatus),
-    /// VM stopped.
+    /// VM stopped: its process is gone.
     VmStopped {
         /// Name.
         name: String,
+        /// It did not quit within the grace period and was killed.
+        #[serde(default)]
+        killed: bool,
     },
     /// VMs.
     VmList {

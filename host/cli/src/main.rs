@@ -18,8 +18,9 @@ Exit codes: 0 success; 1 the guest refused or failed the operation (already load
 not loaded, in use, init failed, misbehaving guest); 2 usage; 65 bad module file or \
 request; 66 file not found; 68 unknown guest; 69 vesperd unreachable, or it went away \
 before replying (the command may have completed); 70 internal error; 71 VM failed to \
-start; 73 VM name taken; 74 cannot read the file; 75 guest not ready or timed out (try \
-again); 124 insmod: the module's init was still running at --init-timeout (it ends live \
+start; 73 VM name taken; 74 cannot read the file; 75 guest not ready (try again); 62 \
+timed out: the guest stopped answering, a VM did not stop, or no reply within --timeout; \
+124 insmod: the module's init was still running at --init-timeout (it ends live \
 or gone: `vesper lsmod`, and a module_loaded or module_failed event says which).";
 
 /// Push kernel probe modules into running guests and manage test VMs.
@@ -191,7 +192,8 @@ enum VmCmd {
         #[arg(long)]
         kernel: Option<String>,
     },
-    /// Stop a VM.
+    /// Stop a VM; returns once its process is gone (killed if it does not quit within
+    /// its grace period, which the reply says); 62 if it still has not ended.
     Stop {
         /// VM name.
         name: String,
@@ -199,7 +201,8 @@ enum VmCmd {
     /// List VMs.
     List,
     /// One VM's state and health. Exit status (LSB): 0 running and healthy, 1 running
-    /// but Vesper saw a failure since it came up, 3 not running.
+    /// but Vesper saw a failure since it came up, 3 not running, 4 booting (the VM runs,
+    /// its guest's frontend is not up yet).
     Status {
         /// VM name.
         name: String,
@@ -320,6 +323,18 @@ pub(crate) fn fail(json: bool, code: i32, kind: &str, message: &str) -> ExitCode
     ExitCode::from(code as u8)
 }
 
+/// Exits for a failure to talk to the daemon: unreachable or gone (69), no reply within
+/// --timeout (the timeout code), anything else internal (70).
+fn client_fail(json: bool, e: ClientError) -> ExitCode {
+    let (code, kind) = match &e {
+        ClientError::Connect { .. } => (69, "unreachable"),
+        ClientError::WentAway => (69, "went_away"),
+        ClientError::Timeout(_) => (vesper_api::TIMEOUT_EXIT_CODE, "timeout"),
+        _ => (70, "internal"),
+    };
+    fail(json, code, kind, &e.to_string())
+}
+
 /// Exits for a daemon-side error with the code its kind maps to.
 fn api_fail(json: bool, e: ApiError) -> ExitCode {
     let kind = serde_json::to_value(e.code)
@@ -404,9 +419,7 @@ fn main() -> ExitCode {
     }
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
     match call(&socket, &req, reply_timeout(&cli)) {
-        Err(e @ ClientError::Connect { .. }) => fail(cli.json, 69, "unreachable", &e.to_string()),
-        Err(e @ ClientError::WentAway) => fail(cli.json, 69, "went_away", &e.to_string()),
-        Err(e) => fail(cli.json, 70, "internal", &e.to_string()),
+        Err(e) => client_fail(cli.json, e),
         Ok(Err(e)) => api_fail(cli.json, e),
         Ok(Ok(reply)) => {
             if cli.json {
@@ -617,10 +630,7 @@ fn stream(cli: &Cli, req: &Request) -> ExitCode {
         true
     });
     match (out, failure) {
-        (Err(e @ ClientError::Connect { .. }), _) => {
-            fail(cli.json, 69, "unreachable", &e.to_string())
-        }
-        (Err(e), _) => fail(cli.json, 70, "internal", &e.to_string()),
+        (Err(e), _) => client_fail(cli.json, e),
         (Ok(()), Some(e)) => api_fail(cli.json, e),
         (Ok(()), None) => ExitCode::SUCCESS,
     }
@@ -655,6 +665,9 @@ fn events(
 const STATUS_RUNNING: u8 = 0;
 const STATUS_FAILED: u8 = 1;
 const STATUS_NOT_RUNNING: u8 = 3;
+/// LSB's "status unknown": the VM runs but its guest is not up yet, so its health is
+/// not known.
+const STATUS_BOOTING: u8 = 4;
 
 fn vm_status(cli: &Cli, name: &str) -> ExitCode {
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
@@ -662,8 +675,7 @@ fn vm_status(cli: &Cli, name: &str) -> ExitCode {
         name: name.to_string(),
     };
     match call(&socket, &req, Duration::from_secs(cli.timeout)) {
-        Err(e @ ClientError::Connect { .. }) => fail(cli.json, 69, "unreachable", &e.to_string()),
-        Err(e) => fail(cli.json, 70, "internal", &e.to_string()),
+        Err(e) => client_fail(cli.json, e),
         Ok(Err(ApiError {
             code: vesper_api::ErrorCode::UnknownGuest,
             message,
@@ -682,7 +694,7 @@ fn vm_status(cli: &Cli, name: &str) -> ExitCode {
         Ok(Ok(Reply::VmStatus(v))) => {
             let code = match (&v.state[..], &v.failure) {
                 ("exited", _) => STATUS_NOT_RUNNING,
-                ("booting", _) => STATUS_NOT_RUNNING,
+                ("booting", _) => STATUS_BOOTING,
                 (_, Some(_)) => STATUS_FAILED,
                 _ => STATUS_RUNNING,
             };
@@ -899,7 +911,13 @@ fn print_human(reply: &Reply) {
             println!("{}", vm_line(v));
             println!("console log: {}", v.console_log.display());
         }
-        Reply::VmStopped { name } => println!("{name}: stopped"),
+        Reply::VmStopped {
+            name,
+            killed: false,
+        } => println!("{name}: stopped"),
+        Reply::VmStopped { name, killed: true } => {
+            println!("{name}: stopped (killed: it did not quit within its grace period)")
+        }
         Reply::VmSent { .. } => {}
         Reply::VmList { vms } if vms.is_empty() => println!("no VMs"),
         Reply::VmList { vms } => vms.iter().for_each(|v| println!("{}", vm_line(v))),

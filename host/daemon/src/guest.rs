@@ -52,7 +52,7 @@ pub struct GuestHandle {
     /// Set when QEMU exited.
     pub exited: watch::Receiver<bool>,
     /// Tells the task to stop QEMU and end.
-    pub stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+    pub stop: Option<oneshot::Sender<StopAck>>,
     /// Relay history.
     pub relay: Arc<Mutex<RelayStore>>,
     /// A builtin VM's console input (QEMU's console is reached through `console`).
@@ -217,6 +217,16 @@ pub enum Process {
         start_time: u64,
     },
 }
+
+/// How a stop went: sent to whoever asked, once everything of the VM is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// The VM did not quit within the grace period and was killed.
+    pub killed: bool,
+}
+
+/// Where a guest task answers a stop request.
+pub type StopAck = oneshot::Sender<StopOutcome>;
 
 /// How a VM process ended, as a `vm_exit` event says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,7 +430,7 @@ impl GuestTask {
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<GuestMsg>,
-        mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+        mut stop: oneshot::Receiver<StopAck>,
     ) {
         let name = self.name.clone();
         let (listener, control, relay) = match &self.transport {
@@ -463,8 +473,9 @@ impl GuestTask {
         let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> =
             HashMap::new();
         let mut qemu_running = true;
-        let mut stop_ack: Option<oneshot::Sender<()>> = None;
+        let mut stop_ack: Option<StopAck> = None;
         let mut kill_at: Option<Instant> = None;
+        let mut killed = false;
         let mut misbehaviours = 0u64;
         loop {
             let now = Instant::now();
@@ -472,6 +483,7 @@ impl GuestTask {
                 kill_at = None;
                 tracing::warn!(guest = %name, "the VM did not stop in time; killing it");
                 self.child.start_kill();
+                killed = true;
             }
             let wake = [self.session.next_deadline(), kill_at]
                 .into_iter()
@@ -572,7 +584,7 @@ impl GuestTask {
         // not lose its new socket to the old server's clean-up.
         drop(self);
         if let Some(ack) = stop_ack {
-            let _ = ack.send(());
+            let _ = ack.send(StopOutcome { killed });
         }
     }
 

@@ -1202,6 +1202,9 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Longest `vm stop` waits for a VM to end: its grace to quit, then the kill.
+const STOP_WAIT: Duration = Duration::from_secs(15);
+
 pub(crate) async fn vm_stop(daemon: &Shared, name: &str) -> Response {
     let stop = {
         let mut guests = daemon.guests.lock().expect("guests lock");
@@ -1210,15 +1213,31 @@ pub(crate) async fn vm_stop(daemon: &Shared, name: &str) -> Response {
             None => return Err(unknown_guest(&guests, name)),
         }
     };
+    let mut killed = false;
     if let Some(stop) = stop {
         let (ack, done) = oneshot::channel();
         if stop.send(ack).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(15), done).await;
+            // The task answers once the VM process is gone (killed after its grace).
+            match tokio::time::timeout(STOP_WAIT, done).await {
+                Ok(Ok(outcome)) => killed = outcome.killed,
+                // The task ended without answering: the VM was already gone.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "{name}: the VM did not end within {} s of being told to stop and of being killed; see vesperd's log",
+                            STOP_WAIT.as_secs()
+                        ),
+                    ))
+                }
+            }
         }
     }
     daemon.guests.lock().expect("guests lock").remove(name);
     Ok(Reply::VmStopped {
         name: name.to_string(),
+        killed,
     })
 }
 
