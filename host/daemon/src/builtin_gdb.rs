@@ -92,8 +92,8 @@ pub(crate) fn session(daemon: &Shared, guest: &str, vmlinux: Option<PathBuf>) ->
             ));
         }
     }
-    let dir = daemon.config.run_dir.join("guests").join(guest);
-    let socket = dir.join(crate::debug::GDB_SOCKET);
+    let dir = crate::vm_dir::of(&daemon.config.run_dir, guest);
+    let socket = crate::vm_dir::gdb_socket(&dir);
     let mut endpoints = daemon.kernels.2.lock();
     let e = endpoints.get_mut(guest).ok_or_else(|| {
         ApiError::new(

@@ -19,9 +19,6 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
-/// The console socket's name in a VM's run directory.
-pub(crate) const SOCKET: &str = "console.sock";
-
 /// How long a connect waits for QEMU to create its console socket.
 pub(crate) const CONNECT_PATIENCE: Duration = Duration::from_secs(20);
 
@@ -126,8 +123,8 @@ mod tests {
     async fn output_is_logged_exactly_and_input_reaches_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let (sock, log) = (
-            dir.path().join("console.sock"),
-            dir.path().join("console.log"),
+            crate::vm_dir::console_socket(dir.path()),
+            crate::vm_dir::console_log(dir.path()),
         );
         let console = QemuConsole::new(&sock, &log);
         // The console waits for the socket to appear, as for a QEMU just started.

@@ -18,14 +18,6 @@ use vesper_debug::{Kernel, MappedRam};
 
 use crate::server::Shared;
 
-/// QEMU's own gdbstub socket, in the VM's run directory (only vesperd connects).
-pub(crate) const QEMU_GDB_SOCKET: &str = "qemu-gdb.sock";
-/// The gdb endpoint users attach to: vesperd's relay to QEMU's gdbstub, or a builtin
-/// VM's own gdb server.
-pub(crate) const GDB_SOCKET: &str = "gdb.sock";
-/// The symbol file made from the guest's kallsyms, in the VM's run directory.
-const SYMBOL_FILE: &str = "kallsyms.o";
-
 /// Kernels opened so far, per guest, with the QEMU pid they were found in; the gdb
 /// relays running, per guest and QEMU pid; and builtin VMs' gdb endpoints.
 #[derive(Default)]
@@ -92,7 +84,7 @@ impl Kernels {
         if running.contains(&(guest.to_string(), pid)) {
             return Ok(());
         }
-        let upstream = dir.join(QEMU_GDB_SOCKET);
+        let upstream = crate::vm_dir::qemu_gdb_socket(&dir);
         if !upstream.exists() {
             return Err(ApiError::new(
                 ErrorCode::GuestFailed,
@@ -104,9 +96,9 @@ impl Kernels {
         }
         crate::gdbproxy::spawn(
             guest.to_string(),
-            dir.join(GDB_SOCKET),
+            crate::vm_dir::gdb_socket(&dir),
             upstream,
-            dir.join("qmp.sock"),
+            crate::vm_dir::qmp_socket(&dir),
         )
         .map_err(|e| {
             ApiError::new(
@@ -158,7 +150,7 @@ fn still_there(k: &Kernel) -> bool {
 
 /// Where a guest's vmcores go (apart from its VM directory, which goes with the VM).
 fn dump_dir(daemon: &Shared, guest: &str) -> std::path::PathBuf {
-    daemon.config.run_dir.join("dumps").join(guest)
+    crate::vm_dir::dumps(&daemon.config.run_dir, guest)
 }
 
 /// The guest's saved vmcores, oldest first.
@@ -210,7 +202,7 @@ fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: 
             .unwrap_or_default();
         format!("{guest}-{secs}.vmcore")
     });
-    let qmp = vm_dir.join("qmp.sock");
+    let qmp = crate::vm_dir::qmp_socket(&vm_dir);
     let written = paused(guest, vm_dir, || {
         let layout = KernelLayout::of(k);
         let opts = DumpOptions {
@@ -332,7 +324,7 @@ pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Respon
         }
     }
     let (pid, ram_bytes) = target(daemon, &guest)?;
-    let dir = daemon.config.run_dir.join("guests").join(&guest);
+    let dir = crate::vm_dir::of(&daemon.config.run_dir, &guest);
     let daemon = daemon.clone();
     tokio::task::spawn_blocking(move || {
         let k = daemon.kernels.get(&guest, pid, ram_bytes)?;
@@ -361,7 +353,7 @@ fn paused<T>(
     vm_dir: &Path,
     f: impl FnOnce() -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let qmp = vm_dir.join("qmp.sock");
+    let qmp = crate::vm_dir::qmp_socket(&vm_dir);
     let was_running = qmp_status(&qmp).as_deref() == Some("running");
     if was_running {
         qmp_execute(&qmp, "stop").map_err(|e| {
@@ -382,14 +374,17 @@ fn paused<T>(
 
 /// Each vCPU's registers from QMP, CPU n at index n (the guest should be paused).
 fn cpu_registers(guest: &str, vm_dir: &Path) -> Result<Vec<Registers>, ApiError> {
-    let regs = vesper_qemu::Qmp::connect_waiting(&vm_dir.join("qmp.sock"), Duration::from_secs(5))
-        .and_then(|mut q| q.cpu_registers())
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::GuestFailed,
-                format!("{guest}: vCPU registers unreadable over QMP: {e}"),
-            )
-        })?;
+    let regs = vesper_qemu::Qmp::connect_waiting(
+        &crate::vm_dir::qmp_socket(&vm_dir),
+        Duration::from_secs(5),
+    )
+    .and_then(|mut q| q.cpu_registers())
+    .map_err(|e| {
+        ApiError::new(
+            ErrorCode::GuestFailed,
+            format!("{guest}: vCPU registers unreadable over QMP: {e}"),
+        )
+    })?;
     // QEMU numbers its CPUs from 0; a number past any machine's is not believed.
     let regs: Vec<_> = regs.into_iter().filter(|r| r.cpu < 4096).collect();
     let mut out =
@@ -422,7 +417,7 @@ fn cpu_registers(guest: &str, vm_dir: &Path) -> Result<Vec<Registers>, ApiError>
 
 /// Writes the kallsyms symbol file next to QEMU's gdbstub and says how to attach.
 fn gdb(k: &Kernel, guest: &str, dir: &Path, vmlinux: Option<std::path::PathBuf>) -> Response {
-    let socket = dir.join(GDB_SOCKET);
+    let socket = crate::vm_dir::gdb_socket(&dir);
     if let Some(v) = &vmlinux {
         if !v.is_file() {
             return Err(ApiError::new(
@@ -437,8 +432,8 @@ fn gdb(k: &Kernel, guest: &str, dir: &Path, vmlinux: Option<std::path::PathBuf>)
     }
     let sym = vesper_debug::symfile::build(k.symbols())
         .map_err(|e| ApiError::new(ErrorCode::GuestFailed, format!("{guest}: {e}")))?;
-    let path = dir.join(SYMBOL_FILE);
-    let tmp = dir.join(format!(".{SYMBOL_FILE}.partial"));
+    let path = crate::vm_dir::symbol_file(dir);
+    let tmp = crate::vm_dir::partial(&path);
     std::fs::write(&tmp, &sym.bytes)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| {
@@ -493,12 +488,7 @@ pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Respon
             format!("{name}: the VM has exited"),
         ));
     }
-    let qmp = daemon
-        .config
-        .run_dir
-        .join("guests")
-        .join(name)
-        .join("qmp.sock");
+    let qmp = crate::vm_dir::qmp_socket(&crate::vm_dir::of(&daemon.config.run_dir, name));
     let cmd = if pause { "stop" } else { "cont" };
     let name_s = name.to_string();
     tokio::task::spawn_blocking(move || qmp_execute(&qmp, cmd).map(|_| ()))
@@ -585,12 +575,7 @@ pub(crate) fn panic_hook(daemon: &Shared, guest: &str) -> Option<crate::guest::P
                 Err(e) => tracing::warn!(guest, "no vmcore of the panic: {}", e.message),
             }
             // QEMU paused the guest at pvpanic; its panic path goes on now.
-            let qmp = daemon
-                .config
-                .run_dir
-                .join("guests")
-                .join(&guest)
-                .join("qmp.sock");
+            let qmp = crate::vm_dir::qmp_socket(&crate::vm_dir::of(&daemon.config.run_dir, &guest));
             match tokio::task::spawn_blocking(move || qmp_execute(&qmp, "cont")).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(guest, "resuming the panicked guest failed: {e}"),

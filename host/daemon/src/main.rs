@@ -14,6 +14,7 @@ mod persist;
 mod relay;
 mod server;
 mod simulate;
+mod vm_dir;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

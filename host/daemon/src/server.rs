@@ -680,11 +680,11 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         Vmm::Qemu => choose_accel(a.accel).map_err(|e| start_failed(e.to_string()))?,
         Vmm::Builtin => builtin_accel(&a).map_err(start_failed)?,
     };
-    let dir = daemon.config.run_dir.join("guests").join(&a.name);
+    let dir = crate::vm_dir::of(&daemon.config.run_dir, &a.name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| start_failed(format!("cannot create {}: {e}", dir.display())))?;
-    let console = dir.join("console.log");
-    let qmp = dir.join("qmp.sock");
+    let console = crate::vm_dir::console_log(&dir);
+    let qmp = crate::vm_dir::qmp_socket(&dir);
     let _ = std::fs::remove_file(&console);
     crate::persist::remove(&dir);
     let mut cmdline = format!("console=ttyS0 panic=-1 vesper.mode={}", a.mode);
@@ -727,12 +727,13 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     // QEMU waits for its console client before it starts the guest.
     let qemu_console = match a.vmm {
         Vmm::Qemu => {
-            let c = crate::console::QemuConsole::new(&dir.join(crate::console::SOCKET), &console);
+            let c =
+                crate::console::QemuConsole::new(&crate::vm_dir::console_socket(&dir), &console);
             if let Err(e) = c.connect(crate::console::CONNECT_PATIENCE).await {
                 return Err(start_failed(format!(
                     "cannot connect to QEMU's serial console {}: {e} (see {})",
-                    dir.join(crate::console::SOCKET).display(),
-                    dir.join("qemu.log").display()
+                    crate::vm_dir::console_socket(&dir).display(),
+                    crate::vm_dir::qemu_log(&dir).display()
                 )));
             }
             Some(c)
@@ -760,9 +761,9 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         accel: accel.clone(),
         mode: a.mode.clone(),
         console_log: console.clone(),
-        console_sock: dir.join(crate::console::SOCKET),
+        console_sock: crate::vm_dir::console_socket(&dir),
         qmp: qmp.clone(),
-        qmp_events: dir.join("qmp-events.sock"),
+        qmp_events: crate::vm_dir::qmp_events_socket(&dir),
         region_size: vesper_shared_abi::DEFAULT_REGION_SIZE,
         guest: None,
         builtin,
@@ -794,7 +795,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         self_tx: tx.downgrade(),
         clock_sync: None,
         bus: daemon.bus.clone(),
-        qmp_events: dir.join("qmp-events.sock"),
+        qmp_events: crate::vm_dir::qmp_events_socket(&dir),
         on_panic: crate::debug::panic_hook(daemon, &a.name),
     };
     tokio::spawn(task.run(rx, stop_rx));
@@ -992,11 +993,11 @@ const ADOPTED: &str =
 /// Finds the VMs an earlier vesperd left running in this run directory and takes them
 /// over (see README.md: daemon restart).
 fn adopt_all(daemon: &Shared) {
-    let Ok(dirs) = std::fs::read_dir(daemon.config.run_dir.join("guests")) else {
+    let Ok(dirs) = std::fs::read_dir(crate::vm_dir::guests_dir(&daemon.config.run_dir)) else {
         return;
     };
     for dir in dirs.flatten().map(|d| d.path()) {
-        if !dir.join("vm.json").exists() {
+        if !crate::vm_dir::vm_record(&dir).exists() {
             continue;
         }
         let record = match VmRecord::load(&dir) {
