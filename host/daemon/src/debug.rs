@@ -84,7 +84,7 @@ impl Kernels {
         if running.contains(&(guest.to_string(), pid)) {
             return Ok(());
         }
-        let upstream = crate::vm_dir::qemu_gdb_socket(&dir);
+        let upstream = crate::vm_dir::qemu_gdb_socket(dir);
         if !upstream.exists() {
             return Err(ApiError::new(
                 ErrorCode::GuestFailed,
@@ -96,9 +96,9 @@ impl Kernels {
         }
         crate::gdbproxy::spawn(
             guest.to_string(),
-            crate::vm_dir::gdb_socket(&dir),
+            crate::vm_dir::gdb_socket(dir),
             upstream,
-            crate::vm_dir::qmp_socket(&dir),
+            crate::vm_dir::qmp_socket(dir),
         )
         .map_err(|e| {
             ApiError::new(
@@ -202,7 +202,7 @@ fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: 
             .unwrap_or_default();
         format!("{guest}-{secs}.vmcore")
     });
-    let qmp = crate::vm_dir::qmp_socket(&vm_dir);
+    let qmp = crate::vm_dir::qmp_socket(vm_dir);
     let written = paused(guest, vm_dir, || {
         let layout = KernelLayout::of(k);
         let opts = DumpOptions {
@@ -353,7 +353,7 @@ fn paused<T>(
     vm_dir: &Path,
     f: impl FnOnce() -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let qmp = crate::vm_dir::qmp_socket(&vm_dir);
+    let qmp = crate::vm_dir::qmp_socket(vm_dir);
     let was_running = qmp_status(&qmp).as_deref() == Some("running");
     if was_running {
         qmp_execute(&qmp, "stop").map_err(|e| {
@@ -375,7 +375,7 @@ fn paused<T>(
 /// Each vCPU's registers from QMP, CPU n at index n (the guest should be paused).
 fn cpu_registers(guest: &str, vm_dir: &Path) -> Result<Vec<Registers>, ApiError> {
     let regs = vesper_qemu::Qmp::connect_waiting(
-        &crate::vm_dir::qmp_socket(&vm_dir),
+        &crate::vm_dir::qmp_socket(vm_dir),
         Duration::from_secs(5),
     )
     .and_then(|mut q| q.cpu_registers())
@@ -417,7 +417,7 @@ fn cpu_registers(guest: &str, vm_dir: &Path) -> Result<Vec<Registers>, ApiError>
 
 /// Writes the kallsyms symbol file next to QEMU's gdbstub and says how to attach.
 fn gdb(k: &Kernel, guest: &str, dir: &Path, vmlinux: Option<std::path::PathBuf>) -> Response {
-    let socket = crate::vm_dir::gdb_socket(&dir);
+    let socket = crate::vm_dir::gdb_socket(dir);
     if let Some(v) = &vmlinux {
         if !v.is_file() {
             return Err(ApiError::new(
