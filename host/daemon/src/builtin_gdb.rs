@@ -5,29 +5,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use vesper_api::{ApiError, ErrorCode, GdbSession, Reply, Response};
 use vesper_builtin::gdb::GdbServer;
 use vesper_builtin::{BootImage, Machine};
-use vesper_hypervisor::DebugHandle;
 
-use crate::server::Shared;
+use crate::daemon::Shared;
+use crate::debug_state::{Endpoint, Endpoints};
 
 /// The first bytes of an ELF file.
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
-
-/// Builtin VMs' gdb endpoints, by guest name. A VM's entry stays after it ended (its
-/// handle then holds no guest RAM) until a VM of that name starts again.
-#[derive(Default)]
-pub(crate) struct Endpoints(Mutex<HashMap<String, Endpoint>>);
-
-struct Endpoint {
-    debug: DebugHandle,
-    /// What gdb loads symbols from: the booted image when it is an ELF.
-    symbols: Option<PathBuf>,
-    server: Option<GdbServer>,
-}
 
 impl Endpoints {
     /// A builtin VM was started (a VM of the same name before it is forgotten). What
@@ -94,7 +81,7 @@ pub(crate) fn session(daemon: &Shared, guest: &str, vmlinux: Option<PathBuf>) ->
     }
     let dir = crate::vm_dir::of(&daemon.config.run_dir, guest);
     let socket = crate::vm_dir::gdb_socket(&dir);
-    let mut endpoints = daemon.kernels.2.lock();
+    let mut endpoints = daemon.kernels.builtin_gdb.lock();
     let e = endpoints.get_mut(guest).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Internal,

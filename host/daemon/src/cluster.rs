@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use vesper_api::{ApiError, ErrorCode, Reply, Request, Response, WireResponse};
 use vesper_events::{EventKind, Source};
 
-use crate::server::{valid_name, DaemonError, Shared};
+use crate::daemon::{valid_name, DaemonError, Shared};
 
 /// Largest alert line: Pacemaker's variables, each cut to 512 bytes by the sender.
 const MAX_ALERT_BYTES: u64 = 64 * 1024;

@@ -6,9 +6,8 @@
 //!
 //! Also `vm pause|resume` (QMP `stop`/`cont`), which debugging a guest calls for.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vesper_api::{ApiError, DebugOp, DumpFile, ErrorCode, GdbSession, Reply, Response, Vmm};
@@ -16,16 +15,9 @@ use vesper_debug::unwind::Registers;
 use vesper_debug::vmcore::{ControlRegs, DumpOptions, KernelLayout, PrStatusRegs};
 use vesper_debug::{Kernel, MappedRam};
 
-use crate::server::Shared;
-
-/// Kernels opened so far, per guest, with the QEMU pid they were found in; the gdb
-/// relays running, per guest and QEMU pid; and builtin VMs' gdb endpoints.
-#[derive(Default)]
-pub(crate) struct Kernels(
-    Mutex<HashMap<String, (u32, Arc<Kernel>)>>,
-    Mutex<std::collections::HashSet<(String, u32)>>,
-    pub(crate) crate::builtin_gdb::Endpoints,
-);
+use crate::daemon::Shared;
+use crate::debug_state::Kernels;
+use crate::qmp::{qmp_execute, qmp_status};
 
 /// The guest's RAM file: QEMU's `memory-backend-memfd`, found among its open files.
 fn ram_file(pid: u32) -> Result<std::fs::File, ApiError> {
@@ -80,7 +72,7 @@ fn target(daemon: &Shared, guest: &str) -> Result<(u32, u64), ApiError> {
 impl Kernels {
     /// Starts the guest's gdb relay unless it runs already.
     fn gdb_relay(&self, guest: &str, pid: u32, dir: &Path) -> Result<(), ApiError> {
-        let mut running = self.1.lock().expect("relays lock");
+        let mut running = self.gdb_relays.lock().expect("relays lock");
         if running.contains(&(guest.to_string(), pid)) {
             return Ok(());
         }
@@ -113,7 +105,13 @@ impl Kernels {
     /// The guest's kernel: the one opened before if it is still the one in memory
     /// (its VMCOREINFO unchanged where it was), else opened afresh.
     fn get(&self, guest: &str, pid: u32, ram_bytes: u64) -> Result<Arc<Kernel>, ApiError> {
-        if let Some((p, k)) = self.0.lock().expect("kernels lock").get(guest).cloned() {
+        if let Some((p, k)) = self
+            .opened
+            .lock()
+            .expect("kernels lock")
+            .get(guest)
+            .cloned()
+        {
             if p == pid && still_there(&k) {
                 return Ok(k);
             }
@@ -133,7 +131,7 @@ impl Kernels {
             symbols = k.symbols().len(),
             "guest kernel opened from its RAM"
         );
-        self.0
+        self.opened
             .lock()
             .expect("kernels lock")
             .insert(guest.to_string(), (pid, k.clone()));
@@ -301,18 +299,12 @@ fn prstatus(r: &vesper_qemu::CpuRegisters, pid: u32) -> PrStatusRegs {
     }
 }
 
-/// The guest's run state per QMP (`running`, `paused`, `debug`, ...).
-pub(crate) fn qmp_status(qmp: &Path) -> Option<String> {
-    let v = qmp_execute(qmp, "query-status").ok()?;
-    v["status"].as_str().map(str::to_string)
-}
-
 /// Serves one `debug` request (blocking work on a blocking thread).
 pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Response {
     if op == DebugOp::Dumps {
         // A guest's vmcores outlive its VM (a restart, a stop): list them whenever
         // there are any; only a name with neither is unknown.
-        if !crate::server::valid_name(&guest) || !dump_dir(daemon, &guest).is_dir() {
+        if !crate::daemon::valid_name(&guest) || !dump_dir(daemon, &guest).is_dir() {
             daemon.guest_status(&guest)?;
         }
         return dumps(daemon, &guest);
@@ -505,21 +497,6 @@ pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Respon
         paused: pause,
     })
 }
-
-/// QMP `cmd` on `socket`, waiting out a socket busy with another client (the guests
-/// these are for are not being replaced meanwhile: a panicked guest's restart waits
-/// for its dump).
-pub(crate) fn qmp_execute(
-    socket: &Path,
-    cmd: &str,
-) -> Result<serde_json::Value, vesper_qemu::QemuError> {
-    vesper_qemu::Qmp::connect_waiting(socket, Duration::from_secs(5))?.execute(cmd, None)
-}
-
-/// vmcores of panicked guests being written, per guest: the failover engine waits
-/// for a guest's dump before it touches the VM.
-#[derive(Default)]
-pub(crate) struct PanicDumps(Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>);
 
 /// Whether a panic of `guest` is dumped: the policy's say (the guest's `dump`, else
 /// `[dump] on_panic`), else vesperd's `--dump-on-panic`.

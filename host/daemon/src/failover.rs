@@ -11,8 +11,10 @@ use vesper_api::{AccelRequest, VmStartRequest};
 use vesper_events::{Event, EventKind, Source};
 use vesper_failover::{Action, Engine, Policy, View};
 
+use crate::daemon::Shared;
 use crate::events::now_ns;
-use crate::server::{insmod, vm_start, vm_stop, Shared};
+use crate::modules::insmod;
+use crate::vm_lifecycle::{vm_start, vm_stop};
 
 /// Longest the engine waits for a VM it starts to come up.
 const START_TIMEOUT_SECS: u64 = 180;

@@ -13,7 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::debug::{qmp_execute, qmp_status};
+use crate::qmp::{qmp_execute, qmp_status};
 
 /// Counts malformed remote-protocol packets in the client's byte stream.
 #[derive(Debug, Default)]

@@ -460,7 +460,7 @@ impl GuestTask {
             },
             Link::Adopted(_) => (None, None, None),
         };
-        // A builtin VM's devices report in-process (see server::launch_builtin).
+        // A builtin VM's devices report in-process (see vm_lifecycle::launch_builtin).
         let qmp = (!matches!(self.transport, Link::Builtin(_))).then(|| {
             tokio::spawn(qmp_events(
                 self.qmp_events.clone(),

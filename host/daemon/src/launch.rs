@@ -9,7 +9,9 @@ use vesper_ivshmem::IvshmemTransport;
 use vesper_qemu::VmSpec;
 
 use crate::guest::{Link, Process};
-use crate::server::MINI_FRONTEND;
+
+/// `--kernel` value naming the kit's mini frontend.
+pub(crate) const MINI_FRONTEND: &str = "mini";
 
 /// A VM process or thread just started, and how to reach it.
 pub(crate) struct Launched {

@@ -1,20 +1,27 @@
 //! `vesperd`: the Vesper host daemon.
 #![deny(missing_docs)]
 
+mod adopt;
 mod builtin_gdb;
 mod cluster;
 mod console;
+mod daemon;
 mod debug;
+mod debug_state;
 mod events;
 mod failover;
 mod gdbproxy;
 mod guest;
 mod launch;
+mod modules;
 mod persist;
+mod qmp;
 mod relay;
 mod server;
 mod simulate;
+mod streams;
 mod vm_dir;
+mod vm_lifecycle;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -145,7 +152,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64); // EX_USAGE
         }
     };
-    let config = server::DaemonConfig {
+    let config = daemon::DaemonConfig {
         run_dir,
         socket,
         kit_dir: args.kit_dir,

@@ -1,0 +1,90 @@
+//! `insmod`: a module image checked on the host, then pushed into the guest.
+
+use std::time::{Duration, Instant};
+
+use vesper_api::{ApiError, ErrorCode, Reply, Response};
+use vesper_core::{Command, Reply as GuestReply};
+
+use crate::daemon::{run_command, unexpected, unknown_guest, Shared};
+
+pub(crate) async fn insmod(
+    daemon: &Shared,
+    guest: &str,
+    file_name: &str,
+    image: Vec<u8>,
+    params: Vec<String>,
+    init_timeout: Option<Duration>,
+) -> Response {
+    let started = Instant::now();
+    let vermagic = {
+        let guests = daemon.guests.lock().expect("guests lock");
+        let g = guests
+            .get(guest)
+            .ok_or_else(|| unknown_guest(&guests, guest))?;
+        g.info().map(|i| i.vermagic)
+    };
+    let info =
+        vesper_modcheck::check_module(&image, vermagic.as_deref(), daemon.config.max_image_size)
+            .map_err(|e| ApiError::new(ErrorCode::BadModule, format!("{file_name}: {e}")))?;
+    let params = check_params(&params)?;
+    let cmd = Command::Load {
+        name: info.name.clone(),
+        image: image.into(),
+        params,
+        init_timeout,
+    };
+    match run_command(daemon, guest, cmd).await? {
+        GuestReply::Loaded { name, bytes } => Ok(Reply::Loaded {
+            guest: guest.to_string(),
+            name,
+            bytes,
+            millis: started.elapsed().as_secs_f64() * 1e3,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Joins module parameters, refusing what the kernel's parser would misread.
+pub(crate) fn check_params(params: &[String]) -> Result<String, ApiError> {
+    for p in params {
+        let key = p.split('=').next().unwrap_or("");
+        let key_ok = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+        if !key_ok || p.chars().any(|c| c.is_control()) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("bad module parameter {p:?}: expected name=value with a name of letters, digits and _"),
+            ));
+        }
+    }
+    let joined = params.join(" ");
+    if joined.len() >= vesper_shared_abi::PARAMS_LEN as usize {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "module parameters are {} bytes; the limit is {}",
+                joined.len(),
+                vesper_shared_abi::PARAMS_LEN - 1
+            ),
+        ));
+    }
+    Ok(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_checked_before_they_reach_the_guest() {
+        assert_eq!(
+            check_params(&["a=1".into(), "watch=svc".into()]).unwrap(),
+            "a=1 watch=svc"
+        );
+        assert!(check_params(&["=1".into()]).is_err());
+        assert!(check_params(&["a=1\nb".into()]).is_err());
+        assert!(check_params(&["x".repeat(2000)]).is_err());
+    }
+}
