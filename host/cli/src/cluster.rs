@@ -11,7 +11,7 @@ use vesper_cluster::alert::Alert;
 use vesper_cluster::pacemaker::{ClusterManager, Pacemaker};
 use vesper_cluster::run::{publish, run_bridge, BridgeConfig};
 
-use crate::fail;
+use crate::exit::fail;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {

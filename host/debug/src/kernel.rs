@@ -13,8 +13,7 @@ use crate::memory::{KernelMemory, MemoryError, PhysMemory};
 use crate::paging::PageTables;
 use crate::vmcoreinfo::{self, VmcoreInfo};
 
-/// Where x86-64 maps the kernel image (`__START_KERNEL_map`).
-pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+pub use crate::paging::START_KERNEL_MAP;
 /// Largest BTF blob read out of guest memory (vmlinux BTF is ~5 MiB).
 const MAX_BTF: u64 = 64 << 20;
 /// `struct new_utsname`: six fields of 65 bytes; `release` is the third.

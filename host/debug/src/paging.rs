@@ -7,6 +7,8 @@ use thiserror::Error;
 
 use crate::memory::{MemoryError, PhysMemory};
 
+/// Where x86-64 maps the kernel image (`__START_KERNEL_map`).
+pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 const PRESENT: u64 = 1;
 const PAGE_SIZE_BIT: u64 = 1 << 7;
 /// Physical address bits 12..51 of an entry.

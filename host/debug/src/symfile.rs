@@ -10,7 +10,7 @@ use object::{
 use thiserror::Error;
 
 use crate::kallsyms::Kallsyms;
-use crate::kernel::START_KERNEL_MAP;
+use crate::paging::START_KERNEL_MAP;
 
 /// The image mapping is 1 GiB (or 2 with a large KASLR range); more is not a kernel.
 const MAX_SPAN: u64 = 2 << 30;

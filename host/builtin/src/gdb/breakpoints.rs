@@ -10,30 +10,10 @@ use gdbstub::target::TargetResult;
 use vesper_hypervisor::debug::{HwBreakpoint, HwKind};
 use vesper_hypervisor::HypervisorError;
 
+use super::int3::{restore, Int3, Owner, INT3};
 use super::memory::Mmu;
 use super::target::{refuse, GdbTarget};
 use super::DebugVm;
-
-/// x86's breakpoint instruction.
-pub(super) const INT3: u8 = 0xcc;
-
-/// Who asked for a debug register.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Owner {
-    /// A `Z0` where KVM takes no `int3` (kvm_pvm).
-    Sw,
-    /// A `Z1`.
-    Hw,
-    /// A `Z2`-`Z4`.
-    Watch(WatchKind),
-}
-
-/// A `Z0` planted as an `int3`: the byte it replaced and where.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Int3 {
-    pub(super) paddr: u64,
-    pub(super) orig: u8,
-}
 
 impl<V: DebugVm> GdbTarget<V> {
     /// Takes a free debug register for `bp`; false when all four are in use.
@@ -109,16 +89,6 @@ impl<V: DebugVm> GdbTarget<V> {
             self.vm.set_guest_debug(self.guest_debug())?;
         }
         Ok(true)
-    }
-}
-
-/// Puts the byte an `int3` replaced back, unless the guest wrote over it meanwhile.
-pub(super) fn restore(vm: &impl DebugVm, bp: Int3) {
-    let mut now = [0u8];
-    if vm.read_phys(bp.paddr, &mut now).is_ok() && now[0] == INT3 {
-        if let Err(e) = vm.write_phys(bp.paddr, &[bp.orig]) {
-            tracing::warn!("gdb: an int3 could not be taken out: {e}");
-        }
     }
 }
 

@@ -12,6 +12,8 @@
 //! so gdb never plants an `int3` of its own through a memory write.
 
 mod breakpoints;
+mod int3;
+mod layout;
 mod memory;
 mod regs;
 mod server;

@@ -30,9 +30,9 @@ use vesper_hypervisor::{
     VcpuSnapshot,
 };
 
-use super::breakpoints::{restore, Int3, Owner};
+use super::int3::{restore, Int3, Owner};
+use super::layout::{from_gdb, to_gdb};
 use super::memory::Mmu;
-use super::regs::{from_gdb, to_gdb};
 use super::DebugVm;
 
 /// How long a stop (attach, ^C, detach) may take.

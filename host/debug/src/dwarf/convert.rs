@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use gimli::{constants as dw, AttributeValue, DebugInfoOffset, UnitOffset};
 
 use super::elf::{DwarfFile, Reader};
-use super::index::{Index, Kind};
+use super::tables::{Index, Kind};
 use super::DwarfError;
 use crate::btf::{Member, Type, TypeId};
 

@@ -14,8 +14,7 @@ use object::{
     SectionFlags,
 };
 
-use super::index::Index;
-use super::source::Converted;
+use super::tables::{Converted, Index};
 use super::DwarfError;
 
 /// The reader every part of this module uses.

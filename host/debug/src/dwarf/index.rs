@@ -4,87 +4,15 @@
 //! headers' types in every unit, so the first definition stands for all.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gimli::{constants as dw, AttributeValue, DebugInfoOffset};
 
 use super::elf::{DwarfFile, Reader};
+use super::tables::{Firsts, Index, IndexStats, Kind};
 use super::DwarfError;
 
-/// What a name may stand for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Struct,
-    Union,
-    Enum,
-    Typedef,
-    Base,
-    Variable,
-}
-
-/// The first DIE (.debug_info offset) of each kind by one name.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Firsts {
-    structs: Option<usize>,
-    unions: Option<usize>,
-    enums: Option<usize>,
-    typedefs: Option<usize>,
-    bases: Option<usize>,
-    variables: Option<usize>,
-}
-
-impl Firsts {
-    fn slot(&mut self, kind: Kind) -> &mut Option<usize> {
-        match kind {
-            Kind::Struct => &mut self.structs,
-            Kind::Union => &mut self.unions,
-            Kind::Enum => &mut self.enums,
-            Kind::Typedef => &mut self.typedefs,
-            Kind::Base => &mut self.bases,
-            Kind::Variable => &mut self.variables,
-        }
-    }
-
-    pub(crate) fn get(mut self, kind: Kind) -> Option<usize> {
-        *self.slot(kind)
-    }
-}
-
-/// What indexing found, and what it cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexStats {
-    /// Compilation units.
-    pub units: usize,
-    /// Top-level DIEs looked at.
-    pub dies: usize,
-    /// Distinct names kept.
-    pub names: usize,
-    /// How long the pass took.
-    pub took: Duration,
-}
-
-/// Names → first DIEs, and where each unit lies (to find a DIE's unit).
-#[derive(Debug)]
-pub(crate) struct Index {
-    names: HashMap<Box<str>, Firsts>,
-    /// Unit start offsets, ascending, with their ends.
-    units: Vec<(usize, usize)>,
-    pub(crate) stats: IndexStats,
-}
-
 impl Index {
-    /// The first DIE of `kind` named `name`.
-    pub(crate) fn lookup(&self, name: &str, kind: Kind) -> Option<usize> {
-        self.names.get(name).and_then(|f| f.get(kind))
-    }
-
-    /// The start of the unit holding `offset`, if any does.
-    pub(crate) fn unit_of(&self, offset: usize) -> Option<usize> {
-        let i = self.units.partition_point(|&(start, _)| start <= offset);
-        let &(start, end) = self.units.get(i.checked_sub(1)?)?;
-        (offset < end).then_some(start)
-    }
-
     /// Indexes `file`: every unit's top-level DIEs.
     pub(crate) fn build(file: &DwarfFile) -> Result<Index, DwarfError> {
         let t0 = Instant::now();

@@ -17,6 +17,7 @@ mod elf;
 mod files;
 mod index;
 mod source;
+mod tables;
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +25,8 @@ use thiserror::Error;
 
 pub use elf::DwarfFile;
 pub use files::DwarfFiles;
-pub use index::IndexStats;
-pub use source::Converted;
+pub use tables::Converted;
+pub use tables::IndexStats;
 
 /// Why a DWARF file could not be used.
 #[derive(Debug, Error)]

@@ -6,21 +6,12 @@ use std::sync::Arc;
 
 use super::convert::{variable_type, Converter};
 use super::elf::DwarfFile;
-use super::index::{Index, IndexStats, Kind};
+use super::tables::{Converted, Index, IndexStats, Kind};
 use super::DwarfError;
-use crate::btf::{Btf, TypeId};
+use crate::btf::Btf;
 
 /// Roots kept converted; past this the cache starts over (each read names one).
 const MAX_ROOTS: usize = 64;
-
-/// A converted type graph and the id of the type asked for.
-#[derive(Debug)]
-pub struct Converted {
-    /// The types reachable from the root.
-    pub btf: Btf,
-    /// The root's id in `btf`.
-    pub root: TypeId,
-}
 
 impl DwarfFile {
     /// The name index, built on first use (one pass over `.debug_info`).

@@ -6,8 +6,9 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_IMAGE, PAGE, PAGE_OFFSET_L4, PAGE_OFFSET_L5};
-use crate::kernel::{Kernel, START_KERNEL_MAP};
+use crate::kernel::Kernel;
 use crate::memory::KernelMemory;
+use crate::paging::START_KERNEL_MAP;
 use crate::vmcoreinfo::VmcoreInfo;
 
 /// Where the kernel maps guest RAM, for the dump's virtual addresses.

@@ -43,8 +43,8 @@ use goblin::elf::header::EM_X86_64;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::kernel::START_KERNEL_MAP;
 use crate::memory::MemoryError;
+use crate::paging::START_KERNEL_MAP;
 use crate::vmcoreinfo::VmcoreInfoError;
 
 mod layout;

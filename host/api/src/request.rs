@@ -1,0 +1,284 @@
+//! What clients ask vesperd for: every request, and the shapes they carry.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::{AccelRequest, EventKind, Filter};
+
+/// Largest request line the daemon accepts (a base64 image of the default size limit
+/// plus slack).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// What `vm start` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmStartRequest {
+    /// VM name.
+    pub name: String,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Accelerator request.
+    pub accel: AccelRequest,
+    /// Guest-kit directory, or the daemon's default.
+    pub kit_dir: Option<PathBuf>,
+    /// Init mode of the test initramfs (`vesper.mode=`).
+    pub mode: String,
+    /// Extra kernel command-line words.
+    pub extra_cmdline: Option<String>,
+    /// Wait this long for the frontend's hello; 0 = don't wait.
+    pub wait_secs: u64,
+    /// Restart the guest in place when it reboots (otherwise the VM exits).
+    #[serde(default)]
+    pub allow_reboot: bool,
+    /// Which VMM runs the guest.
+    #[serde(default)]
+    pub vmm: Vmm,
+    /// What to boot instead of the kit's kernel: a kernel image path, or `mini` for the
+    /// kit's mini frontend (builtin VMM only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+/// Which VMM runs a guest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Vmm {
+    /// QEMU, a separate process reached through ivshmem.
+    #[default]
+    Qemu,
+    /// Vesper's own VMM inside the daemon (`vesper-hypervisor`).
+    Builtin,
+}
+
+impl std::str::FromStr for Vmm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qemu" => Ok(Self::Qemu),
+            "builtin" => Ok(Self::Builtin),
+            other => Err(format!("unknown VMM {other:?}: use qemu or builtin")),
+        }
+    }
+}
+
+impl std::fmt::Display for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Qemu => "qemu",
+            Self::Builtin => "builtin",
+        })
+    }
+}
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Start a test VM.
+    VmStart(VmStartRequest),
+    /// Stop a VM.
+    VmStop {
+        /// VM name.
+        name: String,
+    },
+    /// List VMs.
+    VmList,
+    /// Type a line into a VM's serial console (for test hands and kernel developers:
+    /// Vesper itself never needs the guest's user space).
+    VmSend {
+        /// VM name.
+        name: String,
+        /// The line, without newline.
+        line: String,
+    },
+    /// Push and load a module.
+    Insmod {
+        /// Guest name.
+        guest: String,
+        /// File name it came from (for messages).
+        file_name: String,
+        /// Image, base64.
+        image_b64: String,
+        /// Module parameters.
+        params: Vec<String>,
+        /// How long to wait for the module's init once it runs, in seconds (the
+        /// daemon's default when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        init_timeout_secs: Option<u64>,
+    },
+    /// Unload a module.
+    Rmmod {
+        /// Guest name.
+        guest: String,
+        /// Module name.
+        name: String,
+        /// Force.
+        force: bool,
+    },
+    /// List a guest's modules.
+    Lsmod {
+        /// Guest name.
+        guest: String,
+    },
+    /// Guest kernel log tail.
+    Dmesg {
+        /// Guest name.
+        guest: String,
+    },
+    /// Stream a guest's relay records (one `Record` reply per line, then `End` unless
+    /// following).
+    RelayCat {
+        /// Guest name.
+        guest: String,
+        /// Module that owns the channel.
+        module: String,
+        /// Channel name; all of the module's channels if absent.
+        channel: Option<String>,
+        /// Keep streaming new records.
+        follow: bool,
+    },
+    /// Per-channel counters.
+    RelayStat {
+        /// Guest name.
+        guest: String,
+    },
+    /// One VM's state and health.
+    VmStatus {
+        /// VM name.
+        name: String,
+    },
+    /// Pause a VM (QMP `stop`): its vCPUs stop, its memory stays readable.
+    VmPause {
+        /// VM name.
+        name: String,
+    },
+    /// Resume a paused VM (QMP `cont`).
+    VmResume {
+        /// VM name.
+        name: String,
+    },
+    /// Read the guest kernel from the host (guest RAM, no help from the guest).
+    Debug {
+        /// Guest name.
+        guest: String,
+        /// What to read.
+        debug: DebugOp,
+    },
+    /// Stream events (one `Event` reply per line): the history from `from_seq` (if
+    /// given), then, when following, every new event that passes `filter`.
+    Subscribe {
+        /// Which events.
+        #[serde(default)]
+        filter: Filter,
+        /// Resume from this sequence number (within the daemon's history).
+        from_seq: Option<u64>,
+        /// Keep streaming.
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Adds a cluster manager's event to the stream (`vesper cluster bridge` reports its
+    /// decisions, `vesper cluster alert` Pacemaker's alerts): kinds `decision` and
+    /// `cluster` only; vesperd numbers and timestamps it.
+    Publish {
+        /// The guest it is about; empty for none (a node left the cluster).
+        #[serde(default)]
+        guest: String,
+        /// `decision` or `cluster`.
+        kind: EventKind,
+        /// Who sends it: `bridge` or `alert`.
+        origin: String,
+        /// The cluster node it comes from.
+        node: String,
+        /// Details: a JSON object.
+        payload: serde_json::Value,
+    },
+}
+
+impl Request {
+    /// An `Insmod` request carrying `image`.
+    pub fn insmod(guest: &str, file_name: &str, image: &[u8], params: Vec<String>) -> Self {
+        Request::Insmod {
+            guest: guest.to_string(),
+            file_name: file_name.to_string(),
+            image_b64: base64::engine::general_purpose::STANDARD.encode(image),
+            params,
+            init_timeout_secs: None,
+        }
+    }
+
+    /// An `Insmod` request that waits `secs` for the module's init (other requests are
+    /// returned as they are).
+    pub fn with_init_timeout(mut self, secs: Option<u64>) -> Self {
+        if let Request::Insmod {
+            init_timeout_secs, ..
+        } = &mut self
+        {
+            *init_timeout_secs = secs;
+        }
+        self
+    }
+}
+
+/// Decodes an `Insmod` image.
+pub fn decode_image(b64: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("image is not valid base64: {e}"))
+}
+
+/// What `vesper debug` reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "what", rename_all = "snake_case")]
+pub enum DebugOp {
+    /// The kernel found in guest RAM: release, KASLR offset, where VMCOREINFO is.
+    Info,
+    /// A symbol by name, `PREFIX*` for a listing, or an address to symbolize.
+    Sym {
+        /// Name, prefix with `*`, or address (hex with 0x, or decimal).
+        query: String,
+    },
+    /// An expression's value (`vesper_debug::expr`).
+    Read {
+        /// The expression.
+        expr: String,
+        /// Elements to read.
+        count: u64,
+        /// Integers in hex.
+        hex: bool,
+        /// Types from this vmlinux's (or module's) DWARF instead of the guest's BTF.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vmlinux: Option<PathBuf>,
+    },
+    /// The task list.
+    Ps,
+    /// The kernel log from the printk ring in guest memory.
+    Dmesg,
+    /// A kernel stack trace (ORC): of task `pid`, or of CPU `cpu` from its registers.
+    /// The guest is paused while its stack is walked.
+    Bt {
+        /// Thread id of the task.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<i32>,
+        /// CPU number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu: Option<u32>,
+    },
+    /// Save an ELF vmcore of the guest (paused while it is written).
+    Dump {
+        /// File name in the guest's dump directory; `GUEST-TIME.vmcore` if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// The guest's saved vmcores.
+    Dumps,
+    /// A gdb session (QEMU's gdbstub, or a builtin VM's own server), symbols, command.
+    Gdb {
+        /// A vmlinux with debug info for this kernel (Debian's `-dbg` package), for
+        /// types; loaded at the KASLR offset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vmlinux: Option<PathBuf>,
+    },
+}

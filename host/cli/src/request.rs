@@ -1,0 +1,186 @@
+//! A parsed command turned into the daemon request it stands for, checked on this
+//! side first (names, kinds, paths), and how long to wait for its reply.
+
+use std::time::Duration;
+
+use crate::args::{Cli, Cmd, DebugCmd, RelayCmd, VmCmd};
+use vesper_api::{AccelRequest, DebugOp, Request, VmStartRequest, Vmm};
+
+/// How long to wait for the daemon's reply: --timeout, and for insmod at least the
+/// init wait with a minute to spare for the transfer.
+pub(crate) fn reply_timeout(cli: &Cli) -> Duration {
+    let asked = Duration::from_secs(cli.timeout);
+    match &cli.cmd {
+        Cmd::Insmod { init_timeout, .. } => {
+            let init = init_timeout.map_or(vesper_api::DEFAULT_INIT_TIMEOUT, Duration::from_secs);
+            asked.max(init + Duration::from_secs(60))
+        }
+        _ => asked,
+    }
+}
+
+pub(crate) type Refusal = (i32, &'static str, String);
+
+pub(crate) fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
+    Ok(match cmd {
+        Cmd::Vm {
+            cmd:
+                VmCmd::Start {
+                    name,
+                    memory,
+                    cpus,
+                    accel,
+                    kit_dir,
+                    mode,
+                    append,
+                    no_wait,
+                    boot_timeout,
+                    allow_reboot,
+                    vmm,
+                    kernel,
+                },
+        } => {
+            let vmm: Vmm = vmm.parse().map_err(|e: String| (2, "usage", e))?;
+            let kernel = kernel.as_ref().map(|k| match k.as_str() {
+                "mini" => k.clone(),
+                path => std::path::absolute(path)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| path.to_string()),
+            });
+            let accel: AccelRequest = accel
+                .parse()
+                .map_err(|e: vesper_api::QemuAccelError| (2, "usage", e.to_string()))?;
+            let kit_dir = kit_dir
+                .as_ref()
+                .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+            Request::VmStart(VmStartRequest {
+                name: name.clone(),
+                memory_mib: *memory,
+                cpus: *cpus,
+                accel,
+                kit_dir,
+                mode: mode.clone(),
+                extra_cmdline: append.clone(),
+                wait_secs: if *no_wait { 0 } else { *boot_timeout },
+                allow_reboot: *allow_reboot,
+                vmm,
+                kernel,
+            })
+        }
+        Cmd::Vm {
+            cmd: VmCmd::Stop { name },
+        } => Request::VmStop { name: name.clone() },
+        Cmd::Vm { cmd: VmCmd::List } => Request::VmList,
+        Cmd::Vm {
+            cmd: VmCmd::Send { name, text },
+        } => Request::VmSend {
+            name: name.clone(),
+            line: text.join(" "),
+        },
+        Cmd::Insmod {
+            guest,
+            file,
+            params,
+            init_timeout,
+        } => {
+            let image = std::fs::read(file).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    (66, "no_input", format!("{}: no such file", file.display()))
+                }
+                _ => (
+                    74,
+                    "io_error",
+                    format!("cannot read {}: {e}", file.display()),
+                ),
+            })?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Request::insmod(guest, &name, &image, params.clone()).with_init_timeout(*init_timeout)
+        }
+        Cmd::Vm {
+            cmd: VmCmd::Pause { name },
+        } => Request::VmPause { name: name.clone() },
+        Cmd::Vm {
+            cmd: VmCmd::Resume { name },
+        } => Request::VmResume { name: name.clone() },
+        Cmd::Debug { cmd } => {
+            let (guest, op) = match cmd {
+                DebugCmd::Info { guest } => (guest, DebugOp::Info),
+                DebugCmd::Sym { guest, query } => (
+                    guest,
+                    DebugOp::Sym {
+                        query: query.clone(),
+                    },
+                ),
+                DebugCmd::Read {
+                    guest,
+                    expr,
+                    count,
+                    hex,
+                    vmlinux,
+                } => (
+                    guest,
+                    DebugOp::Read {
+                        expr: expr.clone(),
+                        count: *count,
+                        hex: *hex,
+                        // vesperd resolves paths in its own working directory.
+                        vmlinux: vmlinux
+                            .as_ref()
+                            .map(|v| std::path::absolute(v).unwrap_or_else(|_| v.clone())),
+                    },
+                ),
+                DebugCmd::Ps { guest } => (guest, DebugOp::Ps),
+                DebugCmd::Dmesg { guest } => (guest, DebugOp::Dmesg),
+                DebugCmd::Bt { guest, pid, cpu } => (
+                    guest,
+                    DebugOp::Bt {
+                        pid: *pid,
+                        cpu: *cpu,
+                    },
+                ),
+                DebugCmd::Dump { guest, name } => (guest, DebugOp::Dump { name: name.clone() }),
+                DebugCmd::Dumps { guest } => (guest, DebugOp::Dumps),
+                DebugCmd::Gdb { guest, vmlinux } => (
+                    guest,
+                    DebugOp::Gdb {
+                        vmlinux: vmlinux
+                            .as_ref()
+                            .map(|v| std::path::absolute(v).unwrap_or_else(|_| v.clone())),
+                    },
+                ),
+            };
+            Request::Debug {
+                guest: guest.clone(),
+                debug: op,
+            }
+        }
+        Cmd::Rmmod { guest, name, force } => Request::Rmmod {
+            guest: guest.clone(),
+            name: name.clone(),
+            force: *force,
+        },
+        Cmd::Lsmod { guest } => Request::Lsmod {
+            guest: guest.clone(),
+        },
+        Cmd::Dmesg { guest } => Request::Dmesg {
+            guest: guest.clone(),
+        },
+        Cmd::Relay {
+            cmd: RelayCmd::Stat { guest },
+        } => Request::RelayStat {
+            guest: guest.clone(),
+        },
+        Cmd::Relay {
+            cmd: RelayCmd::Cat { .. },
+        }
+        | Cmd::Events { .. }
+        | Cmd::Cluster { .. }
+        | Cmd::Policy { .. }
+        | Cmd::Vm {
+            cmd: VmCmd::Status { .. },
+        } => unreachable!("handled in main"),
+    })
+}
