@@ -120,17 +120,28 @@ pub(crate) fn session(daemon: &Shared, guest: &str, vmlinux: Option<PathBuf>) ->
 /// gdb's command line: the ELF as gdb's file, at the addresses it is linked at (a
 /// builtin VM loads an ELF there), then the endpoint.
 fn command(socket: &Path, symbols: Option<&Path>) -> Vec<String> {
+    let files: Vec<String> = symbols
+        .map(|s| format!("file {}", s.display()))
+        .into_iter()
+        .collect();
+    gdb_command_line(&files, socket)
+}
+
+/// `gdb -nx` with no paging or prompts, the commands that load symbols, then `target
+/// remote SOCKET`: the command line every `vesper debug gdb` hands out.
+pub(crate) fn gdb_command_line(symbol_commands: &[String], socket: &Path) -> Vec<String> {
     let mut command: Vec<String> = vec!["gdb".into(), "-nx".into()];
-    let mut ex = |c: String| {
+    let ex = [
+        "set pagination off".to_string(),
+        "set confirm off".to_string(),
+    ]
+    .into_iter()
+    .chain(symbol_commands.iter().cloned())
+    .chain([format!("target remote {}", socket.display())]);
+    for c in ex {
         command.push("-ex".into());
         command.push(c);
-    };
-    ex("set pagination off".into());
-    ex("set confirm off".into());
-    if let Some(s) = symbols {
-        ex(format!("file {}", s.display()));
     }
-    ex(format!("target remote {}", socket.display()));
     command
 }
 

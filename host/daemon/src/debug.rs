@@ -382,27 +382,7 @@ fn cpu_registers(guest: &str, vm_dir: &Path) -> Result<Vec<Registers>, ApiError>
     let mut out =
         vec![Registers::default(); regs.iter().map(|r| r.cpu as usize + 1).max().unwrap_or(0)];
     for r in &regs {
-        out[r.cpu as usize] = Registers {
-            rax: r.rax,
-            rbx: r.rbx,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            rbp: r.rbp,
-            rsp: r.rsp,
-            r8: r.r8,
-            r9: r.r9,
-            r10: r.r10,
-            r11: r.r11,
-            r12: r.r12,
-            r13: r.r13,
-            r14: r.r14,
-            r15: r.r15,
-            rip: r.rip,
-            rflags: r.rflags,
-            cs: r.cs.into(),
-        };
+        out[r.cpu as usize] = vesper_debug::registers_from!(r);
     }
     Ok(out)
 }
@@ -435,26 +415,20 @@ fn gdb(k: &Kernel, guest: &str, dir: &Path, vmlinux: Option<std::path::PathBuf>)
                 format!("{guest}: cannot write {}: {e}", path.display()),
             )
         })?;
-    let mut command: Vec<String> = vec!["gdb".into(), "-nx".into()];
-    let mut ex = |c: String| {
-        command.push("-ex".into());
-        command.push(c);
-    };
-    ex("set pagination off".into());
-    ex("set confirm off".into());
+    let mut symbols = Vec::new();
     if let Some(v) = &vmlinux {
-        ex(format!(
+        symbols.push(format!(
             "symbol-file {} -o {:#x}",
             v.display(),
             k.kaslr_offset()
         ));
     }
-    ex(format!(
+    symbols.push(format!(
         "add-symbol-file {} -s .text {:#x}",
         path.display(),
         sym.base
     ));
-    ex(format!("target remote {}", socket.display()));
+    let command = crate::builtin_gdb::gdb_command_line(&symbols, &socket);
     Ok(Reply::DebugGdb(GdbSession {
         guest: guest.to_string(),
         socket,

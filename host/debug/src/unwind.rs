@@ -99,9 +99,13 @@ impl Registers {
     }
 }
 
-impl From<&crate::vmcore::PrStatusRegs> for Registers {
-    fn from(r: &crate::vmcore::PrStatusRegs) -> Self {
-        Self {
+/// [`Registers`] from any register set with the same field names (`rax` … `r15`, `rip`,
+/// `rflags`, `cs`): a vmcore's `NT_PRSTATUS`, QMP's register dump.
+#[macro_export]
+macro_rules! registers_from {
+    ($r:expr) => {{
+        let r = &$r;
+        $crate::unwind::Registers {
             rax: r.rax,
             rbx: r.rbx,
             rcx: r.rcx,
@@ -120,8 +124,14 @@ impl From<&crate::vmcore::PrStatusRegs> for Registers {
             r15: r.r15,
             rip: r.rip,
             rflags: r.rflags,
-            cs: r.cs,
+            cs: u64::from(r.cs),
         }
+    }};
+}
+
+impl From<&crate::vmcore::PrStatusRegs> for Registers {
+    fn from(r: &crate::vmcore::PrStatusRegs) -> Self {
+        registers_from!(r)
     }
 }
 

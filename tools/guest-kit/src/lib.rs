@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,8 +19,18 @@ use serde::{Deserialize, Serialize};
 pub mod apt;
 mod build_steps;
 mod cmd;
+mod contents;
+mod error;
+mod files;
+mod initramfs;
 mod kernel;
 pub mod newc;
+
+pub use contents::*;
+use error::io_err;
+pub use error::KitError;
+use files::{built_modules, module_sources, read, write_atomic, Fnv};
+use initramfs::initramfs_bytes;
 
 pub use build_steps::build_mini_frontend;
 #[cfg(test)]
@@ -32,167 +41,11 @@ use kernel::{
     missing_packages, resolve_via_apt, Apt, GUEST_DRIVERS,
 };
 
-/// Host packages the kit needs besides the kernel headers.
-pub const HOST_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "busybox-static",
-    "cpio",
-    "gcc",
-    "make",
-    "libc6-dev",
-    // ocf-tester for the OCF agent's e2e test (tools/ocf), and xmllint, which it lints
-    // the agent's meta-data with (only a Recommends of resource-agents).
-    "resource-agents",
-    "libxml2-utils",
-    // fencing.py, which fence_vesper (tools/fence) is built on, as every fence agent is.
-    "fence-agents",
-    // gdb for `vesper debug gdb` and its e2e test (real gdb against QEMU's gdbstub).
-    "gdb",
-    // The kernel debuggers that open Vesper's vmcores, with the kit's debug vmlinux.
-    "crash",
-    "python3-drgn",
-];
-
-/// Directories (relative to the repository root) whose Makefiles build guest modules.
-pub const MODULE_DIRS: &[&str] = &["guest-module", "probes", "tests/modules"];
-
-/// Sources of the mini frontend (relative to the repository root).
-pub const MINI_FRONTEND_DIR: &str = "tests/guests/mini-frontend";
-/// The generated wire header the mini frontend is built against (relative to the root).
-pub const ABI_HEADER: &str = "guest-module/include/vesper_abi.h";
-/// File name of the mini frontend's ELF in its output directory.
-pub const MINI_FRONTEND_ELF: &str = "mini-frontend.elf";
-
-/// Busybox applets linked in the initramfs's `/bin`.
-pub const APPLETS: &[&str] = &[
-    "sh", "mount", "insmod", "rmmod", "lsmod", "sleep", "cat", "echo", "mkdir", "poweroff", "kill",
-    "dmesg", "ln", "readlink", "stty",
-];
-
-/// Source of the guest's `/init`.
-pub const INIT_SCRIPT: &str = include_str!("../guest/init.sh");
-/// Source of the `bench-insmod` helper.
-pub const BENCH_INSMOD_C: &str = include_str!("../guest/bench_insmod.c");
-/// Source of the `svc` helper (the service that hand mode starts under a chosen name).
-pub const SVC_C: &str = include_str!("../guest/svc.c");
-/// Source of the `hog` helper (hand mode's `oom`: eats memory until OOM-killed).
-pub const HOG_C: &str = include_str!("../guest/hog.c");
-
-/// A static C helper compiled with `gcc -static -O2` and installed as `/bin/<name>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Helper {
-    /// Binary name (in `<kit>/guest-bin/` and the initramfs's `/bin`).
-    pub name: &'static str,
-    /// Name of the C file written next to it.
-    pub source_name: &'static str,
-    /// The C source.
-    pub source: &'static str,
-}
-
-/// The static helpers, in build order.
-pub const HELPERS: &[Helper] = &[
-    Helper {
-        name: "bench-insmod",
-        source_name: "bench_insmod.c",
-        source: BENCH_INSMOD_C,
-    },
-    Helper {
-        name: "svc",
-        source_name: "svc.c",
-        source: SVC_C,
-    },
-    Helper {
-        name: "hog",
-        source_name: "hog.c",
-        source: HOG_C,
-    },
-];
-
 const MANIFEST: &str = "manifest.json";
 /// 2: `svc` and `hog` helpers (hand mode); 3: the mini frontend. Older kits must be
 /// rebuilt.
 const MANIFEST_FORMAT: u32 = 3;
 const STEPS: usize = 10;
-const BUSYBOX: &str = "/bin/busybox";
-
-/// Everything that can go wrong while building or loading a kit.
-#[derive(Debug, thiserror::Error)]
-pub enum KitError {
-    /// A command ran and exited unsuccessfully.
-    #[error("`{command}` failed ({status}); last output:\n{stderr_tail}")]
-    CommandFailed {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: String,
-        /// The last lines of its stderr (or stdout when stderr was empty).
-        stderr_tail: String,
-    },
-    /// A command could not be started at all.
-    #[error("could not run `{command}`: {source}")]
-    Spawn {
-        /// The command line.
-        command: String,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// apt does not know the package (even after `apt-get update`).
-    #[error("package {package} cannot be resolved by apt: {detail}")]
-    PackageUnresolvable {
-        /// The package.
-        package: String,
-        /// What apt said.
-        detail: String,
-    },
-    /// Packages must be installed but we are not root.
-    #[error("packages {packages:?} are missing and installing them needs root (run as root, or install them by hand)")]
-    NeedRoot {
-        /// The packages that would be installed.
-        packages: Vec<String>,
-    },
-    /// A file that a step should have produced (or that must exist) is missing.
-    #[error("missing {what}: {path}")]
-    MissingFile {
-        /// What it is.
-        what: String,
-        /// Where it was expected.
-        path: PathBuf,
-    },
-    /// A filesystem operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What we were doing.
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// Why it failed.
-        #[source]
-        source: io::Error,
-    },
-    /// There is no usable kit at this directory.
-    #[error("no guest kit at {dir}: {reason}; run `cargo run -p vesper-guest-kit` first")]
-    NotBuilt {
-        /// The kit directory.
-        dir: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The manifest could not be written or parsed.
-    #[error("manifest {path}: {source}")]
-    Manifest {
-        /// Path of manifest.json.
-        path: PathBuf,
-        /// The JSON error.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KitError {
-    let path = path.to_path_buf();
-    move |source| KitError::Io { op, path, source }
-}
 
 /// Options of [`Kit::ensure`].
 #[derive(Debug, Clone, Default)]
@@ -391,86 +244,6 @@ impl Progress {
     }
 }
 
-/// FNV-1a 64, enough to notice changed inputs.
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn bytes(&mut self, b: &[u8]) -> &mut Self {
-        // length prefix keeps (a, bc) and (ab, c) apart
-        for &x in (b.len() as u64).to_le_bytes().iter().chain(b) {
-            self.0 ^= u64::from(x);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-        self
-    }
-    fn hex(&self) -> String {
-        format!("{:016x}", self.0)
-    }
-}
-
-fn write_atomic(path: &Path, data: &[u8], mode: Option<u32>) -> Result<(), KitError> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
-    if let Some(m) = mode {
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(m)).map_err(io_err("chmod", &tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io_err("rename into", path))
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, KitError> {
-    fs::read(path).map_err(io_err("read", path))
-}
-
-/// Module sources under `dir` (recursively; hidden entries and generated `*.mod.c` skipped),
-/// sorted.
-fn module_sources(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), KitError> {
-    let rd = fs::read_dir(dir).map_err(io_err("list", dir))?;
-    for e in rd {
-        let e = e.map_err(io_err("list", dir))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = e.path();
-        let ft = e.file_type().map_err(io_err("stat", &path))?;
-        if ft.is_dir() {
-            module_sources(&path, out)?;
-        } else if (name.ends_with(".c") && !name.ends_with(".mod.c"))
-            || name.ends_with(".h")
-            || name == "Kbuild"
-            || name == "Makefile"
-        {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(())
-}
-
-/// Built `*.ko` files under `dir` (recursively, hidden entries skipped).
-fn built_modules(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), KitError> {
-    let rd = fs::read_dir(dir).map_err(io_err("list", dir))?;
-    for e in rd {
-        let e = e.map_err(io_err("list", dir))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = e.path();
-        if e.file_type().map_err(io_err("stat", &path))?.is_dir() {
-            built_modules(&path, out)?;
-        } else if name.ends_with(".ko") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 struct Builder {
     dir: PathBuf,
     root: PathBuf,
@@ -660,52 +433,6 @@ impl Builder {
         })?;
         Ok(kit)
     }
-}
-
-/// Step 8: the initramfs as bytes (deterministic, so unchanged inputs give equal bytes).
-/// `helpers` are installed as `/bin/<name>`.
-fn initramfs_bytes(
-    modules: &BTreeMap<String, PathBuf>,
-    helpers: &[(&str, PathBuf)],
-    drivers: &[(String, PathBuf)],
-) -> Result<Vec<u8>, KitError> {
-    let busybox = Path::new(BUSYBOX);
-    if !busybox.is_file() {
-        return Err(KitError::MissingFile {
-            what: "static busybox (package busybox-static)".into(),
-            path: busybox.into(),
-        });
-    }
-    let mut w = newc::Writer::new();
-    for d in [
-        "/bin",
-        "/dev",
-        "/proc",
-        "/sys",
-        "/tmp",
-        "/lib",
-        "/lib/vesper",
-        "/lib/drivers",
-    ] {
-        w.dir(d, 0o755);
-    }
-    w.char_dev("/dev/console", 0o600, 5, 1);
-    w.char_dev("/dev/null", 0o666, 1, 3);
-    w.file("/bin/busybox", 0o755, &read(busybox)?);
-    for a in APPLETS {
-        w.symlink(&format!("/bin/{a}"), "busybox");
-    }
-    for (name, path) in helpers {
-        w.file(&format!("/bin/{name}"), 0o755, &read(path)?);
-    }
-    for (name, path) in modules {
-        w.file(&format!("/lib/vesper/{name}.ko"), 0o644, &read(path)?);
-    }
-    for (name, path) in drivers {
-        w.file(&format!("/lib/drivers/{name}.ko"), 0o644, &read(path)?);
-    }
-    w.file("/init", 0o755, INIT_SCRIPT.as_bytes());
-    Ok(w.finish())
 }
 
 #[cfg(test)]
