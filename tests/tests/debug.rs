@@ -8,31 +8,20 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vesper_e2e::{module, CliOutput, Daemon};
 
-fn debug(d: &Daemon, args: &[&str]) -> CliOutput {
-    let mut a = vec!["--json", "debug"];
-    a.extend_from_slice(args);
-    d.cli(&a)
-}
-
-fn ok(out: CliOutput) -> Value {
-    assert_eq!(out.code, 0, "{out:?}");
-    out.json()["result"].clone()
-}
-
 fn jiffies(d: &Daemon) -> u64 {
-    ok(debug(d, &["read", "vm1", "jiffies"]))["value"]
+    d.debug(&["read", "vm1", "jiffies"]).result()["value"]
         .as_u64()
         .expect("jiffies is a number")
 }
 
 fn ps(d: &Daemon) -> Vec<Value> {
-    let r = ok(debug(d, &["ps", "vm1"]));
+    let r = d.debug(&["ps", "vm1"]).result();
     assert!(r["torn"].is_null(), "{r}");
     r["tasks"].as_array().expect("tasks").clone()
 }
 
 fn dmesg(d: &Daemon) -> String {
-    let r = ok(debug(d, &["dmesg", "vm1"]));
+    let r = d.debug(&["dmesg", "vm1"]).result();
     r["records"]
         .as_array()
         .expect("records")
@@ -49,15 +38,17 @@ fn a_running_guest_kernel_is_read_from_the_host_without_its_help() {
     let release = vm["guest"]["kernel_release"].as_str().unwrap().to_string();
 
     // The kernel found in RAM is the one the frontend reported, KASLR resolved.
-    let info = ok(debug(&d, &["info", "vm1"]));
+    let info = d.debug(&["info", "vm1"]).result();
     assert_eq!(info["release"], release.as_str(), "{info}");
     assert!(info["symbols"].as_u64().unwrap() > 10_000, "{info}");
 
     // Symbols both ways.
-    let sym = ok(debug(&d, &["sym", "vm1", "jiffies"]));
+    let sym = d.debug(&["sym", "vm1", "jiffies"]).result();
     let addr = sym["symbols"][0]["addr"].as_u64().unwrap();
     assert!(addr >= 0xffff_ffff_8000_0000, "{sym}");
-    let back = ok(debug(&d, &["sym", "vm1", &format!("{:#x}", addr + 4)]));
+    let back = d
+        .debug(&["sym", "vm1", &format!("{:#x}", addr + 4)])
+        .result();
     assert_eq!(back["symbols"][0]["name"], "jiffies", "{back}");
     assert_eq!(back["symbols"][0]["offset"], 4, "{back}");
 
@@ -68,12 +59,16 @@ fn a_running_guest_kernel_is_read_from_the_host_without_its_help() {
     assert!(j1 > j0, "jiffies {j0} then {j1}");
 
     // Typed reads through BTF.
-    let comm = ok(debug(&d, &["read", "vm1", "init_task.comm"]));
+    let comm = d.debug(&["read", "vm1", "init_task.comm"]).result();
     assert_eq!(comm["value"], "swapper/0", "{comm}");
     assert_eq!(comm["type"], "char [16]", "{comm}");
-    let rel = ok(debug(&d, &["read", "vm1", "init_uts_ns.name.release"]));
+    let rel = d
+        .debug(&["read", "vm1", "init_uts_ns.name.release"])
+        .result();
     assert_eq!(rel["value"], release.as_str(), "{rel}");
-    let pids = ok(debug(&d, &["read", "vm1", "init_task.pid", "--count", "1"]));
+    let pids = d
+        .debug(&["read", "vm1", "init_task.pid", "--count", "1"])
+        .result();
     assert_eq!(pids["value"], 0, "{pids}");
 
     // The task list: the idle task, PID 1 and the service the hand started.
@@ -97,7 +92,7 @@ fn a_running_guest_kernel_is_read_from_the_host_without_its_help() {
     assert!(log.contains("vesper_front"), "{log}");
 
     // gdb through QEMU's gdbstub, with the symbol file made from kallsyms.
-    let session = ok(debug(&d, &["gdb", "vm1"]));
+    let session = d.debug(&["gdb", "vm1"]).result();
     let mut gdb: Vec<String> = session["command"]
         .as_array()
         .unwrap()
@@ -181,7 +176,7 @@ fn a_running_guest_kernel_is_read_from_the_host_without_its_help() {
     runs_on("after garbage on the gdb socket");
     send(b"\x03");
     runs_on("after a client interrupted it and hung up");
-    ok(d.cli(&["--json", "vm", "pause", "vm1"]).ok());
+    d.cli(&["--json", "vm", "pause", "vm1"]).ok().result();
     send(b"$g#67");
     let j = jiffies(&d);
     std::thread::sleep(Duration::from_millis(500));
@@ -190,33 +185,30 @@ fn a_running_guest_kernel_is_read_from_the_host_without_its_help() {
         j,
         "a paused guest was resumed by the gdb endpoint"
     );
-    ok(d.cli(&["--json", "vm", "resume", "vm1"]).ok());
+    d.cli(&["--json", "vm", "resume", "vm1"]).ok().result();
     runs_on("after `vm resume`");
 
     // Bad input: each its own error; the guest and vesperd go on.
-    let out = debug(&d, &["read", "vm1", "no_such_symbol_xyz"]);
+    let out = d.debug(&["read", "vm1", "no_such_symbol_xyz"]);
     assert_eq!(out.code, 65, "{out:?}");
     assert!(
         out.stdout.contains("no symbol \\\"no_such_symbol_xyz\\\""),
         "{out:?}"
     );
-    let out = debug(&d, &["read", "vm1", "init_task.no_such_field"]);
+    let out = d.debug(&["read", "vm1", "init_task.no_such_field"]);
     assert_eq!(out.code, 65, "{out:?}");
     assert!(
         out.stdout.contains("no_such_field") && out.stdout.contains("task_struct"),
         "{out:?}"
     );
-    let out = debug(
-        &d,
-        &["read", "vm1", "*(struct task_struct *)0xffffc9ffffff0000"],
-    );
+    let out = d.debug(&["read", "vm1", "*(struct task_struct *)0xffffc9ffffff0000"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.contains("not mapped"), "{out:?}");
-    let out = debug(&d, &["read", "vm1", "init_task+4"]);
+    let out = d.debug(&["read", "vm1", "init_task+4"]);
     assert_eq!(out.code, 65, "{out:?}");
-    let out = debug(&d, &["read", "vm1", "jiffies", "--count", "0"]);
+    let out = d.debug(&["read", "vm1", "jiffies", "--count", "0"]);
     assert_eq!(out.code, 65, "{out:?}");
-    let out = debug(&d, &["ps", "vm9"]);
+    let out = d.debug(&["ps", "vm9"]);
     assert_eq!(out.code, 68, "{out:?}");
     d.cli(&["lsmod", "vm1"]).ok();
 }
@@ -228,13 +220,13 @@ fn a_paused_guest_and_a_hung_guest_are_read_the_same() {
     d.vm_start("vm1");
 
     // Paused: time stands still in the guest, and everything still reads.
-    ok(d.cli(&["--json", "vm", "pause", "vm1"]).ok());
+    d.cli(&["--json", "vm", "pause", "vm1"]).ok().result();
     let j0 = jiffies(&d);
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(jiffies(&d), j0, "jiffies moved in a paused guest");
     assert!(dmesg(&d).contains("Linux version"));
     assert!(ps(&d).iter().any(|t| t["pid"] == 1));
-    ok(d.cli(&["--json", "vm", "resume", "vm1"]).ok());
+    d.cli(&["--json", "vm", "resume", "vm1"]).ok().result();
     let deadline = Instant::now() + Duration::from_secs(10);
     while jiffies(&d) == j0 {
         assert!(
@@ -279,12 +271,12 @@ fn a_paused_guest_and_a_hung_guest_are_read_the_same() {
     );
 
     // A vmcore of the hung guest: read back by vesper itself (no daemon) and by gdb.
-    let dump = ok(debug(&d, &["dump", "vm1", "--name", "hung.vmcore"]));
+    let dump = d.debug(&["dump", "vm1", "--name", "hung.vmcore"]).result();
     let path = dump["dump"]["path"].as_str().unwrap().to_string();
     let ram = dump["dump"]["ram_bytes"].as_u64().unwrap();
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size < ram, "zero pages are left out: {size} of {ram} bytes");
-    let listed = ok(debug(&d, &["dumps", "vm1"]));
+    let listed = d.debug(&["dumps", "vm1"]).result();
     assert_eq!(listed["dumps"][0]["path"], path.as_str(), "{listed}");
     let from_file = |args: &[&str]| {
         let mut a = vec!["--json", "debug"];
@@ -295,7 +287,7 @@ fn a_paused_guest_and_a_hung_guest_are_read_the_same() {
             .output()
             .unwrap()
             .into();
-        ok(out)
+        out.result()
     };
     let log: String = from_file(&["dmesg", &path])["records"]
         .as_array()
@@ -325,7 +317,7 @@ fn a_paused_guest_and_a_hung_guest_are_read_the_same() {
         "gdb read the release from the vmcore: {text}"
     );
     // A name that is not a plain file name is refused; nothing is written.
-    let out = debug(&d, &["dump", "vm1", "--name", "../escape.vmcore"]);
+    let out = d.debug(&["dump", "vm1", "--name", "../escape.vmcore"]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(!d.run_dir.path().join("dumps/escape.vmcore").exists());
 }
@@ -348,7 +340,7 @@ fn a_panicking_guest_is_dumped_before_failover_restarts_it() {
     // The vmcore appears, complete, and the guest is restarted after it.
     let deadline = Instant::now() + Duration::from_secs(120);
     let path = loop {
-        let listed = ok(debug(&d, &["dumps", "vm1"]));
+        let listed = d.debug(&["dumps", "vm1"]).result();
         if let Some(p) = listed["dumps"][0]["path"].as_str() {
             break p.to_string();
         }
@@ -383,7 +375,7 @@ fn a_panicking_guest_is_dumped_before_failover_restarts_it() {
         .output()
         .unwrap()
         .into();
-    let log: String = ok(out)["records"]
+    let log: String = out.result()["records"]
         .as_array()
         .unwrap()
         .iter()
@@ -405,8 +397,8 @@ fn a_panicking_guest_is_dumped_before_failover_restarts_it() {
     }
     // The vmcores outlive the VM; a name that is no guest's lists nothing.
     d.cli(&["vm", "stop", "vm1"]).ok();
-    let listed = ok(debug(&d, &["dumps", "vm1"]));
+    let listed = d.debug(&["dumps", "vm1"]).result();
     assert_eq!(listed["dumps"][0]["path"], path.as_str(), "{listed}");
-    let out = debug(&d, &["dumps", "bad.name"]);
+    let out = d.debug(&["dumps", "bad.name"]);
     assert_eq!(out.code, 68, "{out:?}");
 }

@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vesper_e2e::{module, CliOutput, Daemon};
 
-fn debug(d: &Daemon, args: &[&str]) -> CliOutput {
-    let mut a = vec!["--json", "debug"];
-    a.extend_from_slice(args);
-    d.cli(&a)
-}
-
-fn ok(out: CliOutput) -> Value {
-    assert_eq!(out.code, 0, "{out:?}");
-    out.json()["result"].clone()
-}
-
 /// The trace's function names with offsets, innermost first.
 fn functions(bt: &Value) -> Vec<String> {
     bt["frames"]
@@ -73,7 +62,7 @@ fn traces_of_sleeping_tasks_match_the_guest_kernels_own_unwinder() {
 
     let (pid, theirs) = guest_stack(&d, "svc");
     assert!(!theirs.is_empty(), "the guest printed no stack for svc");
-    let bt = ok(debug(&d, &["bt", "vm1", &pid.to_string()]));
+    let bt = d.debug(&["bt", "vm1", &pid.to_string()]).result();
     let ours = functions(&bt);
     // /proc/PID/stack leaves out the scheduler's own frames; the rest is identical,
     // offsets included.
@@ -90,7 +79,7 @@ fn traces_of_sleeping_tasks_match_the_guest_kernels_own_unwinder() {
     assert!(bt["end"]["ip"].as_u64().unwrap() < 0x8000_0000_0000, "{bt}");
 
     // A kernel thread's stack ends at its bottom, in ret_from_fork.
-    let bt = ok(debug(&d, &["bt", "vm1", "2"]));
+    let bt = d.debug(&["bt", "vm1", "2"]).result();
     let f = functions(&bt);
     assert_eq!(bt["end"]["reason"], "stack_end", "{bt}");
     assert!(f.last().unwrap().starts_with("ret_from_fork+"), "{f:?}");
@@ -107,7 +96,7 @@ fn traces_of_sleeping_tasks_match_the_guest_kernels_own_unwinder() {
     );
 
     // Bad requests: no such task, neither PID nor CPU, both.
-    let out = debug(&d, &["bt", "vm1", "99999"]);
+    let out = d.debug(&["bt", "vm1", "99999"]);
     assert_eq!(out.code, 65, "{out:?}");
     assert!(out.stdout.contains("no task with pid 99999"), "{out:?}");
     let out = d.cli(&["debug", "bt", "vm1"]);
@@ -133,7 +122,7 @@ fn a_cpu_spinning_with_interrupts_off_is_traced_from_its_registers() {
     .ok();
     let deadline = Instant::now() + Duration::from_secs(15);
     let spinner = loop {
-        let tasks = ok(debug(&d, &["ps", "vm1"]))["tasks"].clone();
+        let tasks = d.debug(&["ps", "vm1"]).result()["tasks"].clone();
         if let Some(t) = tasks
             .as_array()
             .unwrap()
@@ -148,8 +137,8 @@ fn a_cpu_spinning_with_interrupts_off_is_traced_from_its_registers() {
     let hung = Instant::now();
     // The spinning thread, traced from CPU 0's registers: its own function in its
     // module, under kthread. The frontend cannot answer meanwhile; the host can.
-    let by_cpu = ok(debug(&d, &["bt", "vm1", "--cpu", "0"]));
-    let by_pid = ok(debug(&d, &["bt", "vm1", &spinner.to_string()]));
+    let by_cpu = d.debug(&["bt", "vm1", "--cpu", "0"]).result();
+    let by_pid = d.debug(&["bt", "vm1", &spinner.to_string()]).result();
     for bt in [&by_cpu, &by_pid] {
         let f = functions(bt);
         let frames = bt["frames"].as_array().unwrap();
@@ -171,20 +160,20 @@ fn a_cpu_spinning_with_interrupts_off_is_traced_from_its_registers() {
         .unwrap()
         .contains("running on CPU 0"));
     // A CPU the guest does not have.
-    let out = debug(&d, &["bt", "vm1", "--cpu", "7"]);
+    let out = d.debug(&["bt", "vm1", "--cpu", "7"]);
     assert_eq!(out.code, 65, "{out:?}");
     assert!(out.stdout.contains("no CPU 7"), "{out:?}");
 
     // The same from a vmcore of the hung guest, read by the CLI with no daemon: the
     // CPU's registers come from the dump's NT_PRSTATUS note.
-    let dump = ok(debug(&d, &["dump", "vm1", "--name", "hung.vmcore"]));
+    let dump = d.debug(&["dump", "vm1", "--name", "hung.vmcore"]).result();
     let path = dump["dump"]["path"].as_str().unwrap().to_string();
     let out: CliOutput = std::process::Command::new(vesper_e2e::bin_dir().join("vesper"))
         .args(["--json", "debug", "bt", &path, "--cpu", "0"])
         .output()
         .unwrap()
         .into();
-    let from_file = ok(out);
+    let from_file = out.result();
     assert_eq!(functions(&from_file), functions(&by_cpu), "{from_file}");
     assert!(
         hung.elapsed() < Duration::from_secs(18),
