@@ -194,8 +194,18 @@ fn an_unreachable_daemon_fails_monitor_and_stop_but_not_a_probe() {
         ),
     ];
     let agent = |action: &str, meta: &[(&str, &str)]| run_agent(action, &params, meta);
-    // A probe on a node whose vesperd is down: nothing can run there.
+    // A probe on a node whose vesperd is down and left no record of the guest: it
+    // does not run there.
     assert_eq!(agent("monitor", PROBE).code, OCF_NOT_RUNNING);
+    // With a record (vesperd killed, its VM left running for the next one to adopt):
+    // the guest may run, so the probe fails instead of letting it start elsewhere too.
+    let rec = dir.path().join("guests/web1/vm.json");
+    std::fs::create_dir_all(rec.parent().unwrap()).unwrap();
+    std::fs::write(&rec, "{}").unwrap();
+    let p = agent("monitor", PROBE);
+    assert_eq!(p.code, OCF_ERR_GENERIC, "{p:?}");
+    assert!(p.stderr.contains("may still run here"), "{p:?}");
+    std::fs::remove_file(&rec).unwrap();
     let m = agent("monitor", MONITOR);
     assert_eq!(m.code, OCF_ERR_GENERIC, "{m:?}");
     assert!(m.stderr.contains("cannot reach vesperd"), "{m:?}");
