@@ -32,9 +32,11 @@ fn fence(d: &Daemon, args: &[&str]) -> CliOutput {
         .into()
 }
 
-/// As pacemaker-fenced calls an agent: no arguments, options on stdin.
+/// As pacemaker-fenced calls an agent: no arguments, options on stdin, and
+/// `PCMK_service` set (fencing.py then zeroes its own timeouts: Pacemaker's bound it).
 fn fence_stdin(d: &Daemon, lines: &[&str]) -> CliOutput {
     let mut child = Command::new(agent())
+        .env("PCMK_service", "pacemaker-fenced")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

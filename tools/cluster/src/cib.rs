@@ -24,6 +24,8 @@ pub struct Places {
     pub modules_dir: PathBuf,
     /// The lab's node names.
     pub nodes: Vec<String>,
+    /// Where every node sees every node's `/run` (as `DIR/nN/run`).
+    pub node_runs: PathBuf,
 }
 
 impl Vars {
@@ -48,6 +50,7 @@ impl Vars {
             "TOOLS",
             crate::repo_root().join("tools").display().to_string(),
         );
+        v.insert("NODE_RUNS", p.node_runs.display().to_string());
         v.insert("CIDR", "24".to_string());
         v.insert("NIC", "eth0".to_string());
         Vars(v)
@@ -128,6 +131,7 @@ mod tests {
             kit_dir: "/k".into(),
             modules_dir: "/k/modules/6.1".into(),
             nodes: vec!["n1".into(), "n2".into()],
+            node_runs: "/run/vesper-lab/l/nodes".into(),
         })
     }
 
@@ -165,5 +169,11 @@ mod tests {
             .unwrap();
         assert!(out.contains("cluster bridge") && out.contains("/tools/ocf/alert_vesper"));
         assert!(out.contains("to /run/vesper-alerts/alerts.sock"));
+        let fencing = base_template().with_file_name("fencing.crm");
+        let out = vars()
+            .render(&std::fs::read_to_string(&fencing).unwrap(), &fencing)
+            .unwrap();
+        assert!(out.contains("socket=/run/vesper-lab/l/nodes/n2/run/vesper/vesperd.sock"));
+        assert!(out.contains("pcmk_host_map=\"n1:web1\"") && out.contains("stonith-enabled=true"));
     }
 }

@@ -15,6 +15,7 @@
 pub mod cib;
 pub mod cmd;
 pub mod corosync;
+pub mod daemon;
 pub mod down;
 pub mod install;
 pub mod node;

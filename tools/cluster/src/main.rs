@@ -70,6 +70,21 @@ enum Cmd {
     },
     /// The lab's nodes, addresses, daemons, and `crm_mon -1` from its first node.
     Status,
+    /// Kill a node's daemon (vesperd, corosync, pacemakerd) with SIGKILL, as a crash
+    /// would: `kill n1 corosync` is the loss of n1 to the cluster.
+    Kill {
+        /// The node: n1, n2, ...
+        node: String,
+        /// vesperd, corosync or pacemakerd.
+        daemon: String,
+    },
+    /// Start a node's daemon again, as `up` did (as a service manager's restart would).
+    Start {
+        /// The node: n1, n2, ...
+        node: String,
+        /// vesperd, corosync or pacemakerd.
+        daemon: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -194,6 +209,16 @@ fn run(args: Args) -> Result<ExitCode, LabError> {
                 why: e.to_string(),
                 hint: "is util-linux's nsenter installed?".into(),
             })
+        }
+        Cmd::Kill { node, daemon } => {
+            let pid = vesper_cluster_lab::daemon::kill(&lab, &node, &daemon)?;
+            say(&format!("killed {daemon} on {node} (pid {pid})"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Start { node, daemon } => {
+            let pid = vesper_cluster_lab::daemon::start(&lab, &node, &daemon)?;
+            say(&format!("started {daemon} on {node} (pid {pid})"));
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Status => {
             let st = vesper_cluster_lab::state::State::load(&lab)?;

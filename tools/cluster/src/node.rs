@@ -248,6 +248,7 @@ pub fn create_namespaces(lab: &Lab, st: &mut State, node: &str) -> Result<(), La
     }
     let dir = lab.node_dir(node);
     let hint = "see the error above; run `tools/cluster/down` and retry";
+    share_node_runs(lab, node, &inside)?;
     for (src, dst) in [
         ("etc-corosync", "/etc/corosync"),
         ("var-lib-corosync", "/var/lib/corosync"),
@@ -256,7 +257,9 @@ pub fn create_namespaces(lab: &Lab, st: &mut State, node: &str) -> Result<(), La
         ("run", "/run"),
     ] {
         let src = dir.join(src).display().to_string();
-        run(&step, hint, &mut inside(&["mount", "--bind", &src, dst]))?;
+        // /run recursively: it carries the view of every node's run directory.
+        let bind = if dst == "/run" { "--rbind" } else { "--bind" };
+        run(&step, hint, &mut inside(&["mount", bind, &src, dst]))?;
     }
     // libqb's IPC keeps its rings in /dev/shm: each node its own.
     run(
@@ -271,6 +274,34 @@ pub fn create_namespaces(lab: &Lab, st: &mut State, node: &str) -> Result<(), La
             "tmpfs",
             "/dev/shm",
         ]),
+    )?;
+    Ok(())
+}
+
+/// Every node's run directory, seen inside `node` at the path the host sees it
+/// (`STATE/nodes/nN/run`), which the node's own `/run` would hide: a node's fence device
+/// reaches the vesperd of the node it fences there. Bound into the node's run directory
+/// (inside its mount namespace only) before that is mounted over `/run`.
+fn share_node_runs(
+    lab: &Lab,
+    node: &str,
+    inside: &dyn Fn(&[&str]) -> std::process::Command,
+) -> Result<(), LabError> {
+    let step = format!("share the nodes' run directories with {node}");
+    let nodes = lab.state_dir.join("nodes");
+    let rel = nodes.strip_prefix("/run").map_err(|_| {
+        LabError::Usage(format!(
+            "{step}: the state directory {} is not under /run",
+            lab.state_dir.display()
+        ))
+    })?;
+    let at = lab.node_run(node).join(rel);
+    std::fs::create_dir_all(&at).map_err(io_err(&step, &at))?;
+    let (src, dst) = (nodes.display().to_string(), at.display().to_string());
+    run(
+        &step,
+        "see the error above; run `tools/cluster/down` and retry",
+        &mut inside(&["mount", "--bind", &src, &dst]),
     )?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use crate::cmd::{command, io_err, log_tail, run};
 use crate::node::{self, write_file};
 use crate::state::{NodeInfo, State};
 use crate::status::ClusterStatus;
-use crate::{corosync, install, Lab, LabError, NODE_VESPER_RUN};
+use crate::{corosync, install, Lab, LabError};
 
 /// What `up` builds.
 #[derive(Debug, Clone)]
@@ -47,13 +47,17 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
         kit_dir: opts.kit_dir.clone(),
         modules_dir,
         nodes: names.clone(),
+        node_runs: lab.state_dir.join("nodes"),
     });
     // Templates are rendered before anything is made: a bad one costs nothing.
     let mut cib_text = String::new();
+    let mut parts = Vec::new();
     for t in &opts.cib {
         let text = std::fs::read_to_string(t).map_err(io_err("read a CIB template", t))?;
-        cib_text += &vars.render(&text, t)?;
+        let part = vars.render(&text, t)?;
+        cib_text += &part;
         cib_text.push('\n');
+        parts.push(part);
     }
 
     let step = "create the state directory";
@@ -116,6 +120,7 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
         start_vesperd(lab, &mut st, &n.name, opts)?;
     }
     install_agent(&opts.ocf_agent)?;
+    install_fence_agent(&crate::repo_root().join("tools/fence/fence_vesper"))?;
 
     say("corosync (knet) on every node");
     for n in st.nodes.clone() {
@@ -141,23 +146,35 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
         // Kept in the state directory for the user, and copied where node 1 sees it.
         let path = lab.state_dir.join("cib.crm");
         std::fs::write(&path, &cib_text).map_err(io_err("write the CIB", &path))?;
-        let inside = lab.node_run(&names[0]).join("lab-cib.crm");
-        std::fs::write(&inside, &cib_text).map_err(io_err("write the CIB", &inside))?;
         say(&format!(
             "loading the CIB ({}) on {}",
             path.display(),
             names[0]
         ));
-        let mut c = lab.node_command(&names[0]);
-        c.args(["crm", "configure", "load", "update", "/run/lab-cib.crm"]);
-        run(
-            "load the CIB",
-            &format!(
-                "check {} (`crm configure verify` on a node shows the problem)",
-                path.display()
-            ),
-            &mut c,
-        )?;
+        // One template at a time: a later one may update what an earlier one set (the
+        // fencing template turns stonith-enabled on), which one load would call a
+        // duplicate.
+        for (i, part) in parts.iter().enumerate() {
+            let name = format!("lab-cib-{i}.crm");
+            let inside = lab.node_run(&names[0]).join(&name);
+            std::fs::write(&inside, part).map_err(io_err("write the CIB", &inside))?;
+            let mut c = lab.node_command(&names[0]);
+            c.args([
+                "crm",
+                "configure",
+                "load",
+                "update",
+                &format!("/run/{name}"),
+            ]);
+            run(
+                "load the CIB",
+                &format!(
+                    "check {} (`crm configure verify` on a node shows the problem)",
+                    opts.cib[i].display()
+                ),
+                &mut c,
+            )?;
+        }
     }
     say(&format!("up in {:.1} s", started.elapsed().as_secs_f64()));
     Ok(st)
@@ -222,42 +239,10 @@ fn seed_cib(lab: &Lab) -> Result<String, LabError> {
 }
 
 fn start_vesperd(lab: &Lab, st: &mut State, node: &str, opts: &UpOptions) -> Result<(), LabError> {
-    let vesperd = opts.bin_dir.join("vesperd").display().to_string();
-    let kit = opts.kit_dir.display().to_string();
-    let pid = node::spawn(
-        lab,
-        st,
-        node,
-        "vesperd",
-        &[
-            &vesperd,
-            "--run-dir",
-            NODE_VESPER_RUN,
-            "--kit-dir",
-            &kit,
-            "--alert-socket",
-            crate::NODE_ALERT_SOCKET,
-        ],
-        &[],
-    )?;
-    let sock = lab.vesper_socket(node);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sock.exists() {
-        if !crate::procs::alive(pid) || Instant::now() > deadline {
-            return Err(LabError::Timeout {
-                step: format!("start vesperd on {node}"),
-                secs: 15,
-                what: format!(
-                    "its socket {} never appeared{}",
-                    sock.display(),
-                    log_tail(&lab.daemon_log(node, "vesperd"), 8)
-                ),
-                hint: "run the same vesperd by hand to see why; then `tools/cluster/down`".into(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    let argv = crate::daemon::vesperd_argv(&opts.bin_dir, &opts.kit_dir);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let pid = node::spawn(lab, st, node, "vesperd", &argv, &[])?;
+    crate::daemon::wait_socket(lab, node, pid)
 }
 
 /// Installs the agent where Pacemaker looks (atomically: another lab may be running it).
@@ -267,6 +252,19 @@ fn install_agent(agent: &Path) -> Result<(), LabError> {
     let dir = dst.parent().expect("agent dir");
     std::fs::create_dir_all(dir).map_err(io_err(step, dir))?;
     let tmp = dir.join(format!(".vesper.{}", std::process::id()));
+    std::fs::copy(agent, &tmp).map_err(io_err(step, &tmp))?;
+    write_mode(&tmp, 0o755).map_err(io_err(step, &tmp))?;
+    std::fs::rename(&tmp, dst).map_err(io_err(step, dst))
+}
+
+/// Where pacemaker-fenced looks for fence agents (RHCS-style agents live in /usr/sbin).
+pub const FENCE_AGENT_PATH: &str = "/usr/sbin/fence_vesper";
+
+/// Installs fence_vesper for stonith resources (atomically, as the OCF agent).
+fn install_fence_agent(agent: &Path) -> Result<(), LabError> {
+    let step = "install the fence agent";
+    let dst = Path::new(FENCE_AGENT_PATH);
+    let tmp = dst.with_file_name(format!(".fence_vesper.{}", std::process::id()));
     std::fs::copy(agent, &tmp).map_err(io_err(step, &tmp))?;
     write_mode(&tmp, 0o755).map_err(io_err(step, &tmp))?;
     std::fs::rename(&tmp, dst).map_err(io_err(step, dst))

@@ -1,0 +1,174 @@
+//! Faults for the cluster lab ([`ClusterLab`]): a node's daemons killed and started again,
+//! which node runs a guest's VM process (found by namespace, so also when that node's
+//! vesperd is dead), a node's events, and the node-loss clock ([`measure_node_loss`]).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vesper_cluster_lab::procs::{self, NsId};
+
+use crate::cluster::ClusterLab;
+
+/// The CIB templates of a lab with event-driven recovery and fencing (after base.crm).
+pub fn fencing_cibs() -> Vec<String> {
+    let cib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/cluster/cib");
+    ["events.crm", "fencing.crm"]
+        .iter()
+        .flat_map(|f| ["--cib".to_string(), cib.join(f).display().to_string()])
+        .collect()
+}
+
+impl ClusterLab {
+    /// Kills `daemon` (vesperd, corosync, pacemakerd) on `node` with SIGKILL.
+    pub fn kill_daemon(&self, node: &str, daemon: &str) {
+        self.lab_cli(&["kill", node, daemon]).ok();
+    }
+
+    /// Starts `daemon` on `node` again, as `up` did.
+    pub fn start_daemon(&self, node: &str, daemon: &str) {
+        self.lab_cli(&["start", node, daemon]).ok();
+    }
+
+    /// Brings `node` back into the cluster after its corosync was killed or it was
+    /// fenced: corosync again, and pacemakerd where it has exited (a live one reconnects
+    /// on its own); waits until every node is online.
+    pub fn revive(&self, node: &str, timeout: Duration) {
+        let st = vesper_cluster_lab::state::State::load(&self.lab).expect("lab state");
+        for d in ["corosync", "pacemakerd"] {
+            let alive = vesper_cluster_lab::daemon::pid(&st, node, d).is_some_and(procs::alive);
+            if !alive {
+                self.start_daemon(node, d);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(&self.nodes[0]);
+            if s.as_ref().is_ok_and(|s| s.ready(&self.nodes)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} not back after {timeout:?}: {s:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The VM processes of `guest` on each node, found by the node's namespaces and
+    /// QEMU's command line (its sockets are under the guest's run directory).
+    pub fn guest_vms(&self, guest: &str) -> Vec<(String, u32)> {
+        let needle = format!("/guests/{guest}/");
+        let mut found = Vec::new();
+        for n in &self.nodes {
+            let Some(ns) = NsId::of_file(&self.lab.mnt_ns_path(n)) else {
+                continue;
+            };
+            for p in procs::in_namespaces(&[ns]) {
+                let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap_or_default();
+                if p.comm.starts_with("qemu-system")
+                    && String::from_utf8_lossy(&cmdline).contains(&needle)
+                {
+                    found.push((n.clone(), p.pid));
+                }
+            }
+        }
+        found
+    }
+
+    /// `node`'s events as JSON (`vesper --json events ARGS` there).
+    pub fn events(&self, node: &str, args: &[&str]) -> Vec<Value> {
+        let mut a = vec!["--json", "events"];
+        a.extend_from_slice(args);
+        self.vesper(node, &a)
+            .ok()
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| v["result"].clone())
+            .filter(|r| r["reply"] == "event")
+            .collect()
+    }
+
+    /// Waits until `pred` holds of `node`'s events (`args` select them); those events.
+    pub fn wait_events(
+        &self,
+        node: &str,
+        args: &[&str],
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ev = self.events(node, args);
+            if pred(&ev) {
+                return ev;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not in {node}'s events after {timeout:?}: {ev:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// One whole-node loss, timed from its corosync's kill.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeLoss {
+    /// Until the guest's VM process on the lost node was gone (fenced).
+    pub fenced: Duration,
+    /// Until every resource ran on the other node.
+    pub moved: Duration,
+    /// Until the service answered in the guest there.
+    pub answering: Duration,
+}
+
+/// Kills corosync on `from` (which runs `resources`, the guest's first) and times the
+/// cluster fencing it (the guest's VM gone from `from`) and moving `resources` to `to`,
+/// polling every 100 ms, then the service answering there. Asserts the guest never runs
+/// on both nodes at once.
+pub fn measure_node_loss(
+    lab: &ClusterLab,
+    guest: &str,
+    resources: &[&str],
+    from: &str,
+    to: &str,
+    timeout: Duration,
+) -> NodeLoss {
+    lab.kill_daemon(from, "corosync");
+    let killed = Instant::now();
+    let mut fenced = None;
+    loop {
+        let vms = lab.guest_vms(guest);
+        assert!(vms.len() <= 1, "{guest} runs twice: {vms:?}");
+        if fenced.is_none() && !vms.iter().any(|(n, _)| n == from) {
+            fenced = Some(killed.elapsed());
+        }
+        let s = lab.status(to);
+        if let (Some(fenced), Ok(s)) = (fenced, &s) {
+            if resources.iter().all(|r| s.started_on(r, to)) {
+                let moved = killed.elapsed();
+                lab.service_answers(to, guest);
+                return NodeLoss {
+                    fenced,
+                    moved,
+                    answering: killed.elapsed(),
+                };
+            }
+        }
+        assert!(
+            killed.elapsed() < timeout,
+            "{resources:?} not on {to} {:?} after {from}'s corosync was killed: {}\n{}",
+            killed.elapsed(),
+            match &s {
+                Ok(s) => s.summary(),
+                Err(e) => e.clone(),
+            },
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
