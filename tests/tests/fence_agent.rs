@@ -25,7 +25,6 @@ fn fence(d: &Daemon, args: &[&str]) -> CliOutput {
             "--vesper-path={}",
             bin_dir().join("vesper").display()
         ))
-        .arg(format!("--kit-dir={}", kit().dir.display()))
         .args(args)
         .output()
         .expect("run fence_vesper")
@@ -109,26 +108,37 @@ fn fence_vesper_powers_a_guest_off_and_on_through_vesperd() {
         "{status:?}"
     );
 
+    // Fenced: the guest may not start on this host, whoever asks.
+    let refused = d.cli(&["vm", "start", "f1"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("fenced on this host"),
+        "{refused:?}"
+    );
+    let fenced = d.cli(&["--json", "vm", "fenced", "f1"]).result();
+    assert_eq!(fenced["fenced"], true, "{fenced}");
+
+    // On (unfencing, as Pacemaker does when a node joins): the guest may start here
+    // again; on does not start it — the cluster's resource agent does.
     let on = fence(&d, &["-o", "on", "-n", "f1"]);
     assert_eq!(on.code, 0, "{on:?}\n{}", d.log());
-    // On: the VM process runs (powered on); its guest comes up after.
-    let status = d.cli(&["vm", "status", "f1"]).code;
-    assert!(
-        status == 0 || status == 4,
-        "on: running or booting, not {status}"
+    assert!(on.stdout.contains("Success: Powered ON"), "{on:?}");
+    assert_eq!(d.cli(&["vm", "status", "f1"]).code, 3, "on starts nothing");
+    let status = fence(&d, &["-o", "status", "-n", "f1"]);
+    assert_eq!(
+        (status.code, status.stdout.trim()),
+        (0, "Status: ON"),
+        "{status:?}"
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while d.cli(&["vm", "status", "f1"]).code != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "f1 never came up after on"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let old = d.qemu_pid("f1");
+    d.vm_start("f1");
+    // Fabric fencing has no reboot: it is refused, not done as something else.
     let reboot = fence(&d, &["-o", "reboot", "-n", "f1"]);
-    assert_eq!(reboot.code, 0, "{reboot:?}\n{}", d.log());
-    assert_ne!(d.qemu_pid("f1"), old, "reboot is a new VM process");
+    assert_ne!(reboot.code, 0, "{reboot:?}");
+    assert_eq!(
+        d.cli(&["vm", "status", "f1"]).code,
+        0,
+        "reboot touched nothing"
+    );
     assert_eq!(fence(&d, &["-o", "monitor"]).code, 0);
 
     // No vesperd there: a failure that says so, not a false "off".

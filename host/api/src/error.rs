@@ -41,6 +41,9 @@ pub enum ErrorCode {
     Internal,
     /// The caller's uid/gid is not allowed to use the daemon.
     PermissionDenied,
+    /// The guest is fenced on this host (`vm fence`): it may not start here until
+    /// unfenced.
+    Fenced,
 }
 
 /// Exit code of the CLI for a timeout: the guest stopped answering, a VM did not stop in
@@ -66,6 +69,7 @@ impl ErrorCode {
             | ErrorCode::InUse
             | ErrorCode::InitFailed
             | ErrorCode::GuestFailed
+            | ErrorCode::Fenced
             | ErrorCode::GuestMisbehaving => 1,
         }
     }

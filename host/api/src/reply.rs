@@ -117,6 +117,15 @@ pub enum Reply {
         #[serde(default)]
         killed: bool,
     },
+    /// A guest was fenced or unfenced on this host.
+    VmFenced {
+        /// Name.
+        name: String,
+        /// Whether it is fenced now.
+        fenced: bool,
+        /// A VM of that name was running and was stopped.
+        stopped: bool,
+    },
     /// VMs.
     VmList {
         /// Every VM.

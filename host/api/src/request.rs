@@ -84,6 +84,15 @@ pub enum Request {
         /// VM name.
         name: String,
     },
+    /// Fences a guest on this host (`fenced: true`: it is stopped if it runs, and no
+    /// `vm start` of that name is taken until it is unfenced), or unfences it. The
+    /// mark is kept in the run directory: it outlives vesperd restarts.
+    VmFence {
+        /// VM name.
+        name: String,
+        /// Fence (true), unfence (false), or only say whether it is fenced (null).
+        fenced: Option<bool>,
+    },
     /// List VMs.
     VmList,
     /// Type a line into a VM's serial console (for test hands and kernel developers:

@@ -187,6 +187,22 @@ pub(crate) enum VmCmd {
     },
     /// Stop a VM; returns once its process is gone (killed if it does not quit within
     /// its grace period, which the reply says); 62 if it still has not ended.
+    /// Fence a guest on this host: stop it if it runs, and refuse to start it here
+    /// until it is unfenced (kept across vesperd restarts); what fence_vesper's `off` does.
+    Fence {
+        /// VM name.
+        name: String,
+    },
+    /// Whether a guest is fenced on this host (`--json`: `fenced` true or false).
+    Fenced {
+        /// VM name.
+        name: String,
+    },
+    /// Lift a guest's fence on this host: it may start here again (it is not started).
+    Unfence {
+        /// VM name.
+        name: String,
+    },
     Stop {
         /// VM name.
         name: String,

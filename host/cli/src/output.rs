@@ -194,6 +194,15 @@ pub(crate) fn print_human(reply: &Reply) {
             println!("{}", vm_line(v));
             println!("console log: {}", v.console_log.display());
         }
+        Reply::VmFenced {
+            name,
+            fenced: true,
+            stopped,
+        } => println!(
+            "{name}: fenced on this host{}",
+            if *stopped { " (its VM was stopped)" } else { "" }
+        ),
+        Reply::VmFenced { name, .. } => println!("{name}: not fenced"),
         Reply::VmStopped {
             name,
             killed: false,

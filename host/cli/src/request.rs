@@ -70,6 +70,24 @@ pub(crate) fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
         Cmd::Vm {
             cmd: VmCmd::Stop { name },
         } => Request::VmStop { name: name.clone() },
+        Cmd::Vm {
+            cmd: VmCmd::Fence { name },
+        } => Request::VmFence {
+            name: name.clone(),
+            fenced: Some(true),
+        },
+        Cmd::Vm {
+            cmd: VmCmd::Unfence { name },
+        } => Request::VmFence {
+            name: name.clone(),
+            fenced: Some(false),
+        },
+        Cmd::Vm {
+            cmd: VmCmd::Fenced { name },
+        } => Request::VmFence {
+            name: name.clone(),
+            fenced: None,
+        },
         Cmd::Vm { cmd: VmCmd::List } => Request::VmList,
         Cmd::Vm {
             cmd: VmCmd::Send { name, text },

@@ -19,7 +19,7 @@ use crate::daemon::{
 use crate::events::EventBus;
 use crate::modules::insmod;
 use crate::streams::{relay_cat, send_line, subscribe};
-use crate::vm_lifecycle::{vm_send, vm_start, vm_stop};
+use crate::vm_lifecycle::{vm_fence, vm_send, vm_start, vm_stop};
 
 use crate::guest::GuestMsg;
 
@@ -206,6 +206,7 @@ pub(crate) async fn handle(daemon: &Shared, req: Request) -> Response {
     match req {
         Request::VmStart(a) => vm_start(daemon, a).await,
         Request::VmStop { name } => vm_stop(daemon, &name).await,
+        Request::VmFence { name, fenced } => vm_fence(daemon, &name, fenced).await,
         Request::VmSend { name, line } => vm_send(daemon, &name, &line).await,
         Request::VmList => {
             let guests = daemon.guests.lock().expect("guests lock");

@@ -65,6 +65,12 @@ pub(crate) fn channels_record(dir: &Path) -> PathBuf {
     dir.join("channels.json")
 }
 
+/// The mark of a guest fenced on this host (`vm fence`): while it exists, no VM of that
+/// name starts here.
+pub(crate) fn fence_mark(dir: &Path) -> PathBuf {
+    dir.join("fenced")
+}
+
 /// The ELF symbol file made from the guest's kallsyms, for gdb.
 pub(crate) fn symbol_file(dir: &Path) -> PathBuf {
     dir.join("kallsyms.o")

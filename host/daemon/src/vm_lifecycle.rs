@@ -35,6 +35,18 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
             a.memory_mib, a.cpus
         ));
     }
+    let fence_mark = crate::vm_dir::fence_mark(&crate::vm_dir::of(&daemon.config.run_dir, &a.name));
+    if fence_mark.exists() {
+        return Err(ApiError::new(
+            ErrorCode::Fenced,
+            format!(
+                "{}: fenced on this host ({}); it starts here again once unfenced (`vesper vm unfence {}`, or the cluster's unfencing: fence_vesper -o on)",
+                a.name,
+                fence_mark.display(),
+                a.name
+            ),
+        ));
+    }
     let ended = {
         let mut guests = daemon.guests.lock().expect("guests lock");
         if let Some(g) = guests.get(&a.name) {
@@ -466,5 +478,60 @@ pub(crate) async fn vm_stop(daemon: &Shared, name: &str) -> Response {
     Ok(Reply::VmStopped {
         name: name.to_string(),
         killed,
+    })
+}
+
+/// `vm fence` / `vm unfence` / `vm fenced`. Fencing writes the mark first, so a start racing with it
+/// is refused, then stops the VM if it runs; the reply comes once it is gone.
+pub(crate) async fn vm_fence(daemon: &Shared, name: &str, fenced: Option<bool>) -> Response {
+    if !valid_name(name) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("bad VM name {name:?}: use 1-32 letters, digits, - or _"),
+        ));
+    }
+    let dir = crate::vm_dir::of(&daemon.config.run_dir, name);
+    let mark = crate::vm_dir::fence_mark(&dir);
+    let io = |what: &str, e: std::io::Error| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("{name}: cannot {what} {}: {e}", mark.display()),
+        )
+    };
+    let Some(fenced) = fenced else {
+        return Ok(Reply::VmFenced {
+            name: name.to_string(),
+            fenced: mark.exists(),
+            stopped: false,
+        });
+    };
+    if !fenced {
+        match std::fs::remove_file(&mark) {
+            Ok(()) => tracing::info!(guest = %name, "unfenced"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", e)),
+        }
+        return Ok(Reply::VmFenced {
+            name: name.to_string(),
+            fenced: false,
+            stopped: false,
+        });
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| io("create the directory of", e))?;
+    std::fs::write(&mark, b"fenced\n").map_err(|e| io("write", e))?;
+    tracing::warn!(guest = %name, "fenced: no VM of this name starts here until unfenced");
+    let running = daemon
+        .guests
+        .lock()
+        .expect("guests lock")
+        .get(name)
+        .is_some_and(|g| !*g.exited.borrow());
+    if running {
+        vm_stop(daemon, name).await?;
+    }
+    Ok(Reply::VmFenced {
+        name: name.to_string(),
+        fenced: true,
+        stopped: running,
     })
 }
