@@ -17,6 +17,7 @@ pub mod cmd;
 pub mod corosync;
 pub mod down;
 pub mod install;
+pub mod libvirt;
 pub mod node;
 pub mod procs;
 pub mod state;

@@ -9,7 +9,7 @@ use crate::cmd::{command, io_err, log_tail, run};
 use crate::node::{self, write_file};
 use crate::state::{NodeInfo, State};
 use crate::status::ClusterStatus;
-use crate::{corosync, install, Lab, LabError, NODE_VESPER_RUN};
+use crate::{corosync, install, libvirt, Lab, LabError, NODE_VESPER_RUN};
 
 /// What `up` builds.
 #[derive(Debug, Clone)]
@@ -28,6 +28,11 @@ pub struct UpOptions {
     pub install: bool,
     /// Longest wait for corosync and Pacemaker to form the cluster.
     pub timeout: Duration,
+    /// Start libvirtd on every node and write the domain's XML (the VirtualDomain
+    /// baseline, cib/virtualdomain.crm).
+    pub libvirt: bool,
+    /// Template placeholders set or overridden (`--var NAME=VALUE`).
+    pub vars: Vec<(String, String)>,
 }
 
 /// Where the agent goes on every node (the nodes share the host's /usr).
@@ -42,19 +47,35 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
     }
     let modules_dir = crate::cib::modules_dir(&opts.kit_dir)?;
     let names = Lab::node_names(opts.nodes);
-    let vars = Vars::new(&Places {
+    let mut vars = Vars::new(&Places {
         bin_dir: opts.bin_dir.clone(),
         kit_dir: opts.kit_dir.clone(),
         modules_dir,
         nodes: names.clone(),
     });
+    libvirt::add_vars(&mut vars, &opts.kit_dir)?;
+    vars.set(&opts.vars)?;
     // Templates are rendered before anything is made: a bad one costs nothing.
     let mut cib_text = String::new();
     for t in &opts.cib {
         let text = std::fs::read_to_string(t).map_err(io_err("read a CIB template", t))?;
+        if text.contains("@VD_XML@") && !opts.libvirt {
+            return Err(LabError::Usage(format!(
+                "CIB template {} runs a libvirt domain: add --libvirt (libvirtd on every node)",
+                t.display()
+            )));
+        }
         cib_text += &vars.render(&text, t)?;
         cib_text.push('\n');
     }
+    let guest = vars.0.get("GUEST").cloned().unwrap_or_default();
+    let domain = if opts.libvirt {
+        let t = libvirt::domain_template();
+        let text = std::fs::read_to_string(&t).map_err(io_err("read the domain template", &t))?;
+        Some(vars.render(&text, &t)?)
+    } else {
+        None
+    };
 
     let step = "create the state directory";
     std::fs::create_dir_all(&lab.state_dir).map_err(io_err(step, &lab.state_dir))?;
@@ -108,7 +129,11 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
             0o600,
             Some((uid, gid)),
         )?;
-        node::create_namespaces(lab, &mut st, &n.name)?;
+        let extra = match &domain {
+            Some(d) => libvirt::prepare(lab, &n.name, &guest, d)?,
+            None => &[],
+        };
+        node::create_namespaces(lab, &mut st, &n.name, extra)?;
     }
 
     say("vesperd on every node");
@@ -116,6 +141,10 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
         start_vesperd(lab, &mut st, &n.name, opts)?;
     }
     install_agent(&opts.ocf_agent)?;
+    if domain.is_some() {
+        say("libvirtd on every node");
+        libvirt::start(lab, &mut st, &names)?;
+    }
 
     say("corosync (knet) on every node");
     for n in st.nodes.clone() {
