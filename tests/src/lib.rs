@@ -12,6 +12,7 @@ use vesper_guest_kit::{EnsureOptions, Kit};
 pub mod cluster;
 pub mod cluster_fence;
 pub mod tiny_guest;
+pub mod virtualdomain;
 
 /// The guest kit, built once per test process.
 pub fn kit() -> &'static Kit {

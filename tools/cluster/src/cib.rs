@@ -56,6 +56,28 @@ impl Vars {
         Vars(v)
     }
 
+    /// Sets (or overrides) placeholders from `NAME=VALUE` pairs; names are 1-32 of
+    /// A-Z, 0-9 and `_`.
+    pub fn set(&mut self, pairs: &[(String, String)]) -> Result<(), LabError> {
+        for (k, v) in pairs {
+            let ok = (1..=32).contains(&k.len())
+                && k.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(LabError::Usage(format!(
+                    "--var {k}={v}: a placeholder name is 1-32 of A-Z, 0-9 and _"
+                )));
+            }
+            // Leaked once per up: the map's keys are static names.
+            let name: &'static str = match self.0.keys().find(|n| **n == k.as_str()) {
+                Some(n) => n,
+                None => Box::leak(k.clone().into_boxed_str()),
+            };
+            self.0.insert(name, v.clone());
+        }
+        Ok(())
+    }
+
     /// `template` with every `@NAME@` replaced; unknown names are listed in the error.
     pub fn render(&self, template: &str, what: &Path) -> Result<String, LabError> {
         let mut out = String::with_capacity(template.len());
@@ -104,6 +126,18 @@ pub fn base_template() -> PathBuf {
 
 /// The guest kit's probe modules directory, from its manifest.
 pub fn modules_dir(kit_dir: &Path) -> Result<PathBuf, LabError> {
+    Ok(manifest_paths(kit_dir, &["modules_dir"])?.remove(0))
+}
+
+/// The guest kit's kernel and initramfs, from its manifest.
+pub fn kit_boot_files(kit_dir: &Path) -> Result<(PathBuf, PathBuf), LabError> {
+    let mut v = manifest_paths(kit_dir, &["kernel", "initramfs"])?;
+    let initrd = v.remove(1);
+    Ok((v.remove(0), initrd))
+}
+
+/// The paths the kit's manifest gives for `keys`, in order.
+fn manifest_paths(kit_dir: &Path, keys: &[&str]) -> Result<Vec<PathBuf>, LabError> {
     let manifest = kit_dir.join("manifest.json");
     let bad = |why: String| {
         LabError::Usage(format!(
@@ -115,10 +149,13 @@ pub fn modules_dir(kit_dir: &Path) -> Result<PathBuf, LabError> {
         .map_err(|e| bad(format!("cannot read {}: {e}", manifest.display())))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
-    let dir = v["modules_dir"]
-        .as_str()
-        .ok_or_else(|| bad("manifest.json has no modules_dir".into()))?;
-    Ok(PathBuf::from(dir))
+    keys.iter()
+        .map(|k| {
+            v[k].as_str()
+                .map(PathBuf::from)
+                .ok_or_else(|| bad(format!("manifest.json has no {k}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -128,9 +128,16 @@ pub fn down(lab: &Lab, say: &dyn Fn(&str)) -> Result<Report, LabError> {
     report.killed = seen.len();
     if !seen.is_empty() {
         say(&format!("ending {} processes", seen.len()));
+        let vesperds: Vec<u32> = seen
+            .iter()
+            .filter(|p| p.comm == "vesperd")
+            .map(|p| p.pid)
+            .collect();
+        // A QEMU is spared only when a vesperd will stop it (libvirt's are not).
+        let vesperds_vm = |pid: u32| procs::parent(pid).is_some_and(|pp| vesperds.contains(&pp));
         for p in seen
             .iter()
-            .filter(|p| p.comm != "vesperd" && !p.comm.starts_with("qemu"))
+            .filter(|p| p.comm != "vesperd" && !(p.comm.starts_with("qemu") && vesperds_vm(p.pid)))
         {
             procs::signal(p.pid, Signal::SIGKILL);
         }

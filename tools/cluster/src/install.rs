@@ -9,7 +9,9 @@ use crate::LabError;
 
 /// Debian 12 packages: the cluster stack, its shell, the agents the CIB uses (`IPaddr2`
 /// from resource-agents), the fence agents a stonith resource will use, and the tools
-/// `up` runs (`ip`, `nsenter`, `unshare`), and `ping` to check a node from another.
+/// `up` runs (`ip`, `nsenter`, `unshare`), and `ping` to check a node from another;
+/// libvirt and `socat` for `up --libvirt` (the VirtualDomain baseline and its monitor
+/// script).
 pub const PACKAGES: &[&str] = &[
     "corosync",
     "pacemaker",
@@ -20,6 +22,11 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "util-linux",
+    "libvirt-daemon-system",
+    "libvirt-daemon-driver-qemu",
+    "libvirt-clients",
+    "qemu-system-x86",
+    "socat",
 ];
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";

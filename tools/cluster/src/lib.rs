@@ -18,6 +18,7 @@ pub mod corosync;
 pub mod daemon;
 pub mod down;
 pub mod install;
+pub mod libvirt;
 pub mod node;
 pub mod procs;
 pub mod state;

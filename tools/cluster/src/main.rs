@@ -47,6 +47,14 @@ enum Cmd {
         /// Load no base configuration (a bare cluster; --cib files still load).
         #[arg(long)]
         bare: bool,
+        /// Also run libvirtd on every node and write the guest's domain XML there, for
+        /// the stock VirtualDomain agent (cib/virtualdomain.crm, with --bare).
+        #[arg(long)]
+        libvirt: bool,
+        /// Set or override a CIB template placeholder, e.g. `--var VD_MONITOR=1s`;
+        /// repeatable.
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
         /// Do not install missing packages (fail instead).
         #[arg(long)]
         no_install: bool,
@@ -116,6 +124,8 @@ fn run(args: Args) -> Result<ExitCode, LabError> {
             ocf_agent,
             cib: extra,
             bare,
+            libvirt,
+            vars,
             no_install,
             timeout,
         } => {
@@ -144,6 +154,8 @@ fn run(args: Args) -> Result<ExitCode, LabError> {
                 cib: templates,
                 install: !no_install,
                 timeout: Duration::from_secs(timeout),
+                libvirt,
+                vars,
             };
             match up(&lab, &opts, &say) {
                 Ok(st) => {
@@ -223,7 +235,7 @@ fn run(args: Args) -> Result<ExitCode, LabError> {
         Cmd::Status => {
             let st = vesper_cluster_lab::state::State::load(&lab)?;
             for n in &st.nodes {
-                let daemons: Vec<String> = ["vesperd", "corosync", "pacemakerd"]
+                let daemons: Vec<String> = ["vesperd", "corosync", "pacemakerd", "libvirtd"]
                     .iter()
                     .flat_map(|d| {
                         st.pids(d)
@@ -257,6 +269,12 @@ fn lab_flag(lab: &Lab) -> String {
     } else {
         format!(" --lab {}", lab.name)
     }
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))
 }
 
 fn absolute(p: PathBuf) -> PathBuf {

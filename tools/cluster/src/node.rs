@@ -209,8 +209,14 @@ pub fn write_file(
 }
 
 /// The node's mount and UTS namespaces: created by `unshare` (which binds them to files
-/// under the namespace directory), then given the node's host name and directories.
-pub fn create_namespaces(lab: &Lab, st: &mut State, node: &str) -> Result<(), LabError> {
+/// under the namespace directory), then given the node's host name and directories, and
+/// `extra` ones (under the node's directory, where mounted).
+pub fn create_namespaces(
+    lab: &Lab,
+    st: &mut State,
+    node: &str,
+    extra: &[(&str, &str)],
+) -> Result<(), LabError> {
     let step = format!("create {node}'s mount and UTS namespaces");
     let mnt = lab.mnt_ns_path(node);
     let uts = lab.uts_ns_path(node);
@@ -249,16 +255,17 @@ pub fn create_namespaces(lab: &Lab, st: &mut State, node: &str) -> Result<(), La
     let dir = lab.node_dir(node);
     let hint = "see the error above; run `tools/cluster/down` and retry";
     share_node_runs(lab, node, &inside)?;
-    for (src, dst) in [
+    // /run last: the sources are under the host's /run.
+    let own = [
         ("etc-corosync", "/etc/corosync"),
         ("var-lib-corosync", "/var/lib/corosync"),
         ("var-lib-pacemaker", "/var/lib/pacemaker"),
         ("var-log", "/var/log"),
-        ("run", "/run"),
-    ] {
+    ];
+    for (src, dst) in own.iter().chain(extra).chain(&[("run", "/run")]) {
         let src = dir.join(src).display().to_string();
         // /run recursively: it carries the view of every node's run directory.
-        let bind = if dst == "/run" { "--rbind" } else { "--bind" };
+        let bind = if *dst == "/run" { "--rbind" } else { "--bind" };
         run(&step, hint, &mut inside(&["mount", bind, &src, dst]))?;
     }
     // libqb's IPC keeps its rings in /dev/shm: each node its own.

@@ -76,6 +76,14 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
+/// The parent of `pid`, if it lives.
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised comm: state, then ppid.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Whether `pid` is a live (non-zombie) process.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -103,6 +111,10 @@ mod tests {
     #[test]
     fn this_process_is_alive_and_never_listed() {
         assert!(alive(std::process::id()));
+        assert_eq!(
+            parent(std::process::id()),
+            Some(nix::unistd::getppid().as_raw() as u32)
+        );
         let mine = ns_of(std::process::id(), "net").unwrap();
         assert!(in_namespaces(&[NsId(mine)])
             .iter()

@@ -9,7 +9,7 @@ use crate::cmd::{command, io_err, log_tail, run};
 use crate::node::{self, write_file};
 use crate::state::{NodeInfo, State};
 use crate::status::ClusterStatus;
-use crate::{corosync, install, Lab, LabError};
+use crate::{corosync, install, libvirt, Lab, LabError};
 
 /// What `up` builds.
 #[derive(Debug, Clone)]
@@ -28,6 +28,11 @@ pub struct UpOptions {
     pub install: bool,
     /// Longest wait for corosync and Pacemaker to form the cluster.
     pub timeout: Duration,
+    /// Start libvirtd on every node and write the domain's XML (the VirtualDomain
+    /// baseline, cib/virtualdomain.crm).
+    pub libvirt: bool,
+    /// Template placeholders set or overridden (`--var NAME=VALUE`).
+    pub vars: Vec<(String, String)>,
 }
 
 /// Where the agent goes on every node (the nodes share the host's /usr).
@@ -42,23 +47,39 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
     }
     let modules_dir = crate::cib::modules_dir(&opts.kit_dir)?;
     let names = Lab::node_names(opts.nodes);
-    let vars = Vars::new(&Places {
+    let mut vars = Vars::new(&Places {
         bin_dir: opts.bin_dir.clone(),
         kit_dir: opts.kit_dir.clone(),
         modules_dir,
         nodes: names.clone(),
         node_runs: lab.state_dir.join("nodes"),
     });
+    libvirt::add_vars(&mut vars, &opts.kit_dir)?;
+    vars.set(&opts.vars)?;
     // Templates are rendered before anything is made: a bad one costs nothing.
     let mut cib_text = String::new();
     let mut parts = Vec::new();
     for t in &opts.cib {
         let text = std::fs::read_to_string(t).map_err(io_err("read a CIB template", t))?;
+        if text.contains("@VD_XML@") && !opts.libvirt {
+            return Err(LabError::Usage(format!(
+                "CIB template {} runs a libvirt domain: add --libvirt (libvirtd on every node)",
+                t.display()
+            )));
+        }
         let part = vars.render(&text, t)?;
         cib_text += &part;
         cib_text.push('\n');
         parts.push(part);
     }
+    let guest = vars.0.get("GUEST").cloned().unwrap_or_default();
+    let domain = if opts.libvirt {
+        let t = libvirt::domain_template();
+        let text = std::fs::read_to_string(&t).map_err(io_err("read the domain template", &t))?;
+        Some(vars.render(&text, &t)?)
+    } else {
+        None
+    };
 
     let step = "create the state directory";
     std::fs::create_dir_all(&lab.state_dir).map_err(io_err(step, &lab.state_dir))?;
@@ -112,7 +133,11 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
             0o600,
             Some((uid, gid)),
         )?;
-        node::create_namespaces(lab, &mut st, &n.name)?;
+        let extra = match &domain {
+            Some(d) => libvirt::prepare(lab, &n.name, &guest, d)?,
+            None => &[],
+        };
+        node::create_namespaces(lab, &mut st, &n.name, extra)?;
     }
 
     say("vesperd on every node");
@@ -121,6 +146,10 @@ pub fn up(lab: &Lab, opts: &UpOptions, say: &dyn Fn(&str)) -> Result<State, LabE
     }
     install_agent(&opts.ocf_agent)?;
     install_fence_agent(&crate::repo_root().join("tools/fence/fence_vesper"))?;
+    if domain.is_some() {
+        say("libvirtd on every node");
+        libvirt::start(lab, &mut st, &names)?;
+    }
 
     say("corosync (knet) on every node");
     for n in st.nodes.clone() {
