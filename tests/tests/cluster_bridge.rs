@@ -220,7 +220,8 @@ fn alerts_become_cluster_events_and_the_alert_socket_takes_nothing_else() {
         let mut cmd = Command::new(bin_dir().join("vesper"));
         cmd.args(["cluster", "alert"])
             .env("PATH", pacemaker.path_env())
-            .env("CRM_alert_recipient", &alerts);
+            .env("CRM_alert_recipient", &alerts)
+            .env("VESPER_NODE", "node-a");
         for (k, v) in vars {
             cmd.env(k, v);
         }
@@ -255,7 +256,7 @@ fn alerts_become_cluster_events_and_the_alert_socket_takes_nothing_else() {
     assert_eq!(events[0]["source"]["origin"], "alert");
     assert_eq!(
         events[0]["source"]["node"], "node-a",
-        "sent from this node (crm_node -n)"
+        "sent from this node (VESPER_NODE, else its host name)"
     );
     assert_eq!(events[1]["guest"], "");
     assert_eq!(events[1]["payload"]["summary"], "node node-a is lost");

@@ -84,14 +84,16 @@ fn alert(cli_socket: Option<PathBuf>, json: bool) -> ExitCode {
             resources.guest_of(r).map(str::to_string)
         })
         .unwrap_or_default();
-    let node = pacemaker
-        .local_node()
-        .unwrap_or_else(|_| alert.node.clone());
-    let node = if node.is_empty() {
-        "unknown".to_string()
-    } else {
-        node
-    };
+    // Alerts come by the dozen during a failover, on every node, while guests boot: this
+    // node's name from the kernel (Pacemaker's default node name; `VESPER_NODE` where the
+    // cluster names nodes otherwise), not from a `crm_node` process per alert.
+    let node = std::env::var("VESPER_NODE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .or_else(|| pacemaker.local_node().ok())
+        .unwrap_or_else(|| "unknown".to_string());
     match publish(
         &socket,
         &guest,
