@@ -57,7 +57,7 @@ pub(crate) struct Daemon {
     /// vmcores being written of guests that panicked (`--dump-on-panic`).
     pub(crate) panic_dumps: crate::debug_state::PanicDumps,
     /// Probe groups applied per guest (`vesper group`).
-    pub(crate) groups: crate::groups::Groups,
+    pub(crate) groups: crate::group_state::Groups,
 }
 
 impl Daemon {

@@ -1,8 +1,6 @@
 //! Probe groups in a guest: members checked on the host, then loaded in order, all or
 //! nothing; unloaded in reverse. The API and the failover engine use the same code.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::json;
@@ -10,6 +8,7 @@ use vesper_api::{ApiError, ErrorCode, GroupMemberView, GroupView, Reply, Respons
 use vesper_core::{Command, Reply as GuestReply};
 
 use crate::daemon::{run_command, unexpected, Shared};
+use crate::group_state::AppliedGroup;
 use crate::modules::{check_params, insmod};
 
 /// One member as the daemon loads it.
@@ -30,39 +29,6 @@ impl GroupImage {
                 params: m.params,
             })
             .collect()
-    }
-}
-
-struct AppliedGroup {
-    name: String,
-    source: String,
-    modules: Vec<String>,
-}
-
-/// The groups applied per guest, as vesperd applied them (not kept across a restart
-/// of vesperd: `group remove` then takes the group file).
-#[derive(Default)]
-pub(crate) struct Groups {
-    applied: Mutex<HashMap<String, Vec<AppliedGroup>>>,
-    /// One group operation at a time: a rollback never races another group's load.
-    op: tokio::sync::Mutex<()>,
-}
-
-impl Groups {
-    fn recorded(&self, guest: &str, group: &str) -> Option<(String, Vec<String>)> {
-        let applied = self.applied.lock().expect("groups lock");
-        applied
-            .get(guest)?
-            .iter()
-            .find(|g| g.name == group)
-            .map(|g| (g.source.clone(), g.modules.clone()))
-    }
-
-    fn forget(&self, guest: &str, group: &str) {
-        let mut applied = self.applied.lock().expect("groups lock");
-        if let Some(list) = applied.get_mut(guest) {
-            list.retain(|g| g.name != group);
-        }
     }
 }
 

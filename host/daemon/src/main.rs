@@ -11,6 +11,7 @@ mod debug_state;
 mod events;
 mod failover;
 mod gdbproxy;
+mod group_state;
 mod groups;
 mod guest;
 mod launch;

@@ -129,7 +129,7 @@ pub enum GroupError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: vesper_modcheck::ModuleError,
+        source: Box<vesper_modcheck::ModuleError>,
     },
     /// Two members load the same module.
     #[error(

@@ -140,7 +140,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<ProbeGroup, GroupError> {
                     at: at.clone(),
                     member: number,
                     path: path.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         if let Some(first) = members.iter().find(|o| o.module == info.name) {
             return Err(GroupError::Duplicate {
