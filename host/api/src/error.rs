@@ -83,6 +83,10 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// Human message: what is wrong and what to do.
     pub message: String,
+    /// Structured facts for scripts, when the failure has more than a message (a
+    /// group's failed member and what was rolled back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -91,6 +95,13 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    /// The error with structured facts attached.
+    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = Some(detail);
+        self
     }
 }

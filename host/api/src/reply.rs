@@ -156,6 +156,37 @@ pub enum Reply {
         /// Milliseconds from request to completion.
         millis: f64,
     },
+    /// A probe group loaded, every member live.
+    GroupApplied {
+        /// Guest.
+        guest: String,
+        /// Group name.
+        group: String,
+        /// Its modules, in load order.
+        modules: Vec<String>,
+        /// Milliseconds from request to completion.
+        millis: f64,
+    },
+    /// A probe group unloaded.
+    GroupRemoved {
+        /// Guest.
+        guest: String,
+        /// Group name.
+        group: String,
+        /// Modules unloaded, in unload order.
+        removed: Vec<String>,
+        /// Members that were not loaded (nothing to unload).
+        not_loaded: Vec<String>,
+        /// Milliseconds from request to completion.
+        millis: f64,
+    },
+    /// Probe groups applied to a guest.
+    Groups {
+        /// Guest.
+        guest: String,
+        /// Each group and its members, in load order.
+        groups: Vec<GroupView>,
+    },
     /// Modules.
     Modules {
         /// Guest.
@@ -267,6 +298,26 @@ pub enum Reply {
         /// Every channel the guest opened since it started.
         channels: Vec<ChannelView>,
     },
+}
+
+/// A probe group as `group list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupView {
+    /// Group name.
+    pub name: String,
+    /// The group file it was applied from.
+    pub source: String,
+    /// Members in load order.
+    pub members: Vec<GroupMemberView>,
+}
+
+/// One member of a [`GroupView`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupMemberView {
+    /// Module name.
+    pub module: String,
+    /// In the guest's module list now.
+    pub loaded: bool,
 }
 
 /// A symbol `debug sym` found.

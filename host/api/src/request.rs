@@ -118,6 +118,36 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         init_timeout_secs: Option<u64>,
     },
+    /// Load a probe group's modules in order, all or nothing: on a failure the ones
+    /// loaded are unloaded again and the error names the member that failed.
+    GroupApply {
+        /// Guest name.
+        guest: String,
+        /// Group name.
+        group: String,
+        /// The group file, for messages.
+        #[serde(default)]
+        source: String,
+        /// Members in load order.
+        members: Vec<GroupMemberImage>,
+    },
+    /// Unload a probe group's modules in reverse load order; a member not loaded is
+    /// reported, the others are still unloaded.
+    GroupRemove {
+        /// Guest name.
+        guest: String,
+        /// Group name.
+        group: String,
+        /// Its modules in load order; absent: those vesperd recorded when it applied the
+        /// group.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        modules: Option<Vec<String>>,
+    },
+    /// The groups applied to a guest and whether each member is loaded now.
+    GroupList {
+        /// Guest name.
+        guest: String,
+    },
     /// Unload a module.
     Rmmod {
         /// Guest name.
@@ -228,6 +258,28 @@ impl Request {
             *init_timeout_secs = secs;
         }
         self
+    }
+}
+
+/// One module of a `GroupApply`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupMemberImage {
+    /// File name it came from (for messages).
+    pub file_name: String,
+    /// Image, base64.
+    pub image_b64: String,
+    /// Module parameters.
+    pub params: Vec<String>,
+}
+
+impl GroupMemberImage {
+    /// A member carrying `image`.
+    pub fn new(file_name: &str, image: &[u8], params: Vec<String>) -> Self {
+        Self {
+            file_name: file_name.to_string(),
+            image_b64: base64::engine::general_purpose::STANDARD.encode(image),
+            params,
+        }
     }
 }
 

@@ -73,6 +73,11 @@ pub(crate) enum Cmd {
         /// Guest name.
         guest: String,
     },
+    /// Probe groups: modules pushed and removed as one, all or nothing.
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
     /// Failure events and decisions (probes, QEMU, the failover engine).
     Events {
         /// Keep printing new events as they happen.
@@ -110,6 +115,36 @@ pub(crate) enum Cmd {
     Cluster {
         #[command(subcommand)]
         cmd: crate::cluster::ClusterCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCmd {
+    /// Load every module of a group file in order; if one fails, the ones loaded are
+    /// unloaded again and the error names the member that failed.
+    Apply {
+        /// Guest name.
+        guest: String,
+        /// The group file (TOML).
+        file: PathBuf,
+    },
+    /// Unload a group's modules in reverse order (members not loaded are reported).
+    Remove {
+        /// Guest name.
+        guest: String,
+        /// The group file, or the name of a group this vesperd applied.
+        group: String,
+    },
+    /// The groups applied to GUEST and whether each member is loaded.
+    List {
+        /// Guest name.
+        guest: String,
+    },
+    /// Check a group file and every module it names (no daemon needed). Exit 0 if
+    /// valid, 65 if not.
+    Check {
+        /// The group file (TOML).
+        file: PathBuf,
     },
 }
 

@@ -35,5 +35,14 @@ pub(crate) fn api_fail(json: bool, e: ApiError) -> ExitCode {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    fail(json, e.code.exit_code(), &kind, &e.message)
+    match e.detail {
+        Some(detail) if json => {
+            println!(
+                "{}",
+                serde_json::json!({ "ok": false, "error": { "code": kind, "message": e.message, "detail": detail } })
+            );
+            ExitCode::from(e.code.exit_code() as u8)
+        }
+        _ => fail(json, e.code.exit_code(), &kind, &e.message),
+    }
 }

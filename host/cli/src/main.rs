@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::args::{Cli, Cmd, PolicyCmd, RelayCmd, VmCmd};
+use crate::args::{Cli, Cmd, GroupCmd, PolicyCmd, RelayCmd, VmCmd};
 use crate::exit::{api_fail, client_fail, fail};
 use crate::output::{print_human, vm_line};
 use crate::request::{build_request, reply_timeout};
@@ -42,11 +42,30 @@ fn main() -> ExitCode {
     {
         return events(&cli, *follow, guests, kinds, *since);
     }
+    if let Cmd::Group {
+        cmd: GroupCmd::Check { file },
+    } = &cli.cmd
+    {
+        return match request::load_group(file) {
+            Ok(g) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "ok": true, "result": { "valid": true, "group": g.name, "modules": g.modules() } })
+                    );
+                } else {
+                    print!("{}: valid\n{}", file.display(), g.summary());
+                }
+                ExitCode::SUCCESS
+            }
+            Err((code, kind, msg)) => fail(cli.json, code, kind, &msg),
+        };
+    }
     if let Cmd::Policy {
         cmd: PolicyCmd::Check { file },
     } = &cli.cmd
     {
-        return match vesper_failover::check(file) {
+        return match check_policy(file) {
             Ok(summary) => {
                 if cli.json {
                     println!(
@@ -107,6 +126,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `vesper policy check`: the policy and every probe group it names.
+fn check_policy(file: &std::path::Path) -> Result<String, vesper_failover::PolicyError> {
+    let policy = vesper_failover::Policy::load(file)?;
+    policy.check_probe_groups(|p| {
+        vesper_groups::ProbeGroup::load(p)
+            .map(drop)
+            .map_err(|e| e.report())
+    })?;
+    Ok(policy.summary())
 }
 
 fn relay_cat(cli: &Cli, req: &Request) -> ExitCode {
@@ -177,6 +207,7 @@ fn vm_status(cli: &Cli, name: &str) -> ExitCode {
         Ok(Err(ApiError {
             code: vesper_api::ErrorCode::UnknownGuest,
             message,
+            ..
         })) => {
             if cli.json {
                 println!(

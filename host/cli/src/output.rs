@@ -226,6 +226,43 @@ pub(crate) fn print_human(reply: &Reply) {
             name,
             millis,
         } => println!("{guest}: unloaded {name} ({millis:.1} ms)"),
+        Reply::GroupApplied {
+            guest,
+            group,
+            modules,
+            millis,
+        } => println!(
+            "{guest}: group {group} loaded: {} ({millis:.1} ms)",
+            modules.join(", ")
+        ),
+        Reply::GroupRemoved {
+            guest,
+            group,
+            removed,
+            not_loaded,
+            millis,
+        } => {
+            println!(
+                "{guest}: group {group} removed: {} ({millis:.1} ms)",
+                if removed.is_empty() { "nothing unloaded".to_string() } else { removed.join(", ") }
+            );
+            if !not_loaded.is_empty() {
+                println!("{guest}: group {group}: not loaded: {}", not_loaded.join(", "));
+            }
+        }
+        Reply::Groups { guest, groups } if groups.is_empty() => {
+            println!("{guest}: no probe groups applied by this vesperd")
+        }
+        Reply::Groups { groups, .. } => {
+            for g in groups {
+                let members: Vec<String> = g
+                    .members
+                    .iter()
+                    .map(|m| format!("{}{}", m.module, if m.loaded { "" } else { " (not loaded)" }))
+                    .collect();
+                println!("{:<20} {}  [{}]", g.name, members.join(", "), g.source);
+            }
+        }
         Reply::Modules { modules, .. } => {
             println!(
                 "{:<24} {:>10} {:>4}  {:<8} by",

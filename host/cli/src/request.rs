@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::args::{Cli, Cmd, DebugCmd, RelayCmd, VmCmd};
-use vesper_api::{AccelRequest, DebugOp, Request, VmStartRequest, Vmm};
+use crate::args::{Cli, Cmd, DebugCmd, GroupCmd, RelayCmd, VmCmd};
+use vesper_api::{AccelRequest, DebugOp, GroupMemberImage, Request, VmStartRequest, Vmm};
 
 /// How long to wait for the daemon's reply: --timeout, and for insmod at least the
 /// init wait with a minute to spare for the transfer.
@@ -15,8 +15,17 @@ pub(crate) fn reply_timeout(cli: &Cli) -> Duration {
             let init = init_timeout.map_or(vesper_api::DEFAULT_INIT_TIMEOUT, Duration::from_secs);
             asked.max(init + Duration::from_secs(60))
         }
+        // A member's init may take the default init wait.
+        Cmd::Group {
+            cmd: GroupCmd::Apply { .. },
+        } => asked.max(vesper_api::DEFAULT_INIT_TIMEOUT + Duration::from_secs(60)),
         _ => asked,
     }
+}
+
+/// A group file read and checked whole, or the refusal that names its line.
+pub(crate) fn load_group(file: &std::path::Path) -> Result<vesper_groups::ProbeGroup, Refusal> {
+    vesper_groups::ProbeGroup::load(file).map_err(|e| (65, "invalid_group", e.report()))
 }
 
 pub(crate) type Refusal = (i32, &'static str, String);
@@ -117,6 +126,49 @@ pub(crate) fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
                 .unwrap_or_default();
             Request::insmod(guest, &name, &image, params.clone()).with_init_timeout(*init_timeout)
         }
+        Cmd::Group {
+            cmd: GroupCmd::Apply { guest, file },
+        } => {
+            let g = load_group(file)?;
+            Request::GroupApply {
+                guest: guest.clone(),
+                group: g.name.clone(),
+                source: std::path::absolute(file)
+                    .unwrap_or_else(|_| file.clone())
+                    .display()
+                    .to_string(),
+                members: g
+                    .members
+                    .iter()
+                    .map(|m| GroupMemberImage::new(&m.file_name(), &m.image, m.params.clone()))
+                    .collect(),
+            }
+        }
+        Cmd::Group {
+            cmd: GroupCmd::Remove { guest, group },
+        } => {
+            // A path names a file; a bare word is a group vesperd applied.
+            let path = std::path::Path::new(group);
+            if group.ends_with(".toml") || group.contains('/') {
+                let g = load_group(path)?;
+                Request::GroupRemove {
+                    guest: guest.clone(),
+                    modules: Some(g.modules()),
+                    group: g.name,
+                }
+            } else {
+                Request::GroupRemove {
+                    guest: guest.clone(),
+                    group: group.clone(),
+                    modules: None,
+                }
+            }
+        }
+        Cmd::Group {
+            cmd: GroupCmd::List { guest },
+        } => Request::GroupList {
+            guest: guest.clone(),
+        },
         Cmd::Vm {
             cmd: VmCmd::Pause { name },
         } => Request::VmPause { name: name.clone() },
@@ -197,6 +249,9 @@ pub(crate) fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
         | Cmd::Events { .. }
         | Cmd::Cluster { .. }
         | Cmd::Policy { .. }
+        | Cmd::Group {
+            cmd: GroupCmd::Check { .. },
+        }
         | Cmd::Vm {
             cmd: VmCmd::Status { .. },
         } => unreachable!("handled in main"),

@@ -56,6 +56,8 @@ pub(crate) struct Daemon {
     pub(crate) dwarf: vesper_debug::dwarf::DwarfFiles,
     /// vmcores being written of guests that panicked (`--dump-on-panic`).
     pub(crate) panic_dumps: crate::debug_state::PanicDumps,
+    /// Probe groups applied per guest (`vesper group`).
+    pub(crate) groups: crate::group_state::Groups,
 }
 
 impl Daemon {

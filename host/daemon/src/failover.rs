@@ -13,6 +13,7 @@ use vesper_failover::{Action, Engine, Policy, View};
 
 use crate::daemon::Shared;
 use crate::events::now_ns;
+use crate::groups::GroupImage;
 use crate::modules::insmod;
 use crate::vm_lifecycle::{vm_start, vm_stop};
 
@@ -32,7 +33,8 @@ pub async fn run(daemon: Shared, policy: Policy, mut feed: mpsc::UnboundedReceiv
             running: daemon.running(),
         };
         for d in engine.on_event(&event, &view, now_ns()) {
-            let e = d.to_event(now_ns());
+            let mut e = d.to_event(now_ns());
+            announce_probe_group(&policy, &d.action, &mut e.payload);
             let published = daemon.bus.publish(
                 &e.guest,
                 EventKind::Decision,
@@ -49,6 +51,25 @@ pub async fn run(daemon: Shared, policy: Policy, mut feed: mpsc::UnboundedReceiv
             ));
         }
     }
+}
+
+/// A decision that starts a guest with a `probe_group` says so: the group file in the
+/// payload and the reason.
+fn announce_probe_group(policy: &Policy, action: &Action, payload: &mut serde_json::Value) {
+    let started = match action {
+        Action::Restart { guest } => guest,
+        Action::StartStandby { standby, .. } => standby,
+        _ => return,
+    };
+    let Some(r) = policy.guest(started).and_then(|g| g.probe_group.as_ref()) else {
+        return;
+    };
+    let path = r.path.display().to_string();
+    if let Some(reason) = payload["reason"].as_str() {
+        payload["reason"] =
+            format!("{reason}; then pushes probe group {path} (all or nothing)").into();
+    }
+    payload["probe_group"] = path.into();
 }
 
 async fn carry_out(daemon: Shared, policy: Policy, action: Action, event: Arc<Event>) {
@@ -133,10 +154,23 @@ async fn start(daemon: &Shared, policy: &Policy, guest: &str) -> Result<(), Stri
             .await
             .map_err(|e| e.message)?;
     }
+    if let Some(r) = &spec.probe_group {
+        // Read again now: the file may have changed since the policy was checked.
+        let group = vesper_groups::ProbeGroup::load(&r.path).map_err(|e| e.report())?;
+        let (name, source) = (group.name.clone(), r.path.display().to_string());
+        crate::groups::apply(daemon, guest, &name, &source, GroupImage::from_group(group))
+            .await
+            .map_err(|e| format!("probe group {source}: {}", e.message))?;
+    }
     tracing::info!(
         guest,
-        "failover engine started the guest and pushed {} probe(s)",
-        spec.probes.len()
+        "failover engine started the guest and pushed {} probe(s){}",
+        spec.probes.len(),
+        if spec.probe_group.is_some() {
+            " and its probe group"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -11,6 +11,8 @@ mod debug_state;
 mod events;
 mod failover;
 mod gdbproxy;
+mod group_state;
+mod groups;
 mod guest;
 mod launch;
 mod modules;
@@ -129,7 +131,11 @@ fn main() -> ExitCode {
     let policy = match args
         .policy
         .as_deref()
-        .map(vesper_failover::Policy::load)
+        .map(|p| {
+            let policy = vesper_failover::Policy::load(p)?;
+            policy.check_probe_groups(check_probe_group)?;
+            Ok::<_, vesper_failover::PolicyError>(policy)
+        })
         .transpose()
     {
         Ok(p) => p,
@@ -186,4 +192,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A policy's `probe_group` file, read and checked as `vesper group apply` would.
+fn check_probe_group(path: &std::path::Path) -> Result<(), String> {
+    vesper_groups::ProbeGroup::load(path)
+        .map(drop)
+        .map_err(|e| e.report())
 }

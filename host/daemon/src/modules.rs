@@ -46,45 +46,6 @@ pub(crate) async fn insmod(
 
 /// Joins module parameters, refusing what the kernel's parser would misread.
 pub(crate) fn check_params(params: &[String]) -> Result<String, ApiError> {
-    for p in params {
-        let key = p.split('=').next().unwrap_or("");
-        let key_ok = !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
-        if !key_ok || p.chars().any(|c| c.is_control()) {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!("bad module parameter {p:?}: expected name=value with a name of letters, digits and _"),
-            ));
-        }
-    }
-    let joined = params.join(" ");
-    if joined.len() >= vesper_shared_abi::PARAMS_LEN as usize {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!(
-                "module parameters are {} bytes; the limit is {}",
-                joined.len(),
-                vesper_shared_abi::PARAMS_LEN - 1
-            ),
-        ));
-    }
-    Ok(joined)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parameters_are_checked_before_they_reach_the_guest() {
-        assert_eq!(
-            check_params(&["a=1".into(), "watch=svc".into()]).unwrap(),
-            "a=1 watch=svc"
-        );
-        assert!(check_params(&["=1".into()]).is_err());
-        assert!(check_params(&["a=1\nb".into()]).is_err());
-        assert!(check_params(&["x".repeat(2000)]).is_err());
-    }
+    vesper_modcheck::join_params(params, vesper_shared_abi::PARAMS_LEN as usize - 1)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))
 }

@@ -17,6 +17,7 @@ use crate::daemon::{
     run_command, unexpected, unknown_guest, Daemon, DaemonConfig, DaemonError, Shared,
 };
 use crate::events::EventBus;
+use crate::groups::GroupImage;
 use crate::modules::insmod;
 use crate::streams::{relay_cat, send_line, subscribe};
 use crate::vm_lifecycle::{vm_fence, vm_send, vm_start, vm_stop};
@@ -49,6 +50,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         kernels: Default::default(),
         dwarf: Default::default(),
         panic_dumps: Default::default(),
+        groups: Default::default(),
         bus: Arc::new(EventBus::new(config.event_buffer)),
     });
     if config.simulate_guests > 0 {
@@ -229,6 +231,31 @@ pub(crate) async fn handle(daemon: &Shared, req: Request) -> Response {
             let init_timeout = init_timeout_secs.map(Duration::from_secs);
             insmod(daemon, &guest, &file_name, image, params, init_timeout).await
         }
+        Request::GroupApply {
+            guest,
+            group,
+            source,
+            members,
+        } => {
+            let mut images = Vec::with_capacity(members.len());
+            for m in members {
+                let image = vesper_api::decode_image(&m.image_b64).map_err(|e| {
+                    ApiError::new(ErrorCode::BadRequest, format!("{}: {e}", m.file_name))
+                })?;
+                images.push(GroupImage {
+                    file_name: m.file_name,
+                    image,
+                    params: m.params,
+                });
+            }
+            crate::groups::apply(daemon, &guest, &group, &source, images).await
+        }
+        Request::GroupRemove {
+            guest,
+            group,
+            modules,
+        } => crate::groups::remove(daemon, &guest, &group, modules).await,
+        Request::GroupList { guest } => crate::groups::list(daemon, &guest).await,
         Request::Rmmod { guest, name, force } => {
             let started = Instant::now();
             match run_command(daemon, &guest, Command::Unload { name, force }).await? {

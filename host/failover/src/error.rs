@@ -74,6 +74,16 @@ pub enum PolicyError {
         /// The keys allowed there.
         expected: String,
     },
+    /// A guest's `probe_group` file is missing or invalid.
+    #[error("{at}: guest {guest:?}: probe_group: {why}")]
+    BadProbeGroup {
+        /// Where the policy names it.
+        at: Location,
+        /// The guest.
+        guest: String,
+        /// What is wrong with the group file (its own location included).
+        why: String,
+    },
     /// A required key is missing.
     #[error("{at}: missing key `{key}`")]
     MissingKey {

@@ -34,6 +34,7 @@ pub use engine::{Action, Decision, Engine, Incident, View, KEEP_CLOSED_INCIDENTS
 pub use error::{Location, PolicyError};
 pub use policy::{
     check, kills_guest, Condition, DumpPolicy, Group, GuestSpec, HostCapacity, Limits, Policy,
-    ProbeSpec, Rule, RuleAction, WhereValue, DEFAULT_DUMP_WAIT_SECS, DEFAULT_HOOK_TIMEOUT_SECS,
-    DEFAULT_MAX_RESTARTS, DEFAULT_MODE, DEFAULT_WINDOW_SECS, DUMP_WAIT_SECS, HOOK_TIMEOUT_SECS,
+    ProbeGroupRef, ProbeSpec, Rule, RuleAction, WhereValue, DEFAULT_DUMP_WAIT_SECS,
+    DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_MAX_RESTARTS, DEFAULT_MODE, DEFAULT_WINDOW_SECS,
+    DUMP_WAIT_SECS, HOOK_TIMEOUT_SECS,
 };

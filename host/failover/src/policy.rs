@@ -2,12 +2,12 @@
 //! primary and its standbys, rules, and restart limits — parsed and validated as a whole.
 
 use std::fmt::{self, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use vesper_events::EventKind;
 
-use crate::error::PolicyError;
+use crate::error::{Location, PolicyError};
 
 mod parse;
 #[cfg(test)]
@@ -69,6 +69,18 @@ pub struct GuestSpec {
     pub dump: Option<bool>,
     /// Probes to push after it (re)starts.
     pub probes: Vec<ProbeSpec>,
+    /// A probe group pushed, all or nothing, after the probes.
+    pub probe_group: Option<ProbeGroupRef>,
+}
+
+/// A guest's `probe_group`: a group file, checked by [`Policy::check_probe_groups`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeGroupRef {
+    /// The group file, resolved against the policy file's directory.
+    pub path: PathBuf,
+    /// Where the policy names it.
+    #[serde(skip)]
+    pub at: Location,
 }
 
 /// A primary and the standbys that may take over from it, tried in order.
@@ -291,6 +303,12 @@ impl Policy {
         parse(&text, Some(path))
     }
 
+    /// Policy text as if read from `/etc/vesper/policy.toml`.
+    #[cfg(test)]
+    fn load_text_for_test(text: &str) -> Policy {
+        parse(text, Some(Path::new("/etc/vesper/policy.toml"))).expect("valid policy")
+    }
+
     /// This host's capacities.
     pub fn host(&self) -> HostCapacity {
         self.host
@@ -346,6 +364,25 @@ impl Policy {
             .unwrap_or(daemon_default)
     }
 
+    /// Checks every guest's `probe_group` file with `check` (which reads and validates
+    /// a group file: the policy crate does no such I/O itself); a failure names the
+    /// policy line that names the group.
+    pub fn check_probe_groups(
+        &self,
+        check: impl Fn(&Path) -> Result<(), String>,
+    ) -> Result<(), PolicyError> {
+        for g in &self.guests {
+            if let Some(r) = &g.probe_group {
+                check(&r.path).map_err(|why| PolicyError::BadProbeGroup {
+                    at: r.at.clone(),
+                    guest: g.name.clone(),
+                    why,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// A human summary, what `vesper policy check` prints for a good policy.
     pub fn summary(&self) -> String {
         let mut s = String::new();
@@ -395,6 +432,9 @@ impl Policy {
                 if !p.params.is_empty() {
                     let _ = write!(s, "({})", p.params.join(" "));
                 }
+            }
+            if let Some(r) = &g.probe_group {
+                let _ = write!(s, ", probe group {}", r.path.display());
             }
             s.push('\n');
         }

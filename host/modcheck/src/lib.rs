@@ -9,6 +9,9 @@ use goblin::elf::header::{ELFCLASS64, EM_X86_64, ET_REL};
 use goblin::elf::Elf;
 use thiserror::Error;
 
+mod params;
+pub use params::{check_param, join_params, ParamError};
+
 /// Default size limit for a pushed image.
 pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 32 << 20;
 

@@ -53,6 +53,7 @@ struct RawGuest {
     dump: Option<Spanned<toml::Value>>,
     #[serde(default)]
     probes: Vec<RawProbe>,
+    probe_group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +305,23 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyErr
             Some(v) => Some(boolean(&loc, v, format!("guest {name:?}"))?),
             None => None,
         };
+        let probe_group = match g.probe_group {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return Err(PolicyError::EmptyName {
+                    at: loc.of(&p),
+                    what: "probe group",
+                })
+            }
+            Some(p) => Some(ProbeGroupRef {
+                at: loc.of(&p),
+                // Relative to the policy file, as a group's members are to the group file.
+                path: file
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new(""))
+                    .join(p.into_inner()),
+            }),
+            None => None,
+        };
         guests.push(GuestSpec {
             name,
             memory_mib,
@@ -313,6 +331,7 @@ pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyErr
             kernel,
             dump,
             probes,
+            probe_group,
         });
     }
 

@@ -617,3 +617,32 @@ fn a_dump_that_is_not_a_boolean_is_refused_where_it_stands() {
     let e = err(&format!("{HOST}[dump]\nonpanic = true\n"));
     says(&e, &["onpanic"]);
 }
+
+#[test]
+fn a_probe_group_is_checked_through_the_callers_check_and_located() {
+    let text =
+        format!("{HOST}\n[[guest]]\nname = \"web1\"\nmemory_mib = 512\nprobe_group = \"g.toml\"\n");
+    let p = Policy::load_text_for_test(&text);
+    let r = p.guest("web1").unwrap().probe_group.clone().unwrap();
+    assert_eq!(r.path, std::path::Path::new("/etc/vesper/g.toml"));
+    assert!(p.summary().contains("probe group /etc/vesper/g.toml"));
+    p.check_probe_groups(|_| Ok(())).unwrap();
+    let e = p
+        .check_probe_groups(|path| Err(format!("{}: no such file", path.display())))
+        .unwrap_err();
+    says(
+        &e,
+        &[
+            "policy.toml:8:15",
+            "web1",
+            "probe_group",
+            "g.toml: no such file",
+        ],
+    );
+    says(
+        &err(&format!(
+            "{HOST}[[guest]]\nname = \"w\"\nmemory_mib = 1\nprobe_group = \" \"\n"
+        )),
+        &["empty probe group name"],
+    );
+}

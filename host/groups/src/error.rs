@@ -1,0 +1,174 @@
+//! What can be wrong with a group file, each problem its own variant, each message
+//! starting with where it is.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Where in a group file: the file and, when the problem has a place, line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The group file.
+    pub file: PathBuf,
+    /// 1-based line and column.
+    pub line: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some((l, c)) => write!(f, "{}:{l}:{c}", self.file.display()),
+            None => write!(f, "{}", self.file.display()),
+        }
+    }
+}
+
+/// A group file that can't be used; nothing of it is pushed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// The group file could not be read.
+    #[error("cannot read group file {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or a value of the wrong type.
+    #[error("{at}: {message}")]
+    Syntax {
+        /// Where.
+        at: Location,
+        /// The TOML parser's words.
+        message: String,
+    },
+    /// A key groups don't know (a typo?).
+    #[error("{at}: unknown key `{key}`; expected one of {expected}")]
+    UnknownKey {
+        /// Where.
+        at: Location,
+        /// The key.
+        key: String,
+        /// The keys allowed there.
+        expected: String,
+    },
+    /// A required key is missing.
+    #[error("{at}: missing key `{key}`")]
+    MissingKey {
+        /// Where.
+        at: Location,
+        /// The key.
+        key: String,
+    },
+    /// A group name that is empty or has characters other than letters, digits, `-`, `_`.
+    #[error("{at}: group name {name:?} must be 1-64 letters, digits, '-' or '_'")]
+    BadName {
+        /// Where.
+        at: Location,
+        /// The name.
+        name: String,
+    },
+    /// No `[[module]]`.
+    #[error("{at}: the group has no members; add [[module]] path = \"NAME.ko\"")]
+    Empty {
+        /// Where.
+        at: Location,
+    },
+    /// More members than a group may have.
+    #[error("{at}: {count} members; a group has at most {max}")]
+    TooMany {
+        /// Where.
+        at: Location,
+        /// Members found.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A member with neither `path` nor `spec`, or both.
+    #[error("{at}: member {member} needs exactly one of `path` (a .ko) or `spec`")]
+    PathOrSpec {
+        /// Where.
+        at: Location,
+        /// 1-based member number.
+        member: usize,
+    },
+    /// A `spec` member: probe specs are not built yet.
+    #[error("{at}: member {member}: spec = {spec:?}: probe specs are not supported yet; build the module and name it with `path`")]
+    SpecNotSupported {
+        /// Where.
+        at: Location,
+        /// 1-based member number.
+        member: usize,
+        /// The spec named.
+        spec: String,
+    },
+    /// A member's module file is missing or unreadable.
+    #[error("{at}: member {member}: cannot read module {}", path.display())]
+    MissingModule {
+        /// Where.
+        at: Location,
+        /// 1-based member number.
+        member: usize,
+        /// The file, resolved against the group file's directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A member's file is not a usable kernel module.
+    #[error("{at}: member {member}: {}", path.display())]
+    BadModule {
+        /// Where.
+        at: Location,
+        /// 1-based member number.
+        member: usize,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<vesper_modcheck::ModuleError>,
+    },
+    /// Two members load the same module.
+    #[error(
+        "{at}: member {member} loads module {module:?} again (member {first} loads it already)"
+    )]
+    Duplicate {
+        /// Where.
+        at: Location,
+        /// 1-based member number.
+        member: usize,
+        /// The module's name.
+        module: String,
+        /// The member that named it first.
+        first: usize,
+    },
+    /// A member's parameters would be misread by the guest's loader.
+    #[error("{at}: member {member} ({module})")]
+    BadParam {
+        /// Where.
+        at: Location,
+        /// 1-based member number.
+        member: usize,
+        /// The module's name.
+        module: String,
+        /// Why.
+        #[source]
+        source: vesper_modcheck::ParamError,
+    },
+}
+
+impl GroupError {
+    /// The message and its causes on one line, for errors that travel as text.
+    pub fn report(&self) -> String {
+        let mut msg = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        msg
+    }
+}
