@@ -143,7 +143,16 @@ pub fn measure_node_loss(
     let mut fenced = None;
     loop {
         let vms = lab.guest_vms(guest);
-        assert!(vms.len() <= 1, "{guest} runs twice: {vms:?}");
+        if vms.len() > 1 {
+            // Keep what explains it: both nodes' logs and the fencing history.
+            let history = lab
+                .exec(to, &["stonith_admin", "--history", "*", "--verbose"])
+                .stdout;
+            panic!(
+                "{guest} runs twice: {vms:?}\nfencing history on {to}:\n{history}\n{}",
+                lab.logs()
+            );
+        }
         if fenced.is_none() && !vms.iter().any(|(n, _)| n == from) {
             fenced = Some(killed.elapsed());
         }
