@@ -200,12 +200,10 @@ impl ClusterLab {
 
     /// The serial console of `guest` on `node` so far.
     pub fn console(&self, node: &str, guest: &str) -> String {
-        let p = self
-            .lab
-            .vesper_run(node)
-            .join("guests")
-            .join(guest)
-            .join("console.log");
+        let p = vesper_api::run_dir::console_log(&vesper_api::run_dir::of(
+            &self.lab.vesper_run(node),
+            guest,
+        ));
         String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
     }
 

@@ -184,7 +184,7 @@ impl Daemon {
     /// from, leaving its VMs running); its log is appended to `vesperd.log`.
     pub fn start_in(run_dir: RunDir, extra: &[&str]) -> Self {
         let kit = kit();
-        let socket = run_dir.path().join("vesperd.sock");
+        let socket = vesper_api::run_dir::api_socket(run_dir.path());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -306,12 +306,8 @@ impl Daemon {
 
     /// The serial console of VM `name` so far.
     pub fn console(&self, name: &str) -> String {
-        let p = self
-            .run_dir
-            .path()
-            .join("guests")
-            .join(name)
-            .join("console.log");
+        let p =
+            vesper_api::run_dir::console_log(&vesper_api::run_dir::of(self.run_dir.path(), name));
         String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
     }
 

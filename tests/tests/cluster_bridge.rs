@@ -147,7 +147,7 @@ fn the_bridge_reports_each_incident_once_and_outlives_vesperd() {
         .prefix("vesper-e2e-")
         .tempdir()
         .expect("tempdir");
-    let socket = run_dir.path().join("vesperd.sock");
+    let socket = vesper_api::run_dir::api_socket(run_dir.path());
     // The bridge starts first: it waits for vesperd instead of failing.
     let bridge = Bridge::start(&socket, &pacemaker);
     bridge.wait_log("lost vesperd");

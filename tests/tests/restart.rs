@@ -122,7 +122,7 @@ fn a_restarted_daemon_adopts_its_running_guest_without_re_reading_records() {
     d1.vm_start_with("vm1", &["--mode", "hand"]);
     let qemu = d1.qemu_pid("vm1");
     let _guard = QemuGuard(qemu);
-    let vm_dir = d1.run_dir.path().join("guests").join("vm1");
+    let vm_dir = vesper_api::run_dir::of(d1.run_dir.path(), "vm1");
     d1.wait_console("vm1", "vesper-init: hand ready", WAIT);
     d1.watch_svc("vm1");
     let first = kill_svc(|c, r| d1.hand("vm1", c, r));

@@ -44,7 +44,7 @@ pub fn default_socket() -> PathBuf {
     if let Some(p) = std::env::var_os("VESPER_SOCKET") {
         return PathBuf::from(p);
     }
-    default_run_dir().join("vesperd.sock")
+    crate::run_dir::api_socket(&default_run_dir())
 }
 
 /// The default run directory (see [`default_socket`]).

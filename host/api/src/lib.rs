@@ -6,6 +6,7 @@ pub mod debug;
 mod error;
 mod reply;
 mod request;
+pub mod run_dir;
 
 pub use client::*;
 pub use error::*;

@@ -22,11 +22,12 @@ pub(crate) const ADOPTED: &str =
 /// Finds the VMs an earlier vesperd left running in this run directory and takes them
 /// over (see README.md: daemon restart).
 pub(crate) fn adopt_all(daemon: &Shared) {
-    let Ok(dirs) = std::fs::read_dir(crate::vm_dir::guests_dir(&daemon.config.run_dir)) else {
+    let Ok(dirs) = std::fs::read_dir(vesper_api::run_dir::guests_dir(&daemon.config.run_dir))
+    else {
         return;
     };
     for dir in dirs.flatten().map(|d| d.path()) {
-        if !crate::vm_dir::vm_record(&dir).exists() {
+        if !vesper_api::run_dir::vm_record(&dir).exists() {
             continue;
         }
         let record = match VmRecord::load(&dir) {

@@ -79,8 +79,8 @@ pub(crate) fn session(daemon: &Shared, guest: &str, vmlinux: Option<PathBuf>) ->
             ));
         }
     }
-    let dir = crate::vm_dir::of(&daemon.config.run_dir, guest);
-    let socket = crate::vm_dir::gdb_socket(&dir);
+    let dir = vesper_api::run_dir::of(&daemon.config.run_dir, guest);
+    let socket = vesper_api::run_dir::gdb_socket(&dir);
     let mut endpoints = daemon.kernels.builtin_gdb.lock();
     let e = endpoints.get_mut(guest).ok_or_else(|| {
         ApiError::new(

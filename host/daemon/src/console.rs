@@ -123,8 +123,8 @@ mod tests {
     async fn output_is_logged_exactly_and_input_reaches_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let (sock, log) = (
-            crate::vm_dir::console_socket(dir.path()),
-            crate::vm_dir::console_log(dir.path()),
+            vesper_api::run_dir::console_socket(dir.path()),
+            vesper_api::run_dir::console_log(dir.path()),
         );
         let console = QemuConsole::new(&sock, &log);
         // The console waits for the socket to appear, as for a QEMU just started.

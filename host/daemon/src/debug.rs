@@ -76,7 +76,7 @@ impl Kernels {
         if running.contains(&(guest.to_string(), pid)) {
             return Ok(());
         }
-        let upstream = crate::vm_dir::qemu_gdb_socket(dir);
+        let upstream = vesper_api::run_dir::qemu_gdb_socket(dir);
         if !upstream.exists() {
             return Err(ApiError::new(
                 ErrorCode::GuestFailed,
@@ -88,9 +88,9 @@ impl Kernels {
         }
         crate::gdbproxy::spawn(
             guest.to_string(),
-            crate::vm_dir::gdb_socket(dir),
+            vesper_api::run_dir::gdb_socket(dir),
             upstream,
-            crate::vm_dir::qmp_socket(dir),
+            vesper_api::run_dir::qmp_socket(dir),
         )
         .map_err(|e| {
             ApiError::new(
@@ -148,7 +148,7 @@ fn still_there(k: &Kernel) -> bool {
 
 /// Where a guest's vmcores go (apart from its VM directory, which goes with the VM).
 fn dump_dir(daemon: &Shared, guest: &str) -> std::path::PathBuf {
-    crate::vm_dir::dumps(&daemon.config.run_dir, guest)
+    vesper_api::run_dir::dumps(&daemon.config.run_dir, guest)
 }
 
 /// The guest's saved vmcores, oldest first.
@@ -200,7 +200,7 @@ fn dump(daemon: &Shared, k: &Kernel, guest: &str, name: Option<String>, vm_dir: 
             .unwrap_or_default();
         format!("{guest}-{secs}.vmcore")
     });
-    let qmp = crate::vm_dir::qmp_socket(vm_dir);
+    let qmp = vesper_api::run_dir::qmp_socket(vm_dir);
     let written = paused(guest, vm_dir, || {
         let layout = KernelLayout::of(k);
         let opts = DumpOptions {
@@ -316,7 +316,7 @@ pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Respon
         }
     }
     let (pid, ram_bytes) = target(daemon, &guest)?;
-    let dir = crate::vm_dir::of(&daemon.config.run_dir, &guest);
+    let dir = vesper_api::run_dir::of(&daemon.config.run_dir, &guest);
     let daemon = daemon.clone();
     tokio::task::spawn_blocking(move || {
         let k = daemon.kernels.get(&guest, pid, ram_bytes)?;
@@ -345,7 +345,7 @@ fn paused<T>(
     vm_dir: &Path,
     f: impl FnOnce() -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let qmp = crate::vm_dir::qmp_socket(vm_dir);
+    let qmp = vesper_api::run_dir::qmp_socket(vm_dir);
     let was_running = qmp_status(&qmp).as_deref() == Some("running");
     if was_running {
         qmp_execute(&qmp, "stop").map_err(|e| {
@@ -367,7 +367,7 @@ fn paused<T>(
 /// Each vCPU's registers from QMP, CPU n at index n (the guest should be paused).
 fn cpu_registers(guest: &str, vm_dir: &Path) -> Result<Vec<Registers>, ApiError> {
     let regs = vesper_qemu::Qmp::connect_waiting(
-        &crate::vm_dir::qmp_socket(vm_dir),
+        &vesper_api::run_dir::qmp_socket(vm_dir),
         Duration::from_secs(5),
     )
     .and_then(|mut q| q.cpu_registers())
@@ -389,7 +389,7 @@ fn cpu_registers(guest: &str, vm_dir: &Path) -> Result<Vec<Registers>, ApiError>
 
 /// Writes the kallsyms symbol file next to QEMU's gdbstub and says how to attach.
 fn gdb(k: &Kernel, guest: &str, dir: &Path, vmlinux: Option<std::path::PathBuf>) -> Response {
-    let socket = crate::vm_dir::gdb_socket(dir);
+    let socket = vesper_api::run_dir::gdb_socket(dir);
     if let Some(v) = &vmlinux {
         if !v.is_file() {
             return Err(ApiError::new(
@@ -404,8 +404,8 @@ fn gdb(k: &Kernel, guest: &str, dir: &Path, vmlinux: Option<std::path::PathBuf>)
     }
     let sym = vesper_debug::symfile::build(k.symbols())
         .map_err(|e| ApiError::new(ErrorCode::GuestFailed, format!("{guest}: {e}")))?;
-    let path = crate::vm_dir::symbol_file(dir);
-    let tmp = crate::vm_dir::partial(&path);
+    let path = vesper_api::run_dir::symbol_file(dir);
+    let tmp = vesper_api::run_dir::partial(&path);
     std::fs::write(&tmp, &sym.bytes)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| {
@@ -454,7 +454,8 @@ pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Respon
             format!("{name}: the VM has exited"),
         ));
     }
-    let qmp = crate::vm_dir::qmp_socket(&crate::vm_dir::of(&daemon.config.run_dir, name));
+    let qmp =
+        vesper_api::run_dir::qmp_socket(&vesper_api::run_dir::of(&daemon.config.run_dir, name));
     let cmd = if pause { "stop" } else { "cont" };
     let name_s = name.to_string();
     tokio::task::spawn_blocking(move || qmp_execute(&qmp, cmd).map(|_| ()))
@@ -526,7 +527,10 @@ pub(crate) fn panic_hook(daemon: &Shared, guest: &str) -> Option<crate::guest::P
                 Err(e) => tracing::warn!(guest, "no vmcore of the panic: {}", e.message),
             }
             // QEMU paused the guest at pvpanic; its panic path goes on now.
-            let qmp = crate::vm_dir::qmp_socket(&crate::vm_dir::of(&daemon.config.run_dir, &guest));
+            let qmp = vesper_api::run_dir::qmp_socket(&vesper_api::run_dir::of(
+                &daemon.config.run_dir,
+                &guest,
+            ));
             match tokio::task::spawn_blocking(move || qmp_execute(&qmp, "cont")).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(guest, "resuming the panicked guest failed: {e}"),

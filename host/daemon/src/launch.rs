@@ -45,13 +45,13 @@ pub(crate) fn launch_qemu(
     };
     let transport = IvshmemTransport::new(
         &a.name,
-        &crate::vm_dir::ivshmem_socket(dir),
+        &vesper_api::run_dir::ivshmem_socket(dir),
         vesper_shared_abi::DEFAULT_REGION_SIZE,
     )
     .map_err(|e| e.to_string())?;
     // A QEMU that was killed leaves its gdbstub socket behind, and a new one cannot
     // bind over it.
-    let _ = std::fs::remove_file(crate::vm_dir::qemu_gdb_socket(dir));
+    let _ = std::fs::remove_file(vesper_api::run_dir::qemu_gdb_socket(dir));
     let spec = VmSpec {
         name: a.name.clone(),
         kernel,
@@ -60,17 +60,17 @@ pub(crate) fn launch_qemu(
         memory_mib: a.memory_mib,
         cpus: a.cpus,
         accel: accel.accel,
-        ivshmem_socket: crate::vm_dir::ivshmem_socket(dir),
+        ivshmem_socket: vesper_api::run_dir::ivshmem_socket(dir),
         ivshmem_vectors: vesper_ivshmem::transport_vectors() as u32,
-        serial_socket: crate::vm_dir::console_socket(dir),
-        qmp_socket: crate::vm_dir::qmp_socket(dir),
-        qmp_events_socket: crate::vm_dir::qmp_events_socket(dir),
-        gdb_socket: crate::vm_dir::qemu_gdb_socket(dir),
+        serial_socket: vesper_api::run_dir::console_socket(dir),
+        qmp_socket: vesper_api::run_dir::qmp_socket(dir),
+        qmp_events_socket: vesper_api::run_dir::qmp_events_socket(dir),
+        gdb_socket: vesper_api::run_dir::qemu_gdb_socket(dir),
         pvpanic: true,
         pause_on_panic,
         allow_reboot: a.allow_reboot,
     };
-    let qemu_log_path = crate::vm_dir::qemu_log(dir);
+    let qemu_log_path = vesper_api::run_dir::qemu_log(dir);
     let qemu_log = std::fs::File::create(&qemu_log_path)
         .map_err(|e| format!("cannot create qemu.log: {e}"))?;
     let qemu_err = qemu_log.try_clone().map_err(|e| e.to_string())?;

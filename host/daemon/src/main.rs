@@ -22,7 +22,6 @@ mod relay;
 mod server;
 mod simulate;
 mod streams;
-mod vm_dir;
 mod vm_lifecycle;
 
 use std::path::PathBuf;
@@ -125,7 +124,7 @@ fn main() -> ExitCode {
         if std::env::var_os("VESPER_SOCKET").is_some() {
             vesper_api::default_socket()
         } else {
-            run_dir.join("vesperd.sock")
+            vesper_api::run_dir::api_socket(&run_dir)
         }
     });
     let policy = match args

@@ -59,7 +59,7 @@ impl VmRecord {
         }
         let r = serde_json::to_vec_pretty(self)
             .map_err(std::io::Error::other)
-            .and_then(|b| write_atomic(&crate::vm_dir::vm_record(dir), &b));
+            .and_then(|b| write_atomic(&vesper_api::run_dir::vm_record(dir), &b));
         if let Err(e) = r {
             tracing::warn!(guest = %self.name, "cannot save {}/vm.json (a restarted vesperd will not find this VM): {e}", dir.display());
         }
@@ -67,15 +67,15 @@ impl VmRecord {
 
     /// Reads `dir/vm.json`.
     pub fn load(dir: &Path) -> Result<Self, String> {
-        let b = std::fs::read(crate::vm_dir::vm_record(dir)).map_err(|e| e.to_string())?;
+        let b = std::fs::read(vesper_api::run_dir::vm_record(dir)).map_err(|e| e.to_string())?;
         serde_json::from_slice(&b).map_err(|e| e.to_string())
     }
 }
 
 /// Forgets the VM of `dir` (it stopped or exited).
 pub fn remove(dir: &Path) {
-    let _ = std::fs::remove_file(crate::vm_dir::vm_record(dir));
-    let _ = std::fs::remove_file(crate::vm_dir::channels_record(dir));
+    let _ = std::fs::remove_file(vesper_api::run_dir::vm_record(dir));
+    let _ = std::fs::remove_file(vesper_api::run_dir::channels_record(dir));
 }
 
 /// The `REQ_RELAY_OPEN` of every open relay channel, by channel id, as hex bytes.
@@ -85,7 +85,7 @@ pub struct Channels(pub BTreeMap<u32, String>);
 impl Channels {
     /// Reads `dir/channels.json` (empty when absent).
     pub fn load(dir: &Path) -> Self {
-        std::fs::read(crate::vm_dir::channels_record(dir))
+        std::fs::read(vesper_api::run_dir::channels_record(dir))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
@@ -95,7 +95,7 @@ impl Channels {
     pub fn save(&self, dir: &Path) {
         let r = serde_json::to_vec(self)
             .map_err(std::io::Error::other)
-            .and_then(|b| write_atomic(&crate::vm_dir::channels_record(dir), &b));
+            .and_then(|b| write_atomic(&vesper_api::run_dir::channels_record(dir), &b));
         if let Err(e) = r {
             tracing::warn!("cannot save {}/channels.json: {e}", dir.display());
         }

@@ -35,7 +35,8 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
             a.memory_mib, a.cpus
         ));
     }
-    let fence_mark = crate::vm_dir::fence_mark(&crate::vm_dir::of(&daemon.config.run_dir, &a.name));
+    let fence_mark =
+        vesper_api::run_dir::fence_mark(&vesper_api::run_dir::of(&daemon.config.run_dir, &a.name));
     if fence_mark.exists() {
         return Err(ApiError::new(
             ErrorCode::Fenced,
@@ -76,11 +77,11 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         Vmm::Qemu => choose_accel(a.accel).map_err(|e| start_failed(e.to_string()))?,
         Vmm::Builtin => builtin_accel(&a).map_err(start_failed)?,
     };
-    let dir = crate::vm_dir::of(&daemon.config.run_dir, &a.name);
+    let dir = vesper_api::run_dir::of(&daemon.config.run_dir, &a.name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| start_failed(format!("cannot create {}: {e}", dir.display())))?;
-    let console = crate::vm_dir::console_log(&dir);
-    let qmp = crate::vm_dir::qmp_socket(&dir);
+    let console = vesper_api::run_dir::console_log(&dir);
+    let qmp = vesper_api::run_dir::qmp_socket(&dir);
     let _ = std::fs::remove_file(&console);
     crate::persist::remove(&dir);
     let mut cmdline = format!("console=ttyS0 panic=-1 vesper.mode={}", a.mode);
@@ -123,13 +124,15 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     // QEMU waits for its console client before it starts the guest.
     let qemu_console = match a.vmm {
         Vmm::Qemu => {
-            let c =
-                crate::console::QemuConsole::new(&crate::vm_dir::console_socket(&dir), &console);
+            let c = crate::console::QemuConsole::new(
+                &vesper_api::run_dir::console_socket(&dir),
+                &console,
+            );
             if let Err(e) = c.connect(crate::console::CONNECT_PATIENCE).await {
                 return Err(start_failed(format!(
                     "cannot connect to QEMU's serial console {}: {e} (see {})",
-                    crate::vm_dir::console_socket(&dir).display(),
-                    crate::vm_dir::qemu_log(&dir).display()
+                    vesper_api::run_dir::console_socket(&dir).display(),
+                    vesper_api::run_dir::qemu_log(&dir).display()
                 )));
             }
             Some(c)
@@ -157,9 +160,9 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         accel: accel.clone(),
         mode: a.mode.clone(),
         console_log: console.clone(),
-        console_sock: crate::vm_dir::console_socket(&dir),
+        console_sock: vesper_api::run_dir::console_socket(&dir),
         qmp: qmp.clone(),
-        qmp_events: crate::vm_dir::qmp_events_socket(&dir),
+        qmp_events: vesper_api::run_dir::qmp_events_socket(&dir),
         region_size: vesper_shared_abi::DEFAULT_REGION_SIZE,
         guest: None,
         builtin,
@@ -191,7 +194,7 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
         self_tx: tx.downgrade(),
         clock_sync: None,
         bus: daemon.bus.clone(),
-        qmp_events: crate::vm_dir::qmp_events_socket(&dir),
+        qmp_events: vesper_api::run_dir::qmp_events_socket(&dir),
         on_panic: crate::debug::panic_hook(daemon, &a.name),
     };
     tokio::spawn(task.run(rx, stop_rx));
@@ -490,8 +493,8 @@ pub(crate) async fn vm_fence(daemon: &Shared, name: &str, fenced: Option<bool>) 
             format!("bad VM name {name:?}: use 1-32 letters, digits, - or _"),
         ));
     }
-    let dir = crate::vm_dir::of(&daemon.config.run_dir, name);
-    let mark = crate::vm_dir::fence_mark(&dir);
+    let dir = vesper_api::run_dir::of(&daemon.config.run_dir, name);
+    let mark = vesper_api::run_dir::fence_mark(&dir);
     let io = |what: &str, e: std::io::Error| {
         ApiError::new(
             ErrorCode::Internal,

@@ -1,84 +1,90 @@
-//! The run directory of one VM, `RUN/guests/NAME/`, and every file and socket in it,
-//! each named here once: vesperd, QEMU's command line, the debug and console code and
-//! the adoption after a restart all find them through these functions.
+//! vesperd's run directory — its API socket, and per VM `RUN/guests/NAME/` with every
+//! file and socket in it — each named here once: vesperd, QEMU's command line, the debug
+//! and console code, the adoption after a restart, the CLI's default socket and the
+//! tests all find them through these functions.
 
 use std::path::{Path, PathBuf};
 
+/// `RUN/vesperd.sock`: the API socket, where vesperd puts it by default.
+pub fn api_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("vesperd.sock")
+}
+
 /// `RUN/guests/` (read by the adoption after a restart).
-pub(crate) fn guests_dir(run_dir: &Path) -> PathBuf {
+pub fn guests_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("guests")
 }
 
 /// `RUN/guests/NAME/`.
-pub(crate) fn of(run_dir: &Path, name: &str) -> PathBuf {
+pub fn of(run_dir: &Path, name: &str) -> PathBuf {
     guests_dir(run_dir).join(name)
 }
 
 /// The serial console's log (what the guest printed, vesperd writes it).
-pub(crate) fn console_log(dir: &Path) -> PathBuf {
+pub fn console_log(dir: &Path) -> PathBuf {
     dir.join("console.log")
 }
 
 /// QEMU's serial console socket, which vesperd keeps connected.
-pub(crate) fn console_socket(dir: &Path) -> PathBuf {
+pub fn console_socket(dir: &Path) -> PathBuf {
     dir.join("console.sock")
 }
 
 /// QEMU's QMP socket for commands.
-pub(crate) fn qmp_socket(dir: &Path) -> PathBuf {
+pub fn qmp_socket(dir: &Path) -> PathBuf {
     dir.join("qmp.sock")
 }
 
 /// QEMU's second QMP socket, for its events.
-pub(crate) fn qmp_events_socket(dir: &Path) -> PathBuf {
+pub fn qmp_events_socket(dir: &Path) -> PathBuf {
     dir.join("qmp-events.sock")
 }
 
 /// The ivshmem server's socket, which QEMU's Vesper device connects to.
-pub(crate) fn ivshmem_socket(dir: &Path) -> PathBuf {
+pub fn ivshmem_socket(dir: &Path) -> PathBuf {
     dir.join("ivshmem.sock")
 }
 
 /// QEMU's own gdbstub.
-pub(crate) fn qemu_gdb_socket(dir: &Path) -> PathBuf {
+pub fn qemu_gdb_socket(dir: &Path) -> PathBuf {
     dir.join("qemu-gdb.sock")
 }
 
 /// The gdb endpoint `vesper debug gdb` hands out (a relay to QEMU's gdbstub, or the
 /// builtin VMM's gdb server).
-pub(crate) fn gdb_socket(dir: &Path) -> PathBuf {
+pub fn gdb_socket(dir: &Path) -> PathBuf {
     dir.join("gdb.sock")
 }
 
 /// QEMU's stderr.
-pub(crate) fn qemu_log(dir: &Path) -> PathBuf {
+pub fn qemu_log(dir: &Path) -> PathBuf {
     dir.join("qemu.log")
 }
 
 /// The record of a running VM that a restarted vesperd adopts it from.
-pub(crate) fn vm_record(dir: &Path) -> PathBuf {
+pub fn vm_record(dir: &Path) -> PathBuf {
     dir.join("vm.json")
 }
 
 /// The relay channels' read positions, for the adoption.
-pub(crate) fn channels_record(dir: &Path) -> PathBuf {
+pub fn channels_record(dir: &Path) -> PathBuf {
     dir.join("channels.json")
 }
 
 /// The mark of a guest fenced on this host (`vm fence`): while it exists, no VM of that
 /// name starts here.
-pub(crate) fn fence_mark(dir: &Path) -> PathBuf {
+pub fn fence_mark(dir: &Path) -> PathBuf {
     dir.join("fenced")
 }
 
 /// The ELF symbol file made from the guest's kallsyms, for gdb.
-pub(crate) fn symbol_file(dir: &Path) -> PathBuf {
+pub fn symbol_file(dir: &Path) -> PathBuf {
     dir.join("kallsyms.o")
 }
 
 /// Where `path` is written before it is renamed into place (never half a file under
 /// its final name).
-pub(crate) fn partial(path: &Path) -> PathBuf {
+pub fn partial(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -87,6 +93,6 @@ pub(crate) fn partial(path: &Path) -> PathBuf {
 }
 
 /// `RUN/dumps/NAME/`: the guest's vmcores (kept after the VM is gone).
-pub(crate) fn dumps(run_dir: &Path, name: &str) -> PathBuf {
+pub fn dumps(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join("dumps").join(name)
 }
