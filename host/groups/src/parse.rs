@@ -36,9 +36,7 @@ struct Locator<'a> {
 
 impl Locator<'_> {
     fn at(&self, span: Range<usize>) -> Location {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, column) = vesper_toml_located::line_column(self.text, span.start);
         Location {
             file: self.file.to_path_buf(),
             line: Some((line, column)),
@@ -53,27 +51,16 @@ impl Locator<'_> {
     }
 
     fn toml_error(&self, e: toml::de::Error) -> GroupError {
-        let at = e.span().map_or_else(|| self.file_only(), |s| self.at(s));
-        let message = e
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let quoted = |m: &str| m.split('`').nth(1).map(str::to_string);
-        if let Some(rest) = message.strip_prefix("unknown field ") {
-            let key = quoted(rest).unwrap_or_default();
-            let expected = rest
-                .split_once("expected ")
-                .map_or_else(String::new, |(_, e)| e.to_string());
-            return GroupError::UnknownKey { at, key, expected };
+        use vesper_toml_located::TomlProblem;
+        let (span, problem) = vesper_toml_located::classify(&e);
+        let at = span.map_or_else(|| self.file_only(), |s| self.at(s));
+        match problem {
+            TomlProblem::UnknownKey { key, expected } => {
+                GroupError::UnknownKey { at, key, expected }
+            }
+            TomlProblem::MissingKey { key } => GroupError::MissingKey { at, key },
+            TomlProblem::Syntax { message } => GroupError::Syntax { at, message },
         }
-        if let Some(rest) = message.strip_prefix("missing field ") {
-            let key = quoted(rest).unwrap_or_default();
-            return GroupError::MissingKey { at, key };
-        }
-        GroupError::Syntax { at, message }
     }
 }
 

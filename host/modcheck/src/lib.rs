@@ -196,12 +196,11 @@ fn parse_modinfo(section: &[u8]) -> Vec<(&str, &str)> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
+/// Test fixtures for whoever checks module images (this crate, probe groups): the
+/// smallest file that reads as a kernel module.
+pub mod fixture {
     /// A minimal ELF64 x86-64 ET_REL with `.modinfo` and `.gnu.linkonce.this_module`.
-    pub(crate) fn tiny_module(modinfo: &[u8], machine: u16, e_type: u16) -> Vec<u8> {
+    pub fn tiny_module(modinfo: &[u8], machine: u16, e_type: u16) -> Vec<u8> {
         let shstrtab = b"\0.modinfo\0.gnu.linkonce.this_module\0.shstrtab\0";
         let this_module = [0u8; 64];
         let mut out = vec![0u8; 64];
@@ -248,6 +247,13 @@ mod tests {
         h[62..64].copy_from_slice(&3u16.to_le_bytes()); // shstrndx
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) use crate::fixture::tiny_module;
 
     const VM: &str = "6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions ";
     fn info() -> Vec<u8> {

@@ -4,56 +4,10 @@ use std::path::Path;
 
 use super::*;
 
-/// A minimal ELF64 x86-64 ET_REL kernel module named `name` (modcheck's test shape).
+/// A minimal kernel module named `name` (modcheck's fixture).
 fn tiny_module(name: &str) -> Vec<u8> {
     let modinfo = format!("license=GPL\0name={name}\0vermagic=6.1.0 SMP\0").into_bytes();
-    let modinfo = &modinfo[..];
-    let (machine, e_type) = (62u16, 1u16);
-    let shstrtab = b"\0.modinfo\0.gnu.linkonce.this_module\0.shstrtab\0";
-    let this_module = [0u8; 64];
-    let mut out = vec![0u8; 64];
-    let modinfo_off = out.len();
-    out.extend_from_slice(modinfo);
-    let this_off = out.len();
-    out.extend_from_slice(&this_module);
-    let strtab_off = out.len();
-    out.extend_from_slice(shstrtab);
-    while !out.len().is_multiple_of(8) {
-        out.push(0);
-    }
-    let shoff = out.len();
-    let sh = |name: u32, ty: u32, off: usize, size: usize| {
-        let mut s = Vec::with_capacity(64);
-        s.extend_from_slice(&name.to_le_bytes());
-        s.extend_from_slice(&ty.to_le_bytes());
-        s.extend_from_slice(&0u64.to_le_bytes()); // flags
-        s.extend_from_slice(&0u64.to_le_bytes()); // addr
-        s.extend_from_slice(&(off as u64).to_le_bytes());
-        s.extend_from_slice(&(size as u64).to_le_bytes());
-        s.extend_from_slice(&0u32.to_le_bytes()); // link
-        s.extend_from_slice(&0u32.to_le_bytes()); // info
-        s.extend_from_slice(&1u64.to_le_bytes()); // align
-        s.extend_from_slice(&0u64.to_le_bytes()); // entsize
-        s
-    };
-    out.extend(sh(0, 0, 0, 0));
-    out.extend(sh(1, 1, modinfo_off, modinfo.len()));
-    out.extend(sh(10, 1, this_off, this_module.len()));
-    out.extend(sh(36, 3, strtab_off, shstrtab.len()));
-    let h = &mut out[..64];
-    h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = 2; // ELFCLASS64
-    h[5] = 1; // little endian
-    h[6] = 1; // version
-    h[16..18].copy_from_slice(&e_type.to_le_bytes());
-    h[18..20].copy_from_slice(&machine.to_le_bytes());
-    h[20..24].copy_from_slice(&1u32.to_le_bytes());
-    h[40..48].copy_from_slice(&(shoff as u64).to_le_bytes());
-    h[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
-    h[58..60].copy_from_slice(&64u16.to_le_bytes()); // shentsize
-    h[60..62].copy_from_slice(&4u16.to_le_bytes()); // shnum
-    h[62..64].copy_from_slice(&3u16.to_le_bytes()); // shstrndx
-    out
+    vesper_modcheck::fixture::tiny_module(&modinfo, 62, 1)
 }
 
 fn dir_with(modules: &[&str]) -> tempfile::TempDir {
