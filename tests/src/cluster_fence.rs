@@ -34,9 +34,9 @@ impl ClusterLab {
     /// fenced: corosync again, and pacemakerd where it has exited (a live one reconnects
     /// on its own); waits until every node is online.
     pub fn revive(&self, node: &str, timeout: Duration) {
-        let st = vesper_cluster_lab::state::State::load(&self.lab).expect("lab state");
         for d in ["corosync", "pacemakerd"] {
-            let alive = vesper_cluster_lab::daemon::pid(&st, node, d).is_some_and(procs::alive);
+            // Not a pid alone: the kernel reuses it for other processes.
+            let alive = vesper_cluster_lab::daemon::running(&self.lab, node, d).is_some();
             if !alive {
                 self.start_daemon(node, d);
             }

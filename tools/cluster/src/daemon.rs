@@ -48,10 +48,27 @@ pub fn pid(st: &State, node: &str, daemon: &str) -> Option<u32> {
         .next_back()
 }
 
+/// Whether `pid` is still `daemon` on `node`: alive, named so, and in the node's mount
+/// namespace. A recorded pid outlives its process, and the kernel hands it to another
+/// (on a busy host, within minutes): never signal, or trust as running, anything else.
+fn is_node_daemon(lab: &Lab, node: &str, daemon: &str, pid: u32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let node_ns = procs::NsId::of_file(&lab.mnt_ns_path(node));
+    procs::alive(pid)
+        && comm.trim_end() == daemon
+        && node_ns.is_some_and(|ns| procs::ns_of(pid, "mnt") == Some(ns.0))
+}
+
+/// The pid of `daemon` on `node` if that process still runs (see [`is_node_daemon`]).
+pub fn running(lab: &Lab, node: &str, daemon: &str) -> Option<u32> {
+    let st = State::load(lab).ok()?;
+    pid(&st, node, daemon).filter(|p| is_node_daemon(lab, node, daemon, *p))
+}
+
 /// Kills `daemon` on `node` with SIGKILL (a crash: nothing of it cleans up); its pid.
 pub fn kill(lab: &Lab, node: &str, daemon: &str) -> Result<u32, LabError> {
     let st = check(lab, node, daemon)?;
-    match pid(&st, node, daemon).filter(|p| procs::alive(*p)) {
+    match pid(&st, node, daemon).filter(|p| is_node_daemon(lab, node, daemon, *p)) {
         Some(p) => {
             procs::signal(p, Signal::SIGKILL);
             Ok(p)
@@ -65,7 +82,7 @@ pub fn kill(lab: &Lab, node: &str, daemon: &str) -> Result<u32, LabError> {
 /// Starts `daemon` on `node` again, as `up` did; its pid. Refused while it runs.
 pub fn start(lab: &Lab, node: &str, daemon: &str) -> Result<u32, LabError> {
     let mut st = check(lab, node, daemon)?;
-    if let Some(p) = pid(&st, node, daemon).filter(|p| procs::alive(*p)) {
+    if let Some(p) = pid(&st, node, daemon).filter(|p| is_node_daemon(lab, node, daemon, *p)) {
         return Err(LabError::Usage(format!(
             "{daemon} runs on {node} already (pid {p})"
         )));

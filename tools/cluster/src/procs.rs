@@ -35,7 +35,8 @@ pub fn parse_ns_link(link: &str) -> Option<u64> {
     rest.strip_suffix(']')?.parse().ok()
 }
 
-fn ns_of(pid: u32, kind: &str) -> Option<u64> {
+/// The inode of namespace `kind` (`net`, `mnt`) of `pid`.
+pub fn ns_of(pid: u32, kind: &str) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
     parse_ns_link(&link.to_string_lossy())
 }
