@@ -358,9 +358,34 @@ pub fn measure_failover(
     to: &str,
     timeout: Duration,
 ) -> Failover {
-    // The hand's own latency (console, busybox under TCG) is not the cluster's: the clock
-    // starts once the guest confirms the kill.
-    lab.hand(from, guest, "kill 9 svc", "killed svc");
+    time_failover(
+        lab,
+        guest,
+        resources,
+        (from, to),
+        timeout,
+        || {
+            lab.hand(from, guest, "kill 9 svc", "killed svc");
+        },
+        || lab.service_answers(to, guest),
+    )
+}
+
+/// The failover clock for any way of reaching the guest: `kill` kills `svc` in `guest`
+/// on `from` and returns once the guest confirms it (the hand's own latency is not the
+/// cluster's: the clock starts there); then `crm_mon` on `to` is polled every 100 ms
+/// until every one of `resources` runs there, and `answers` waits for the service there.
+#[allow(clippy::too_many_arguments)]
+pub fn time_failover(
+    lab: &ClusterLab,
+    guest: &str,
+    resources: &[&str],
+    (from, to): (&str, &str),
+    timeout: Duration,
+    kill: impl FnOnce(),
+    answers: impl FnOnce(),
+) -> Failover {
+    kill();
     let killed = Instant::now();
     let mut detected = None;
     loop {
@@ -375,7 +400,7 @@ pub fn measure_failover(
             }
             if resources.iter().all(|r| s.started_on(r, to)) {
                 let moved = killed.elapsed();
-                lab.service_answers(to, guest);
+                answers();
                 return Failover {
                     detected: detected.unwrap_or(moved),
                     moved,

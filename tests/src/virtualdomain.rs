@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{ClusterLab, Failover};
+use crate::cluster::{time_failover, ClusterLab, Failover};
 
 /// The VirtualDomain CIB template, relative to the repository.
 pub const CIB: &str = "tools/cluster/cib/virtualdomain.crm";
@@ -162,39 +162,13 @@ pub fn measure(
     to: &str,
     timeout: Duration,
 ) -> Failover {
-    console.kill_svc(lab, from, guest);
-    let killed = Instant::now();
-    let mut detected = None;
-    loop {
-        let s = lab.status(to);
-        if let Ok(s) = &s {
-            if detected.is_none()
-                && s.failures
-                    .iter()
-                    .any(|f| f.node == from && f.op_key.starts_with(&format!("{guest}_")))
-            {
-                detected = Some(killed.elapsed());
-            }
-            if resources.iter().all(|r| s.started_on(r, to)) {
-                let moved = killed.elapsed();
-                console.service_answers(lab, to, guest);
-                return Failover {
-                    detected: detected.unwrap_or(moved),
-                    moved,
-                    answering: killed.elapsed(),
-                };
-            }
-        }
-        assert!(
-            killed.elapsed() < timeout,
-            "{resources:?} not on {to} {:?} after the kill: {}\n{}",
-            killed.elapsed(),
-            match &s {
-                Ok(s) => s.summary(),
-                Err(e) => e.clone(),
-            },
-            lab.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    time_failover(
+        lab,
+        guest,
+        resources,
+        (from, to),
+        timeout,
+        || console.kill_svc(lab, from, guest),
+        || console.service_answers(lab, to, guest),
+    )
 }
