@@ -18,6 +18,20 @@ fn functions(bt: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The frames from `vesper_hang_fn` down to the stack's end, as function names
+/// without offsets: what stays the same while the CPU spins in its busy-wait loop.
+fn callers_of_hang(bt: &Value) -> Vec<String> {
+    let names: Vec<String> = functions(bt)
+        .iter()
+        .map(|f| f.split('+').next().unwrap_or(f).to_string())
+        .collect();
+    let from = names
+        .iter()
+        .position(|f| f == "vesper_hang_fn")
+        .unwrap_or_else(|| panic!("vesper_hang_fn not in the trace: {bt}"));
+    names[from..].to_vec()
+}
+
 /// `/proc/PID/stack` of the process named `name`, as the guest's kernel unwinds it:
 /// `func+0xoff` per frame (the `/size` dropped), and its pid.
 fn guest_stack(d: &Daemon, name: &str) -> (i64, Vec<String>) {
@@ -174,7 +188,14 @@ fn a_cpu_spinning_with_interrupts_off_is_traced_from_its_registers() {
         .unwrap()
         .into();
     let from_file = out.result();
-    assert_eq!(functions(&from_file), functions(&by_cpu), "{from_file}");
+    // The CPU went on spinning between the live trace and the dump, so the frames
+    // above the module's function (delay_tsc at whatever instruction) may differ;
+    // from vesper_hang_fn down, the two unwinds must agree.
+    assert_eq!(
+        callers_of_hang(&from_file),
+        callers_of_hang(&by_cpu),
+        "{from_file}"
+    );
     assert!(
         hung.elapsed() < Duration::from_secs(18),
         "the checks outlasted the hang ({:?}): they proved nothing",
