@@ -224,13 +224,45 @@ fn a_network_cut_during_recovery_ends_with_the_guest_on_one_node() {
     };
     lab.hand("n1", GUEST, "kill 9 svc", "killed svc");
     cut("down");
-    // Each side loses the other, and with two_node each keeps quorum and fences the
-    // other (the fence devices reach the vesperds outside the cut network). Which side
-    // runs web1 depends on what it had recorded when the cable went: either, not both.
+    // Each side loses the other (corosync's token timeout); with two_node each keeps
+    // quorum and sets out to fence the other (the fence devices reach the vesperds
+    // outside the cut network). Until both have seen the split, a node's view is the
+    // one from before the cable went and proves nothing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let split = |n: &str, other: &str| {
+        lab.status(n)
+            .is_ok_and(|s| s.nodes.get(other) == Some(&false))
+    };
+    while !(split("n1", "n2") && split("n2", "n1")) {
+        assert!(lab.guest_vms(GUEST).len() <= 1, "{GUEST} runs twice");
+        assert!(
+            Instant::now() < deadline,
+            "no split seen after 60 s\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // fencing.crm delays the fencing of n2: n2 fences n1 first, and n1's own attempt
+    // finds n1 fenced when its delay ends (a fenced node fences nobody). So web1 runs
+    // on n2, whatever each side had recorded of the failure, and only there.
     let at = converge(&lab, &[GUEST, IP], Duration::from_secs(120));
-    note(&format!("during the cut web1 runs on {at}"));
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(lab.guest_vms(GUEST).len(), 1);
+    assert_eq!(at, "n2", "{:?}", lab.status("n2").map(|s| s.summary()));
+    let fenced = lab
+        .vesper("n1", &["--json", "vm", "fenced", GUEST])
+        .result();
+    assert_eq!(fenced["fenced"], true, "{fenced}");
+    lab.service_answers("n2", GUEST);
+    // Past n1's fence delay and its refused attempts: web1 stays up on n2, once.
+    let hold = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < hold {
+        let vms = lab.guest_vms(GUEST);
+        assert!(
+            vms.len() == 1 && vms[0].0 == "n2",
+            "{GUEST} not on n2 alone during the cut: {vms:?}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     cut("up");
     // The sides merge again: web1 still runs once, both nodes online.
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -160,3 +160,38 @@ fn fence_vesper_powers_a_guest_off_and_on_through_vesperd() {
     assert_eq!(gone.code, 1, "{gone:?}");
     assert!(gone.stderr.contains("not reachable"), "{gone:?}");
 }
+
+/// Fabric fencing's rule, as with SCSI reservations: a node whose own guest is fenced
+/// has lost its access and fences nobody (`local_socket`: the vesperd of the node
+/// running the agent). This is what lets one side of a two-node split win: the side
+/// whose fence delay ends last finds itself fenced.
+#[test]
+fn a_fenced_node_fences_nobody() {
+    let target = Daemon::start(&[]);
+    let here = Daemon::start(&[]);
+    target.vm_start("f2");
+    let local = format!("local_socket={}", here.socket.display());
+    here.cli(&["vm", "fence", "f2"]).ok();
+
+    let refused = fence_stdin(&target, &["action=off", "plug=f2", &local]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("this node is fenced itself"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        target.cli(&["vm", "status", "f2"]).code,
+        0,
+        "a refused off touched nothing"
+    );
+    let fenced = target.cli(&["--json", "vm", "fenced", "f2"]).result();
+    assert_eq!(fenced["fenced"], false, "{fenced}");
+    // Unfencing is not fencing: a fenced node may still be given its guest back.
+    let on = fence_stdin(&here, &["action=on", "plug=f2", &local]);
+    assert_eq!(on.code, 0, "{on:?}");
+
+    // Unfenced here, this node fences again.
+    let off = fence_stdin(&target, &["action=off", "plug=f2", &local]);
+    assert_eq!(off.code, 0, "{off:?}\n{}", target.log());
+    assert_eq!(target.cli(&["vm", "status", "f2"]).code, 3);
+}
