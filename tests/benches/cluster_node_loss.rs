@@ -9,18 +9,15 @@
 //! `cargo build --release --workspace --bins && cargo bench -p vesper-e2e --bench cluster_node_loss`
 //! (`VESPER_BENCH_ROUNDS=N`, default 10, of each).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vesper_e2e::cluster::{measure_failover, ClusterLab};
+use vesper_e2e::cluster_bench::{failover_series, pct};
 use vesper_e2e::cluster_fence::{fencing_cibs, measure_node_loss};
 
 const GUEST: &str = "web1";
 const IP: &str = "web1-ip";
-
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
 
 fn main() {
     let n: usize = std::env::var("VESPER_BENCH_ROUNDS")
@@ -36,6 +33,9 @@ fn main() {
     lab.wait_started(&["fence-n2"], "n1", Duration::from_secs(60));
 
     let (mut fenced, mut moved, mut answering) = (Vec::new(), Vec::new(), Vec::new());
+    // fencing.crm delays the fencing of n2 (pcmk_delay_base, to decide splits): each
+    // lost node apart as well.
+    let mut by_lost: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for i in 0..n {
         lab.service_answers(from, GUEST);
         let l = measure_node_loss(
@@ -56,51 +56,65 @@ fn main() {
         fenced.push(l.fenced.as_secs_f64());
         moved.push(l.moved.as_secs_f64());
         answering.push(l.answering.as_secs_f64());
+        by_lost
+            .entry(from)
+            .or_default()
+            .push(l.answering.as_secs_f64());
         lab.revive(from, Duration::from_secs(120));
         std::mem::swap(&mut from, &mut to);
     }
 
-    let mut svc = Vec::new();
-    for i in 0..n {
-        lab.service_answers(from, GUEST);
-        let f = measure_failover(
-            &lab,
-            GUEST,
-            &[GUEST, IP],
-            from,
-            to,
-            Duration::from_secs(180),
-        );
-        println!(
-            "service death {:2} {from} -> {to}: running on {to} {:6.2} s, svc answering {:6.2} s",
-            i + 1,
-            f.moved.as_secs_f64(),
-            f.answering.as_secs_f64()
-        );
-        svc.push(f.answering.as_secs_f64());
-        lab.exec(to, &["crm_resource", "--cleanup", "--resource", GUEST])
-            .ok();
-        std::mem::swap(&mut from, &mut to);
-        lab.wait_started(&[GUEST, IP], from, Duration::from_secs(60));
-    }
+    let svc = failover_series(
+        &lab,
+        "service death",
+        &[GUEST, IP],
+        (from, to),
+        n,
+        |from, to| {
+            lab.service_answers(from, GUEST);
+            measure_failover(
+                &lab,
+                GUEST,
+                &[GUEST, IP],
+                from,
+                to,
+                Duration::from_secs(180),
+            )
+        },
+    );
+    let svc = svc.answering;
 
     println!(
         "\n{n} node losses and {n} service deaths, guest kernel {}, up took {:.1} s",
         vesper_e2e::kit().release,
         lab.up_time.as_secs_f64()
     );
-    let p50_loss = pct(&mut answering, 0.5);
-    let p50_svc = pct(&mut svc, 0.5);
+    let p50_loss = pct(&answering, 0.5);
+    let p50_svc = pct(&svc, 0.5);
     for (what, v) in [
-        ("corosync kill -> fenced", &mut fenced),
-        ("corosync kill -> running on B", &mut moved),
-        ("corosync kill -> svc answering on B", &mut answering),
-        ("service death -> svc answering on B", &mut svc),
+        ("corosync kill -> fenced", &fenced),
+        ("corosync kill -> running on B", &moved),
+        ("corosync kill -> svc answering on B", &answering),
+        ("service death -> svc answering on B", &svc),
     ] {
         println!(
             "  {what:36} p50 {:6.2} s  max {:6.2} s",
             pct(v, 0.5),
             pct(v, 1.0)
+        );
+    }
+    for (lost, v) in &by_lost {
+        let delay = if *lost == "n2" {
+            "fence delay 5 s"
+        } else {
+            "no fence delay"
+        };
+        let what = format!("{lost} lost ({delay}) -> svc answering");
+        println!(
+            "  {what:36} p50 {:6.2} s  max {:6.2} s  ({:.1}x)",
+            pct(v, 0.5),
+            pct(v, 1.0),
+            pct(v, 0.5) / p50_svc
         );
     }
     println!(

@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use vesper_e2e::cluster::ClusterLab;
+use vesper_e2e::cluster_bench::{failover_series, jitter, pct, Series, CLOCK_NAMES};
 use vesper_e2e::virtualdomain::{self, Console};
 
 const GUEST: &str = "web1";
@@ -66,27 +67,6 @@ const VARIANTS: &[Variant] = &[
     },
 ];
 
-const WHAT: [&str; 3] = [
-    "failure recorded",
-    "running on the other node",
-    "service answering there",
-];
-
-/// A pseudo-random duration in [0, max) (the clock's nanoseconds; no RNG crate needed).
-fn jitter(max: Duration) -> Duration {
-    let ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    max.mul_f64(f64::from(ns) / 1e9)
-}
-
-fn pct(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
 fn up_args(v: &Variant) -> Vec<String> {
     let root = vesper_cluster_lab::repo_root();
     let events = root
@@ -101,8 +81,8 @@ fn up_args(v: &Variant) -> Vec<String> {
     }
 }
 
-/// `n` failovers on a fresh lab: per measure (WHAT), the seconds of each.
-fn run(v: &Variant, n: usize) -> [Vec<f64>; 3] {
+/// `n` failovers on a fresh lab.
+fn run(v: &Variant, n: usize) -> Series {
     let args = up_args(v);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let lab = ClusterLab::up(v.tag, 2, &args);
@@ -113,48 +93,30 @@ fn run(v: &Variant, n: usize) -> [Vec<f64>; 3] {
         lab.up_time.as_secs_f64(),
         vesper_e2e::kit().release
     );
-    let (mut from, mut to) = ("n1", "n2");
-    lab.wait_started(&[GUEST, IP], from, Duration::from_secs(240));
-    let mut out: [Vec<f64>; 3] = Default::default();
-    for i in 0..n {
-        v.console.service_answers(&lab, from, GUEST);
-        // A random phase of the monitor: the steps before are regular enough to lock
-        // onto one phase otherwise.
-        std::thread::sleep(jitter(v.monitor));
-        let f = virtualdomain::measure(
-            &lab,
-            v.console,
-            GUEST,
-            &[GUEST, IP],
-            from,
-            to,
-            Duration::from_secs(180),
-        );
-        println!(
-            "  failover {:2} {from} -> {to}: failure recorded {:6.2} s, running on {to} {:6.2} s, svc answering {:6.2} s",
-            i + 1,
-            f.detected.as_secs_f64(),
-            f.moved.as_secs_f64(),
-            f.answering.as_secs_f64()
-        );
-        for (o, d) in out.iter_mut().zip([f.detected, f.moved, f.answering]) {
-            o.push(d.as_secs_f64());
-        }
-        // Forget the failure, so the guest may come back to `from` next time.
-        lab.exec(to, &["crm_resource", "--cleanup", "--resource", GUEST])
-            .ok();
-        std::mem::swap(&mut from, &mut to);
-        lab.wait_started(&[GUEST, IP], from, Duration::from_secs(120));
-    }
-    for (what, v) in WHAT.iter().zip(&out) {
-        println!(
-            "  kill -> {what:26} p50 {:6.2} s  max {:6.2} s",
-            pct(v, 0.5),
-            pct(v, 1.0)
-        );
-    }
+    lab.wait_started(&[GUEST, IP], "n1", Duration::from_secs(240));
+    let series = failover_series(
+        &lab,
+        "  failover",
+        &[GUEST, IP],
+        ("n1", "n2"),
+        n,
+        |from, to| {
+            v.console.service_answers(&lab, from, GUEST);
+            std::thread::sleep(jitter(v.monitor));
+            virtualdomain::measure(
+                &lab,
+                v.console,
+                GUEST,
+                &[GUEST, IP],
+                from,
+                to,
+                Duration::from_secs(180),
+            )
+        },
+    );
+    series.print("  ");
     lab.down(&footprint);
-    out
+    series
 }
 
 fn main() {
@@ -167,7 +129,7 @@ fn main() {
         .iter()
         .filter(|v| only.is_empty() || only.split(',').any(|k| k.trim() == v.key))
         .collect();
-    let results: Vec<(&Variant, [Vec<f64>; 3])> = chosen.iter().map(|v| (*v, run(v, n))).collect();
+    let results: Vec<(&Variant, Series)> = chosen.iter().map(|v| (*v, run(v, n))).collect();
 
     println!(
         "\n{n} failovers per variant, p50 / max in seconds from the kill confirmed in the guest:\n"
@@ -186,17 +148,21 @@ fn main() {
         }
     }
     println!("{head}\n{rule}");
-    for (i, what) in WHAT.iter().enumerate() {
-        let mut row = format!("| {what} |");
+    for (i, name) in CLOCK_NAMES.iter().enumerate() {
+        let clock = |s: &Series| s.clocks()[i].1.to_vec();
+        let mut row = format!("| {name} |");
         for (_, r) in &results {
-            row += &format!(" {:.2} / {:.2} |", pct(&r[i], 0.5), pct(&r[i], 1.0));
+            let r = clock(r);
+            row += &format!(" {:.2} / {:.2} |", pct(&r, 0.5), pct(&r, 1.0));
         }
         if let Some((base, b)) = vesper {
+            let b = clock(b);
             for (_, r) in results.iter().filter(|(v, _)| v.key != base.key) {
+                let r = clock(r);
                 row += &format!(
                     " {:.1}× / {:.1}× |",
-                    pct(&r[i], 0.5) / pct(&b[i], 0.5),
-                    pct(&r[i], 1.0) / pct(&b[i], 1.0)
+                    pct(&r, 0.5) / pct(&b, 0.5),
+                    pct(&r, 1.0) / pct(&b, 1.0)
                 );
             }
         }

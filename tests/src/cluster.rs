@@ -264,6 +264,37 @@ impl ClusterLab {
         s
     }
 
+    /// Copies every node's whole Pacemaker log, corosync log and vesperd output to
+    /// `target/cluster-evidence/LAB-SECS/` (the lab's own files go with `down`); that
+    /// directory. For failures whose cause the last lines of [`ClusterLab::logs`] do not
+    /// show.
+    pub fn keep_logs(&self) -> PathBuf {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/cluster-evidence")
+            .join(format!("{}-{secs}", self.lab.name));
+        for n in &self.nodes {
+            let to = dir.join(n);
+            let _ = std::fs::create_dir_all(&to);
+            for (from, name) in [
+                (
+                    self.lab.node_logs(n).join("pacemaker/pacemaker.log"),
+                    "pacemaker.log",
+                ),
+                (
+                    self.lab.node_logs(n).join("corosync/corosync.log"),
+                    "corosync.log",
+                ),
+                (self.lab.daemon_log(n, "vesperd"), "vesperd.out"),
+            ] {
+                let _ = std::fs::copy(&from, to.join(name));
+            }
+        }
+        dir
+    }
+
     /// What the lab holds on this machine, for [`ClusterLab::down`]'s check.
     pub fn footprint(&self) -> Footprint {
         let netns = vesper_cluster_lab::down::leftover_netns(&self.lab);
@@ -388,30 +419,52 @@ pub fn time_failover(
     kill();
     let killed = Instant::now();
     let mut detected = None;
-    loop {
-        let s = lab.status(to);
-        if let Ok(s) = &s {
-            if detected.is_none()
-                && s.failures
+    let moved = wait_moved(lab, resources, to, killed, timeout, "the kill", |s| {
+        if detected.is_none()
+            && s.is_some_and(|s| {
+                s.failures
                     .iter()
                     .any(|f| f.node == from && f.op_key.starts_with(&format!("{guest}_")))
-            {
-                detected = Some(killed.elapsed());
-            }
-            if resources.iter().all(|r| s.started_on(r, to)) {
-                let moved = killed.elapsed();
-                answers();
-                return Failover {
-                    detected: detected.unwrap_or(moved),
-                    moved,
-                    answering: killed.elapsed(),
-                };
-            }
+            })
+        {
+            detected = Some(killed.elapsed());
+        }
+        true
+    });
+    answers();
+    Failover {
+        detected: detected.unwrap_or(moved),
+        moved,
+        answering: killed.elapsed(),
+    }
+}
+
+/// Polls `crm_mon` on `to` every 100 ms until every one of `resources` runs there and
+/// `tick` (called each round with that status, `None` when `crm_mon` failed) says the
+/// move counts; the time since `since`. Fails after `timeout`, with the status and the
+/// lab's logs; `after` names what `since` was, for that message.
+pub fn wait_moved(
+    lab: &ClusterLab,
+    resources: &[&str],
+    to: &str,
+    since: Instant,
+    timeout: Duration,
+    after: &str,
+    mut tick: impl FnMut(Option<&ClusterStatus>) -> bool,
+) -> Duration {
+    loop {
+        let s = lab.status(to);
+        let counts = tick(s.as_ref().ok());
+        if counts
+            && s.as_ref()
+                .is_ok_and(|s| resources.iter().all(|r| s.started_on(r, to)))
+        {
+            return since.elapsed();
         }
         assert!(
-            killed.elapsed() < timeout,
-            "{resources:?} not on {to} {:?} after the kill: {}\n{}",
-            killed.elapsed(),
+            since.elapsed() < timeout,
+            "{resources:?} not on {to} {:?} after {after}: {}\n{}",
+            since.elapsed(),
             match &s {
                 Ok(s) => s.summary(),
                 Err(e) => e.clone(),

@@ -10,6 +10,7 @@ use serde_json::Value;
 use vesper_guest_kit::{EnsureOptions, Kit};
 
 pub mod cluster;
+pub mod cluster_bench;
 pub mod cluster_fence;
 pub mod tiny_guest;
 pub mod virtualdomain;

@@ -1,7 +1,6 @@
 //! The host packages a lab needs, installed with apt like the guest kit does — without
 //! letting their maintainer scripts start corosync or pacemaker on the host.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::cmd::{command, io_err, run};
@@ -31,18 +30,6 @@ pub const PACKAGES: &[&str] = &[
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
-/// From `dpkg-query -W -f='${Package} ${Status}\n'`, the fully installed packages.
-pub fn parse_installed(output: &str) -> BTreeSet<String> {
-    output
-        .lines()
-        .filter_map(|line| {
-            let (pkg, status) = line.trim().split_once(' ')?;
-            (status.trim() == "install ok installed")
-                .then(|| pkg.split(':').next().unwrap_or(pkg).to_string())
-        })
-        .collect()
-}
-
 /// The packages of [`PACKAGES`] not fully installed.
 pub fn missing() -> Vec<&'static str> {
     let mut c = command(&["dpkg-query", "-W", "-f=${Package} ${Status}\\n"]);
@@ -52,7 +39,7 @@ pub fn missing() -> Vec<&'static str> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let have = parse_installed(&out);
+    let have = vesper_guest_kit::apt::parse_installed(&out);
     PACKAGES
         .iter()
         .copied()
@@ -108,20 +95,4 @@ pub fn ensure_packages(say: &dyn Fn(&str)) -> Result<(), LabError> {
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_fully_installed_packages_count() {
-        let out = "corosync install ok installed\npacemaker deinstall ok config-files\n\
-                   crmsh install ok unpacked\nlibqb100:amd64 install ok installed\n";
-        let s = parse_installed(out);
-        assert_eq!(
-            s.into_iter().collect::<Vec<_>>(),
-            ["corosync".to_string(), "libqb100".to_string()]
-        );
-    }
 }
