@@ -461,16 +461,18 @@ pub fn wait_moved(
         {
             return since.elapsed();
         }
-        assert!(
-            since.elapsed() < timeout,
-            "{resources:?} not on {to} {:?} after {after}: {}\n{}",
-            since.elapsed(),
-            match &s {
-                Ok(s) => s.summary(),
-                Err(e) => e.clone(),
-            },
-            lab.logs()
-        );
+        if since.elapsed() >= timeout {
+            panic!(
+                "{resources:?} not on {to} {:?} after {after}: {}\n{}\nwhole logs kept in {}",
+                since.elapsed(),
+                match &s {
+                    Ok(s) => s.summary(),
+                    Err(e) => e.clone(),
+                },
+                lab.logs(),
+                lab.keep_logs().display()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
