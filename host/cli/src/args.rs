@@ -111,6 +111,11 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: RelayCmd,
     },
+    /// Probe specs: a few lines compiled into a probe module for a guest's kernel.
+    Probe {
+        #[command(subcommand)]
+        cmd: crate::probe::ProbeCmd,
+    },
     /// For a Pacemaker cluster: the event bridge and the alert agent.
     Cluster {
         #[command(subcommand)]

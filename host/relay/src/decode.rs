@@ -2,9 +2,13 @@
 
 use std::mem::size_of;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use vesper_shared_abi::*;
 use vm_memory::ByteValued;
+
+use crate::layout::{FieldValue, RecordLayout};
 
 /// A decoded record payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +59,13 @@ pub enum Decoded {
         index: u64,
         /// Records in the run.
         total: u64,
+    },
+    /// A probe spec's record, decoded by name with the layout its module carries.
+    Probe {
+        /// The probe's name.
+        probe: String,
+        /// Its fields by name.
+        fields: BTreeMap<String, FieldValue>,
     },
     /// No decoder for this type, or a payload too short for its type.
     Raw {
@@ -111,6 +122,20 @@ pub fn decode(rtype: u16, payload: &[u8]) -> Decoded {
         _ => None,
     }
     .unwrap_or(raw)
+}
+
+/// Decodes like [`decode`], and a `RECORD_SPEC` payload with `layout` (the writing
+/// module's); without a layout, or too short for it, such a payload stays `Raw`.
+pub fn decode_with(rtype: u16, payload: &[u8], layout: Option<&RecordLayout>) -> Decoded {
+    if rtype == RECORD_SPEC {
+        if let Some(fields) = layout.and_then(|l| l.decode(payload)) {
+            return Decoded::Probe {
+                probe: layout.map(|l| l.probe.clone()).unwrap_or_default(),
+                fields,
+            };
+        }
+    }
+    decode(rtype, payload)
 }
 
 #[cfg(test)]
