@@ -88,7 +88,7 @@ pub(crate) enum Cmd {
         guests: Vec<String>,
         /// Only this kind (repeatable): panic, service_exit, oom, guest_panicked,
         /// shutdown, stop, reset, vm_exit, guest_up, decision, module_loaded,
-        /// module_failed, cluster.
+        /// module_failed, cluster, probe.
         #[arg(long = "kind")]
         kinds: Vec<String>,
         /// Start from this sequence number (resume).

@@ -289,12 +289,12 @@ pub fn generate(plan: &Plan, origin: &str) -> String {
                 .map(|i| format!(", unsigned long a{i}"))
                 .collect();
             let _ = writeln!(c, "static struct tracepoint *vp_tp;\n\nstatic void vp_tp_probe(void *data{})\n{{\n\tstruct pt_regs regs = {{}};\n", params.concat());
-            for i in 0..plan.tp_args {
-                let _ = writeln!(c, "\tregs.{} = a{i};", ARG_REGS[i]);
+            for (i, reg) in ARG_REGS.iter().enumerate().take(plan.tp_args) {
+                let _ = writeln!(c, "\tregs.{reg} = a{i};");
             }
             let _ = writeln!(c, "\tvp_hit(&regs);\n}}\n\nstatic void vp_find_tp(struct tracepoint *tp, void *priv)\n{{\n\tif (!strcmp(tp->name, {}))\n\t\t*(struct tracepoint **)priv = tp;\n}}\n", c_str(event));
             (
-                format!("(for_each_kernel_tracepoint(vp_find_tp, &vp_tp), vp_tp ? tracepoint_probe_register(vp_tp, (void *)vp_tp_probe, NULL) : -ENOENT)"),
+                "(for_each_kernel_tracepoint(vp_find_tp, &vp_tp), vp_tp ? tracepoint_probe_register(vp_tp, (void *)vp_tp_probe, NULL) : -ENOENT)".to_string(),
                 "tracepoint_probe_unregister(vp_tp, (void *)vp_tp_probe, NULL);\n\ttracepoint_synchronize_unregister();".to_string(),
             )
         }

@@ -233,7 +233,7 @@ pub fn front_symvers(front: &Path) -> Result<String, SpecError> {
             .section_headers
             .get(s.st_shndx)
             .ok_or_else(|| bad(format!("{name} in no section")))?;
-        let at = sh.sh_offset.checked_add(s.st_value).unwrap_or(u64::MAX) as usize;
+        let at = sh.sh_offset.saturating_add(s.st_value) as usize;
         let crc = bytes
             .get(at..at.saturating_add(4))
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))

@@ -181,4 +181,42 @@ mod tests {
             matches!(decode(RECORD_PANIC, p.as_slice()), Decoded::Panic { message, .. } if message.len() == 256)
         );
     }
+
+    #[test]
+    fn spec_records_decode_by_name_only_with_their_layout() {
+        let l = RecordLayout::parse(
+            "vesper-record/1 probe=p size=8 severity=bulk field=pid:i32:0 field=n:u32:4",
+        )
+        .unwrap();
+        let mut p = [0u8; 8];
+        p[..4].copy_from_slice(&7i32.to_le_bytes());
+        p[4..].copy_from_slice(&9u32.to_le_bytes());
+        match decode_with(RECORD_SPEC, &p, Some(&l)) {
+            Decoded::Probe { probe, fields } => {
+                assert_eq!(probe, "p");
+                assert_eq!(fields["pid"], FieldValue::Int(7));
+                assert_eq!(fields["n"], FieldValue::UInt(9));
+            }
+            d => panic!("{d:?}"),
+        }
+        // No layout, a short payload, or another type: not decoded by the layout.
+        assert_eq!(
+            decode_with(RECORD_SPEC, &p, None),
+            Decoded::Raw {
+                rtype: RECORD_SPEC,
+                len: 8
+            }
+        );
+        assert_eq!(
+            decode_with(RECORD_SPEC, &p[..7], Some(&l)),
+            Decoded::Raw {
+                rtype: RECORD_SPEC,
+                len: 7
+            }
+        );
+        assert!(matches!(
+            decode_with(RECORD_EXIT, &p, Some(&l)),
+            Decoded::Raw { .. }
+        ));
+    }
 }
