@@ -68,6 +68,8 @@ pub struct Plan {
 
 /// Longest module name the kernel takes (`MODULE_NAME_LEN` - 1).
 const MODULE_NAME_MAX: usize = 55;
+/// Longest probe name: `vesper_spec_` + it fits a module name.
+const NAME_MAX: usize = MODULE_NAME_MAX - "vesper_spec_".len();
 /// Keys the daemon puts in every record event; a field may not take them.
 const RESERVED: [&str; 4] = ["type", "record_seq", "latency_ns", "probe"];
 
@@ -484,10 +486,14 @@ pub fn check(spec: &Spec, k: &KernelInfo, default_name: &str) -> Result<Plan, Sp
             "nothing is recorded: add `record VALUE, ...;` (e.g. record pid, comm)",
         ));
     }
-    let (name, _) = spec
-        .name
-        .clone()
-        .unwrap_or_else(|| (sanitize_name(default_name), spec.body_at));
+    let (name, name_at) = spec.name.clone().unwrap_or_else(|| {
+        let mut n = sanitize_name(default_name);
+        n.truncate(NAME_MAX);
+        (n, spec.body_at)
+    });
+    if name.len() > NAME_MAX {
+        return Err(semantics(name_at, format!("probe name `{name}` is longer than {NAME_MAX} characters (the module is vesper_spec_NAME, at most {MODULE_NAME_MAX})")));
+    }
     let mut fields = Vec::new();
     let mut layout = RecordLayout {
         probe: name.clone(),
