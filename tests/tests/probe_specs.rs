@@ -175,6 +175,26 @@ fn a_spec_recording_btf_members_reads_what_the_guest_kernel_reports() {
         cache.path().join("hog.ko").to_str().unwrap(),
     ])
     .ok();
+    // The same exit seen through the sched_process_exit tracepoint, and a kretprobe
+    // that must at least register.
+    for (spec_file, ko) in [
+        ("process_exit_tp.probe", "tp.ko"),
+        ("alloc_failures.probe", "kret.ko"),
+        ("oom_victim.probe", "oom.ko"),
+    ] {
+        let out = cache.path().join(ko);
+        let (code, stdout, stderr) = probe(
+            cache.path(),
+            &[
+                "build",
+                spec(spec_file).to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{spec_file}: {stdout}{stderr}");
+        d.cli(&["insmod", "vm1", out.to_str().unwrap()]).ok();
+    }
 
     // hog sets its own oom_score_adj to 1000 and is killed by the OOM killer, whose
     // report in the guest's log names its pid and oom_score_adj.
@@ -218,6 +238,36 @@ fn a_spec_recording_btf_members_reads_what_the_guest_kernel_reports() {
     assert_eq!(adj, 1000);
     assert!(f["ppid"].as_i64().unwrap() >= 1, "{f}");
     assert_ne!(f["ppid"], hog_pid, "{f}");
+
+    // The tracepoint's task argument: the hog, killed by SIGKILL (task->exit_code 9).
+    let tp = d.wait_records(
+        "vm1",
+        "vesper_spec_process_exit_tp",
+        "process_exit_tp",
+        WAIT,
+        |r| r.iter().any(|r| r["decoded"]["fields"]["pid"] == hog_pid),
+    );
+    let hog = tp
+        .iter()
+        .find(|r| r["decoded"]["fields"]["pid"] == hog_pid)
+        .unwrap();
+    assert_eq!(hog["decoded"]["fields"]["comm"], "hog", "{hog}");
+    assert_eq!(hog["decoded"]["fields"]["exit_code"], 9, "{hog}");
+
+    // An urgent spec of kind `probe` (mark_oom_victim's argument): an event of its own
+    // kind, the spec's fields on top, the shape checked by `events`.
+    let deadline = Instant::now() + WAIT;
+    let ev = loop {
+        if let Some(e) = d.events(&["--kind", "probe"]).into_iter().next() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no probe event:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ev["payload"]["probe"], "oom_victim", "{ev}");
+    assert_eq!(ev["payload"]["pid"], hog_pid, "{ev}");
+    assert_eq!(ev["payload"]["oom_score_adj"], adj, "{ev}");
+    assert_eq!(ev["payload"]["comm"], "hog", "{ev}");
 }
 
 #[test]
