@@ -159,6 +159,12 @@
 #define VESPER_RECORD_OOM 0x3U
 /* Record type: [`StressRecord`] (test fixture). */
 #define VESPER_RECORD_STRESS 0x4U
+/* Record type: a probe spec's record (`host/probespec`); its fields are described
+ * by the `vesper_record` modinfo entry of the module that wrote it. */
+#define VESPER_RECORD_SPEC 0x5U
+/* Largest payload of a `RECORD_SPEC` record (it is built on the kernel stack of a
+ * probe handler). */
+#define VESPER_SPEC_RECORD_MAX 0x100U
 /* Size of the text field of a panic record. */
 #define VESPER_PANIC_MSG_LEN 0x100U
 /* Size of a task command name field (`TASK_COMM_LEN` is 16). */

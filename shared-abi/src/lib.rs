@@ -299,6 +299,12 @@ abi_consts! {
     pub const RECORD_OOM: u16 = 3;
     /// Record type: [`StressRecord`] (test fixture).
     pub const RECORD_STRESS: u16 = 4;
+    /// Record type: a probe spec's record (`host/probespec`); its fields are described
+    /// by the `vesper_record` modinfo entry of the module that wrote it.
+    pub const RECORD_SPEC: u16 = 5;
+    /// Largest payload of a `RECORD_SPEC` record (it is built on the kernel stack of a
+    /// probe handler).
+    pub const SPEC_RECORD_MAX: u32 = 256;
 
     /// Size of the text field of a panic record.
     pub const PANIC_MSG_LEN: u32 = 256;

@@ -22,4 +22,5 @@ pub use vesper_debug::unwind::{Backtrace, Frame, TraceEnd};
 pub use vesper_debug::vmcore::DumpSummary;
 pub use vesper_events::{Event, EventKind, Filter, Source};
 pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
+pub use vesper_relay::layout::FieldValue;
 pub use vesper_relay::{BufferStats, Decoded};

@@ -88,7 +88,7 @@ pub(crate) enum Cmd {
         guests: Vec<String>,
         /// Only this kind (repeatable): panic, service_exit, oom, guest_panicked,
         /// shutdown, stop, reset, vm_exit, guest_up, decision, module_loaded,
-        /// module_failed, cluster.
+        /// module_failed, cluster, probe.
         #[arg(long = "kind")]
         kinds: Vec<String>,
         /// Start from this sequence number (resume).
@@ -110,6 +110,11 @@ pub(crate) enum Cmd {
     Relay {
         #[command(subcommand)]
         cmd: RelayCmd,
+    },
+    /// Probe specs: a few lines compiled into a probe module for a guest's kernel.
+    Probe {
+        #[command(subcommand)]
+        cmd: crate::probe::ProbeCmd,
     },
     /// For a Pacemaker cluster: the event bridge and the alert agent.
     Cluster {

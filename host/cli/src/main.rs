@@ -5,6 +5,7 @@ mod backtrace;
 mod cluster;
 mod exit;
 mod output;
+mod probe;
 mod request;
 
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Cmd::Probe { cmd } = &cli.cmd {
+        return probe::run(&cli, cmd);
+    }
     if let Cmd::Cluster { cmd } = &cli.cmd {
         return cluster::run(cli.socket.clone(), cli.json, cmd);
     }

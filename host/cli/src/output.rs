@@ -100,6 +100,18 @@ pub(crate) fn record_line(r: &RecordView) -> String {
             "OOM kill {comm} pid={pid} total_vm={total_vm_kb}kB anon_rss={anon_rss_kb}kB file_rss={file_rss_kb}kB oom_score_adj={oom_score_adj}"
         ),
         Decoded::Stress { index, total } => format!("stress {index}/{total}"),
+        Decoded::Probe { probe, fields } => {
+            let mut line = probe.clone();
+            for (k, v) in fields {
+                let v = match v {
+                    vesper_api::FieldValue::Int(i) => i.to_string(),
+                    vesper_api::FieldValue::UInt(u) => u.to_string(),
+                    vesper_api::FieldValue::Text(t) => format!("{t:?}"),
+                };
+                line.push_str(&format!(" {k}={v}"));
+            }
+            line
+        }
         Decoded::Raw { rtype, len } => match &r.text {
             Some(t) => t.trim_end_matches('\0').trim_end().to_string(),
             None => format!("raw type {rtype}, {len} bytes"),

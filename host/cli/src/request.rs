@@ -248,6 +248,7 @@ pub(crate) fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
         }
         | Cmd::Events { .. }
         | Cmd::Cluster { .. }
+        | Cmd::Probe { .. }
         | Cmd::Policy { .. }
         | Cmd::Group {
             cmd: GroupCmd::Check { .. },

@@ -134,6 +134,22 @@ pub fn note_failure(status: &Mutex<VmStatus>, e: &Event) {
     }
 }
 
+/// The event kind an urgent record of spec module `module` becomes (its layout's).
+fn spec_kind(
+    layouts: &dyn Fn(&str) -> Option<Arc<vesper_relay::layout::RecordLayout>>,
+    module: &str,
+) -> Option<EventKind> {
+    let layout = layouts(module)?;
+    let name = layout.kind.as_deref()?;
+    match name.parse() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!(module, "probe spec record: {e}; no event");
+            None
+        }
+    }
+}
+
 /// Turns the typed failure records among `stored` (panic, watched exit, OOM) into events
 /// about `guest`, and notes failures in its health.
 pub fn publish_records(
@@ -141,15 +157,29 @@ pub fn publish_records(
     status: &Mutex<VmStatus>,
     guest: &str,
     stored: Vec<Arc<vesper_api::RecordView>>,
+    layouts: &dyn Fn(&str) -> Option<Arc<vesper_relay::layout::RecordLayout>>,
 ) {
     for r in stored {
-        let kind = match r.decoded {
+        let kind = match &r.decoded {
             vesper_api::Decoded::Panic { .. } => EventKind::Panic,
             vesper_api::Decoded::Exit { .. } => EventKind::ServiceExit,
             vesper_api::Decoded::Oom { .. } => EventKind::Oom,
+            vesper_api::Decoded::Probe { .. } if r.urgent => match spec_kind(layouts, &r.module) {
+                Some(k) => k,
+                None => continue,
+            },
             _ => continue,
         };
-        let mut payload = serde_json::to_value(&r.decoded).unwrap_or_default();
+        let mut payload = match &r.decoded {
+            // A spec's fields sit at the top, as the typed records' do.
+            vesper_api::Decoded::Probe { probe, fields } => {
+                let mut p = serde_json::to_value(fields).unwrap_or_default();
+                p["type"] = "probe".into();
+                p["probe"] = probe.clone().into();
+                p
+            }
+            d => serde_json::to_value(d).unwrap_or_default(),
+        };
         payload["cpu"] = r.cpu.into();
         payload["record_seq"] = r.seq.into();
         payload["latency_ns"] = r.latency_ns.into();

@@ -682,7 +682,10 @@ impl GuestTask {
                         .lock()
                         .expect("relay lock")
                         .push(&channel, records);
-                    publish_records(&self.bus, &self.status, name, stored);
+                    let relay = &self.relay;
+                    publish_records(&self.bus, &self.status, name, stored, &|m| {
+                        relay.lock().expect("relay lock").layout(m)
+                    });
                 }
                 SessionEvent::RelayClosed {
                     channel,

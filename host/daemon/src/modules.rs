@@ -27,6 +27,7 @@ pub(crate) async fn insmod(
         vesper_modcheck::check_module(&image, vermagic.as_deref(), daemon.config.max_image_size)
             .map_err(|e| ApiError::new(ErrorCode::BadModule, format!("{file_name}: {e}")))?;
     let params = check_params(&params)?;
+    note_layout(daemon, guest, &info)?;
     let cmd = Command::Load {
         name: info.name.clone(),
         image: image.into(),
@@ -42,6 +43,34 @@ pub(crate) async fn insmod(
         }),
         other => Err(unexpected(other)),
     }
+}
+
+/// Keeps the record layout a probe-spec module carries (`vesper_record` modinfo) so its
+/// records are decoded by name from the first one; forgets an older one for a module of
+/// that name that carries none.
+fn note_layout(
+    daemon: &Shared,
+    guest: &str,
+    info: &vesper_modcheck::ModuleInfo,
+) -> Result<(), ApiError> {
+    let layout = info
+        .record_layout
+        .as_deref()
+        .map(vesper_relay::layout::RecordLayout::parse)
+        .transpose()
+        .map_err(|e| ApiError::new(ErrorCode::BadModule, format!("{}: {e}", info.name)))?;
+    let guests = daemon.guests.lock().expect("guests lock");
+    let g = guests
+        .get(guest)
+        .ok_or_else(|| unknown_guest(&guests, guest))?;
+    if let Some(l) = &layout {
+        tracing::debug!(guest, module = %info.name, probe = %l.probe, fields = l.fields.len(), "record layout");
+    }
+    g.relay
+        .lock()
+        .expect("relay lock")
+        .set_layout(&info.name, layout);
+    Ok(())
 }
 
 /// Joins module parameters, refusing what the kernel's parser would misread.

@@ -1,13 +1,14 @@
 //! Per-guest relay history: what the guest task read from its channels, kept (bounded)
 //! for `relay cat` and broadcast to followers.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 use vesper_api::{BufferStats, ChannelView, RecordView};
-use vesper_relay::{decode, ChannelSpec, ChannelStats, Record};
+use vesper_relay::layout::RecordLayout;
+use vesper_relay::{decode_with, ChannelSpec, ChannelStats, Record};
 use vesper_shared_abi::RECORD_FLAG_URGENT;
 
 /// Records kept per channel.
@@ -37,6 +38,8 @@ pub struct RelayStore {
     guest: String,
     clock: Option<ClockMap>,
     channels: Vec<ChannelLog>,
+    /// Record layouts of probe-spec modules, by module name (from their modinfo).
+    layouts: HashMap<String, Arc<RecordLayout>>,
     tx: broadcast::Sender<Arc<RecordView>>,
 }
 
@@ -53,6 +56,7 @@ impl RelayStore {
             guest: guest.to_string(),
             clock: None,
             channels: Vec::new(),
+            layouts: HashMap::new(),
             tx: broadcast::channel(FOLLOW_BUFFER).0,
         }
     }
@@ -78,6 +82,19 @@ impl RelayStore {
         &mut self.channels[i]
     }
 
+    /// The record layout of `module`'s records (`None`: it has none).
+    pub fn set_layout(&mut self, module: &str, layout: Option<RecordLayout>) {
+        match layout {
+            Some(l) => self.layouts.insert(module.to_string(), Arc::new(l)),
+            None => self.layouts.remove(module),
+        };
+    }
+
+    /// The layout `module`'s records are decoded with.
+    pub fn layout(&self, module: &str) -> Option<Arc<RecordLayout>> {
+        self.layouts.get(module).cloned()
+    }
+
     /// Sets (or, on a guest restart, forgets) the clock mapping.
     pub fn set_clock(&mut self, clock: Option<ClockMap>) {
         self.clock = clock;
@@ -97,6 +114,7 @@ impl RelayStore {
         let host_time_ns = now_ns();
         let tx = self.tx.clone();
         let clock = self.clock;
+        let layout = self.layout(&spec.module);
         let log = self.log(spec);
         let mut stored = Vec::with_capacity(records.len());
         for r in records {
@@ -120,7 +138,7 @@ impl RelayStore {
                     (host_time_ns as i128 - (r.timestamp_ns as i128 - c.offset_ns)) as i64
                 }),
                 clock_error_ns: clock.map(|c| c.error_ns),
-                decoded: decode(r.rtype, &r.payload),
+                decoded: decode_with(r.rtype, &r.payload, layout.as_deref()),
                 text,
             });
             if log.records.len() == HISTORY {

@@ -112,7 +112,7 @@ async fn serve(
             match ev {
                 SessionEvent::Records { channel, records } => {
                     let stored = relay.push(&channel, records);
-                    publish_records(&bus, &status, &name, stored);
+                    publish_records(&bus, &status, &name, stored, &|m| relay.layout(m));
                 }
                 SessionEvent::Misbehaviour(e) => {
                     tracing::warn!(guest = %name, "simulated guest misbehaving: {e}")

@@ -42,11 +42,14 @@ pub enum EventKind {
     /// What a cluster manager did or saw (a Pacemaker alert: a resource started or
     /// failed, a node left, a node was fenced), fed back into the stream.
     Cluster,
+    /// An urgent record of a probe spec whose kind is `probe` (`vesper probe`): a
+    /// failure signal with the spec's own fields.
+    Probe,
 }
 
 impl EventKind {
     /// Every kind, for help texts and validation.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Panic,
         EventKind::ServiceExit,
         EventKind::Oom,
@@ -60,6 +63,7 @@ impl EventKind {
         EventKind::ModuleLoaded,
         EventKind::ModuleFailed,
         EventKind::Cluster,
+        EventKind::Probe,
     ];
 
     /// The wire name (`service_exit`).
@@ -78,6 +82,7 @@ impl EventKind {
             EventKind::ModuleLoaded => "module_loaded",
             EventKind::ModuleFailed => "module_failed",
             EventKind::Cluster => "cluster",
+            EventKind::Probe => "probe",
         }
     }
 
@@ -90,6 +95,7 @@ impl EventKind {
                 | EventKind::Oom
                 | EventKind::GuestPanicked
                 | EventKind::VmExit
+                | EventKind::Probe
         )
     }
 }

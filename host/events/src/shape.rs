@@ -110,10 +110,12 @@ pub fn required(kind: EventKind) -> Vec<(&'static str, JsonType)> {
             ("error", Str),
         ],
         EventKind::Cluster => &[("alert_kind", Str), ("summary", Str), ("alert", Obj)],
+        // Plus the spec's own fields, by the names it gave them.
+        EventKind::Probe => &[("probe", Str)],
     };
     let record = matches!(
         kind,
-        EventKind::Panic | EventKind::ServiceExit | EventKind::Oom
+        EventKind::Panic | EventKind::ServiceExit | EventKind::Oom | EventKind::Probe
     );
     own.iter()
         .chain(if record { RECORD } else { &[] })

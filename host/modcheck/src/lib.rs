@@ -83,6 +83,9 @@ pub struct ModuleInfo {
     pub description: Option<String>,
     /// Modules it depends on (`depends=`).
     pub depends: Vec<String>,
+    /// `vesper_record=`: the layout of the records a module generated from a probe spec
+    /// writes (read by `vesper_relay::layout`; unchecked here).
+    pub record_layout: Option<String>,
 }
 
 /// Checks `image` for loading into a guest whose kernel reports `guest_vermagic`.
@@ -184,6 +187,7 @@ pub fn check_module(
                     .collect()
             })
             .unwrap_or_default(),
+        record_layout: get("vesper_record"),
     })
 }
 

@@ -2,9 +2,13 @@
 
 use std::mem::size_of;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use vesper_shared_abi::*;
 use vm_memory::ByteValued;
+
+use crate::layout::{FieldValue, RecordLayout};
 
 /// A decoded record payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +59,13 @@ pub enum Decoded {
         index: u64,
         /// Records in the run.
         total: u64,
+    },
+    /// A probe spec's record, decoded by name with the layout its module carries.
+    Probe {
+        /// The probe's name.
+        probe: String,
+        /// Its fields by name.
+        fields: BTreeMap<String, FieldValue>,
     },
     /// No decoder for this type, or a payload too short for its type.
     Raw {
@@ -113,6 +124,20 @@ pub fn decode(rtype: u16, payload: &[u8]) -> Decoded {
     .unwrap_or(raw)
 }
 
+/// Decodes like [`decode`], and a `RECORD_SPEC` payload with `layout` (the writing
+/// module's); without a layout, or too short for it, such a payload stays `Raw`.
+pub fn decode_with(rtype: u16, payload: &[u8], layout: Option<&RecordLayout>) -> Decoded {
+    if rtype == RECORD_SPEC {
+        if let Some(fields) = layout.and_then(|l| l.decode(payload)) {
+            return Decoded::Probe {
+                probe: layout.map(|l| l.probe.clone()).unwrap_or_default(),
+                fields,
+            };
+        }
+    }
+    decode(rtype, payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +180,43 @@ mod tests {
         assert!(
             matches!(decode(RECORD_PANIC, p.as_slice()), Decoded::Panic { message, .. } if message.len() == 256)
         );
+    }
+
+    #[test]
+    fn spec_records_decode_by_name_only_with_their_layout() {
+        let l = RecordLayout::parse(
+            "vesper-record/1 probe=p size=8 severity=bulk field=pid:i32:0 field=n:u32:4",
+        )
+        .unwrap();
+        let mut p = [0u8; 8];
+        p[..4].copy_from_slice(&7i32.to_le_bytes());
+        p[4..].copy_from_slice(&9u32.to_le_bytes());
+        match decode_with(RECORD_SPEC, &p, Some(&l)) {
+            Decoded::Probe { probe, fields } => {
+                assert_eq!(probe, "p");
+                assert_eq!(fields["pid"], FieldValue::Int(7));
+                assert_eq!(fields["n"], FieldValue::UInt(9));
+            }
+            d => panic!("{d:?}"),
+        }
+        // No layout, a short payload, or another type: not decoded by the layout.
+        assert_eq!(
+            decode_with(RECORD_SPEC, &p, None),
+            Decoded::Raw {
+                rtype: RECORD_SPEC,
+                len: 8
+            }
+        );
+        assert_eq!(
+            decode_with(RECORD_SPEC, &p[..7], Some(&l)),
+            Decoded::Raw {
+                rtype: RECORD_SPEC,
+                len: 7
+            }
+        );
+        assert!(matches!(
+            decode_with(RECORD_EXIT, &p, Some(&l)),
+            Decoded::Raw { .. }
+        ));
     }
 }

@@ -4,9 +4,10 @@
 mod decode;
 #[doc(hidden)]
 pub mod guest_writer;
+pub mod layout;
 mod reader;
 
-pub use decode::{decode, Decoded};
+pub use decode::{decode, decode_with, Decoded};
 pub use reader::{
     validate_open, BufferStats, ChannelSpec, ChannelStats, Record, RecordRef, RelayReader,
 };

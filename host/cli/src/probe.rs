@@ -1,0 +1,294 @@
+//! `vesper probe check|build|run`: probe specs turned into modules for a guest's kernel
+//! (`vesper-probespec`), pushed with the ordinary insmod request and followed through
+//! the relay stream.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use vesper_api::{call, call_stream, default_socket, Reply, Request};
+use vesper_probespec::{KernelFiles, KernelInfo, SpecError};
+
+use crate::args::Cli;
+use crate::exit::{api_fail, client_fail, fail};
+use crate::output::print_human;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProbeCmd {
+    /// Check a spec against a guest kernel (symbols, BTF types), building nothing.
+    Check {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+    /// Generate C from a spec and build it into a module for a guest kernel (cached).
+    Build {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Also copy the module here.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Build (cached) for GUEST's kernel, push, load, and print its records as they come.
+    Run {
+        /// Guest name.
+        guest: String,
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Leave the module loaded when done (default: unloaded after --count).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct KernelArgs {
+    /// Guest kernel release (default: the kit's kernel; for `run`, the guest's).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Guest kit directory (default: $VESPER_KIT_DIR).
+    #[arg(long)]
+    kit: Option<PathBuf>,
+    /// Build cache (default: $VESPER_PROBE_CACHE or ~/.cache/vesper/probes).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+fn spec_fail(json: bool, spec: &Path, e: &SpecError) -> ExitCode {
+    let (code, kind) = match e {
+        SpecError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            (66, "no_input")
+        }
+        SpecError::Io { .. } => (74, "io_error"),
+        SpecError::Kernel { .. } => (66, "no_kernel_files"),
+        SpecError::Build { .. } => (70, "build_failed"),
+        _ => (65, "invalid_spec"),
+    };
+    fail(json, code, kind, &e.report(spec))
+}
+
+fn files(k: &KernelArgs, release: Option<&str>) -> Result<KernelFiles, SpecError> {
+    let kit = k
+        .kit
+        .clone()
+        .or_else(|| std::env::var_os("VESPER_KIT_DIR").map(PathBuf::from))
+        .ok_or_else(|| SpecError::Kernel {
+            release: release.unwrap_or("?").to_string(),
+            message: "no guest kit: pass --kit DIR or set VESPER_KIT_DIR (cargo run -p vesper-guest-kit builds one)".into(),
+        })?;
+    KernelFiles::from_kit(&kit, k.kernel.as_deref().or(release))
+}
+
+fn cache(k: &KernelArgs) -> PathBuf {
+    k.cache
+        .clone()
+        .unwrap_or_else(vesper_probespec::default_cache_dir)
+}
+
+pub(crate) fn run(cli: &Cli, cmd: &ProbeCmd) -> ExitCode {
+    match cmd {
+        ProbeCmd::Check { spec, kernel } => {
+            let checked = std::fs::read_to_string(spec)
+                .map_err(|source| SpecError::Io {
+                    path: spec.clone(),
+                    source,
+                })
+                .and_then(|text| {
+                    let spec_ast = vesper_probespec::parse(&text)?;
+                    let f = files(kernel, None)?;
+                    let k = KernelInfo::load(&f)?;
+                    vesper_probespec::check(&spec_ast, &k, &vesper_probespec::default_name(spec))
+                });
+            match checked {
+                Err(e) => spec_fail(cli.json, spec, &e),
+                Ok(plan) => {
+                    if cli.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "ok": true, "result": { "valid": true, "module": plan.module, "probe": plan.name, "layout": plan.layout.to_string() } })
+                        );
+                    } else {
+                        println!(
+                            "{}: valid: module {}, record {} bytes: {}",
+                            spec.display(),
+                            plan.module,
+                            plan.layout.size,
+                            plan.layout
+                                .fields
+                                .iter()
+                                .map(|f| format!("{} {}", f.name, f.ty))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        ProbeCmd::Build { spec, kernel, out } => {
+            let t = Instant::now();
+            let built =
+                files(kernel, None).and_then(|f| vesper_probespec::build(spec, &f, &cache(kernel)));
+            let b = match built {
+                Ok(b) => b,
+                Err(e) => return spec_fail(cli.json, spec, &e),
+            };
+            let mut ko = b.ko.clone();
+            if let Some(out) = out {
+                if let Err(e) = std::fs::copy(&b.ko, out) {
+                    return fail(
+                        cli.json,
+                        73,
+                        "io_error",
+                        &format!("cannot write {}: {e}", out.display()),
+                    );
+                }
+                ko = out.clone();
+            }
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "result": { "ko": ko, "module": b.module, "probe": b.probe, "cached": b.cached, "key": b.key, "millis": ms } })
+                );
+            } else {
+                println!(
+                    "{} ({}, {} in {ms:.0} ms)",
+                    ko.display(),
+                    b.module,
+                    if b.cached { "cached" } else { "built" }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        ProbeCmd::Run {
+            guest,
+            spec,
+            kernel,
+            count,
+            keep,
+        } => run_spec(cli, guest, spec, kernel, *count, *keep),
+    }
+}
+
+fn run_spec(
+    cli: &Cli,
+    guest: &str,
+    spec: &Path,
+    kernel: &KernelArgs,
+    count: Option<u64>,
+    keep: bool,
+) -> ExitCode {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let timeout = Duration::from_secs(cli.timeout);
+    let started = Instant::now();
+    // The guest's own kernel, unless told otherwise.
+    let release = match call(
+        &socket,
+        &Request::VmStatus {
+            name: guest.to_string(),
+        },
+        timeout,
+    ) {
+        Err(e) => return client_fail(cli.json, e),
+        Ok(Err(e)) => return api_fail(cli.json, e),
+        Ok(Ok(Reply::VmStatus(v))) => v.guest.map(|g| g.kernel_release),
+        Ok(Ok(other)) => {
+            return fail(
+                cli.json,
+                70,
+                "internal",
+                &format!("unexpected reply {other:?}"),
+            )
+        }
+    };
+    let built = files(kernel, release.as_deref())
+        .and_then(|f| vesper_probespec::build(spec, &f, &cache(kernel)));
+    let b = match built {
+        Ok(b) => b,
+        Err(e) => return spec_fail(cli.json, spec, &e),
+    };
+    let image = match std::fs::read(&b.ko) {
+        Ok(i) => i,
+        Err(e) => {
+            return fail(
+                cli.json,
+                74,
+                "io_error",
+                &format!("cannot read {}: {e}", b.ko.display()),
+            )
+        }
+    };
+    let file_name = format!("{}.ko", b.module);
+    match call(
+        &socket,
+        &Request::insmod(guest, &file_name, &image, Vec::new()),
+        timeout,
+    ) {
+        Err(e) => return client_fail(cli.json, e),
+        Ok(Err(e)) => return api_fail(cli.json, e),
+        Ok(Ok(_)) => {}
+    }
+    tracing::info!(module = %b.module, cached = b.cached, ms = started.elapsed().as_millis() as u64, "probe loaded");
+    if !cli.json {
+        eprintln!(
+            "vesper: {} {} and loaded in {guest} in {:.0} ms; following channel {}",
+            b.module,
+            if b.cached { "from the cache" } else { "built" },
+            started.elapsed().as_secs_f64() * 1e3,
+            b.probe
+        );
+    }
+    let req = Request::RelayCat {
+        guest: guest.to_string(),
+        module: b.module.clone(),
+        channel: Some(b.probe.clone()),
+        follow: true,
+    };
+    let mut seen = 0u64;
+    let mut failure = None;
+    let out = call_stream(&socket, &req, None, |r| match r {
+        Ok(Reply::End { .. }) => false,
+        Ok(reply) => {
+            if cli.json {
+                println!("{}", serde_json::json!({ "ok": true, "result": reply }));
+            } else {
+                print_human(&reply);
+            }
+            if matches!(reply, Reply::Record(_)) {
+                seen += 1;
+            }
+            count.is_none_or(|c| seen < c)
+        }
+        Err(e) => {
+            failure = Some(e);
+            false
+        }
+    });
+    if !keep {
+        let rm = Request::Rmmod {
+            guest: guest.to_string(),
+            name: b.module.clone(),
+            force: false,
+        };
+        if let Ok(Err(e)) | Err(e) = call(&socket, &rm, timeout)
+            .map_err(|e| vesper_api::ApiError::new(vesper_api::ErrorCode::Internal, e.to_string()))
+        {
+            tracing::warn!(module = %b.module, "unloading after run: {}", e.message);
+        }
+    }
+    match (out, failure) {
+        (Err(e), _) => client_fail(cli.json, e),
+        (Ok(()), Some(e)) => api_fail(cli.json, e),
+        (Ok(()), None) => ExitCode::SUCCESS,
+    }
+}
