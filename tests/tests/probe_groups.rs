@@ -267,3 +267,98 @@ fn a_policy_naming_a_bad_probe_group_is_refused_with_its_location() {
         "{err}"
     );
 }
+
+/// `vesper ARGS` against `d`, with the kit and a build cache for spec members.
+fn cli_building(d: &Daemon, cache: &Path, args: &[&str]) -> vesper_e2e::CliOutput {
+    std::process::Command::new(vesper_e2e::bin_dir().join("vesper"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .env("VESPER_KIT_DIR", &vesper_e2e::kit().dir)
+        .env("VESPER_PROBE_CACHE", cache)
+        .output()
+        .expect("run vesper")
+        .into()
+}
+
+#[test]
+fn a_group_member_may_be_a_probe_spec_built_for_the_guests_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&[]);
+    d.vm_start("g1");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes/specs/exit_svc.probe");
+    let file = dir.path().join("mixed.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"mixed\"\n\n[[module]]\npath = {:?}\n\n[[module]]\nspec = {:?}\n",
+            module("vesper_panic_probe"),
+            spec.display().to_string()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    // Checked (the spec built for the kit's kernel), then applied as one.
+    let check = cli_building(&d, cache.path(), &["group", "check", f]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert!(
+        check.stdout.contains("vesper_spec_exit_svc (built from"),
+        "{check:?}"
+    );
+    let out = cli_building(&d, cache.path(), &["--json", "group", "apply", "g1", f])
+        .ok()
+        .result();
+    assert_eq!(
+        out["modules"],
+        serde_json::json!(["vesper_panic_probe", "vesper_spec_exit_svc"]),
+        "{out}"
+    );
+    let mods = d.module_names("g1");
+    assert!(
+        mods.contains(&"vesper_spec_exit_svc".to_string()),
+        "{mods:?}"
+    );
+    cli_building(&d, cache.path(), &["group", "remove", "g1", "mixed"]).ok();
+    let mods = d.module_names("g1");
+    assert!(
+        !mods
+            .iter()
+            .any(|m| m == "vesper_spec_exit_svc" || m == "vesper_panic_probe"),
+        "{mods:?}"
+    );
+
+    // A spec member that does not check: refused with the group's line and the spec's
+    // own line and column, and nothing loaded.
+    let bad_spec = dir.path().join("typo.probe");
+    std::fs::write(
+        &bad_spec,
+        "# a typo in the function\nkprobe:do_exti { record pid; }\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "name = \"bad\"\n[[module]]\npath = {:?}\n[[module]]\nspec = \"typo.probe\"\n",
+            module("vesper_panic_probe")
+        ),
+    )
+    .unwrap();
+    let before = d.module_names("g1");
+    let out = cli_building(
+        &d,
+        cache.path(),
+        &["group", "apply", "g1", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 65, "{out:?}");
+    assert!(
+        out.stderr.contains("bad.toml:5:8")
+            && out.stderr.contains("member 2")
+            && out.stderr.contains("typo.probe:2:")
+            && out.stderr.contains("do_exti"),
+        "{out:?}"
+    );
+    assert_eq!(d.module_names("g1"), before);
+}

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         cmd: GroupCmd::Check { file },
     } = &cli.cmd
     {
-        return match request::load_group(file) {
+        return match request::load_group(file, || None) {
             Ok(g) => {
                 if cli.json {
                     println!(
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
         };
         return relay_cat(&cli, &req);
     }
-    let req = match build_request(&cli.cmd) {
+    let req = match build_request(&cli) {
         Ok(r) => r,
         Err((code, kind, msg)) => return fail(cli.json, code, kind, &msg),
     };
@@ -136,7 +136,8 @@ fn main() -> ExitCode {
 fn check_policy(file: &std::path::Path) -> Result<String, vesper_failover::PolicyError> {
     let policy = vesper_failover::Policy::load(file)?;
     policy.check_probe_groups(|p| {
-        vesper_groups::ProbeGroup::load(p)
+        let mut specs = probe::group_spec_builder(|| None);
+        vesper_groups::ProbeGroup::load(p, &mut specs)
             .map(drop)
             .map_err(|e| e.report())
     })?;

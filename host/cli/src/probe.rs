@@ -292,3 +292,37 @@ fn run_spec(
         (Ok(()), None) => ExitCode::SUCCESS,
     }
 }
+
+/// Builds a probe group's `spec` members (`vesper-groups`' builder) for `release`, the
+/// kit's kernel when `None`: the kit from $VESPER_KIT_DIR, the default cache; a spec's
+/// error is reported with its own line and column.
+pub(crate) fn group_spec_builder(
+    mut release: impl FnMut() -> Option<String>,
+) -> impl FnMut(&Path) -> Result<PathBuf, String> {
+    let mut resolved: Option<Option<String>> = None;
+    move |spec| {
+        let release = resolved.get_or_insert_with(&mut release).clone();
+        let k = KernelArgs {
+            kernel: None,
+            kit: None,
+            cache: None,
+        };
+        files(&k, release.as_deref())
+            .and_then(|f| vesper_probespec::build(spec, &f, &cache(&k)))
+            .map(|b| b.ko)
+            .map_err(|e| e.report(spec))
+    }
+}
+
+/// The kernel release `guest` runs, as vesperd knows it (`None` when it does not, or
+/// cannot be asked: the kit's kernel is used then).
+pub(crate) fn guest_release(cli: &Cli, guest: &str) -> Option<String> {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let req = Request::VmStatus {
+        name: guest.to_string(),
+    };
+    match call(&socket, &req, Duration::from_secs(cli.timeout)) {
+        Ok(Ok(Reply::VmStatus(v))) => v.guest.map(|g| g.kernel_release),
+        _ => None,
+    }
+}

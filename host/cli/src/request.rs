@@ -23,15 +23,20 @@ pub(crate) fn reply_timeout(cli: &Cli) -> Duration {
     }
 }
 
-/// A group file read and checked whole, or the refusal that names its line.
-pub(crate) fn load_group(file: &std::path::Path) -> Result<vesper_groups::ProbeGroup, Refusal> {
-    vesper_groups::ProbeGroup::load(file).map_err(|e| (65, "invalid_group", e.report()))
+/// A group file read and checked whole, its `spec` members built for the kernel
+/// `release` gives (asked only if there is a spec), or the refusal that names its line.
+pub(crate) fn load_group(
+    file: &std::path::Path,
+    release: impl FnMut() -> Option<String>,
+) -> Result<vesper_groups::ProbeGroup, Refusal> {
+    let mut specs = crate::probe::group_spec_builder(release);
+    vesper_groups::ProbeGroup::load(file, &mut specs).map_err(|e| (65, "invalid_group", e.report()))
 }
 
 pub(crate) type Refusal = (i32, &'static str, String);
 
-pub(crate) fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
-    Ok(match cmd {
+pub(crate) fn build_request(cli: &Cli) -> Result<Request, Refusal> {
+    Ok(match &cli.cmd {
         Cmd::Vm {
             cmd:
                 VmCmd::Start {
@@ -129,7 +134,8 @@ pub(crate) fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
         Cmd::Group {
             cmd: GroupCmd::Apply { guest, file },
         } => {
-            let g = load_group(file)?;
+            // Spec members are built for the guest's own kernel.
+            let g = load_group(file, || crate::probe::guest_release(cli, guest))?;
             Request::GroupApply {
                 guest: guest.clone(),
                 group: g.name.clone(),
@@ -150,7 +156,7 @@ pub(crate) fn build_request(cmd: &Cmd) -> Result<Request, Refusal> {
             // A path names a file; a bare word is a group vesperd applied.
             let path = std::path::Path::new(group);
             if group.ends_with(".toml") || group.contains('/') {
-                let g = load_group(path)?;
+                let g = load_group(path, || crate::probe::guest_release(cli, guest))?;
                 Request::GroupRemove {
                     guest: guest.clone(),
                     modules: Some(g.modules()),

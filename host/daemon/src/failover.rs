@@ -156,7 +156,13 @@ async fn start(daemon: &Shared, policy: &Policy, guest: &str) -> Result<(), Stri
     }
     if let Some(r) = &spec.probe_group {
         // Read again now: the file may have changed since the policy was checked.
-        let group = vesper_groups::ProbeGroup::load(&r.path).map_err(|e| e.report())?;
+        // Spec members are built for the kernel the standby just booted.
+        let release = daemon
+            .guest_status(guest)
+            .ok()
+            .and_then(|s| s.guest)
+            .map(|g| g.kernel_release);
+        let group = crate::groups::load_group(daemon, r.path.clone(), release).await?;
         let (name, source) = (group.name.clone(), r.path.display().to_string());
         crate::groups::apply(daemon, guest, &name, &source, GroupImage::from_group(group))
             .await

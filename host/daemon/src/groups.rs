@@ -1,6 +1,7 @@
 //! Probe groups in a guest: members checked on the host, then loaded in order, all or
 //! nothing; unloaded in reverse. The API and the failover engine use the same code.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::json;
@@ -30,6 +31,39 @@ impl GroupImage {
             })
             .collect()
     }
+}
+
+/// Builds a group's `spec` members (`vesper-groups`' builder) with `vesper-probespec`
+/// for kernel `release` (the kit's own when `None`), from the kit vesperd uses and the
+/// default build cache; blocking (kbuild), so run it off the async threads.
+pub(crate) fn spec_builder(
+    kit_dir: Option<PathBuf>,
+    release: Option<String>,
+) -> impl FnMut(&Path) -> Result<PathBuf, String> {
+    move |spec| {
+        let kit = vesper_guest_kit::Kit::load(kit_dir.as_deref()).map_err(|e| e.to_string())?;
+        let files = vesper_probespec::KernelFiles::from_kit(&kit.dir, release.as_deref())
+            .map_err(|e| e.report(spec))?;
+        vesper_probespec::build(spec, &files, &vesper_probespec::default_cache_dir())
+            .map(|b| b.ko)
+            .map_err(|e| e.report(spec))
+    }
+}
+
+/// Reads and checks the group file at `path` off the async threads, its `spec` members
+/// built for `release`.
+pub(crate) async fn load_group(
+    daemon: &Shared,
+    path: PathBuf,
+    release: Option<String>,
+) -> Result<vesper_groups::ProbeGroup, String> {
+    let kit_dir = daemon.config.kit_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut specs = spec_builder(kit_dir, release);
+        vesper_groups::ProbeGroup::load(&path, &mut specs).map_err(|e| e.report())
+    })
+    .await
+    .map_err(|e| format!("probe group check stopped: {e}"))?
 }
 
 /// Names of the modules loaded in `guest` now.

@@ -132,7 +132,8 @@ fn main() -> ExitCode {
         .as_deref()
         .map(|p| {
             let policy = vesper_failover::Policy::load(p)?;
-            policy.check_probe_groups(check_probe_group)?;
+            let kit_dir = args.kit_dir.clone();
+            policy.check_probe_groups(|p| check_probe_group(p, kit_dir.clone()))?;
             Ok::<_, vesper_failover::PolicyError>(policy)
         })
         .transpose()
@@ -193,9 +194,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// A policy's `probe_group` file, read and checked as `vesper group apply` would.
-fn check_probe_group(path: &std::path::Path) -> Result<(), String> {
-    vesper_groups::ProbeGroup::load(path)
+/// A policy's `probe_group` file, read and checked as `vesper group apply` would (its
+/// `spec` members built for the kit's kernel).
+fn check_probe_group(path: &std::path::Path, kit_dir: Option<PathBuf>) -> Result<(), String> {
+    let mut specs = groups::spec_builder(kit_dir, None);
+    vesper_groups::ProbeGroup::load(path, &mut specs)
         .map(drop)
         .map_err(|e| e.report())
 }

@@ -95,15 +95,17 @@ pub enum GroupError {
         /// 1-based member number.
         member: usize,
     },
-    /// A `spec` member: probe specs are not built yet.
-    #[error("{at}: member {member}: spec = {spec:?}: probe specs are not supported yet; build the module and name it with `path`")]
-    SpecNotSupported {
+    /// A `spec` member that could not be built into a module.
+    #[error("{at}: member {member}: spec {}: {why}", spec.display())]
+    SpecBuild {
         /// Where.
         at: Location,
         /// 1-based member number.
         member: usize,
-        /// The spec named.
-        spec: String,
+        /// The spec file, resolved against the group file's directory.
+        spec: PathBuf,
+        /// Why (the builder's words: the spec's own line and column where it has them).
+        why: String,
     },
     /// A member's module file is missing or unreadable.
     #[error("{at}: member {member}: cannot read module {}", path.display())]

@@ -11,13 +11,17 @@
 //! [[module]]
 //! path = "/abs/vesper_panic_probe.ko"
 //! order = -1                        # optional: lower loads first; ties keep file order
+//!
+//! [[module]]
+//! spec = "exit_svc.probe"           # a probe spec, built for the guest's kernel
 //! ```
 //!
 //! [`ProbeGroup::load`] reads and checks the whole file — keys, every member's module
 //! image (read, ELF and `.modinfo` checked), duplicates, parameters — before anything is
-//! pushed, each problem a [`GroupError`] naming the file, line and member. A member may
-//! later be `spec = "file.spec"` (a probe spec, built on demand); that is refused for now.
-//! Loading and unloading, all or nothing, is vesperd's part.
+//! pushed, each problem a [`GroupError`] naming the file, line and member. A `spec`
+//! member is turned into a module by the caller's [`SpecBuilder`] (the CLI and vesperd
+//! build it with `vesper-probespec` for the guest's kernel; this crate builds nothing),
+//! then checked like any other. Loading and unloading, all or nothing, is vesperd's part.
 #![deny(missing_docs)]
 
 mod error;
@@ -28,6 +32,18 @@ use std::path::{Path, PathBuf};
 
 pub use error::{GroupError, Location};
 
+/// Turns a `spec` member's file (resolved against the group file's directory) into a
+/// built module file, or says why it could not (shown with the member's place).
+pub type SpecBuilder<'a> = dyn FnMut(&Path) -> Result<PathBuf, String> + 'a;
+
+/// A [`SpecBuilder`] for where nothing can be built: every `spec` member is refused.
+pub fn no_spec_builds(spec: &Path) -> Result<PathBuf, String> {
+    Err(format!(
+        "{} is a probe spec, which cannot be built here; use `vesper group apply` or build it with `vesper probe build` and name the module with `path`",
+        spec.display()
+    ))
+}
+
 /// Most members a group may have.
 pub const MAX_MEMBERS: usize = 32;
 
@@ -36,8 +52,11 @@ pub const MAX_MEMBERS: usize = 32;
 pub struct Member {
     /// 1-based position among the file's `[[module]]` tables (how errors name it).
     pub number: usize,
-    /// The module file, resolved against the group file's directory.
+    /// The module file, resolved against the group file's directory (for a `spec`
+    /// member, the module built from it).
     pub path: PathBuf,
+    /// The probe spec the module was built from, for a `spec` member.
+    pub spec: Option<PathBuf>,
     /// The module's name (its `.modinfo` `name=`), what `lsmod` and `rmmod` use.
     pub module: String,
     /// Parameters, `name=value`.
@@ -70,19 +89,24 @@ pub struct ProbeGroup {
 }
 
 impl ProbeGroup {
-    /// Reads and checks a group file and every module it names.
-    pub fn load(path: &Path) -> Result<ProbeGroup, GroupError> {
+    /// Reads and checks a group file and every module it names; `specs` builds the
+    /// `spec` members ([`no_spec_builds`] where none may be built).
+    pub fn load(path: &Path, specs: &mut SpecBuilder<'_>) -> Result<ProbeGroup, GroupError> {
         let text = std::fs::read_to_string(path).map_err(|source| GroupError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&text, path, specs)
     }
 
     /// Checks group text as if read from `file` (member paths are relative to its
     /// directory).
-    pub fn from_toml(text: &str, file: &Path) -> Result<ProbeGroup, GroupError> {
-        parse::parse(text, file)
+    pub fn from_toml(
+        text: &str,
+        file: &Path,
+        specs: &mut SpecBuilder<'_>,
+    ) -> Result<ProbeGroup, GroupError> {
+        parse::parse(text, file, specs)
     }
 
     /// Module names in load order.
@@ -98,7 +122,14 @@ impl ProbeGroup {
             self.members.len()
         );
         for m in &self.members {
-            let _ = write!(s, "  {} ({})", m.module, m.path.display());
+            match &m.spec {
+                Some(spec) => {
+                    let _ = write!(s, "  {} (built from {})", m.module, spec.display());
+                }
+                None => {
+                    let _ = write!(s, "  {} ({})", m.module, m.path.display());
+                }
+            }
             if !m.params.is_empty() {
                 let _ = write!(s, " {}", m.params.join(" "));
             }

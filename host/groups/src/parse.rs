@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{GroupError, Location, Member, ProbeGroup, MAX_MEMBERS};
+use crate::{GroupError, Location, Member, ProbeGroup, SpecBuilder, MAX_MEMBERS};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,7 +72,11 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-pub(crate) fn parse(text: &str, file: &Path) -> Result<ProbeGroup, GroupError> {
+pub(crate) fn parse(
+    text: &str,
+    file: &Path,
+    specs: &mut SpecBuilder<'_>,
+) -> Result<ProbeGroup, GroupError> {
     let loc = Locator { text, file };
     let raw: RawGroup = toml::from_str(text).map_err(|e| loc.toml_error(e))?;
     let name_at = loc.at(raw.name.span());
@@ -96,14 +100,18 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<ProbeGroup, GroupError> {
         let number = i + 1;
         let member_at = loc.at(m.span());
         let m = m.into_inner();
-        let path = match (m.path, m.spec) {
-            (Some(p), None) => p,
+        let (at, path, spec) = match (m.path, m.spec) {
+            (Some(p), None) => (loc.at(p.span()), dir.join(p.into_inner()), None),
             (None, Some(s)) => {
-                return Err(GroupError::SpecNotSupported {
-                    at: loc.at(s.span()),
+                let at = loc.at(s.span());
+                let spec = dir.join(s.into_inner());
+                let built = specs(&spec).map_err(|why| GroupError::SpecBuild {
+                    at: at.clone(),
                     member: number,
-                    spec: s.into_inner(),
-                })
+                    spec: spec.clone(),
+                    why,
+                })?;
+                (at, built, Some(spec))
             }
             _ => {
                 return Err(GroupError::PathOrSpec {
@@ -112,8 +120,6 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<ProbeGroup, GroupError> {
                 })
             }
         };
-        let at = loc.at(path.span());
-        let path = dir.join(path.into_inner());
         let image = std::fs::read(&path).map_err(|source| GroupError::MissingModule {
             at: at.clone(),
             member: number,
@@ -157,6 +163,7 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<ProbeGroup, GroupError> {
         members.push(Member {
             number,
             path,
+            spec,
             module: info.name,
             params,
             order: m.order.unwrap_or(0),

@@ -76,12 +76,6 @@ pub(crate) fn build_modules(
 
     fs::create_dir_all(modules_dir).map_err(io_err("create", modules_dir))?;
     let _ = fs::remove_file(&stamp);
-    for e in fs::read_dir(modules_dir).map_err(io_err("list", modules_dir))? {
-        let path = e.map_err(io_err("list", modules_dir))?.path();
-        if path.extension().is_some_and(|x| x == "ko") {
-            fs::remove_file(&path).map_err(io_err("remove", &path))?;
-        }
-    }
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut map = BTreeMap::new();
     for d in &present {
@@ -110,7 +104,11 @@ pub(crate) fn build_modules(
                     ko.display()
                 ));
             }
-            fs::copy(&ko, &dst).map_err(io_err("copy to", &dst))?;
+            // Replaced, never removed first: a guest or test that pushes a module while
+            // the kit rebuilds reads the old file or the new one, not a missing one.
+            let tmp = modules_dir.join(format!(".{name}.ko.new"));
+            fs::copy(&ko, &tmp).map_err(io_err("copy to", &tmp))?;
+            fs::rename(&tmp, &dst).map_err(io_err("rename to", &dst))?;
             map.insert(name, dst);
         }
         p.line(&format!(
@@ -118,6 +116,17 @@ pub(crate) fn build_modules(
             d.display(),
             t.elapsed().as_secs_f64()
         ));
+    }
+    // Modules whose sources are gone: removed only now, after the new set is in place.
+    for e in fs::read_dir(modules_dir).map_err(io_err("list", modules_dir))? {
+        let path = e.map_err(io_err("list", modules_dir))?.path();
+        let stale = path.extension().is_some_and(|x| x == "ko")
+            && path
+                .file_stem()
+                .is_some_and(|n| !map.contains_key(n.to_string_lossy().as_ref()));
+        if stale {
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
     }
     let mut text = hash;
     for n in map.keys() {

@@ -21,7 +21,7 @@ fn dir_with(modules: &[&str]) -> tempfile::TempDir {
 fn check(dir: &Path, text: &str) -> Result<ProbeGroup, GroupError> {
     let file = dir.join("group.toml");
     std::fs::write(&file, text).unwrap();
-    ProbeGroup::load(&file)
+    ProbeGroup::load(&file, &mut crate::no_spec_builds)
 }
 
 fn err(dir: &Path, text: &str) -> String {
@@ -69,8 +69,11 @@ fn bad_groups_are_refused_naming_the_line_and_member() {
         e.contains(":4:19") && e.contains("member 1 (a)") && e.contains("\"=bad\""),
         "{e}"
     );
-    let e = err(p, &format!("{head}[[module]]\nspec = \"exit.spec\"\n"));
-    assert!(e.contains(":5:") && e.contains("not supported yet"), "{e}");
+    let e = err(p, &format!("{head}[[module]]\nspec = \"exit.probe\"\n"));
+    assert!(
+        e.contains(":5:") && e.contains("member 2: spec") && e.contains("cannot be built here"),
+        "{e}"
+    );
     let e = err(p, &format!("{head}[[module]]\nparams = []\n"));
     assert!(e.contains("member 2 needs exactly one of"), "{e}");
     let e = err(p, "[[module]]\npath = \"a.ko\"\n");
@@ -84,9 +87,44 @@ fn bad_groups_are_refused_naming_the_line_and_member() {
     assert!(e.contains(":3:8") && e.contains("not an ELF"), "{e}");
     let e = err(p, &format!("{head}params = [\"{}=1\"]\n", "x".repeat(1100)));
     assert!(e.contains("limit is 1023"), "{e}");
-    let e = ProbeGroup::load(&p.join("nope.toml")).unwrap_err().report();
+    let e = ProbeGroup::load(&p.join("nope.toml"), &mut crate::no_spec_builds)
+        .unwrap_err()
+        .report();
     assert!(
         e.contains("cannot read group file") && e.contains("nope.toml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_spec_member_is_the_module_its_builder_made() {
+    let d = dir_with(&["a", "built"]);
+    let p = d.path();
+    let mut asked = Vec::new();
+    let built = p.join("built.ko");
+    let mut builder = |spec: &Path| {
+        asked.push(spec.to_path_buf());
+        Ok(built.clone())
+    };
+    let file = p.join("group.toml");
+    std::fs::write(
+        &file,
+        "name = \"g\"\n[[module]]\npath = \"a.ko\"\n[[module]]\nspec = \"svc.probe\"\n",
+    )
+    .unwrap();
+    let g = ProbeGroup::load(&file, &mut builder).unwrap();
+    assert_eq!(asked, [p.join("svc.probe")]);
+    assert_eq!(g.modules(), ["a", "built"]);
+    assert_eq!(
+        g.members[1].spec.as_deref(),
+        Some(p.join("svc.probe").as_path())
+    );
+    assert!(g.summary().contains("built (built from"), "{}", g.summary());
+    // A builder's refusal names the member's place and keeps the builder's words.
+    let mut failing = |_: &Path| Err("svc.probe:2:9: unknown function do_exti".to_string());
+    let e = ProbeGroup::load(&file, &mut failing).unwrap_err().report();
+    assert!(
+        e.contains("group.toml:5:8") && e.contains("member 2") && e.contains("do_exti"),
         "{e}"
     );
 }
