@@ -1,31 +1,9 @@
 //! What can be wrong with a policy, each problem its own variant.
 
-use std::fmt;
-use std::path::PathBuf;
-
 use thiserror::Error;
 use vesper_events::EventKind;
-
-/// Where in the policy a problem is: file (when loaded from one) and line/column (when
-/// the problem has a place).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The policy file, if it came from one.
-    pub file: Option<PathBuf>,
-    /// 1-based line and column.
-    pub line: Option<(usize, usize)>,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.file, self.line) {
-            (Some(p), Some((l, c))) => write!(f, "{}:{l}:{c}", p.display()),
-            (Some(p), None) => write!(f, "{}", p.display()),
-            (None, Some((l, c))) => write!(f, "policy line {l}, column {c}"),
-            (None, None) => f.write_str("policy"),
-        }
-    }
-}
+pub use vesper_toml_located::Location;
+use vesper_toml_located::TomlFileError;
 
 fn known_kinds() -> String {
     EventKind::ALL
@@ -47,33 +25,9 @@ fn group_words(group: &Option<String>) -> String {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    /// The file could not be read.
-    #[error("cannot read policy file {}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not TOML, or a value of the wrong type.
-    #[error("{at}: {message}")]
-    Syntax {
-        /// Where.
-        at: Location,
-        /// The TOML parser's words.
-        message: String,
-    },
-    /// A key the policy doesn't know (a typo?).
-    #[error("{at}: unknown key `{key}`; expected one of {expected}")]
-    UnknownKey {
-        /// Where.
-        at: Location,
-        /// The key.
-        key: String,
-        /// The keys allowed there.
-        expected: String,
-    },
+    /// Unreadable, not TOML, an unknown key (a typo?) or a missing one.
+    #[error(transparent)]
+    File(#[from] TomlFileError),
     /// A guest's `probe_group` file is missing or invalid.
     #[error("{at}: guest {guest:?}: probe_group: {why}")]
     BadProbeGroup {
@@ -83,14 +37,6 @@ pub enum PolicyError {
         guest: String,
         /// What is wrong with the group file (its own location included).
         why: String,
-    },
-    /// A required key is missing.
-    #[error("{at}: missing key `{key}`")]
-    MissingKey {
-        /// Where (the table that lacks it).
-        at: Location,
-        /// The key.
-        key: String,
     },
     /// No `[host]` table.
     #[error("{at}: no [host] table; declare this host's capacities: [host] max_guests = N, max_memory_mib = M")]

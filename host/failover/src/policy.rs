@@ -296,10 +296,7 @@ impl Policy {
 
     /// Reads, parses and validates a policy file; error locations name the file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = vesper_toml_located::read("policy", path)?;
         parse(&text, Some(path))
     }
 

@@ -1,68 +1,19 @@
 //! What can be wrong with a group file, each problem its own variant, each message
 //! starting with where it is.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use thiserror::Error;
-
-/// Where in a group file: the file and, when the problem has a place, line and column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The group file.
-    pub file: PathBuf,
-    /// 1-based line and column.
-    pub line: Option<(usize, usize)>,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some((l, c)) => write!(f, "{}:{l}:{c}", self.file.display()),
-            None => write!(f, "{}", self.file.display()),
-        }
-    }
-}
+pub use vesper_toml_located::Location;
+use vesper_toml_located::TomlFileError;
 
 /// A group file that can't be used; nothing of it is pushed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum GroupError {
-    /// The group file could not be read.
-    #[error("cannot read group file {}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not TOML, or a value of the wrong type.
-    #[error("{at}: {message}")]
-    Syntax {
-        /// Where.
-        at: Location,
-        /// The TOML parser's words.
-        message: String,
-    },
-    /// A key groups don't know (a typo?).
-    #[error("{at}: unknown key `{key}`; expected one of {expected}")]
-    UnknownKey {
-        /// Where.
-        at: Location,
-        /// The key.
-        key: String,
-        /// The keys allowed there.
-        expected: String,
-    },
-    /// A required key is missing.
-    #[error("{at}: missing key `{key}`")]
-    MissingKey {
-        /// Where.
-        at: Location,
-        /// The key.
-        key: String,
-    },
+    /// Unreadable, not TOML, an unknown key (a typo?) or a missing one.
+    #[error(transparent)]
+    File(#[from] TomlFileError),
     /// A group name that is empty or has characters other than letters, digits, `-`, `_`.
     #[error("{at}: group name {name:?} must be 1-64 letters, digits, '-' or '_'")]
     BadName {

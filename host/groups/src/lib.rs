@@ -92,10 +92,7 @@ impl ProbeGroup {
     /// Reads and checks a group file and every module it names; `specs` builds the
     /// `spec` members ([`no_spec_builds`] where none may be built).
     pub fn load(path: &Path, specs: &mut SpecBuilder<'_>) -> Result<ProbeGroup, GroupError> {
-        let text = std::fs::read_to_string(path).map_err(|source| GroupError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = vesper_toml_located::read("group", path)?;
         Self::from_toml(&text, path, specs)
     }
 

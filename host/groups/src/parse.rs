@@ -1,12 +1,13 @@
 //! Group text to [`ProbeGroup`]: TOML read with spans, then every member checked.
 
-use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{GroupError, Location, Member, ProbeGroup, SpecBuilder, MAX_MEMBERS};
+use vesper_toml_located::Locator;
+
+use crate::{GroupError, Member, ProbeGroup, SpecBuilder, MAX_MEMBERS};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,41 +30,6 @@ struct RawMember {
 /// Largest joined parameter string the guest's loader takes (its field holds a NUL too).
 const PARAMS_LIMIT: usize = vesper_shared_abi::PARAMS_LEN as usize - 1;
 
-struct Locator<'a> {
-    text: &'a str,
-    file: &'a Path,
-}
-
-impl Locator<'_> {
-    fn at(&self, span: Range<usize>) -> Location {
-        let (line, column) = vesper_toml_located::line_column(self.text, span.start);
-        Location {
-            file: self.file.to_path_buf(),
-            line: Some((line, column)),
-        }
-    }
-
-    fn file_only(&self) -> Location {
-        Location {
-            file: self.file.to_path_buf(),
-            line: None,
-        }
-    }
-
-    fn toml_error(&self, e: toml::de::Error) -> GroupError {
-        use vesper_toml_located::TomlProblem;
-        let (span, problem) = vesper_toml_located::classify(&e);
-        let at = span.map_or_else(|| self.file_only(), |s| self.at(s));
-        match problem {
-            TomlProblem::UnknownKey { key, expected } => {
-                GroupError::UnknownKey { at, key, expected }
-            }
-            TomlProblem::MissingKey { key } => GroupError::MissingKey { at, key },
-            TomlProblem::Syntax { message } => GroupError::Syntax { at, message },
-        }
-    }
-}
-
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -77,8 +43,11 @@ pub(crate) fn parse(
     file: &Path,
     specs: &mut SpecBuilder<'_>,
 ) -> Result<ProbeGroup, GroupError> {
-    let loc = Locator { text, file };
-    let raw: RawGroup = toml::from_str(text).map_err(|e| loc.toml_error(e))?;
+    let loc = Locator {
+        text,
+        file: Some(file),
+    };
+    let raw: RawGroup = toml::from_str(text).map_err(|e| loc.toml_error(&e))?;
     let name_at = loc.at(raw.name.span());
     let name = raw.name.into_inner();
     if !valid_name(&name) {

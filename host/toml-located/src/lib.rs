@@ -1,9 +1,133 @@
 //! Where in a TOML file a problem is, and what kind of problem `toml` found: the part
-//! Vesper's file formats (policies, probe groups) share before each maps it into its own
-//! error enum and location type.
+//! Vesper's file formats (policies, probe groups) share. Each format's error enum wraps
+//! [`TomlFileError`] for the problems every TOML file can have (unreadable, not TOML, an
+//! unknown or missing key) and adds its own, all placed with one [`Location`].
 #![deny(missing_docs)]
 
+use std::fmt;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use toml::Spanned;
+
+/// Where in a file a problem is: the file (when the text came from one) and the 1-based
+/// line and column (when the problem has a place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file, if the text came from one.
+    pub file: Option<PathBuf>,
+    /// 1-based line and column.
+    pub line: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(p), Some((l, c))) => write!(f, "{}:{l}:{c}", p.display()),
+            (Some(p), None) => write!(f, "{}", p.display()),
+            (None, Some((l, c))) => write!(f, "line {l}, column {c}"),
+            (None, None) => f.write_str("(text)"),
+        }
+    }
+}
+
+/// Turns byte spans of `text` into [`Location`]s in `file`.
+#[derive(Debug, Clone, Copy)]
+pub struct Locator<'a> {
+    /// The whole text.
+    pub text: &'a str,
+    /// The file it came from, if any.
+    pub file: Option<&'a Path>,
+}
+
+impl Locator<'_> {
+    /// Where byte `span.start` is.
+    pub fn at(&self, span: Range<usize>) -> Location {
+        Location {
+            file: self.file.map(PathBuf::from),
+            line: Some(line_column(self.text, span.start)),
+        }
+    }
+
+    /// Where a spanned value is.
+    pub fn of<T>(&self, s: &Spanned<T>) -> Location {
+        self.at(s.span())
+    }
+
+    /// The file, with no place in it.
+    pub fn file_only(&self) -> Location {
+        Location {
+            file: self.file.map(PathBuf::from),
+            line: None,
+        }
+    }
+
+    /// A `toml` error as a [`TomlFileError`], placed where it names.
+    pub fn toml_error(&self, e: &toml::de::Error) -> TomlFileError {
+        let (span, problem) = classify(e);
+        let at = span.map_or_else(|| self.file_only(), |s| self.at(s));
+        match problem {
+            TomlProblem::UnknownKey { key, expected } => {
+                TomlFileError::UnknownKey { at, key, expected }
+            }
+            TomlProblem::MissingKey { key } => TomlFileError::MissingKey { at, key },
+            TomlProblem::Syntax { message } => TomlFileError::Syntax { at, message },
+        }
+    }
+}
+
+/// What any TOML file of Vesper's can get wrong, whatever its format.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TomlFileError {
+    /// The file could not be read.
+    #[error("cannot read {what} file {}", path.display())]
+    Io {
+        /// What the file is (`policy`, `group`).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or a value of the wrong type.
+    #[error("{at}: {message}")]
+    Syntax {
+        /// Where.
+        at: Location,
+        /// The TOML parser's words.
+        message: String,
+    },
+    /// A key the format does not have (a typo?).
+    #[error("{at}: unknown key `{key}`; expected one of {expected}")]
+    UnknownKey {
+        /// Where.
+        at: Location,
+        /// The key.
+        key: String,
+        /// The keys allowed there.
+        expected: String,
+    },
+    /// A required key is missing.
+    #[error("{at}: missing key `{key}`")]
+    MissingKey {
+        /// Where (the table that lacks it).
+        at: Location,
+        /// The key.
+        key: String,
+    },
+}
+
+/// Reads the `what` file at `path` (`policy`, `group`) as text.
+pub fn read(what: &'static str, path: &Path) -> Result<String, TomlFileError> {
+    std::fs::read_to_string(path).map_err(|source| TomlFileError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 /// The 1-based line and column (in characters) of byte `offset` of `text`.
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {

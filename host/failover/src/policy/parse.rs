@@ -2,12 +2,12 @@
 //! problem a [`PolicyError`] naming its file, line and column.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 use vesper_events::EventKind;
+use vesper_toml_located::Locator;
 
 use super::*;
 use crate::error::{Location, PolicyError};
@@ -93,50 +93,9 @@ struct RawLimits {
     window_secs: Option<Spanned<u64>>,
 }
 
-/// Turns byte spans into locations.
-struct Locator<'a> {
-    text: &'a str,
-    file: Option<&'a Path>,
-}
-
-impl Locator<'_> {
-    fn at(&self, span: Range<usize>) -> Location {
-        let (line, column) = vesper_toml_located::line_column(self.text, span.start);
-        Location {
-            file: self.file.map(PathBuf::from),
-            line: Some((line, column)),
-        }
-    }
-
-    fn of<T>(&self, s: &Spanned<T>) -> Location {
-        self.at(s.span())
-    }
-
-    fn file_only(&self) -> Location {
-        Location {
-            file: self.file.map(PathBuf::from),
-            line: None,
-        }
-    }
-
-    /// Sorts a TOML error into ours.
-    fn toml_error(&self, e: toml::de::Error) -> PolicyError {
-        use vesper_toml_located::TomlProblem;
-        let (span, problem) = vesper_toml_located::classify(&e);
-        let at = span.map_or_else(|| self.file_only(), |s| self.at(s));
-        match problem {
-            TomlProblem::UnknownKey { key, expected } => {
-                PolicyError::UnknownKey { at, key, expected }
-            }
-            TomlProblem::MissingKey { key } => PolicyError::MissingKey { at, key },
-            TomlProblem::Syntax { message } => PolicyError::Syntax { at, message },
-        }
-    }
-}
-
 pub(super) fn parse(text: &str, file: Option<&Path>) -> Result<Policy, PolicyError> {
     let loc = Locator { text, file };
-    let raw: RawPolicy = toml::from_str(text).map_err(|e| loc.toml_error(e))?;
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| loc.toml_error(&e))?;
 
     // [host]
     let Some(host) = raw.host else {

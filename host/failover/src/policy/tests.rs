@@ -1,4 +1,5 @@
 use super::*;
+use vesper_toml_located::TomlFileError;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy.toml");
 
@@ -119,12 +120,18 @@ fn where_accepts_strings_ints_bools_and_nested_tables() {
 #[test]
 fn toml_syntax_errors_say_where() {
     let e = err(&format!("{HOST}[[guest]\nname = \"x\"\n"));
-    assert!(matches!(e, PolicyError::Syntax { .. }), "{e:?}");
+    assert!(
+        matches!(e, PolicyError::File(TomlFileError::Syntax { .. })),
+        "{e:?}"
+    );
     says(&e, &["line 4"]);
     let e = err(&format!(
         "{HOST}[[guest]]\nname = \"x\"\nmemory_mib = \"lots\"\n"
     ));
-    assert!(matches!(e, PolicyError::Syntax { .. }), "{e:?}");
+    assert!(
+        matches!(e, PolicyError::File(TomlFileError::Syntax { .. })),
+        "{e:?}"
+    );
     says(&e, &["line 6", "string"]);
 }
 
@@ -134,18 +141,18 @@ fn unknown_keys_are_refused_by_name() {
         "[[rule]]\non = \"panic\"\naction = \"restart\"\nactoin = \"x\"\n",
     ));
     assert!(
-        matches!(&e, PolicyError::UnknownKey { key, .. } if key == "actoin"),
+        matches!(&e, PolicyError::File(TomlFileError::UnknownKey { key, .. }) if key == "actoin"),
         "{e:?}"
     );
     says(&e, &["actoin", "`action`", "line"]);
     let e = err(&format!("{HOST}memory = 1\n"));
     assert!(
-        matches!(&e, PolicyError::UnknownKey { key, .. } if key == "memory"),
+        matches!(&e, PolicyError::File(TomlFileError::UnknownKey { key, .. }) if key == "memory"),
         "{e:?}"
     );
     let e = err("[host]\nmax_guests = 1\nmax_memory_mib = 1\nmax_cpus = 2\n");
     assert!(
-        matches!(&e, PolicyError::UnknownKey { key, .. } if key == "max_cpus"),
+        matches!(&e, PolicyError::File(TomlFileError::UnknownKey { key, .. }) if key == "max_cpus"),
         "{e:?}"
     );
 }
@@ -154,7 +161,7 @@ fn unknown_keys_are_refused_by_name() {
 fn missing_keys_and_host_are_named() {
     let e = err(&format!("{HOST}[[guest]]\nname = \"x\"\n"));
     assert!(
-        matches!(&e, PolicyError::MissingKey { key, .. } if key == "memory_mib"),
+        matches!(&e, PolicyError::File(TomlFileError::MissingKey { key, .. }) if key == "memory_mib"),
         "{e:?}"
     );
     says(&e, &["memory_mib"]);
@@ -504,7 +511,10 @@ fn loaded_files_are_named_in_errors() {
     says(&e, &[&format!("{}:18:6", path.display())]);
     let missing = dir.join("missing.toml");
     let e = check(&missing).unwrap_err();
-    assert!(matches!(e, PolicyError::Io { .. }), "{e:?}");
+    assert!(
+        matches!(e, PolicyError::File(TomlFileError::Io { .. })),
+        "{e:?}"
+    );
     says(&e, &["missing.toml"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
