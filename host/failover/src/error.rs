@@ -296,15 +296,9 @@ pub enum PolicyError {
 }
 
 impl PolicyError {
-    /// The message with its causes (`Io` keeps why the file could not be read in its
-    /// source), for a one-line report.
+    /// The message with its causes (why a file could not be read is in the source), on
+    /// one line.
     pub fn report(&self) -> String {
-        let mut msg = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        msg
+        vesper_toml_located::report(self)
     }
 }

@@ -114,14 +114,9 @@ pub enum GroupError {
 }
 
 impl GroupError {
-    /// The message and its causes on one line, for errors that travel as text.
+    /// The message with its causes (why a file could not be read is in the source), on
+    /// one line.
     pub fn report(&self) -> String {
-        let mut msg = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        msg
+        vesper_toml_located::report(self)
     }
 }

@@ -120,6 +120,19 @@ pub enum TomlFileError {
     },
 }
 
+/// An error's message and each of its causes, on one line (`msg: cause: cause`): for
+/// file errors that travel as text (an API reply, a log line).
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 /// Reads the `what` file at `path` (`policy`, `group`) as text.
 pub fn read(what: &'static str, path: &Path) -> Result<String, TomlFileError> {
     std::fs::read_to_string(path).map_err(|source| TomlFileError::Io {
@@ -200,6 +213,17 @@ mod tests {
     #[allow(dead_code)] // only deserialized
     struct Host {
         name: String,
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_reports_why_on_one_line() {
+        let e = read("policy", Path::new("/nonexistent/p.toml")).unwrap_err();
+        let r = report(&e);
+        assert!(
+            r.starts_with("cannot read policy file /nonexistent/p.toml: ")
+                && r.contains("No such file"),
+            "{r}"
+        );
     }
 
     #[test]
