@@ -114,7 +114,7 @@ pub(crate) enum Cmd {
     /// Probe specs: a few lines compiled into a probe module for a guest's kernel.
     Probe {
         #[command(subcommand)]
-        cmd: crate::probe::ProbeCmd,
+        cmd: ProbeCmd,
     },
     /// For a Pacemaker cluster: the event bridge and the alert agent.
     Cluster {
@@ -358,4 +358,53 @@ pub(crate) enum DebugCmd {
         #[arg(long)]
         vmlinux: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProbeCmd {
+    /// Check a spec against a guest kernel (symbols, BTF types), building nothing.
+    Check {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+    /// Generate C from a spec and build it into a module for a guest kernel (cached).
+    Build {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Also copy the module here.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Build (cached) for GUEST's kernel, push, load, and print its records as they come.
+    Run {
+        /// Guest name.
+        guest: String,
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Leave the module loaded when done (default: unloaded after --count).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct KernelArgs {
+    /// Guest kernel release (default: the kit's kernel; for `run`, the guest's).
+    #[arg(long)]
+    pub(crate) kernel: Option<String>,
+    /// Guest kit directory (default: $VESPER_KIT_DIR).
+    #[arg(long)]
+    pub(crate) kit: Option<PathBuf>,
+    /// Build cache (default: $VESPER_PROBE_CACHE or ~/.cache/vesper/probes).
+    #[arg(long)]
+    pub(crate) cache: Option<PathBuf>,
 }

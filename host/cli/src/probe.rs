@@ -6,62 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Subcommand;
 use vesper_api::{call, call_stream, default_socket, Reply, Request};
 use vesper_probespec::{KernelFiles, KernelInfo, SpecError};
 
-use crate::args::Cli;
+use crate::args::{Cli, KernelArgs, ProbeCmd};
 use crate::exit::{api_fail, client_fail, fail};
 use crate::output::print_human;
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum ProbeCmd {
-    /// Check a spec against a guest kernel (symbols, BTF types), building nothing.
-    Check {
-        /// Spec file.
-        spec: PathBuf,
-        #[command(flatten)]
-        kernel: KernelArgs,
-    },
-    /// Generate C from a spec and build it into a module for a guest kernel (cached).
-    Build {
-        /// Spec file.
-        spec: PathBuf,
-        #[command(flatten)]
-        kernel: KernelArgs,
-        /// Also copy the module here.
-        #[arg(long, short)]
-        out: Option<PathBuf>,
-    },
-    /// Build (cached) for GUEST's kernel, push, load, and print its records as they come.
-    Run {
-        /// Guest name.
-        guest: String,
-        /// Spec file.
-        spec: PathBuf,
-        #[command(flatten)]
-        kernel: KernelArgs,
-        /// Stop after this many records.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Leave the module loaded when done (default: unloaded after --count).
-        #[arg(long)]
-        keep: bool,
-    },
-}
-
-#[derive(Debug, clap::Args)]
-pub(crate) struct KernelArgs {
-    /// Guest kernel release (default: the kit's kernel; for `run`, the guest's).
-    #[arg(long)]
-    kernel: Option<String>,
-    /// Guest kit directory (default: $VESPER_KIT_DIR).
-    #[arg(long)]
-    kit: Option<PathBuf>,
-    /// Build cache (default: $VESPER_PROBE_CACHE or ~/.cache/vesper/probes).
-    #[arg(long)]
-    cache: Option<PathBuf>,
-}
 
 fn spec_fail(json: bool, spec: &Path, e: &SpecError) -> ExitCode {
     let (code, kind) = match e {
