@@ -42,11 +42,15 @@ pub enum EventKind {
     /// What a cluster manager did or saw (a Pacemaker alert: a resource started or
     /// failed, a node left, a node was fenced), fed back into the stream.
     Cluster,
+    /// A host-kernel probe saw a vCPU make no progress for longer than the threshold:
+    /// out of the guest (paused, parked by its VMM), stopped (SIGSTOP) or starved of a
+    /// host CPU — a guest frozen by its host, which no probe inside it can report.
+    VcpuStall,
 }
 
 impl EventKind {
     /// Every kind, for help texts and validation.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Panic,
         EventKind::ServiceExit,
         EventKind::Oom,
@@ -60,6 +64,7 @@ impl EventKind {
         EventKind::ModuleLoaded,
         EventKind::ModuleFailed,
         EventKind::Cluster,
+        EventKind::VcpuStall,
     ];
 
     /// The wire name (`service_exit`).
@@ -78,6 +83,7 @@ impl EventKind {
             EventKind::ModuleLoaded => "module_loaded",
             EventKind::ModuleFailed => "module_failed",
             EventKind::Cluster => "cluster",
+            EventKind::VcpuStall => "vcpu_stall",
         }
     }
 
@@ -150,6 +156,8 @@ pub enum Source {
         /// The cluster node it came from (`crm_node -n` there).
         node: String,
     },
+    /// vesperd's eBPF probes in the host kernel (`vesper-hostprobe`).
+    HostProbe,
 }
 
 /// One event. `seq` is host-wide and increases by one per event.
@@ -207,6 +215,12 @@ impl Event {
                 "the VM process ended (stop requested)".to_string()
             }
             EventKind::VmExit => "the VM process ended".to_string(),
+            EventKind::VcpuStall => format!(
+                "vCPU {} made no progress for {} ms ({})",
+                p["vcpu"],
+                p["stalled_ms"],
+                p["state"].as_str().unwrap_or("?")
+            ),
             other => other.name().to_string(),
         }
     }
