@@ -16,7 +16,14 @@ fn main() {
         println!("cargo:rerun-if-changed={src}");
         let obj = out.join(format!("{name}.bpf.o"));
         let status = Command::new(&clang)
-            .args(["-target", "bpf", "-O2", "-g", "-Wall"])
+            .args([
+                "-target",
+                "bpf",
+                "-O2",
+                "-g",
+                "-Wall",
+                "-D__TARGET_ARCH_x86",
+            ])
             // asm/types.h, which linux/types.h includes, lives under the multiarch dir.
             .args(["-I", "/usr/include/x86_64-linux-gnu"])
             .arg("-c")

@@ -33,7 +33,7 @@ pub struct DaemonConfig {
     pub policy: Option<vesper_failover::Policy>,
     pub simulate_guests: usize,
     pub simulate_rate: f64,
-    pub host_probes: crate::host_probes::HostProbeConfig,
+    pub host_probes: crate::host_probe_state::HostProbeConfig,
 }
 
 /// Why the daemon could not run.
@@ -60,7 +60,7 @@ pub(crate) struct Daemon {
     /// Probe groups applied per guest (`vesper group`).
     pub(crate) groups: crate::group_state::Groups,
     /// eBPF probes in the host kernel on the VMs' vCPU threads (`vesper host stat`).
-    pub(crate) host_probes: crate::host_probes::HostProbeSlot,
+    pub(crate) host_probes: crate::host_probe_state::HostProbeSlot,
 }
 
 impl Daemon {

@@ -14,6 +14,7 @@ mod gdbproxy;
 mod group_state;
 mod groups;
 mod guest;
+mod host_probe_state;
 mod host_probes;
 mod launch;
 mod modules;
@@ -183,7 +184,7 @@ fn main() -> ExitCode {
         policy,
         simulate_guests: args.simulate_guests,
         simulate_rate: args.simulate_rate,
-        host_probes: host_probes::HostProbeConfig {
+        host_probes: host_probe_state::HostProbeConfig {
             enabled: !args.no_host_probes,
             stall_threshold: Duration::from_millis(args.stall_threshold_ms),
             object: args.host_probe_object,

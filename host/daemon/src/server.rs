@@ -45,7 +45,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     tracing::info!(socket = %config.socket.display(), "vesperd listening");
     let bus = Arc::new(EventBus::new(config.event_buffer));
-    let host_probes = crate::host_probes::start(&config.host_probes, bus.clone());
+    let host_probes = crate::host_probe_state::start(&config.host_probes, bus.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         guests: Mutex::new(HashMap::new()),

@@ -3,12 +3,17 @@
 // scheduling (on CPU, off CPU, runnable but waiting). Only threads the host put into
 // `vcpus` are counted; every other task costs one failed hash lookup.
 //
-// The tracepoint records are declared with preserve_access_index: field offsets are
-// relocated against the running kernel's BTF (/sys/kernel/btf/vmlinux) at load time
-// (CO-RE), so one object serves every kernel with BTF.
+// The hot tracepoints are BTF-typed raw tracepoints (tp_btf: called straight from the
+// tracepoint with its arguments, no trace record built); kvm_exit stays a classic
+// tracepoint, whose record carries the vendor's exit reason. Kernel types are declared
+// with preserve_access_index: offsets are relocated against the running kernel's BTF
+// (/sys/kernel/btf/vmlinux) at load time (CO-RE), so one object serves every kernel
+// with BTF.
 #include <linux/types.h>
 #include <linux/bpf.h>
+#include <stdbool.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
 #define PAC __attribute__((preserve_access_index))
 
@@ -26,40 +31,11 @@ struct trace_event_raw_kvm_exit {
 	__u32 isa;
 } PAC;
 
-struct trace_event_raw_kvm_entry {
-	struct trace_entry ent;
-	unsigned int vcpu_id;
-} PAC;
-
-struct trace_event_raw_kvm_userspace_exit {
-	struct trace_entry ent;
-	__u32 reason;
-	int errno;
-} PAC;
-
-struct trace_event_raw_kvm_fpu {
-	struct trace_entry ent;
-	__u32 load;
-} PAC;
-
-struct trace_event_raw_sched_switch {
-	struct trace_entry ent;
-	char prev_comm[16];
-	int prev_pid;
-	int prev_prio;
-	long prev_state;
-	char next_comm[16];
-	int next_pid;
-	int next_prio;
-} PAC;
-
-struct trace_event_raw_sched_wakeup_template {
-	struct trace_entry ent;
-	char comm[16];
+struct task_struct {
 	int pid;
-	int prio;
-	int target_cpu;
 } PAC;
+
+#define VMM_REASONS 48
 
 // Mirrored by `RawVcpu` in src/bpf.rs: keep the two in step.
 struct vcpu_stats {
@@ -76,11 +52,14 @@ struct vcpu_stats {
 	__u64 runnable_ns;    // runnable since (0: not waiting for a CPU)
 	__u64 steal_ns;       // runnable but not running, summed
 	__u64 oncpu_ns;       // on a CPU, summed
-	__s64 out_state;      // prev_state when it left its CPU (0: preempted)
+	__s64 out_state;      // its __state when it left its CPU (0: still runnable)
 	__u32 in_run;         // inside KVM_RUN
 	__u32 on_cpu;
 	__u32 last_reason;    // last kvm_exit reason, (isa << 28) | reason
 	__u32 pad;
+	// Returns to the VMM by KVM_EXIT_* code (the hot path on every host: counted in
+	// place, no second map lookup); codes from VMM_REASONS on go to exit_reasons.
+	__u64 vmm_reasons[VMM_REASONS];
 };
 
 struct reason_key {
@@ -135,8 +114,8 @@ int kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 	return 0;
 }
 
-SEC("tracepoint/kvm/kvm_entry")
-int kvm_entry(struct trace_event_raw_kvm_entry *ctx)
+SEC("tp_btf/kvm_entry")
+int BPF_PROG(kvm_entry, void *vcpu, bool immediate_exit)
 {
 	__u32 tid;
 	struct vcpu_stats *v = current_vcpu(&tid);
@@ -148,8 +127,10 @@ int kvm_entry(struct trace_event_raw_kvm_entry *ctx)
 	return 0;
 }
 
-SEC("tracepoint/kvm/kvm_userspace_exit")
-int kvm_userspace_exit(struct trace_event_raw_kvm_userspace_exit *ctx)
+// Every return of KVM_RUN to the VMM (an exit it handles, a signal, a pause):
+// the vCPU leaves KVM_RUN here.
+SEC("tp_btf/kvm_userspace_exit")
+int BPF_PROG(kvm_userspace_exit, __u32 reason, int err)
 {
 	__u32 tid;
 	struct vcpu_stats *v = current_vcpu(&tid);
@@ -157,51 +138,59 @@ int kvm_userspace_exit(struct trace_event_raw_kvm_userspace_exit *ctx)
 	if (!v)
 		return 0;
 	v->uexits++;
-	count_reason(tid, (3u << 28) | (ctx->reason & 0x0fffffff));
+	v->in_run = 0;
+	v->run_leave_ns = bpf_ktime_get_ns();
+	if (reason < VMM_REASONS)
+		v->vmm_reasons[reason]++;
+	else
+		count_reason(tid, (3u << 28) | (reason & 0x0fffffff));
 	return 0;
 }
 
-// kvm_fpu fires with load=1 as KVM_RUN starts and load=0 as it returns, on every
-// vendor (VMX, SVM, PVM): the one generic "inside KVM_RUN" signal.
-SEC("tracepoint/kvm/kvm_fpu")
-int kvm_fpu(struct trace_event_raw_kvm_fpu *ctx)
+// kvm_fpu fires with load=1 as KVM_RUN starts (and load=0 as it returns, which
+// kvm_userspace_exit covers), on every x86 vendor (VMX, SVM, PVM): the generic "into
+// KVM_RUN" signal.
+SEC("tp_btf/kvm_fpu")
+int BPF_PROG(kvm_fpu, int load)
 {
 	__u32 tid;
-	struct vcpu_stats *v = current_vcpu(&tid);
+	struct vcpu_stats *v;
 
+	if (!load)
+		return 0;
+	v = current_vcpu(&tid);
 	if (!v)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	if (ctx->load) {
-		v->runs++;
-		v->in_run = 1;
-		v->run_enter_ns = now;
-	} else {
-		v->in_run = 0;
-		v->run_leave_ns = now;
-	}
+	v->runs++;
+	v->in_run = 1;
+	v->run_enter_ns = bpf_ktime_get_ns();
 	return 0;
 }
 
-SEC("tracepoint/sched/sched_switch")
-int sched_switch(struct trace_event_raw_sched_switch *ctx)
+// The scheduler's TASK_RUNNING: switched out in it (or preempted), a task still
+// wants a CPU.
+#define TASK_RUNNING 0
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
 {
-	__u32 prev = ctx->prev_pid, next = ctx->next_pid;
+	__u32 prev_pid = prev->pid, next_pid = next->pid;
 	struct vcpu_stats *v;
 	__u64 now = 0;
 
-	v = bpf_map_lookup_elem(&vcpus, &prev);
+	v = bpf_map_lookup_elem(&vcpus, &prev_pid);
 	if (v) {
 		now = bpf_ktime_get_ns();
 		if (v->on_cpu && v->switch_in_ns)
 			v->oncpu_ns += now - v->switch_in_ns;
 		v->on_cpu = 0;
 		v->switch_out_ns = now;
-		v->out_state = ctx->prev_state;
+		v->out_state = prev_state;
 		// Preempted while runnable: it waits for a CPU from now on.
-		v->runnable_ns = ctx->prev_state == 0 ? now : 0;
+		v->runnable_ns = (preempt || prev_state == TASK_RUNNING) ? now : 0;
 	}
-	v = bpf_map_lookup_elem(&vcpus, &next);
+	v = bpf_map_lookup_elem(&vcpus, &next_pid);
 	if (v) {
 		if (!now)
 			now = bpf_ktime_get_ns();
@@ -214,10 +203,10 @@ int sched_switch(struct trace_event_raw_sched_switch *ctx)
 	return 0;
 }
 
-SEC("tracepoint/sched/sched_wakeup")
-int sched_wakeup(struct trace_event_raw_sched_wakeup_template *ctx)
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(sched_wakeup, struct task_struct *p)
 {
-	__u32 pid = ctx->pid;
+	__u32 pid = p->pid;
 	struct vcpu_stats *v = bpf_map_lookup_elem(&vcpus, &pid);
 
 	if (v && !v->on_cpu && !v->runnable_ns)

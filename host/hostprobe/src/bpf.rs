@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
-use aya::programs::{ProgramError, TracePoint};
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{Program, ProgramError};
+use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::figures::RawVcpu;
 use crate::{shorten_log, HostProbeError};
@@ -110,7 +110,8 @@ fn mount_tracefs() -> Result<(), HostProbeError> {
 pub(crate) fn load(bytes: &[u8]) -> Result<Loaded, HostProbeError> {
     let mut ebpf = EbpfLoader::new()
         .load(bytes)
-        .map_err(HostProbeError::Object)?;
+        .map_err(|e| HostProbeError::Object(Box::new(e)))?;
+    let btf = Btf::from_sys_fs().ok();
     let mut attached = Vec::new();
     let mut missing = Vec::new();
     let have: HashSet<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
@@ -153,19 +154,36 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Loaded, HostProbeError> {
             source => HostProbeError::Program {
                 program: name.to_string(),
                 tracepoint: tracepoint.clone(),
-                source,
+                source: Box::new(source),
             },
         };
-        let program: &mut TracePoint = ebpf
+        let program = ebpf
             .program_mut(name)
             .ok_or_else(|| HostProbeError::Missing {
                 kind: "program",
                 name: name.to_string(),
-            })?
-            .try_into()
-            .map_err(program_error)?;
-        program.load().map_err(program_error)?;
-        program.attach(category, event).map_err(program_error)?;
+            })?;
+        // tp_btf where it matters (called with the tracepoint's arguments, no record
+        // built), a classic tracepoint where the record carries what is needed.
+        match program {
+            Program::BtfTracePoint(p) => {
+                let btf = btf.as_ref().ok_or_else(|| HostProbeError::NoBtf {
+                    path: VMLINUX_BTF.into(),
+                })?;
+                p.load(event, btf).map_err(program_error)?;
+                p.attach().map_err(program_error)?;
+            }
+            Program::TracePoint(p) => {
+                p.load().map_err(program_error)?;
+                p.attach(category, event).map_err(program_error)?;
+            }
+            _ => {
+                return Err(HostProbeError::Missing {
+                    kind: "tracepoint program",
+                    name: name.to_string(),
+                })
+            }
+        }
         attached.push(tracepoint);
     }
     let vcpus = take_map(&mut ebpf, "vcpus")?;
@@ -187,5 +205,8 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
         kind: "map",
         name: name.into(),
     })?;
-    HashMap::try_from(map).map_err(|source| HostProbeError::Map { map: name, source })
+    HashMap::try_from(map).map_err(|source| HostProbeError::Map {
+        map: name,
+        source: Box::new(source),
+    })
 }

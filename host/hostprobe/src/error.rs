@@ -25,7 +25,7 @@ pub enum HostProbeError {
     NoTracefs(#[source] std::io::Error),
     /// The object is not a BPF ELF aya can read, or a map in it could not be made.
     #[error("cannot load the eBPF object{}", lockdown_hint())]
-    Object(#[source] aya::EbpfError),
+    Object(#[source] Box<aya::EbpfError>),
     /// The object lacks a program or map this crate needs.
     #[error("the eBPF object has no {kind} {name:?}")]
     Missing {
@@ -54,7 +54,7 @@ pub enum HostProbeError {
         tracepoint: String,
         /// What aya said.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// A map operation failed.
     #[error("eBPF map {map:?}")]
@@ -63,7 +63,7 @@ pub enum HostProbeError {
         map: &'static str,
         /// What aya said.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// The probe thread could not be started.
     #[error("cannot start the host-probe thread")]

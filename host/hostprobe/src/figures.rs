@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// One vCPU thread's counters as the eBPF programs keep them (`struct vcpu_stats` in
 /// `bpf/hostprobe.bpf.c`; keep the two in step). Times are CLOCK_MONOTONIC ns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct RawVcpu {
     /// `kvm_exit`s.
@@ -34,7 +34,7 @@ pub struct RawVcpu {
     pub steal_ns: u64,
     /// Time on a CPU, summed.
     pub oncpu_ns: u64,
-    /// The scheduler's `prev_state` when it left its CPU (0: preempted).
+    /// The task's `__state` when it left its CPU (0: still runnable).
     pub out_state: i64,
     /// Inside KVM_RUN.
     pub in_run: u32,
@@ -44,6 +44,37 @@ pub struct RawVcpu {
     pub last_reason: u32,
     /// Padding (C's).
     pub pad: u32,
+    /// Returns to the VMM by `KVM_EXIT_*` code below [`VMM_REASONS`].
+    pub vmm_reasons: [u64; VMM_REASONS],
+}
+
+/// `KVM_EXIT_*` codes counted in [`RawVcpu::vmm_reasons`] (`VMM_REASONS` in the C).
+pub const VMM_REASONS: usize = 48;
+
+impl Default for RawVcpu {
+    fn default() -> Self {
+        RawVcpu {
+            exits: 0,
+            entries: 0,
+            uexits: 0,
+            runs: 0,
+            last_entry_ns: 0,
+            last_exit_ns: 0,
+            run_enter_ns: 0,
+            run_leave_ns: 0,
+            switch_in_ns: 0,
+            switch_out_ns: 0,
+            runnable_ns: 0,
+            steal_ns: 0,
+            oncpu_ns: 0,
+            out_state: 0,
+            in_run: 0,
+            on_cpu: 0,
+            last_reason: 0,
+            pad: 0,
+            vmm_reasons: [0; VMM_REASONS],
+        }
+    }
 }
 
 // SAFETY: RawVcpu is repr(C), made only of integers (any bit pattern is valid) with
@@ -92,7 +123,9 @@ impl VcpuState {
 impl RawVcpu {
     /// Whether this thread was seen in KVM_RUN (a KVM vCPU, not TCG).
     pub fn uses_kvm(&self) -> bool {
-        self.runs > 0
+        // Left KVM_RUN while watched counts too: a guest that never exits entered it
+        // before watching began.
+        self.runs > 0 || self.run_leave_ns != 0
     }
 
     /// Its state now.
@@ -136,6 +169,16 @@ impl RawVcpu {
             VcpuState::OutOfGuest => self.run_enter_ns > since,
             _ => self.switch_in_ns > since,
         }
+    }
+}
+
+impl RawVcpu {
+    /// Its counted returns to the VMM as exit-reason keys (isa 3) and counts.
+    pub fn vmm_reason_counts(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0u32..)
+            .zip(self.vmm_reasons.iter().copied())
+            .filter(|(_, n)| *n != 0)
+            .map(|(code, n)| ((3 << 28) | code, n))
     }
 }
 
@@ -324,7 +367,11 @@ mod tests {
 
     #[test]
     fn raw_layout_matches_the_c_struct() {
-        // 13 u64 + 1 s64 + 4 u32 in bpf/hostprobe.bpf.c's struct vcpu_stats.
-        assert_eq!(std::mem::size_of::<RawVcpu>(), 14 * 8 + 4 * 4);
+        // 13 u64 + 1 s64 + 4 u32 + the reason counts in bpf/hostprobe.bpf.c's
+        // struct vcpu_stats.
+        assert_eq!(
+            std::mem::size_of::<RawVcpu>(),
+            14 * 8 + 4 * 4 + VMM_REASONS * 8
+        );
     }
 }

@@ -374,6 +374,10 @@ fn poll(
                 _ => {}
             }
             let mut exit_reasons = reasons.remove(tid).unwrap_or_default();
+            exit_reasons.extend(raw.vmm_reason_counts().map(|(key, count)| ExitReason {
+                reason: reason_name(key),
+                count,
+            }));
             exit_reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
             vcpus.push(VcpuFigures {
                 index: *index,
