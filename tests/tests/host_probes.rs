@@ -7,22 +7,30 @@
 //! it idles or after it resumes; an eBPF object the kernel's verifier refuses leaves
 //! vesperd running, and `host stat` says why, with the verifier's log. The builtin VM is
 //! used because this host's /dev/kvm (kvm_pvm) runs it on KVM, where QEMU's Linux
-//! guests run under TCG. Needs root (eBPF) and /dev/kvm; skipped loudly otherwise.
+//! guests run under TCG. A QEMU guest's vCPU threads (`CPU n/TCG` or `/KVM`) are found
+//! by name; a QEMU stopped with SIGSTOP stalls with its vCPUs `stopped`, which the
+//! scheduler tracepoints see even under TCG. Needs root (eBPF), and /dev/kvm for the
+//! builtin VM; skipped loudly otherwise.
 
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
-use vesper_e2e::{kvm_usable, say_skipped, Daemon};
+use vesper_e2e::{kvm_usable, say_skipped, signal, Daemon};
 
 const WAIT: Duration = Duration::from_secs(30);
 const THRESHOLD_MS: u64 = 300;
 
-fn usable(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
+fn root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
         say_skipped(test, "host probes load eBPF programs: root only");
-        return false;
     }
-    kvm_usable(test)
+    root
+}
+
+fn usable(test: &str) -> bool {
+    root(test) && kvm_usable(test)
 }
 
 fn stat(d: &Daemon, guest: &str) -> Value {
@@ -184,4 +192,57 @@ fn an_object_the_verifier_refuses_is_reported_with_its_log_and_vesperd_runs_on()
     let warned = d.log().matches("host probes off").count();
     assert_eq!(warned, 1, "said once:\n{}", d.log());
     assert!(d.cli(&["host", "stat", "nosuch"]).code != 0);
+}
+
+#[test]
+fn a_qemu_stopped_by_a_signal_stalls_with_its_vcpus_stopped() {
+    if !root("host probes QEMU e2e") {
+        return;
+    }
+    let d = Daemon::start(&["--stall-threshold-ms", &THRESHOLD_MS.to_string()]);
+    d.vm_start_with("hq1", &["--mode", "hand"]);
+    let pid = d.qemu_pid("hq1");
+    d.hand("hq1", "ping", "pong");
+    let s = stat(&d, "hq1");
+    let vcpus = s["vcpus"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        vcpus.len(),
+        1,
+        "QEMU's one vCPU thread, found by its name: {s:#}"
+    );
+    let tid = vcpus[0]["tid"].as_u64().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
+    assert!(comm.starts_with("CPU 0/"), "{comm:?}");
+    assert!(vcpus[0]["on_cpu_ms"].as_f64().unwrap() > 0.0, "{s:#}");
+    assert!(
+        stalls(&d, "hq1").is_empty(),
+        "a running guest is not stalled"
+    );
+
+    signal(pid, Signal::SIGSTOP);
+    let stopped = Instant::now();
+    let stall = loop {
+        if let Some(e) = stalls(&d, "hq1").into_iter().next() {
+            break e;
+        }
+        if stopped.elapsed() > WAIT {
+            signal(pid, Signal::SIGCONT);
+            panic!("no vcpu_stall for a stopped QEMU\n{}", d.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(2 * THRESHOLD_MS));
+    let during = stalls(&d, "hq1").len();
+    signal(pid, Signal::SIGCONT);
+    let p = &stall["payload"];
+    assert_eq!(
+        (p["tid"].as_u64(), p["state"].as_str()),
+        (Some(tid), Some("stopped")),
+        "{stall:#}"
+    );
+    assert_eq!(during, 1, "one stall while stopped");
+    d.hand("hq1", "ping", "pong");
+    std::thread::sleep(Duration::from_millis(2 * THRESHOLD_MS));
+    assert_eq!(stalls(&d, "hq1").len(), 1, "none after SIGCONT");
+    assert_eq!(stat(&d, "hq1")["vcpus"][0]["stalled"], false);
 }

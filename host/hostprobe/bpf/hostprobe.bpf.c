@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 // Host-kernel probes on a VM's vCPU threads: KVM exits and entries, KVM_RUN calls,
 // scheduling (on CPU, off CPU, runnable but waiting). Only threads the host put into
-// `vcpus` are counted; every other task costs one failed hash lookup.
+// `vcpus` (thread id -> slot in `stats`) are counted. The hash is looked up once per
+// context switch, for the task coming in, and the answer kept per CPU in
+// `current_vcpu`: the programs on the per-exit path (kvm_*) read that and index
+// `stats` directly (array lookups the verifier inlines), so an exit costs no hashing.
 //
 // The hot tracepoints are BTF-typed raw tracepoints (tp_btf: called straight from the
 // tracepoint with its arguments, no trace record built); kvm_exit stays a classic
@@ -67,12 +70,36 @@ struct reason_key {
 	__u32 reason; // kvm_exit: (isa << 28) | (reason & 0x0fffffff); userspace exit: (3 << 28) | KVM_EXIT_*
 };
 
+#define MAX_VCPUS 1024
+
+// Watched vCPU threads: thread id -> slot in `stats` (the host's).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, MAX_VCPUS);
+	__type(key, __u32);
+	__type(value, __u32);
+} vcpus SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_VCPUS);
 	__type(key, __u32);
 	__type(value, struct vcpu_stats);
-} vcpus SEC(".maps");
+} stats SEC(".maps");
+
+// The task on this CPU since its last context switch, and its slot + 1 (0: not a
+// watched vCPU thread).
+struct current {
+	__u32 tid;
+	__u32 slot;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct current);
+} current_vcpu SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -81,10 +108,23 @@ struct {
 	__type(value, __u64);
 } exit_reasons SEC(".maps");
 
-static __always_inline struct vcpu_stats *current_vcpu(__u32 *tid)
+static __always_inline struct vcpu_stats *slot_stats(__u32 slot_plus1)
 {
-	*tid = (__u32)bpf_get_current_pid_tgid();
-	return bpf_map_lookup_elem(&vcpus, tid);
+	__u32 slot = slot_plus1 - 1;
+
+	return slot_plus1 ? bpf_map_lookup_elem(&stats, &slot) : 0;
+}
+
+// The stats of the vCPU thread running on this CPU, or NULL.
+static __always_inline struct vcpu_stats *current_stats(__u32 *tid)
+{
+	__u32 zero = 0;
+	struct current *c = bpf_map_lookup_elem(&current_vcpu, &zero);
+
+	if (!c || !c->slot)
+		return 0;
+	*tid = c->tid;
+	return slot_stats(c->slot);
 }
 
 static __always_inline void count_reason(__u32 tid, __u32 reason)
@@ -102,7 +142,7 @@ SEC("tracepoint/kvm/kvm_exit")
 int kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 {
 	__u32 tid;
-	struct vcpu_stats *v = current_vcpu(&tid);
+	struct vcpu_stats *v = current_stats(&tid);
 
 	if (!v)
 		return 0;
@@ -118,7 +158,7 @@ SEC("tp_btf/kvm_entry")
 int BPF_PROG(kvm_entry, void *vcpu, bool immediate_exit)
 {
 	__u32 tid;
-	struct vcpu_stats *v = current_vcpu(&tid);
+	struct vcpu_stats *v = current_stats(&tid);
 
 	if (!v)
 		return 0;
@@ -133,7 +173,7 @@ SEC("tp_btf/kvm_userspace_exit")
 int BPF_PROG(kvm_userspace_exit, __u32 reason, int err)
 {
 	__u32 tid;
-	struct vcpu_stats *v = current_vcpu(&tid);
+	struct vcpu_stats *v = current_stats(&tid);
 
 	if (!v)
 		return 0;
@@ -158,7 +198,7 @@ int BPF_PROG(kvm_fpu, int load)
 
 	if (!load)
 		return 0;
-	v = current_vcpu(&tid);
+	v = current_stats(&tid);
 	if (!v)
 		return 0;
 	v->runs++;
@@ -175,11 +215,21 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	__u32 prev_pid = prev->pid, next_pid = next->pid;
-	struct vcpu_stats *v;
+	__u32 prev_pid = prev->pid, next_pid = next->pid, zero = 0, *slot;
+	struct current *c = bpf_map_lookup_elem(&current_vcpu, &zero);
+	struct vcpu_stats *v = 0;
 	__u64 now = 0;
 
-	v = bpf_map_lookup_elem(&vcpus, &prev_pid);
+	if (!c)
+		return 0;
+	if (c->tid == prev_pid) {
+		v = slot_stats(c->slot);
+	} else {
+		// First switch on this CPU since loading: the cache does not know prev.
+		slot = bpf_map_lookup_elem(&vcpus, &prev_pid);
+		if (slot)
+			v = slot_stats(*slot + 1);
+	}
 	if (v) {
 		now = bpf_ktime_get_ns();
 		if (v->on_cpu && v->switch_in_ns)
@@ -190,7 +240,10 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 		// Preempted while runnable: it waits for a CPU from now on.
 		v->runnable_ns = (preempt || prev_state == TASK_RUNNING) ? now : 0;
 	}
-	v = bpf_map_lookup_elem(&vcpus, &next_pid);
+	slot = bpf_map_lookup_elem(&vcpus, &next_pid);
+	c->tid = next_pid;
+	c->slot = slot ? *slot + 1 : 0;
+	v = slot ? slot_stats(*slot + 1) : 0;
 	if (v) {
 		if (!now)
 			now = bpf_ktime_get_ns();
@@ -206,8 +259,8 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(sched_wakeup, struct task_struct *p)
 {
-	__u32 pid = p->pid;
-	struct vcpu_stats *v = bpf_map_lookup_elem(&vcpus, &pid);
+	__u32 pid = p->pid, *slot = bpf_map_lookup_elem(&vcpus, &pid);
+	struct vcpu_stats *v = slot ? slot_stats(*slot + 1) : 0;
 
 	if (v && !v->on_cpu && !v->runnable_ns)
 		v->runnable_ns = bpf_ktime_get_ns();

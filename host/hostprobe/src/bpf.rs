@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use aya::programs::{Program, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -46,13 +46,19 @@ const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub(crate) struct Loaded {
     /// Keeps the programs and their links alive.
     _ebpf: Ebpf,
-    pub(crate) vcpus: HashMap<MapData, u32, RawVcpu>,
+    /// Watched thread id -> slot in `stats`.
+    pub(crate) vcpus: HashMap<MapData, u32, u32>,
+    /// Each slot's counters.
+    pub(crate) stats: Array<MapData, RawVcpu>,
     pub(crate) reasons: HashMap<MapData, ReasonKey, u64>,
     /// `category:name` of each tracepoint attached.
     pub(crate) attached: Vec<String>,
     /// `category:name` of optional tracepoints this kernel lacks.
     pub(crate) missing: Vec<String>,
 }
+
+/// Slots in the `stats` array (`MAX_VCPUS` in the C).
+pub(crate) const MAX_VCPUS: u32 = 1024;
 
 /// Key of the `exit_reasons` map (`struct reason_key`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -188,9 +194,18 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Loaded, HostProbeError> {
     }
     let vcpus = take_map(&mut ebpf, "vcpus")?;
     let reasons = take_map(&mut ebpf, "exit_reasons")?;
+    let stats = ebpf.take_map("stats").ok_or(HostProbeError::Missing {
+        kind: "map",
+        name: "stats".into(),
+    })?;
+    let stats = Array::try_from(stats).map_err(|source| HostProbeError::Map {
+        map: "stats",
+        source: Box::new(source),
+    })?;
     Ok(Loaded {
         _ebpf: ebpf,
         vcpus,
+        stats,
         reasons,
         attached,
         missing,

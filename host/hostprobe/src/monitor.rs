@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self, Loaded, ReasonKey};
+use crate::bpf::{self, Loaded, ReasonKey, MAX_VCPUS};
 use crate::figures::{reason_name, RawVcpu, VcpuState};
 use crate::HostProbeError;
 
@@ -256,6 +256,26 @@ impl Drop for HostProbes {
     }
 }
 
+/// Which threads are in the filter, in which slot of `stats`. A freed slot is taken
+/// again only after every other one (round robin): a CPU whose cache still names the
+/// slot until its next context switch counts into a slot nobody reads.
+#[derive(Default)]
+struct Filtered {
+    slots: BTreeMap<u32, u32>,
+    next: u32,
+}
+
+impl Filtered {
+    fn free_slot(&mut self) -> Option<u32> {
+        let used: std::collections::HashSet<u32> = self.slots.values().copied().collect();
+        let slot = (0..MAX_VCPUS)
+            .map(|i| (self.next + i) % MAX_VCPUS)
+            .find(|s| !used.contains(s))?;
+        self.next = (slot + 1) % MAX_VCPUS;
+        Some(slot)
+    }
+}
+
 /// The monitor thread: poll until told to stop.
 fn run(
     mut loaded: Loaded,
@@ -264,7 +284,7 @@ fn run(
     config: &Config,
     on_stall: &OnStall,
 ) {
-    let mut filtered: BTreeMap<u32, ()> = BTreeMap::new();
+    let mut filtered = Filtered::default();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(config.poll);
         let stalls = {
@@ -284,7 +304,7 @@ fn run(
 fn poll(
     loaded: &mut Loaded,
     st: &mut State,
-    filtered: &mut BTreeMap<u32, ()>,
+    filtered: &mut Filtered,
     config: &Config,
 ) -> Vec<Stall> {
     let threshold = config.stall_threshold.as_nanos() as u64;
@@ -295,27 +315,40 @@ fn poll(
             wanted.insert(tid, (name.clone(), index));
         }
     }
-    for tid in filtered.keys().copied().collect::<Vec<_>>() {
+    for tid in filtered.slots.keys().copied().collect::<Vec<_>>() {
         if !wanted.contains_key(&tid) {
             let _ = loaded.vcpus.remove(&tid);
-            filtered.remove(&tid);
+            filtered.slots.remove(&tid);
         }
     }
     for tid in wanted.keys() {
-        if !filtered.contains_key(tid) {
-            match loaded.vcpus.insert(tid, RawVcpu::default(), 0) {
-                Ok(()) => {
-                    filtered.insert(*tid, ());
-                }
-                Err(e) => tracing::warn!(tid, "cannot watch a vCPU thread: {e}"),
+        if filtered.slots.contains_key(tid) {
+            continue;
+        }
+        let Some(slot) = filtered.free_slot() else {
+            tracing::warn!(
+                tid,
+                "cannot watch a vCPU thread: all {MAX_VCPUS} slots in use"
+            );
+            continue;
+        };
+        // Zeroed before the thread is named: its counts start from nothing.
+        let added = loaded
+            .stats
+            .set(slot, RawVcpu::default(), 0)
+            .and_then(|()| loaded.vcpus.insert(tid, slot, 0));
+        match added {
+            Ok(()) => {
+                filtered.slots.insert(*tid, slot);
             }
+            Err(e) => tracing::warn!(tid, "cannot watch a vCPU thread: {e}"),
         }
     }
     // Exit reasons by thread; entries of threads no longer watched are dropped.
     let mut reasons: HashMap<u32, Vec<ExitReason>> = HashMap::new();
     let mut stale: Vec<ReasonKey> = Vec::new();
     for (key, count) in loaded.reasons.iter().flatten() {
-        if filtered.contains_key(&key.tid) {
+        if filtered.slots.contains_key(&key.tid) {
             reasons.entry(key.tid).or_default().push(ExitReason {
                 reason: reason_name(key.reason),
                 count,
@@ -337,7 +370,11 @@ fn poll(
             if g != name {
                 continue;
             }
-            let Ok(raw) = loaded.vcpus.get(tid, 0) else {
+            let Some(raw) = filtered
+                .slots
+                .get(tid)
+                .and_then(|slot| loaded.stats.get(slot, 0).ok())
+            else {
                 continue;
             };
             let vw = w.vcpus.entry(*tid).or_insert(VcpuWatch {
@@ -404,4 +441,34 @@ fn poll(
         });
     }
     began
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_slot_is_reused_only_after_the_others() {
+        let mut f = Filtered::default();
+        let a = f.free_slot().unwrap();
+        f.slots.insert(100, a);
+        let b = f.free_slot().unwrap();
+        f.slots.insert(101, b);
+        assert_eq!((a, b), (0, 1));
+        f.slots.remove(&100);
+        assert_eq!(f.free_slot(), Some(2), "slot 0 rests");
+        f.next = MAX_VCPUS - 1;
+        assert_eq!(f.free_slot(), Some(MAX_VCPUS - 1));
+        assert_eq!(
+            f.free_slot(),
+            Some(0),
+            "wraps round, skipping slot 1 in use"
+        );
+        let mut full = Filtered::default();
+        for t in 0..MAX_VCPUS {
+            let s = full.free_slot().unwrap();
+            full.slots.insert(t, s);
+        }
+        assert_eq!(full.free_slot(), None);
+    }
 }
