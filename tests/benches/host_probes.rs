@@ -1,7 +1,7 @@
 //! Host probes (vesper-hostprobe), two figures in one run, each beside its baseline:
 //!
 //! 1. Overhead on an exit-heavy guest: a builtin-VMM guest (vesper-hypervisor, KVM)
-//!    doing `VESPER_HP_EXITS` port writes in a loop (default 100000), each a KVM_RUN
+//!    doing `VESPER_HP_EXITS` port writes in a loop (default 300000, ~3 s), each a KVM_RUN
 //!    return to the VMM, timed without host probes loaded and with them loaded and
 //!    watching its vCPU thread, in `VESPER_HP_ROUNDS` rounds (default 10) that alternate
 //!    which goes first. Printed: ns per exit, the ratio of the medians and the median of
@@ -124,7 +124,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn overhead() {
-    let n = env("VESPER_HP_EXITS", 100_000) as u32;
+    let n = env("VESPER_HP_EXITS", 300_000) as u32;
     let rounds = env("VESPER_HP_ROUNDS", 10);
     println!("\n== overhead on an exit-heavy guest: {n} port writes per run, {rounds} rounds");
     let (mut off, mut on) = (Vec::new(), Vec::new());
@@ -133,11 +133,11 @@ fn overhead() {
         let mut one = |with: bool| {
             if with {
                 // The vCPU thread enters the filter at the probes' first poll after
-                // its run starts (`VESPER_HP_POLL_MS`, default 5; vesperd polls every
-                // tenth of its threshold): before that an exit costs only a failed
-                // lookup. The count printed says how many exits were seen.
+                // its run starts (`VESPER_HP_POLL_MS`, default 100: what vesperd polls
+                // at with its default 1 s threshold): before that an exit costs only a
+                // per-CPU lookup. The count printed says how many exits were seen.
                 let mut config = Config::with_threshold(Duration::from_secs(1));
-                config.poll = Duration::from_millis(env("VESPER_HP_POLL_MS", 5));
+                config.poll = Duration::from_millis(env("VESPER_HP_POLL_MS", 100));
                 let p = HostProbes::start(config, Box::new(|_| {})).expect("load host probes");
                 let (c, seen) = timed_watched(n, &p);
                 on.push(c);
