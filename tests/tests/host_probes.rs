@@ -131,6 +131,11 @@ fn a_paused_vm_stalls_once_and_its_exits_grow_with_guest_work() {
     );
     assert_eq!(p["threshold_ms"], THRESHOLD_MS);
     assert_eq!(stall["source"]["type"], "host_probe");
+    let line = d.cli(&["events", "--kind", "vcpu_stall"]).ok().stdout;
+    assert!(
+        line.contains("vCPU 0 made no progress for") && line.contains("[host-probe]"),
+        "{line}"
+    );
     let frozen = stat(&d, "hp1");
     assert_eq!(
         (

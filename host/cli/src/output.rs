@@ -27,6 +27,7 @@ pub(crate) fn event_line(e: &Event) -> String {
             e.payload["kernel_release"].as_str().unwrap_or("?"),
             e.payload["generation"]
         ),
+        EventKind::VcpuStall => e.summary(),
         EventKind::ModuleLoaded | EventKind::ModuleFailed => {
             let module = e.payload["module"].as_str().unwrap_or("?");
             let ms = e.payload["init_ms"].as_f64().unwrap_or_default();
