@@ -43,4 +43,4 @@ pub use serial::{Serial, SharedBuffer, COM1_PORT};
 pub use vcpu::UnmappedAccesses;
 pub use vcpu_state::{ExitKind, Segment, VcpuSnapshot};
 pub use vesper::{InterruptStats, VesperConfig, VesperHandle};
-pub use vm::{RealModeEntry, RunReport, Stop, Vm, VmConfig, STOP_GRACE};
+pub use vm::{RealModeEntry, RunReport, Stop, VcpuThreads, Vm, VmConfig, STOP_GRACE};

@@ -107,6 +107,36 @@ pub struct Vm {
     serial: Arc<Mutex<Serial>>,
     /// Where a debugger parks the vCPUs (`debug_handle`).
     debug: Arc<DebugControl>,
+    /// The host thread ids of the vCPU threads of the current run (`vcpu_threads`).
+    threads: VcpuThreads,
+}
+
+/// The host threads running a VM's vCPUs now, as `(vcpu index, thread id)`: what a
+/// host-kernel probe filters on (`vesper-hostprobe`). Clone it before `run`; the list
+/// follows every run (threads are made per run) and is empty between runs.
+#[derive(Debug, Clone, Default)]
+pub struct VcpuThreads(Arc<Mutex<std::collections::BTreeMap<u32, u32>>>);
+
+impl VcpuThreads {
+    /// `(vcpu index, host thread id)` of each vCPU thread running now.
+    pub fn list(&self) -> Vec<(u32, u32)> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(i, t)| (*i, *t)).collect()
+    }
+
+    fn set(&self, index: u32, tid: Option<u32>) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match tid {
+            Some(t) => map.insert(index, t),
+            None => map.remove(&index),
+        };
+    }
 }
 
 impl Vm {
@@ -222,6 +252,7 @@ impl Vm {
             stats: Arc::default(),
             serial: serial.clone(),
             debug,
+            threads: VcpuThreads::default(),
         };
         vm.register_pio(BusRange::new(COM1_PORT.into(), SERIAL_PORT_LEN)?, serial)?;
         vm.register_pio(
@@ -293,6 +324,11 @@ impl Vm {
     /// from another thread while `run` runs.
     pub fn debug_handle(&self) -> DebugHandle {
         DebugHandle::new(self.debug.clone(), &self.vm_fd)
+    }
+
+    /// The host threads of its vCPUs, for use from another thread while `run` runs.
+    pub fn vcpu_threads(&self) -> VcpuThreads {
+        self.threads.clone()
     }
 
     /// The console, e.g. to queue input.
@@ -489,10 +525,15 @@ impl Vm {
         for (index, mut fd) in (0u32..).zip(std::mem::take(&mut self.vcpus)) {
             let ctx = ctx.clone();
             let tx = tx.clone();
+            let tids = self.threads.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    // SAFETY: gettid takes no arguments and only returns the caller's id.
+                    let tid = unsafe { libc::gettid() };
+                    tids.set(index, u32::try_from(tid).ok());
                     let result = run_vcpu(index, &mut fd, &ctx);
+                    tids.set(index, None);
                     // The receiver only goes away if `run` itself gave up on this vCPU.
                     let _ = tx.send((index, fd, result));
                 });

@@ -180,6 +180,8 @@ pub enum Reply {
         /// Milliseconds from request to completion.
         millis: f64,
     },
+    /// What the host kernel sees of a guest's vCPUs.
+    HostStat(HostStat),
     /// Probe groups applied to a guest.
     Groups {
         /// Guest.
@@ -437,4 +439,56 @@ impl From<WireResponse> for Response {
             )),
         }
     }
+}
+
+/// `vesper host stat`: a guest's vCPUs as the host kernel sees them (vesperd's eBPF
+/// probes on the vCPU threads), since vesperd began watching them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostStat {
+    /// Guest.
+    pub guest: String,
+    /// Whether host probes run in this vesperd.
+    pub available: bool,
+    /// Why they do not (not root, no BTF, verifier refusal, ...), or a note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Tracepoints attached (`kvm:kvm_exit`, `sched:sched_switch`, ...).
+    pub tracepoints: Vec<String>,
+    /// How long the guest has been watched, ms.
+    pub watched_ms: u64,
+    /// A vCPU making no progress this long raises `vcpu_stall`, ms.
+    pub threshold_ms: u64,
+    /// `vcpu_stall` events raised since watching began.
+    pub stalls: u64,
+    /// Its vCPUs, by index.
+    pub vcpus: Vec<HostVcpu>,
+}
+
+/// One vCPU thread in `host stat`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostVcpu {
+    /// vCPU index.
+    pub index: u32,
+    /// Host thread id.
+    pub tid: u32,
+    /// `in_guest`, `halted`, `out_of_guest`, `runnable`, `stopped`, `running`, `sleeping`.
+    pub state: String,
+    /// Exits from guest mode (`kvm:kvm_exit`; none on a paravirtual KVM or TCG).
+    pub exits: u64,
+    /// Entries into guest mode (`kvm:kvm_entry`).
+    pub entries: u64,
+    /// Returns of KVM_RUN to the VMM (`kvm:kvm_userspace_exit`).
+    pub vmm_exits: u64,
+    /// KVM_RUN calls.
+    pub kvm_runs: u64,
+    /// Exits per second (guest mode and to the VMM), over the last second or so.
+    pub exit_rate: f64,
+    /// Runnable but not running (host steal), ms.
+    pub steal_ms: f64,
+    /// On a host CPU, ms.
+    pub on_cpu_ms: f64,
+    /// Stalled now.
+    pub stalled: bool,
+    /// Exit reasons and counts, most frequent first (`svm:io`, `vmm:io`, ...).
+    pub exit_reasons: Vec<(String, u64)>,
 }

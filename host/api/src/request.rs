@@ -199,6 +199,12 @@ pub enum Request {
         /// VM name.
         name: String,
     },
+    /// What the host kernel sees of a guest's vCPUs (eBPF on its vCPU threads): exits
+    /// and their reasons, host steal, stalls.
+    HostStat {
+        /// Guest name.
+        guest: String,
+    },
     /// Read the guest kernel from the host (guest RAM, no help from the guest).
     Debug {
         /// Guest name.

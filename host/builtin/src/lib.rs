@@ -14,3 +14,4 @@ pub use console::ConsoleInput;
 pub use error::BuiltinError;
 pub use machine::{BootImage, EventSink, Machine, MachineEnd, MachineEvent, MachineSpec};
 pub use transport::BuiltinTransport;
+pub use vesper_hypervisor::VcpuThreads;

@@ -7,7 +7,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vesper_hypervisor::pvpanic::{PvPanic, PvPanicEvent, PVPANIC_PORT};
-use vesper_hypervisor::{BusRange, DebugHandle, Stop, StopHandle, VesperConfig, Vm, VmConfig};
+use vesper_hypervisor::{
+    BusRange, DebugHandle, Stop, StopHandle, VcpuThreads, VesperConfig, Vm, VmConfig,
+};
 use vesper_shmem::SharedRegion;
 
 use crate::{BuiltinError, BuiltinTransport, ConsoleInput};
@@ -106,6 +108,7 @@ pub struct Machine {
     stop: StopHandle,
     console: ConsoleInput,
     debug: DebugHandle,
+    vcpu_threads: VcpuThreads,
     boot: BootImage,
     thread: Option<JoinHandle<MachineEnd>>,
 }
@@ -157,6 +160,7 @@ impl Machine {
         let frames = vm.frame_grants().clone();
         let stop = vm.stop_handle();
         let debug = vm.debug_handle();
+        let vcpu_threads = vm.vcpu_threads();
         let console = ConsoleInput::new(vm.serial());
         let (boot_image, allow_reboot, name) =
             (spec.boot.clone(), spec.allow_reboot, spec.name.clone());
@@ -171,6 +175,7 @@ impl Machine {
                 stop,
                 console,
                 debug,
+                vcpu_threads,
                 boot: spec.boot.clone(),
                 thread: Some(thread),
             },
@@ -192,6 +197,11 @@ impl Machine {
     /// `gdb::GdbServer`; it outlives the machine and then says the VM has ended.
     pub fn debug_handle(&self) -> DebugHandle {
         self.debug.clone()
+    }
+
+    /// The host threads running its vCPUs now (for host-kernel probes).
+    pub fn vcpu_threads(&self) -> VcpuThreads {
+        self.vcpu_threads.clone()
     }
 
     /// What it booted.

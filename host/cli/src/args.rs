@@ -116,6 +116,11 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: ProbeCmd,
     },
+    /// What the host kernel sees of a guest (eBPF in vesperd on its vCPU threads).
+    Host {
+        #[command(subcommand)]
+        cmd: HostCmd,
+    },
     /// For a Pacemaker cluster: the event bridge and the alert agent.
     Cluster {
         #[command(subcommand)]
@@ -159,6 +164,17 @@ pub(crate) enum PolicyCmd {
     Check {
         /// The TOML policy.
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum HostCmd {
+    /// Per vCPU: state, exits and their reasons, exit rate, host steal (runnable but
+    /// not running), stalls. A vCPU out of the guest, stopped or starved longer than
+    /// vesperd's --stall-threshold-ms raises a `vcpu_stall` event.
+    Stat {
+        /// Guest name.
+        guest: String,
     },
 }
 

@@ -14,6 +14,7 @@ pub(crate) fn event_line(e: &Event) -> String {
         vesper_api::Source::Frontend => "frontend".into(),
         vesper_api::Source::Engine => "engine".into(),
         vesper_api::Source::Cluster { origin, node } => format!("cluster {origin}@{node}"),
+        vesper_api::Source::HostProbe => "host-probe".into(),
     };
     let detail = match e.kind {
         EventKind::Decision => e.payload["reason"].as_str().unwrap_or_default().to_string(),
@@ -26,6 +27,7 @@ pub(crate) fn event_line(e: &Event) -> String {
             e.payload["kernel_release"].as_str().unwrap_or("?"),
             e.payload["generation"]
         ),
+        EventKind::VcpuStall => e.summary(),
         EventKind::ModuleLoaded | EventKind::ModuleFailed => {
             let module = e.payload["module"].as_str().unwrap_or("?");
             let ms = e.payload["init_ms"].as_f64().unwrap_or_default();
@@ -118,6 +120,57 @@ pub(crate) fn record_line(r: &RecordView) -> String {
         },
     };
     format!("{head}  {body}")
+}
+
+pub(crate) fn print_host_stat(h: &vesper_api::HostStat) {
+    if !h.available {
+        println!(
+            "{}: no host probes: {}",
+            h.guest,
+            h.message.as_deref().unwrap_or("unavailable")
+        );
+        return;
+    }
+    println!(
+        "{}: watched {:.1} s, stall threshold {} ms, {} stall(s); tracepoints {}",
+        h.guest,
+        h.watched_ms as f64 / 1e3,
+        h.threshold_ms,
+        h.stalls,
+        h.tracepoints.join(" ")
+    );
+    if let Some(m) = &h.message {
+        println!("note: {m}");
+    }
+    println!(
+        "{:>4} {:>8} {:<13} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  reasons",
+        "vcpu", "tid", "state", "exits", "vmm_exits", "kvm_runs", "exits/s", "steal_ms", "cpu_ms"
+    );
+    for v in &h.vcpus {
+        let reasons: Vec<String> = v
+            .exit_reasons
+            .iter()
+            .take(4)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        println!(
+            "{:>4} {:>8} {:<13} {:>10} {:>10} {:>10} {:>10.0} {:>10.1} {:>10.1}  {}",
+            v.index,
+            v.tid,
+            if v.stalled {
+                format!("{} STALL", v.state)
+            } else {
+                v.state.clone()
+            },
+            v.exits,
+            v.vmm_exits,
+            v.kvm_runs,
+            v.exit_rate,
+            v.steal_ms,
+            v.on_cpu_ms,
+            reasons.join(" ")
+        );
+    }
 }
 
 pub(crate) fn print_relay_stats(channels: &[vesper_api::ChannelView]) {
@@ -303,6 +356,7 @@ pub(crate) fn print_human(reply: &Reply) {
             }
         ),
         Reply::RelayStats { channels, .. } => print_relay_stats(channels),
+        Reply::HostStat(h) => print_host_stat(h),
         Reply::Published { seq } => println!("event #{seq}"),
         Reply::Record(r) => println!("{}", record_line(r)),
         Reply::Gap { missed } => {

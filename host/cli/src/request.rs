@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::args::{Cli, Cmd, DebugCmd, GroupCmd, RelayCmd, VmCmd};
+use crate::args::{Cli, Cmd, DebugCmd, GroupCmd, HostCmd, RelayCmd, VmCmd};
 use vesper_api::{AccelRequest, DebugOp, GroupMemberImage, Request, VmStartRequest, Vmm};
 
 /// How long to wait for the daemon's reply: --timeout, and for insmod at least the
@@ -247,6 +247,11 @@ pub(crate) fn build_request(cli: &Cli) -> Result<Request, Refusal> {
         Cmd::Relay {
             cmd: RelayCmd::Stat { guest },
         } => Request::RelayStat {
+            guest: guest.clone(),
+        },
+        Cmd::Host {
+            cmd: HostCmd::Stat { guest },
+        } => Request::HostStat {
             guest: guest.clone(),
         },
         Cmd::Relay {

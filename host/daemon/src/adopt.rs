@@ -118,6 +118,7 @@ pub(crate) fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(),
     let (stop_tx, stop_rx) = oneshot::channel();
     let name = record.name.clone();
     tracing::info!(guest = %name, pid = record.pid, resumed = info.is_some(), "adopted a running VM (no doorbells: polling)");
+    crate::host_probes::watch_qemu(daemon, &name, record.pid);
     let mut task = GuestTask {
         name: name.clone(),
         transport: Link::Adopted(region),

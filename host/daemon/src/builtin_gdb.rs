@@ -39,6 +39,11 @@ impl Endpoints {
         drop(old);
     }
 
+    /// A builtin VM's debugger handle (`vm pause` parks its vCPUs with it).
+    pub(crate) fn debug_handle(&self, guest: &str) -> Option<vesper_hypervisor::DebugHandle> {
+        self.lock().get(guest).map(|e| e.debug.clone())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {
         self.0
             .lock()

@@ -33,6 +33,7 @@ pub struct DaemonConfig {
     pub policy: Option<vesper_failover::Policy>,
     pub simulate_guests: usize,
     pub simulate_rate: f64,
+    pub host_probes: crate::host_probe_state::HostProbeConfig,
 }
 
 /// Why the daemon could not run.
@@ -58,6 +59,8 @@ pub(crate) struct Daemon {
     pub(crate) panic_dumps: crate::debug_state::PanicDumps,
     /// Probe groups applied per guest (`vesper group`).
     pub(crate) groups: crate::group_state::Groups,
+    /// eBPF probes in the host kernel on the VMs' vCPU threads (`vesper host stat`).
+    pub(crate) host_probes: crate::host_probe_state::HostProbeSlot,
 }
 
 impl Daemon {

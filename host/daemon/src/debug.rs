@@ -439,14 +439,12 @@ fn gdb(k: &Kernel, guest: &str, dir: &Path, vmlinux: Option<std::path::PathBuf>)
     }))
 }
 
-/// `vm pause` / `vm resume`: QMP `stop` / `cont`.
+/// `vm pause` / `vm resume`: QMP `stop` / `cont`; a builtin VM's vCPUs are parked and
+/// released by its VMM (as its gdb server does).
 pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Response {
     let status = daemon.guest_status(name)?;
     if status.vmm == Vmm::Builtin {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("{name}: pausing builtin VMs is not supported yet"),
-        ));
+        return builtin_pause(daemon, name, pause).await;
     }
     if status.state == "exited" {
         return Err(ApiError::new(
@@ -467,6 +465,42 @@ pub(crate) async fn vm_pause(daemon: &Shared, name: &str, pause: bool) -> Respon
                 format!("{name_s}: QMP {cmd} failed: {e}"),
             )
         })?;
+    Ok(Reply::VmPaused {
+        name: name.to_string(),
+        paused: pause,
+    })
+}
+
+async fn builtin_pause(daemon: &Shared, name: &str, pause: bool) -> Response {
+    let handle = daemon
+        .kernels
+        .builtin_gdb
+        .debug_handle(name)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::GuestNotReady,
+                format!("{name}: the builtin VM has no debug handle (it has ended)"),
+            )
+        })?;
+    let what = if pause { "pause" } else { "resume" };
+    tokio::task::spawn_blocking(move || {
+        if pause {
+            handle.pause(Duration::from_secs(5))
+        } else if handle.is_paused() {
+            // Every vCPU continues.
+            handle.resume(&[])
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("pause worker failed: {e}")))?
+    .map_err(|e| {
+        ApiError::new(
+            ErrorCode::GuestFailed,
+            format!("{name}: cannot {what}: {e}"),
+        )
+    })?;
     Ok(Reply::VmPaused {
         name: name.to_string(),
         paused: pause,

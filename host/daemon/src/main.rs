@@ -14,6 +14,8 @@ mod gdbproxy;
 mod group_state;
 mod groups;
 mod guest;
+mod host_probe_state;
+mod host_probes;
 mod launch;
 mod modules;
 mod persist;
@@ -87,6 +89,16 @@ struct Args {
     /// Events a subscriber may fall behind before it is sent a gap.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     event_buffer: u32,
+    /// A vCPU that makes no progress this long (out of the guest, stopped, or starved
+    /// of a host CPU) raises a `vcpu_stall` event (host probes, eBPF).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    stall_threshold_ms: u64,
+    /// Do not load the host-kernel eBPF probes (`vesper host stat`, `vcpu_stall`).
+    #[arg(long)]
+    no_host_probes: bool,
+    /// Load this eBPF object as the host probes instead of the built-in one.
+    #[arg(long)]
+    host_probe_object: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -173,6 +185,11 @@ fn main() -> ExitCode {
         policy,
         simulate_guests: args.simulate_guests,
         simulate_rate: args.simulate_rate,
+        host_probes: host_probe_state::HostProbeConfig {
+            enabled: !args.no_host_probes,
+            stall_threshold: Duration::from_millis(args.stall_threshold_ms),
+            object: args.host_probe_object,
+        },
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

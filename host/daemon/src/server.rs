@@ -44,6 +44,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     )
     .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     tracing::info!(socket = %config.socket.display(), "vesperd listening");
+    let bus = Arc::new(EventBus::new(config.event_buffer));
+    let host_probes = crate::host_probe_state::start(&config.host_probes, bus.clone());
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         guests: Mutex::new(HashMap::new()),
@@ -51,7 +53,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         dwarf: Default::default(),
         panic_dumps: Default::default(),
         groups: Default::default(),
-        bus: Arc::new(EventBus::new(config.event_buffer)),
+        host_probes,
+        bus,
     });
     if config.simulate_guests > 0 {
         crate::simulate::spawn(
@@ -297,6 +300,7 @@ pub(crate) async fn handle(daemon: &Shared, req: Request) -> Response {
         Request::VmStatus { name } => Ok(Reply::VmStatus(daemon.guest_status(&name)?)),
         Request::VmPause { name } => crate::debug::vm_pause(daemon, &name, true).await,
         Request::VmResume { name } => crate::debug::vm_pause(daemon, &name, false).await,
+        Request::HostStat { guest } => crate::host_probes::stat(daemon, &guest),
         Request::Debug { guest, debug } => crate::debug::debug(daemon, guest, debug).await,
         Request::Publish {
             guest,

@@ -141,6 +141,9 @@ pub(crate) async fn vm_start(daemon: &Shared, a: VmStartRequest) -> Response {
     };
     tracing::info!(guest = %a.name, vmm = %a.vmm, pid, accel = ?accel.accel, reason = %accel.reason, "VM started");
     status.lock().expect("status lock").pid = Some(pid);
+    if a.vmm == Vmm::Qemu {
+        crate::host_probes::watch_qemu(daemon, &a.name, pid);
+    }
     let (up_tx, mut up_rx) = watch::channel(None);
     let (exited_tx, mut exited_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(16);
@@ -359,6 +362,7 @@ pub(crate) async fn launch_builtin(
         .map_err(|e| format!("the VM builder thread failed: {e}"))?
         .map_err(|e| e.to_string())?;
     daemon.kernels.builtin_gdb.register(&a.name, &machine);
+    crate::host_probes::watch_builtin(daemon, &a.name, machine.vcpu_threads());
     let (console_input, stop) = (machine.console(), machine.stop_handle());
     let (end_tx, end_rx) = oneshot::channel();
     let name = a.name.clone();
@@ -478,6 +482,7 @@ pub(crate) async fn vm_stop(daemon: &Shared, name: &str) -> Response {
         }
     }
     daemon.guests.lock().expect("guests lock").remove(name);
+    crate::host_probes::unwatch(daemon, name);
     Ok(Reply::VmStopped {
         name: name.to_string(),
         killed,

@@ -45,11 +45,15 @@ pub enum EventKind {
     /// An urgent record of a probe spec whose kind is `probe` (`vesper probe`): a
     /// failure signal with the spec's own fields.
     Probe,
+    /// A host-kernel probe saw a vCPU make no progress for longer than the threshold:
+    /// out of the guest (paused, parked by its VMM), stopped (SIGSTOP) or starved of a
+    /// host CPU — a guest frozen by its host, which no probe inside it can report.
+    VcpuStall,
 }
 
 impl EventKind {
     /// Every kind, for help texts and validation.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Panic,
         EventKind::ServiceExit,
         EventKind::Oom,
@@ -64,6 +68,7 @@ impl EventKind {
         EventKind::ModuleFailed,
         EventKind::Cluster,
         EventKind::Probe,
+        EventKind::VcpuStall,
     ];
 
     /// The wire name (`service_exit`).
@@ -83,6 +88,7 @@ impl EventKind {
             EventKind::ModuleFailed => "module_failed",
             EventKind::Cluster => "cluster",
             EventKind::Probe => "probe",
+            EventKind::VcpuStall => "vcpu_stall",
         }
     }
 
@@ -156,6 +162,8 @@ pub enum Source {
         /// The cluster node it came from (`crm_node -n` there).
         node: String,
     },
+    /// vesperd's eBPF probes in the host kernel (`vesper-hostprobe`).
+    HostProbe,
 }
 
 /// One event. `seq` is host-wide and increases by one per event.
@@ -213,6 +221,12 @@ impl Event {
                 "the VM process ended (stop requested)".to_string()
             }
             EventKind::VmExit => "the VM process ended".to_string(),
+            EventKind::VcpuStall => format!(
+                "vCPU {} made no progress for {} ms ({})",
+                p["vcpu"],
+                p["stalled_ms"],
+                p["state"].as_str().unwrap_or("?")
+            ),
             other => other.name().to_string(),
         }
     }

@@ -112,6 +112,13 @@ pub fn required(kind: EventKind) -> Vec<(&'static str, JsonType)> {
         EventKind::Cluster => &[("alert_kind", Str), ("summary", Str), ("alert", Obj)],
         // Plus the spec's own fields, by the names it gave them.
         EventKind::Probe => &[("probe", Str)],
+        EventKind::VcpuStall => &[
+            ("vcpu", Int),
+            ("tid", Int),
+            ("state", Str),
+            ("stalled_ms", Int),
+            ("threshold_ms", Int),
+        ],
     };
     let record = matches!(
         kind,
@@ -222,5 +229,18 @@ mod tests {
             "not an object"
         );
         check(&ev(EventKind::Stop, json!({}))).unwrap();
+    }
+
+    #[test]
+    fn a_vcpu_stall_says_which_vcpu_how_and_how_long() {
+        let stall = json!({"vcpu": 0, "tid": 4242, "state": "out_of_guest",
+            "stalled_ms": 512, "threshold_ms": 500});
+        check(&ev(EventKind::VcpuStall, stall.clone())).unwrap();
+        let mut no_tid = stall.clone();
+        no_tid.as_object_mut().unwrap().remove("tid");
+        assert!(check(&ev(EventKind::VcpuStall, no_tid)).is_err());
+        let mut ms_text = stall;
+        ms_text["stalled_ms"] = "512".into();
+        assert!(check(&ev(EventKind::VcpuStall, ms_text)).is_err());
     }
 }

@@ -20,6 +20,12 @@ pub const HOST_PACKAGES: &[&str] = &[
     // The kernel debuggers that open Vesper's vmcores, with the kit's debug vmlinux.
     "crash",
     "python3-drgn",
+    // The host probes' eBPF C (host/hostprobe/build.rs): clang -target bpf, libbpf's
+    // bpf_helpers.h, the kernel's UAPI headers; bpftool to inspect the loaded programs.
+    "clang",
+    "libbpf-dev",
+    "linux-libc-dev",
+    "bpftool",
 ];
 
 /// Directories (relative to the repository root) whose Makefiles build guest modules.
