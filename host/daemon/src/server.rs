@@ -43,6 +43,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         std::fs::Permissions::from_mode(config.socket_mode),
     )
     .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
+    // Every socket is bound before the slower start-up work (loading the host probes'
+    // BPF): whoever waits for the API socket finds the alert socket there too.
+    let alerts = match &config.alert_socket {
+        Some((path, gid)) => Some(crate::cluster::bind_alert_socket(path, *gid)?),
+        None => None,
+    };
     tracing::info!(socket = %config.socket.display(), "vesperd listening");
     let bus = Arc::new(EventBus::new(config.event_buffer));
     let host_probes = crate::host_probe_state::start(&config.host_probes, bus.clone());
@@ -72,8 +78,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
     let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
         .map_err(|e| DaemonError::Listen(config.socket.clone(), e))?;
-    if let Some((path, gid)) = &config.alert_socket {
-        let alerts = crate::cluster::bind_alert_socket(path, *gid)?;
+    if let Some(alerts) = alerts {
         tokio::spawn(crate::cluster::serve_alerts(daemon.clone(), alerts));
     }
     adopt_all(&daemon);
