@@ -88,6 +88,16 @@ fn one_incident_seen_twice_is_one_recovery_and_the_stream_shows_both_sides() {
     let vm = lab.guest_vms(GUEST)[0].1;
     lab.hand("n1", GUEST, "kill 9 svc", "killed svc");
     vesper_cluster_lab::procs::signal(vm, nix::sys::signal::Signal::SIGKILL);
+    // Until the killed VM is gone, n1's view (web1 started, its VM there) is the one from
+    // before the incident, and converge would take it for the end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.guest_vms(GUEST).iter().any(|(_, pid)| *pid == vm) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed VM {vm} is still there"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(converge(&lab, &[GUEST, IP], Duration::from_secs(120)), "n2");
     lab.service_answers("n2", GUEST);
 
