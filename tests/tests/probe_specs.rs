@@ -149,6 +149,36 @@ fn an_exit_spec_filtered_on_one_name_records_only_it_decoded_by_name() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("cached"), "{stdout}");
+
+    // A vesperd restarted beside the running guest adopts it and still decodes the
+    // spec module's records by name (the layout is kept in the guest's run directory).
+    let d = Daemon::start_in(d.detach(), &[]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = d.cli(&["--json", "vm", "status", "vm1"]);
+        if st.code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not adopted: {st:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = d.hand("vm1", "start svc", "started svc");
+    let again = pid_in(&started);
+    d.hand("vm1", "exit svc 4", "exit requested svc");
+    let recs = d.wait_records("vm1", "vesper_spec_exit_svc", "exit_svc", WAIT, |r| {
+        r.iter().any(|r| r["decoded"]["fields"]["pid"] == again)
+    });
+    let rec = recs
+        .iter()
+        .find(|r| r["decoded"]["fields"]["pid"] == again)
+        .unwrap();
+    assert_eq!(rec["decoded"]["type"], "probe", "{rec}");
+    assert_eq!(rec["decoded"]["fields"]["status"], 4, "{rec}");
+    assert_eq!(rec["decoded"]["fields"]["comm"], "svc", "{rec}");
 }
 
 #[test]

@@ -71,6 +71,11 @@ pub fn channels_record(dir: &Path) -> PathBuf {
     dir.join("channels.json")
 }
 
+/// The record layouts of the probe-spec modules pushed into the guest, for the adoption.
+pub fn layouts_record(dir: &Path) -> PathBuf {
+    dir.join("layouts.json")
+}
+
 /// The mark of a guest fenced on this host (`vm fence`): while it exists, no VM of that
 /// name starts here.
 pub fn fence_mark(dir: &Path) -> PathBuf {

@@ -73,6 +73,17 @@ pub(crate) fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(),
     });
     let mut session = Session::resume(config, &region, known);
     let relay = Arc::new(Mutex::new(RelayStore::new(&record.name)));
+    for (module, text) in crate::persist::Layouts::load(dir).0 {
+        match vesper_relay::layout::RecordLayout::parse(&text) {
+            Ok(l) => relay
+                .lock()
+                .expect("relay lock")
+                .set_layout(&module, Some(l)),
+            Err(e) => {
+                tracing::warn!(guest = %record.name, %module, "record layout not restored: {e}")
+            }
+        }
+    }
     let mut channels = Channels::load(dir);
     if session.guest().is_some() {
         let mut kept = Channels::default();

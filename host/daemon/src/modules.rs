@@ -66,6 +66,13 @@ fn note_layout(
     if let Some(l) = &layout {
         tracing::debug!(guest, module = %info.name, probe = %l.probe, fields = l.fields.len(), "record layout");
     }
+    // Kept in the run directory too: a vesperd that adopts the guest after a restart
+    // decodes the module's records by name as this one does.
+    crate::persist::Layouts::note(
+        &vesper_api::run_dir::of(&daemon.config.run_dir, guest),
+        &info.name,
+        layout.as_ref().map(ToString::to_string),
+    );
     g.relay
         .lock()
         .expect("relay lock")

@@ -76,6 +76,37 @@ impl VmRecord {
 pub fn remove(dir: &Path) {
     let _ = std::fs::remove_file(vesper_api::run_dir::vm_record(dir));
     let _ = std::fs::remove_file(vesper_api::run_dir::channels_record(dir));
+    let _ = std::fs::remove_file(vesper_api::run_dir::layouts_record(dir));
+}
+
+/// The record layout (its `vesper_record` text) of each probe-spec module pushed into
+/// the guest, by module name: an adopting vesperd decodes their records by name too.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Layouts(pub BTreeMap<String, String>);
+
+impl Layouts {
+    /// Reads `dir/layouts.json` (empty when absent or unreadable).
+    pub fn load(dir: &Path) -> Self {
+        std::fs::read(vesper_api::run_dir::layouts_record(dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records `module`'s layout text (`None`: it has none), written atomically.
+    pub fn note(dir: &Path, module: &str, layout: Option<String>) {
+        let mut all = Self::load(dir);
+        match layout {
+            Some(l) => all.0.insert(module.to_string(), l),
+            None => all.0.remove(module),
+        };
+        let r = serde_json::to_vec(&all)
+            .map_err(std::io::Error::other)
+            .and_then(|b| write_atomic(&vesper_api::run_dir::layouts_record(dir), &b));
+        if let Err(e) = r {
+            tracing::warn!("cannot save {}/layouts.json: {e}", dir.display());
+        }
+    }
 }
 
 /// The `REQ_RELAY_OPEN` of every open relay channel, by channel id, as hex bytes.
