@@ -338,3 +338,56 @@ fn bad_specs_are_refused_with_line_and_column_before_building() {
         assert_eq!(code, 0, "{}: {stdout}{stderr}", p.display());
     }
 }
+
+#[test]
+fn probe_run_ends_after_its_duration_or_on_ctrl_c_and_leaves_nothing_loaded() {
+    let cache = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&[]);
+    d.vm_start("vm1");
+    let run = |extra: &[&str]| {
+        Command::new(bin_dir().join("vesper"))
+            .args([
+                "--socket",
+                d.socket.to_str().unwrap(),
+                "probe",
+                "run",
+                "vm1",
+            ])
+            .arg(spec("exit_svc.probe"))
+            .args(extra)
+            .args(["--kit", &kit_dir(), "--cache"])
+            .arg(cache.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let loaded = |d: &Daemon| {
+        d.module_names("vm1")
+            .iter()
+            .any(|m| m == "vesper_spec_exit_svc")
+    };
+
+    // --duration on a quiet probe: the run ends on time, successfully, and unloads.
+    let t = Instant::now();
+    let out = run(&["--duration", "2"]).wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(!loaded(&d), "{:?}", d.module_names("vm1"));
+
+    // Ctrl-C while following: unloaded before the CLI exits (128 + SIGINT).
+    let child = run(&[]);
+    wait_loaded(&d, "vm1", "vesper_spec_exit_svc");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unloading vesper_spec_exit_svc"),
+        "{out:?}"
+    );
+    assert!(!loaded(&d), "{:?}", d.module_names("vm1"));
+}

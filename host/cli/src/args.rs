@@ -406,7 +406,11 @@ pub(crate) enum ProbeCmd {
         /// Stop after this many records.
         #[arg(long)]
         count: Option<u64>,
-        /// Leave the module loaded when done (default: unloaded after --count).
+        /// Stop after this many seconds (with --count: whichever comes first).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+        /// Leave the module loaded when done (default: unloaded when the run ends,
+        /// also on Ctrl-C or SIGTERM).
         #[arg(long)]
         keep: bool,
     },

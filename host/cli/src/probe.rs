@@ -125,19 +125,70 @@ pub(crate) fn run(cli: &Cli, cmd: &ProbeCmd) -> ExitCode {
             spec,
             kernel,
             count,
+            duration,
             keep,
-        } => run_spec(cli, guest, spec, kernel, *count, *keep),
+        } => run_spec(
+            cli,
+            guest,
+            spec,
+            kernel,
+            Follow {
+                count: *count,
+                duration: duration.map(Duration::from_secs),
+                keep: *keep,
+            },
+        ),
     }
 }
 
-fn run_spec(
-    cli: &Cli,
-    guest: &str,
-    spec: &Path,
-    kernel: &KernelArgs,
+/// How long `probe run` follows, and what it leaves behind.
+struct Follow {
     count: Option<u64>,
+    duration: Option<Duration>,
     keep: bool,
-) -> ExitCode {
+}
+
+/// Unloads `module` from `guest` (a failure is logged: the run's own result stands).
+fn unload(socket: &Path, guest: &str, module: &str, timeout: Duration) {
+    let rm = Request::Rmmod {
+        guest: guest.to_string(),
+        name: module.to_string(),
+        force: false,
+    };
+    match call(socket, &rm, timeout) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(module, "unloading after run: {}", e.message),
+        Err(e) => tracing::warn!(module, "unloading after run: {e}"),
+    }
+}
+
+/// On SIGINT or SIGTERM, unloads `module` before exiting (128 + the signal), so an
+/// interrupted run leaves nothing loaded. The signals are blocked in this thread (and
+/// the threads it starts later) and taken by one waiting thread.
+fn unload_on_interrupt(socket: PathBuf, guest: String, module: String, timeout: Duration) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if let Err(e) = set.thread_block() {
+        tracing::warn!("cannot catch Ctrl-C ({e}): an interrupted run leaves {module} loaded");
+        return;
+    }
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            eprintln!("vesper: {sig}: unloading {module} from {guest}");
+            unload(&socket, &guest, &module, timeout);
+            std::process::exit(128 + sig as i32);
+        }
+    });
+}
+
+fn run_spec(cli: &Cli, guest: &str, spec: &Path, kernel: &KernelArgs, follow: Follow) -> ExitCode {
+    let Follow {
+        count,
+        duration,
+        keep,
+    } = follow;
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
     let timeout = Duration::from_secs(cli.timeout);
     let started = Instant::now();
@@ -189,6 +240,9 @@ fn run_spec(
         Ok(Ok(_)) => {}
     }
     tracing::info!(module = %b.module, cached = b.cached, ms = started.elapsed().as_millis() as u64, "probe loaded");
+    if !keep {
+        unload_on_interrupt(socket.clone(), guest.to_string(), b.module.clone(), timeout);
+    }
     if !cli.json {
         eprintln!(
             "vesper: {} {} and loaded in {guest} in {:.0} ms; following channel {}",
@@ -206,7 +260,9 @@ fn run_spec(
     };
     let mut seen = 0u64;
     let mut failure = None;
-    let out = call_stream(&socket, &req, None, |r| match r {
+    let following = Instant::now();
+    // With --duration, a read waits at most that long: a quiet probe ends the run too.
+    let out = call_stream(&socket, &req, duration, |r| match r {
         Ok(Reply::End { .. }) => false,
         Ok(reply) => {
             if cli.json {
@@ -217,7 +273,7 @@ fn run_spec(
             if matches!(reply, Reply::Record(_)) {
                 seen += 1;
             }
-            count.is_none_or(|c| seen < c)
+            count.is_none_or(|c| seen < c) && duration.is_none_or(|d| following.elapsed() < d)
         }
         Err(e) => {
             failure = Some(e);
@@ -225,17 +281,13 @@ fn run_spec(
         }
     });
     if !keep {
-        let rm = Request::Rmmod {
-            guest: guest.to_string(),
-            name: b.module.clone(),
-            force: false,
-        };
-        if let Ok(Err(e)) | Err(e) = call(&socket, &rm, timeout)
-            .map_err(|e| vesper_api::ApiError::new(vesper_api::ErrorCode::Internal, e.to_string()))
-        {
-            tracing::warn!(module = %b.module, "unloading after run: {}", e.message);
-        }
+        unload(&socket, guest, &b.module, timeout);
     }
+    // The --duration ran out while no record came: the end asked for, not a failure.
+    let out = match out {
+        Err(vesper_api::ClientError::Timeout(_)) if duration.is_some() => Ok(()),
+        other => other,
+    };
     match (out, failure) {
         (Err(e), _) => client_fail(cli.json, e),
         (Ok(()), Some(e)) => api_fail(cli.json, e),
