@@ -37,6 +37,8 @@ pub enum Cond {
     And(Box<Cond>, Box<Cond>),
     /// Either.
     Or(Box<Cond>, Box<Cond>),
+    /// Not.
+    Not(Box<Cond>),
     /// Value (index into [`Plan::values`]) against an integer.
     Int(usize, CmpOp, i128),
     /// Text value against a string.
@@ -349,6 +351,7 @@ impl<'k> Checker<'k> {
         Ok(match f {
             Filter::And(a, b) => Cond::And(Box::new(self.cond(a)?), Box::new(self.cond(b)?)),
             Filter::Or(a, b) => Cond::Or(Box::new(self.cond(a)?), Box::new(self.cond(b)?)),
+            Filter::Not(a) => Cond::Not(Box::new(self.cond(a)?)),
             Filter::Cmp { lhs, op, rhs } => {
                 let v = self.value(lhs)?;
                 let ty = self.values[v].ty;

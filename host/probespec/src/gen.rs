@@ -135,6 +135,11 @@ fn cond_expr(out: &mut String, fns: &mut String, plan: &Plan, c: &Cond, n: &mut 
             cond_expr(out, fns, plan, b, n);
             out.push(')');
         }
+        Cond::Not(a) => {
+            out.push_str("!(");
+            cond_expr(out, fns, plan, a, n);
+            out.push(')');
+        }
         leaf => {
             let k = *n;
             *n += 1;

@@ -12,8 +12,9 @@
 //! Probe points: `kprobe:FUNC`, `kretprobe:FUNC`, `tracepoint:SYSTEM:EVENT`. Operands:
 //! `comm`, `pid` (thread-group id), `tid`, `cpu`, `argN`, `retval` (kretprobe), `task`
 //! (the current task) followed by `->member` / `.member` steps, then optional `>> N`
-//! and `& MASK`. Statements: `record ITEM [as NAME], ...`, `severity urgent|bulk`,
-//! `kind KIND`, `name NAME`.
+//! and `& MASK`. Filters: comparisons (`== != < <= > >=`) joined by `&&` (binding
+//! first), `||`, `!` and parentheses. Statements: `record ITEM [as NAME], ...`,
+//! `severity urgent|bulk`, `kind KIND`, `name NAME`.
 
 use crate::error::{Pos, SpecError};
 
@@ -26,9 +27,9 @@ pub(crate) enum Tok {
     Eof,
 }
 
-const PUNCTS: [&str; 19] = [
+const PUNCTS: [&str; 22] = [
     "==", "!=", "<=", ">=", "&&", "||", "->", ">>", ":", "/", "{", "}", ";", ",", "<", ">", ".",
-    "&", "-",
+    "&", "-", "(", ")", "!",
 ];
 
 fn syntax(at: Pos, message: impl Into<String>) -> SpecError {
@@ -253,6 +254,8 @@ pub enum Filter {
     And(Box<Filter>, Box<Filter>),
     /// Either.
     Or(Box<Filter>, Box<Filter>),
+    /// Not (`!`).
+    Not(Box<Filter>),
     /// One comparison.
     Cmp {
         /// Left side.
@@ -490,12 +493,37 @@ impl Parser {
     }
 
     fn and(&mut self) -> Result<Filter, SpecError> {
-        let mut f = self.cmp()?;
+        let mut f = self.unary()?;
         while self.is("&&") {
             self.next();
-            f = Filter::And(Box::new(f), Box::new(self.cmp()?));
+            f = Filter::And(Box::new(f), Box::new(self.unary()?));
         }
         Ok(f)
+    }
+
+    /// `!` FILTER, `(` FILTER `)`, or one comparison.
+    fn unary(&mut self) -> Result<Filter, SpecError> {
+        if self.is("!") {
+            self.next();
+            return Ok(Filter::Not(Box::new(self.unary()?)));
+        }
+        if self.is("(") {
+            let (_, open) = self.next();
+            let f = self.or()?;
+            return match self.next() {
+                (Tok::Punct(")"), _) => Ok(f),
+                (t, at) => Err(syntax(
+                    at,
+                    format!(
+                        "expected `)` to close the `(` at {}:{}, found {}",
+                        open.line,
+                        open.col,
+                        describe(&t)
+                    ),
+                )),
+            };
+        }
+        self.cmp()
     }
 
     fn cmp(&mut self) -> Result<Filter, SpecError> {

@@ -137,6 +137,41 @@ fn parses_points_filters_records_and_statements() {
 }
 
 #[test]
+fn filters_group_with_parentheses_and_negate_with_a_bang() {
+    use crate::syntax::Filter;
+    let s = parse("kprobe:do_exit /!(comm == \"a\" || comm == \"b\") && pid != 1/ { record pid }")
+        .unwrap();
+    let Some(Filter::And(left, right)) = &s.filter else {
+        panic!("{:?}", s.filter)
+    };
+    assert!(
+        matches!(&**left, Filter::Not(inner) if matches!(&**inner, Filter::Or(..))),
+        "{left:?}"
+    );
+    assert!(matches!(&**right, Filter::Cmp { .. }), "{right:?}");
+    // `!=` is still one operator, not `!` then `=`.
+    let s = parse("kprobe:do_exit /pid != 1/ { record pid }").unwrap();
+    assert!(matches!(s.filter, Some(Filter::Cmp { .. })));
+    // Without the parentheses && binds first: a || (b && c).
+    let s = parse("kprobe:do_exit /pid == 1 || pid == 2 && tid == 3/ { record pid }").unwrap();
+    assert!(matches!(s.filter, Some(Filter::Or(..))), "{:?}", s.filter);
+    let s = parse("kprobe:do_exit /(pid == 1 || pid == 2) && tid == 3/ { record pid }").unwrap();
+    assert!(matches!(s.filter, Some(Filter::And(..))), "{:?}", s.filter);
+    // The generated C keeps the grouping and the negation.
+    let plan = check_text(
+        "kprobe:do_exit /!(pid == 1 || pid == 2) && tid != 3/ { record pid }",
+        &kernel(),
+        "neg",
+    )
+    .unwrap();
+    let c = generate(&plan, "neg.probe");
+    assert!(
+        c.contains("(!((vp_cond_0(regs) || vp_cond_1(regs))) && vp_cond_2(regs))"),
+        "{c}"
+    );
+}
+
+#[test]
 fn syntax_errors_name_line_and_column() {
     for (text, line, col, what) in [
         (
@@ -181,6 +216,12 @@ fn syntax_errors_name_line_and_column() {
             1,
             33,
             "said twice",
+        ),
+        (
+            "kprobe:do_exit /(pid == 1 || tid == 2/ { record pid }",
+            1,
+            38,
+            "expected `)` to close the `(` at 1:17",
         ),
     ] {
         let e = parse(text).expect_err(text);
@@ -278,15 +319,19 @@ fn filters_are_typed() {
     assert!(err("kprobe:do_exit /pid == comm/ { record pid }")
         .to_string()
         .contains("compare numbers with numbers"));
+    check_text(
+        "kprobe:do_exit /pid == tid && (comm != \"x\")/ { record pid }",
+        &kernel(),
+        "t",
+    )
+    .unwrap();
+    // Inside parentheses and under `!`, comparisons are typed all the same.
+    let e = err("kprobe:do_exit /!(pid == \"svc\")/ { record pid }");
     assert!(
-        check_text(
-            "kprobe:do_exit /pid == tid && (comm != \"x\")/ { record pid }",
-            &kernel(),
-            "t"
-        )
-        .is_err(),
-        "no parentheses in the grammar"
+        matches!(&e, SpecError::FilterType { ty, .. } if ty == "s32"),
+        "{e}"
     );
+    assert_eq!(at(&e), (1, 19));
     check_text(
         "kprobe:do_exit /pid == tid || comm != \"x\"/ { record pid }",
         &kernel(),
