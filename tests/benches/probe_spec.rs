@@ -17,10 +17,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vesper_e2e::{bin_dir, kit, Daemon};
+use vesper_e2e::{kit, Daemon};
 use vesper_probespec::build::kbuild;
 use vesper_probespec::{KernelFiles, KernelInfo};
 
@@ -179,27 +178,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn spec_to_first_record(d: &Daemon, cache: &Path, n: u32) -> (f64, f64) {
     d.hand("vm1", "start svc", "started svc");
     let t = Instant::now();
-    let mut child = Command::new(bin_dir().join("vesper"))
-        .args([
-            "--socket",
-            d.socket.to_str().unwrap(),
-            "probe",
-            "run",
-            "vm1",
-        ])
-        .arg(repo().join("probes/specs/exit_svc.probe"))
-        .args([
-            "--count",
-            "1",
-            "--kit",
-            kit().dir.to_str().unwrap(),
-            "--cache",
-            cache.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = d.spawn_probe_run(
+        false,
+        "vm1",
+        &repo().join("probes/specs/exit_svc.probe"),
+        cache,
+        &["--count", "1"],
+    );
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();

@@ -261,6 +261,35 @@ impl Daemon {
             .into()
     }
 
+    /// Starts `vesper [--json] probe run GUEST SPEC ARGS --kit KIT --cache CACHE` against
+    /// this daemon (the kit's kernel files, a build cache of the caller's), its output
+    /// piped.
+    pub fn spawn_probe_run(
+        &self,
+        json: bool,
+        guest: &str,
+        spec: &Path,
+        cache: &Path,
+        args: &[&str],
+    ) -> Child {
+        let mut c = Command::new(bin_dir().join("vesper"));
+        c.arg("--socket").arg(&self.socket);
+        if json {
+            c.arg("--json");
+        }
+        c.args(["probe", "run", guest])
+            .arg(spec)
+            .args(args)
+            .arg("--kit")
+            .arg(&kit().dir)
+            .arg("--cache")
+            .arg(cache)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run vesper probe run")
+    }
+
     /// Runs `vesper --json debug ARGS` against this daemon.
     pub fn debug(&self, args: &[&str]) -> CliOutput {
         let mut a = vec!["--json", "debug"];

@@ -3,7 +3,7 @@
 //! right; bad specs refused with line and column before anything is built.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -67,22 +67,13 @@ fn an_exit_spec_filtered_on_one_name_records_only_it_decoded_by_name() {
     d.wait_console("vm1", "vesper-init: hand ready", WAIT);
 
     // `probe run` builds (cold cache), pushes, and follows; --keep leaves it loaded.
-    let run = Command::new(bin_dir().join("vesper"))
-        .args([
-            "--socket",
-            d.socket.to_str().unwrap(),
-            "--json",
-            "probe",
-            "run",
-            "vm1",
-        ])
-        .arg(spec("exit_svc.probe"))
-        .args(["--count", "1", "--keep", "--kit", &kit_dir(), "--cache"])
-        .arg(cache.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = d.spawn_probe_run(
+        true,
+        "vm1",
+        &spec("exit_svc.probe"),
+        cache.path(),
+        &["--count", "1", "--keep"],
+    );
     wait_loaded(&d, "vm1", "vesper_spec_exit_svc");
 
     // Others exit first (killed, and with a code); then svc exits with code 3.
@@ -345,22 +336,7 @@ fn probe_run_ends_after_its_duration_or_on_ctrl_c_and_leaves_nothing_loaded() {
     let d = Daemon::start(&[]);
     d.vm_start("vm1");
     let run = |extra: &[&str]| {
-        Command::new(bin_dir().join("vesper"))
-            .args([
-                "--socket",
-                d.socket.to_str().unwrap(),
-                "probe",
-                "run",
-                "vm1",
-            ])
-            .arg(spec("exit_svc.probe"))
-            .args(extra)
-            .args(["--kit", &kit_dir(), "--cache"])
-            .arg(cache.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        d.spawn_probe_run(false, "vm1", &spec("exit_svc.probe"), cache.path(), extra)
     };
     let loaded = |d: &Daemon| {
         d.module_names("vm1")
