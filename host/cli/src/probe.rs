@@ -26,16 +26,19 @@ fn spec_fail(json: bool, spec: &Path, e: &SpecError) -> ExitCode {
     fail(json, code, kind, &e.report(spec))
 }
 
-fn files(k: &KernelArgs, release: Option<&str>) -> Result<KernelFiles, SpecError> {
-    let kit = k
-        .kit
+/// The guest kit: --kit, else $VESPER_KIT_DIR.
+fn kit_dir(k: &KernelArgs, release: Option<&str>) -> Result<PathBuf, SpecError> {
+    k.kit
         .clone()
         .or_else(|| std::env::var_os("VESPER_KIT_DIR").map(PathBuf::from))
         .ok_or_else(|| SpecError::Kernel {
             release: release.unwrap_or("?").to_string(),
             message: "no guest kit: pass --kit DIR or set VESPER_KIT_DIR (cargo run -p vesper-guest-kit builds one)".into(),
-        })?;
-    KernelFiles::from_kit(&kit, k.kernel.as_deref().or(release))
+        })
+}
+
+fn files(k: &KernelArgs, release: Option<&str>) -> Result<KernelFiles, SpecError> {
+    KernelFiles::from_kit(&kit_dir(k, release)?, k.kernel.as_deref().or(release))
 }
 
 fn cache(k: &KernelArgs) -> PathBuf {
@@ -309,10 +312,8 @@ pub(crate) fn group_spec_builder(
             kit: None,
             cache: None,
         };
-        files(&k, release.as_deref())
-            .and_then(|f| vesper_probespec::build(spec, &f, &cache(&k)))
-            .map(|b| b.ko)
-            .map_err(|e| e.report(spec))
+        let kit = kit_dir(&k, release.as_deref()).map_err(|e| e.report(spec))?;
+        vesper_probespec::build_module(spec, &kit, release.as_deref(), &cache(&k))
     }
 }
 

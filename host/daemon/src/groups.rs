@@ -42,11 +42,8 @@ pub(crate) fn spec_builder(
 ) -> impl FnMut(&Path) -> Result<PathBuf, String> {
     move |spec| {
         let kit = vesper_guest_kit::Kit::load(kit_dir.as_deref()).map_err(|e| e.to_string())?;
-        let files = vesper_probespec::KernelFiles::from_kit(&kit.dir, release.as_deref())
-            .map_err(|e| e.report(spec))?;
-        vesper_probespec::build(spec, &files, &vesper_probespec::default_cache_dir())
-            .map(|b| b.ko)
-            .map_err(|e| e.report(spec))
+        let cache = vesper_probespec::default_cache_dir();
+        vesper_probespec::build_module(spec, &kit.dir, release.as_deref(), &cache)
     }
 }
 

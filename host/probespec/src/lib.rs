@@ -43,6 +43,21 @@ pub fn check_text(text: &str, kernel: &KernelInfo, name: &str) -> Result<Plan, S
     check(&parse(text)?, kernel, name)
 }
 
+/// The module built from the spec at `spec_path` for kernel `release` of the kit in
+/// `kit` (the kit's own kernel when `None`), through the cache in `cache`; a failure as
+/// one line naming the spec's line and column (what a probe group's member needs).
+pub fn build_module(
+    spec_path: &Path,
+    kit: &Path,
+    release: Option<&str>,
+    cache: &Path,
+) -> Result<std::path::PathBuf, String> {
+    KernelFiles::from_kit(kit, release)
+        .and_then(|f| build(spec_path, &f, cache))
+        .map(|b| b.ko)
+        .map_err(|e| e.report(spec_path))
+}
+
 /// Builds the spec at `spec_path` for `files`, from the cache in `cache` when it holds
 /// it (then neither BTF nor kbuild is touched). Syntax errors come first, then the
 /// kernel checks, then the build.
