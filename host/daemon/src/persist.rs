@@ -96,10 +96,14 @@ impl Layouts {
     /// Records `module`'s layout text (`None`: it has none), written atomically.
     pub fn note(dir: &Path, module: &str, layout: Option<String>) {
         let mut all = Self::load(dir);
-        match layout {
-            Some(l) => all.0.insert(module.to_string(), l),
+        let was = match &layout {
+            Some(l) => all.0.insert(module.to_string(), l.clone()),
             None => all.0.remove(module),
         };
+        // Most pushes are of modules without a layout, or again of the same one: no write.
+        if was == layout {
+            return;
+        }
         let r = serde_json::to_vec(&all)
             .map_err(std::io::Error::other)
             .and_then(|b| write_atomic(&vesper_api::run_dir::layouts_record(dir), &b));
