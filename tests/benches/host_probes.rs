@@ -18,11 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vesper_e2e::code_vm::{pio_loop, vm, SPIN};
 use vesper_hostprobe::{monotonic_ns, Config, HostProbes, VcpuSource};
-use vesper_hypervisor::{BusDevice, BusRange, KvmBacking, RealModeEntry, Stop, Vm, VmConfig};
+use vesper_hypervisor::{KvmBacking, Stop};
 
-const LOAD: u64 = 0x1000;
-const PORT: u16 = 0x80;
 const RUN: Duration = Duration::from_secs(300);
 
 fn env(name: &str, default: u64) -> u64 {
@@ -30,27 +29,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Counts the guest's port writes.
-struct Counter(Arc<AtomicU64>);
-
-impl BusDevice for Counter {
-    fn read(&mut self, _: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write(&mut self, _: u64, _: &[u8]) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// `mov ecx, n; mov dx, PORT; l: out dx, al; dec ecx; jnz l; hlt`
-fn pio_loop(n: u32) -> Vec<u8> {
-    let mut code = vec![0x66, 0xb9];
-    code.extend_from_slice(&n.to_le_bytes());
-    code.extend_from_slice(&[0xba, PORT as u8, (PORT >> 8) as u8]);
-    code.extend_from_slice(&[0xee, 0x66, 0x49, 0x75, 0xfb, 0xf4]);
-    code
 }
 
 /// CPU time this process used so far (every thread, user and kernel: the vCPU's guest
@@ -75,34 +53,6 @@ struct Cost {
 
 /// Which figure of a [`Cost`] a summary is about.
 type Pick = fn(&Cost) -> f64;
-
-/// `jmp $`
-const SPIN: [u8; 2] = [0xeb, 0xfe];
-
-fn vm(code: &[u8]) -> (Vm, Arc<AtomicU64>) {
-    let mut vm = Vm::new(
-        VmConfig {
-            vcpus: 1,
-            mem_size: 1 << 20,
-        },
-        Box::new(std::io::sink()),
-    )
-    .expect("create VM");
-    let count = Arc::new(AtomicU64::new(0));
-    vm.register_pio(
-        BusRange::new(PORT.into(), 1).unwrap(),
-        Arc::new(Mutex::new(Counter(count.clone()))),
-    )
-    .unwrap();
-    vm.load(LOAD, code).expect("load");
-    vm.set_real_mode_entry(RealModeEntry {
-        segment: 0,
-        ip: LOAD as u16,
-        sp: 0x8000,
-    })
-    .expect("entry");
-    (vm, count)
-}
 
 /// One timed run of `n` exits, no host probes loaded.
 fn timed(n: u32) -> Cost {

@@ -12,6 +12,7 @@ use vesper_guest_kit::{EnsureOptions, Kit};
 pub mod cluster;
 pub mod cluster_bench;
 pub mod cluster_fence;
+pub mod code_vm;
 pub mod tiny_guest;
 pub mod virtualdomain;
 

@@ -12,11 +12,15 @@
 //! scheduler tracepoints see even under TCG. Needs root (eBPF), and /dev/kvm for the
 //! builtin VM; skipped loudly otherwise.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use vesper_e2e::code_vm::{vm, EXIT_THEN_SPIN};
 use vesper_e2e::{kvm_usable, say_skipped, signal, Daemon};
+use vesper_hostprobe::figures::VcpuState;
+use vesper_hostprobe::{Config, HostProbes, Stall, VcpuSource};
 
 const WAIT: Duration = Duration::from_secs(30);
 // Long enough that a loaded 2-core host does not starve a vCPU that long by chance.
@@ -78,7 +82,9 @@ fn a_paused_vm_stalls_once_and_its_exits_grow_with_guest_work() {
     assert_eq!(s["available"], true, "{s:#}");
     let tps = s["tracepoints"].to_string();
     assert!(
-        tps.contains("sched:sched_switch") && tps.contains("kvm:kvm_fpu"),
+        tps.contains("sched:sched_switch")
+            && tps.contains("sched:sched_stat_runtime")
+            && tps.contains("kvm:kvm_userspace_exit"),
         "{s:#}"
     );
 
@@ -251,4 +257,96 @@ fn a_qemu_stopped_by_a_signal_stalls_with_its_vcpus_stopped() {
     std::thread::sleep(Duration::from_millis(2 * THRESHOLD_MS));
     assert_eq!(stalls(&d, "hq1").len(), 1, "none after SIGCONT");
     assert_eq!(stat(&d, "hq1")["vcpus"][0]["stalled"], false);
+}
+
+/// Nothing runs as KVM_RUN starts (it would cost every exit): a guest that, after one
+/// exit to its VMM, spins without ever leaving KVM_RUN again is seen back inside it by
+/// the scheduler's programs, at its ticks. It must read as running guest code, not as a
+/// vCPU parked out of the guest since its exit, however long it spins; its pause must
+/// still stall it, once however often a debugger reads its registers meanwhile (vCPU
+/// ioctls, not KVM_RUN), and its resume end the stall.
+#[test]
+fn a_guest_spinning_without_exits_is_in_the_guest_not_stalled() {
+    if !usable("host probes: spinning guest") {
+        return;
+    }
+    let threshold = Duration::from_millis(300);
+    let stalls: Arc<Mutex<Vec<Stall>>> = Arc::default();
+    let seen = stalls.clone();
+    let probes = HostProbes::start(
+        Config::with_threshold(threshold),
+        Box::new(move |s| seen.lock().unwrap().push(s)),
+    )
+    .expect("load host probes");
+    let (mut spinning, exits) = vm(&EXIT_THEN_SPIN);
+    let threads = spinning.vcpu_threads();
+    let debug = spinning.debug_handle();
+    let stop = spinning.stop_handle();
+    probes.watch("spin", VcpuSource::Listed(Arc::new(move || threads.list())));
+    let runner = std::thread::spawn(move || spinning.run(Duration::from_secs(120)));
+    let state = || {
+        probes
+            .figures("spin")
+            .and_then(|f| f.vcpus.first().map(|v| (v.state, v.stalled)))
+    };
+    let started = Instant::now();
+    while state().is_none() {
+        assert!(
+            started.elapsed() < WAIT,
+            "the vCPU thread was never watched"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Ten thresholds of spinning.
+    std::thread::sleep(threshold * 10);
+    let spun = state();
+    let during_spin = stalls.lock().unwrap().len();
+    debug.pause(Duration::from_secs(5)).expect("pause");
+    let paused = Instant::now();
+    while stalls.lock().unwrap().len() == during_spin && paused.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A debugger reading the paused vCPU's registers, over and over: vCPU ioctls on its
+    // thread, but not KVM_RUN. No progress, so no second stall.
+    let reading = Instant::now();
+    let mut reads = 0u64;
+    while reading.elapsed() < threshold * 3 {
+        debug.registers(0).expect("registers of the paused vCPU");
+        reads += 1;
+    }
+    let at_pause = state();
+    let after_pause = stalls.lock().unwrap().clone();
+    debug.resume(&[]).expect("resume");
+    std::thread::sleep(threshold * 3);
+    let resumed = state();
+    let after_resume = stalls.lock().unwrap().len();
+    stop.stop();
+    let _ = runner.join();
+
+    assert_eq!(
+        exits.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the guest wrote to its port once"
+    );
+    assert_eq!(
+        (during_spin, spun),
+        (0, Some((VcpuState::InGuest, false))),
+        "a guest spinning in KVM_RUN for 10x the threshold"
+    );
+    let stall = after_pause
+        .get(during_spin)
+        .expect("no vcpu_stall after pause");
+    assert_eq!(stall.state, VcpuState::OutOfGuest, "{stall:?}");
+    assert!(stall.stalled_ms >= 300, "{stall:?}");
+    assert_eq!(
+        (after_pause.len(), at_pause),
+        (1, Some((VcpuState::OutOfGuest, true))),
+        "paused, its registers read {reads} times: {after_pause:?}"
+    );
+    assert_eq!(
+        (after_resume, resumed),
+        (1, Some((VcpuState::InGuest, false))),
+        "spinning again after resume: {:?}",
+        stalls.lock().unwrap()
+    );
 }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-// Host-kernel probes on a VM's vCPU threads: KVM exits and entries, KVM_RUN calls,
+// Host-kernel probes on a VM's vCPU threads: KVM exits and entries, returns to the VMM,
 // scheduling (on CPU, off CPU, runnable but waiting). Only threads the host put into
 // `vcpus` (thread id -> slot in `stats`) are counted. The hash is looked up once per
 // context switch, for the task coming in, and the answer kept per CPU in
@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 #define PAC __attribute__((preserve_access_index))
 
@@ -34,29 +35,46 @@ struct trace_event_raw_kvm_exit {
 	__u32 isa;
 } PAC;
 
+struct hlist_node;
+
+struct hlist_head {
+	struct hlist_node *first;
+} PAC;
+
 struct task_struct {
 	int pid;
+	struct hlist_head preempt_notifiers;
+} PAC;
+
+// x86-64: the syscall a task is in, and its second argument (an ioctl's request).
+struct pt_regs {
+	unsigned long si;
+	unsigned long orig_ax;
 } PAC;
 
 #define VMM_REASONS 48
 
 // Mirrored by `RawVcpu` in src/bpf.rs: keep the two in step.
+//
+// The per-exit path is one program per return to the VMM (kvm_userspace_exit) and reads
+// no clock: on a nested host each program run costs ~60-80 ns and bpf_ktime_get_ns ~150
+// ns more, against a ~9 us exit. So nothing runs as KVM_RUN starts (kvm_fpu would, twice
+// a call: +1.5-2 %); whether a thread is inside KVM_RUN is read from the task by the
+// scheduler's programs, at each context switch and tick. Times come from those too; the
+// monitor dates what happened between its polls by the counters.
 struct vcpu_stats {
 	__u64 exits;          // kvm_exit
 	__u64 entries;        // kvm_entry
 	__u64 uexits;         // kvm_userspace_exit: KVM_RUN returned to the VMM
-	__u64 runs;           // KVM_RUN calls (kvm_fpu load)
-	__u64 last_entry_ns;  // last kvm_entry
-	__u64 last_exit_ns;   // last kvm_exit
-	__u64 run_enter_ns;   // last time it went into KVM_RUN
-	__u64 run_leave_ns;   // last time it left KVM_RUN
+	__u64 parked_ns;      // first time it left a CPU out of KVM_RUN after its last return
+	__u64 parked_uexits;  // uexits then: parked_ns holds while uexits still equals it
 	__u64 switch_in_ns;   // last time it got a CPU
 	__u64 switch_out_ns;  // last time it left a CPU
 	__u64 runnable_ns;    // runnable since (0: not waiting for a CPU)
 	__u64 steal_ns;       // runnable but not running, summed
 	__u64 oncpu_ns;       // on a CPU, summed
 	__s64 out_state;      // its __state when it left its CPU (0: still runnable)
-	__u32 in_run;         // inside KVM_RUN
+	__u32 in_run;         // inside KVM_RUN (as of its last return, switch or tick)
 	__u32 on_cpu;
 	__u32 last_reason;    // last kvm_exit reason, (isa << 28) | reason
 	__u32 pad;
@@ -138,6 +156,34 @@ static __always_inline void count_reason(__u32 tid, __u32 reason)
 		bpf_map_update_elem(&exit_reasons, &key, &one, BPF_NOEXIST);
 }
 
+#define NR_IOCTL 16      // x86-64
+#define KVM_RUN_IOCTL 0xae80 // _IO(KVMIO, 0x80)
+
+// Whether `t` is inside KVM_RUN now. KVM's vcpu_load() registers a preempt notifier on
+// the task for the length of a vCPU ioctl and vcpu_put() removes it, so a notifier says
+// "inside a vCPU ioctl"; the syscall registers saved at its entry say which (a VMM's
+// register reads while it holds a vCPU paused are not KVM_RUN). Without either field
+// (no KVM, not x86-64): never.
+static __always_inline __u32 in_kvm_run(struct task_struct *t)
+{
+	struct pt_regs *regs;
+
+	if (!bpf_core_field_exists(t->preempt_notifiers) || !t->preempt_notifiers.first)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(t);
+	if (!regs || !bpf_core_field_exists(regs->orig_ax))
+		return 0;
+	return regs->orig_ax == NR_IOCTL && (__u32)regs->si == KVM_RUN_IOCTL;
+}
+
+// Seen inside KVM_RUN: any park before is over (the next one is dated afresh).
+static __always_inline void note_in_run(struct vcpu_stats *v, __u32 in_run)
+{
+	v->in_run = in_run;
+	if (in_run)
+		v->parked_ns = 0;
+}
+
 SEC("tracepoint/kvm/kvm_exit")
 int kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 {
@@ -148,7 +194,6 @@ int kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 		return 0;
 	__u32 reason = (ctx->isa << 28) | (ctx->exit_reason & 0x0fffffff);
 	v->exits++;
-	v->last_exit_ns = bpf_ktime_get_ns();
 	v->last_reason = reason;
 	count_reason(tid, reason);
 	return 0;
@@ -163,7 +208,7 @@ int BPF_PROG(kvm_entry, void *vcpu, bool immediate_exit)
 	if (!v)
 		return 0;
 	v->entries++;
-	v->last_entry_ns = bpf_ktime_get_ns();
+	note_in_run(v, 1);
 	return 0;
 }
 
@@ -179,7 +224,6 @@ int BPF_PROG(kvm_userspace_exit, __u32 reason, int err)
 		return 0;
 	v->uexits++;
 	v->in_run = 0;
-	v->run_leave_ns = bpf_ktime_get_ns();
 	if (reason < VMM_REASONS)
 		v->vmm_reasons[reason]++;
 	else
@@ -187,23 +231,17 @@ int BPF_PROG(kvm_userspace_exit, __u32 reason, int err)
 	return 0;
 }
 
-// kvm_fpu fires with load=1 as KVM_RUN starts (and load=0 as it returns, which
-// kvm_userspace_exit covers), on every x86 vendor (VMX, SVM, PVM): the generic "into
-// KVM_RUN" signal.
-SEC("tp_btf/kvm_fpu")
-int BPF_PROG(kvm_fpu, int load)
+// The scheduler accounts the running task's time at each tick (and switch): a watched
+// vCPU thread on a CPU is seen inside KVM_RUN or out of it a tick at a time, which tells
+// a guest spinning without exits from a VMM busy in user space.
+SEC("tp_btf/sched_stat_runtime")
+int BPF_PROG(sched_stat_runtime, struct task_struct *p)
 {
 	__u32 tid;
-	struct vcpu_stats *v;
+	struct vcpu_stats *v = current_stats(&tid);
 
-	if (!load)
-		return 0;
-	v = current_stats(&tid);
-	if (!v)
-		return 0;
-	v->runs++;
-	v->in_run = 1;
-	v->run_enter_ns = bpf_ktime_get_ns();
+	if (v && tid == p->pid)
+		note_in_run(v, in_kvm_run(p));
 	return 0;
 }
 
@@ -237,6 +275,13 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 		v->on_cpu = 0;
 		v->switch_out_ns = now;
 		v->out_state = prev_state;
+		note_in_run(v, in_kvm_run(prev));
+		// Off its CPU out of KVM_RUN for the first time since it last returned to
+		// the VMM: parked (or preempted) out of the guest from about now.
+		if (!v->in_run && (v->parked_uexits != v->uexits || !v->parked_ns)) {
+			v->parked_ns = now;
+			v->parked_uexits = v->uexits;
+		}
 		// Preempted while runnable: it waits for a CPU from now on.
 		v->runnable_ns = (preempt || prev_state == TASK_RUNNING) ? now : 0;
 	}

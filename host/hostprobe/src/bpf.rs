@@ -33,10 +33,10 @@ pub fn unverifiable_object() -> Option<&'static [u8]> {
 const PROGRAMS: &[(&str, &str, &str, bool)] = &[
     ("sched_switch", "sched", "sched_switch", true),
     ("sched_wakeup", "sched", "sched_wakeup", true),
+    ("sched_stat_runtime", "sched", "sched_stat_runtime", true),
     ("kvm_exit", "kvm", "kvm_exit", false),
     ("kvm_entry", "kvm", "kvm_entry", false),
     ("kvm_userspace_exit", "kvm", "kvm_userspace_exit", false),
-    ("kvm_fpu", "kvm", "kvm_fpu", false),
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";

@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 /// One vCPU thread's counters as the eBPF programs keep them (`struct vcpu_stats` in
-/// `bpf/hostprobe.bpf.c`; keep the two in step). Times are CLOCK_MONOTONIC ns.
+/// `bpf/hostprobe.bpf.c`; keep the two in step). Times are CLOCK_MONOTONIC ns, taken
+/// only at context switches: the per-exit programs read no clock (it would cost more
+/// than the rest of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct RawVcpu {
@@ -14,16 +16,11 @@ pub struct RawVcpu {
     pub entries: u64,
     /// `kvm_userspace_exit`s: KVM_RUN returned to the VMM.
     pub uexits: u64,
-    /// KVM_RUN calls.
-    pub runs: u64,
-    /// Last `kvm_entry`.
-    pub last_entry_ns: u64,
-    /// Last `kvm_exit`.
-    pub last_exit_ns: u64,
-    /// Last time it went into KVM_RUN.
-    pub run_enter_ns: u64,
-    /// Last time it left KVM_RUN.
-    pub run_leave_ns: u64,
+    /// First time it left a CPU out of KVM_RUN after its last return to the VMM
+    /// (0: never).
+    pub parked_ns: u64,
+    /// `uexits` at `parked_ns`: the time holds while `uexits` still equals this.
+    pub parked_uexits: u64,
     /// Last time it got a CPU.
     pub switch_in_ns: u64,
     /// Last time it left a CPU.
@@ -36,7 +33,8 @@ pub struct RawVcpu {
     pub oncpu_ns: u64,
     /// The task's `__state` when it left its CPU (0: still runnable).
     pub out_state: i64,
-    /// Inside KVM_RUN.
+    /// Inside KVM_RUN, as of its last return to the VMM, `kvm_entry`, context switch or
+    /// scheduler tick.
     pub in_run: u32,
     /// On a CPU now.
     pub on_cpu: u32,
@@ -57,11 +55,8 @@ impl Default for RawVcpu {
             exits: 0,
             entries: 0,
             uexits: 0,
-            runs: 0,
-            last_entry_ns: 0,
-            last_exit_ns: 0,
-            run_enter_ns: 0,
-            run_leave_ns: 0,
+            parked_ns: 0,
+            parked_uexits: 0,
             switch_in_ns: 0,
             switch_out_ns: 0,
             runnable_ns: 0,
@@ -125,7 +120,7 @@ impl RawVcpu {
     pub fn uses_kvm(&self) -> bool {
         // Left KVM_RUN while watched counts too: a guest that never exits entered it
         // before watching began.
-        self.runs > 0 || self.run_leave_ns != 0
+        self.uexits > 0 || self.entries > 0 || self.in_run != 0
     }
 
     /// Its state now.
@@ -145,34 +140,54 @@ impl RawVcpu {
     /// If the vCPU is stalled at `now` — frozen by its host for longer than `threshold`
     /// — its state and since when (ns). A guest that halted is idle, not stalled; a TCG
     /// vCPU (no KVM_RUN seen) is judged by the scheduler only: stopped, or starved of a
-    /// CPU. `watched_ns` is when watching began (nothing before it was seen).
-    pub fn stall(&self, now: u64, watched_ns: u64, threshold: u64) -> Option<(VcpuState, u64)> {
+    /// CPU. `watched_ns` is when watching began (nothing before it was seen);
+    /// `moved_ns` is when the watcher last saw its KVM counters move (the exit path
+    /// keeps no clock), the date of leaving KVM_RUN for a thread that has not left its
+    /// CPU since.
+    pub fn stall(
+        &self,
+        now: u64,
+        watched_ns: u64,
+        moved_ns: u64,
+        threshold: u64,
+    ) -> Option<(VcpuState, u64)> {
         let state = self.state();
         let since = match state {
             VcpuState::Stopped => self.switch_out_ns,
             VcpuState::Runnable => self.runnable_ns,
-            VcpuState::OutOfGuest => self.run_leave_ns,
+            VcpuState::OutOfGuest => self.parked_since().unwrap_or(moved_ns),
             _ => return None,
         }
         .max(watched_ns);
         (now.saturating_sub(since) > threshold).then_some((state, since))
     }
+
+    /// When it left a CPU after its last return to the VMM, if it has since.
+    fn parked_since(&self) -> Option<u64> {
+        (self.parked_ns != 0 && self.parked_uexits == self.uexits).then_some(self.parked_ns)
+    }
 }
 
 impl RawVcpu {
-    /// Whether a vCPU that stalled in `state` from `since` has made progress since: a
-    /// vCPU parked out of the guest, back into KVM_RUN; a stopped or starved one, back on
-    /// a CPU. A parked thread woken for a moment (its VMM's timed waits) is no progress,
-    /// so one freeze is one stall however its thread is poked meanwhile.
-    pub fn progressed(&self, state: VcpuState, since: u64) -> bool {
+    /// Whether a vCPU that stalled in `state` from `since`, with `uexits` returns to the
+    /// VMM then, has made progress since: a vCPU parked out of the guest, back into
+    /// KVM_RUN (or through it); a stopped or starved one, back on a CPU. A parked thread woken for a
+    /// moment (its VMM's timed waits) is no progress, so one freeze is one stall however
+    /// its thread is poked meanwhile.
+    pub fn progressed(&self, state: VcpuState, since: u64, uexits: u64) -> bool {
         match state {
-            VcpuState::OutOfGuest => self.run_enter_ns > since,
+            VcpuState::OutOfGuest => self.uexits > uexits || self.in_run != 0,
             _ => self.switch_in_ns > since,
         }
     }
 }
 
 impl RawVcpu {
+    /// KVM_RUN calls seen: each returned once, but for the one it may be in now.
+    pub fn kvm_runs(&self) -> u64 {
+        self.uexits + u64::from(self.in_run != 0)
+    }
+
     /// Its counted returns to the VMM as exit-reason keys (isa 3) and counts.
     pub fn vmm_reason_counts(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         (0u32..)
@@ -271,7 +286,7 @@ mod tests {
 
     fn kvm_vcpu() -> RawVcpu {
         RawVcpu {
-            runs: 10,
+            uexits: 10,
             in_run: 1,
             on_cpu: 1,
             ..Default::default()
@@ -287,7 +302,7 @@ mod tests {
             ..kvm_vcpu()
         };
         assert_eq!(v.state(), VcpuState::Halted);
-        assert_eq!(v.stall(10_000 * MS, 0, 500 * MS), None);
+        assert_eq!(v.stall(10_000 * MS, 0, 0, 500 * MS), None);
     }
 
     #[test]
@@ -296,17 +311,42 @@ mod tests {
             in_run: 0,
             on_cpu: 0,
             out_state: 1,
-            run_leave_ns: 1_000 * MS,
+            uexits: 7,
+            parked_uexits: 7,
+            parked_ns: 1_000 * MS,
             ..kvm_vcpu()
         };
         assert_eq!(v.state(), VcpuState::OutOfGuest);
-        assert_eq!(v.stall(1_400 * MS, 0, 500 * MS), None, "not yet");
+        // Dated by when it left its CPU, not by the watcher's later sighting.
+        let moved = 1_090 * MS;
+        assert_eq!(v.stall(1_400 * MS, 0, moved, 500 * MS), None, "not yet");
         assert_eq!(
-            v.stall(1_600 * MS, 0, 500 * MS),
+            v.stall(1_600 * MS, 0, moved, 500 * MS),
             Some((VcpuState::OutOfGuest, 1_000 * MS))
         );
         // Watching began after it left: counted from then.
-        assert_eq!(v.stall(1_600 * MS, 1_200 * MS, 500 * MS), None);
+        assert_eq!(v.stall(1_600 * MS, 1_200 * MS, moved, 500 * MS), None);
+    }
+
+    #[test]
+    fn a_vcpu_out_of_kvm_run_on_its_cpu_is_dated_by_the_watcher() {
+        // Returned to the VMM (uexits 8) and has not left its CPU since: the park at
+        // 1 s was of an earlier return, and the VMM is busy in user space.
+        let v = RawVcpu {
+            in_run: 0,
+            on_cpu: 1,
+            uexits: 8,
+            parked_uexits: 7,
+            parked_ns: 1_000 * MS,
+            ..kvm_vcpu()
+        };
+        assert_eq!(v.state(), VcpuState::OutOfGuest);
+        let moved = 2_000 * MS;
+        assert_eq!(v.stall(2_400 * MS, 0, moved, 500 * MS), None);
+        assert_eq!(
+            v.stall(2_600 * MS, 0, moved, 500 * MS),
+            Some((VcpuState::OutOfGuest, moved))
+        );
     }
 
     #[test]
@@ -317,42 +357,45 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(stopped.state(), VcpuState::Stopped);
-        assert!(stopped.stall(600 * MS, 0, 500 * MS).is_some());
+        assert!(stopped.stall(600 * MS, 0, 0, 500 * MS).is_some());
         let starved = RawVcpu {
             runnable_ns: 10 * MS,
             ..Default::default()
         };
         assert_eq!(starved.state(), VcpuState::Runnable);
-        assert!(starved.stall(600 * MS, 0, 500 * MS).is_some());
+        assert!(starved.stall(600 * MS, 0, 0, 500 * MS).is_some());
         let asleep = RawVcpu {
             out_state: 1,
             switch_out_ns: 10 * MS,
             ..Default::default()
         };
         assert_eq!(asleep.state(), VcpuState::Sleeping);
-        assert_eq!(asleep.stall(60_000 * MS, 0, 500 * MS), None);
+        assert_eq!(asleep.stall(60_000 * MS, 0, 0, 500 * MS), None);
         assert_eq!(kvm_vcpu().state(), VcpuState::InGuest);
-        assert_eq!(kvm_vcpu().stall(60_000 * MS, 0, 500 * MS), None);
+        assert_eq!(kvm_vcpu().stall(60_000 * MS, 0, 0, 500 * MS), None);
     }
 
     #[test]
     fn a_parked_vcpu_poked_awake_has_not_progressed_until_it_enters_kvm_run() {
-        let since = 1_000 * MS;
+        let (since, uexits) = (1_000 * MS, 10);
         let poked = RawVcpu {
             in_run: 0,
             on_cpu: 1,
             switch_in_ns: 1_500 * MS,
-            run_enter_ns: 900 * MS,
+            uexits,
             ..kvm_vcpu()
         };
-        assert!(!poked.progressed(VcpuState::OutOfGuest, since));
-        let back = RawVcpu {
-            run_enter_ns: 1_600 * MS,
+        assert!(!poked.progressed(VcpuState::OutOfGuest, since, uexits));
+        let inside = RawVcpu { in_run: 1, ..poked };
+        assert!(inside.progressed(VcpuState::OutOfGuest, since, uexits));
+        // Back in and out again between two polls.
+        let through = RawVcpu {
+            uexits: uexits + 1,
             ..poked
         };
-        assert!(back.progressed(VcpuState::OutOfGuest, since));
+        assert!(through.progressed(VcpuState::OutOfGuest, since, uexits));
         assert!(
-            poked.progressed(VcpuState::Stopped, since),
+            poked.progressed(VcpuState::Stopped, since, uexits),
             "a stopped one ran again"
         );
     }
@@ -367,11 +410,11 @@ mod tests {
 
     #[test]
     fn raw_layout_matches_the_c_struct() {
-        // 13 u64 + 1 s64 + 4 u32 + the reason counts in bpf/hostprobe.bpf.c's
+        // 10 u64 + 1 s64 + 4 u32 + the reason counts in bpf/hostprobe.bpf.c's
         // struct vcpu_stats.
         assert_eq!(
             std::mem::size_of::<RawVcpu>(),
-            14 * 8 + 4 * 4 + VMM_REASONS * 8
+            11 * 8 + 4 * 4 + VMM_REASONS * 8
         );
     }
 }

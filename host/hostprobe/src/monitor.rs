@@ -129,8 +129,11 @@ pub struct GuestFigures {
 
 struct VcpuWatch {
     index: u32,
-    /// The stall under way: its state and since when.
-    stalled: Option<(VcpuState, u64)>,
+    /// The stall under way: its state, since when, and its returns to the VMM then.
+    stalled: Option<(VcpuState, u64, u64)>,
+    /// Its returns to the VMM at the last poll that saw them move (or saw it inside
+    /// KVM_RUN), and when that was: the date of a return the exit path did not time.
+    moved: (u64, u64),
     /// (time, exits) at the start of the rate window, and the last rate.
     window: (u64, u64),
     rate: f64,
@@ -380,6 +383,7 @@ fn poll(
             let vw = w.vcpus.entry(*tid).or_insert(VcpuWatch {
                 index: *index,
                 stalled: None,
+                moved: (0, now),
                 window: (now, 0),
                 rate: 0.0,
             });
@@ -390,10 +394,14 @@ fn poll(
                 vw.rate = total.saturating_sub(vw.window.1) as f64 * 1e9 / dt as f64;
                 vw.window = (now, total);
             }
-            let stall = raw.stall(now, w.since_ns, threshold);
+            // Returned to the VMM since the last poll, or inside KVM_RUN now: moving.
+            if raw.uexits != vw.moved.0 || raw.in_run != 0 {
+                vw.moved = (raw.uexits, now);
+            }
+            let stall = raw.stall(now, w.since_ns, vw.moved.1, threshold);
             match (stall, vw.stalled) {
                 (Some((state, since)), None) => {
-                    vw.stalled = Some((state, since));
+                    vw.stalled = Some((state, since, raw.uexits));
                     w.stalls += 1;
                     began.push(Stall {
                         guest: name.clone(),
@@ -404,7 +412,7 @@ fn poll(
                         threshold_ms: threshold / 1_000_000,
                     });
                 }
-                (_, Some((state, since))) if raw.progressed(state, since) => {
+                (_, Some((state, since, uexits))) if raw.progressed(state, since, uexits) => {
                     vw.stalled = None;
                     tracing::info!(guest = %name, vcpu = index, "vCPU runs again");
                 }
@@ -423,7 +431,7 @@ fn poll(
                 exits: raw.exits,
                 entries: raw.entries,
                 vmm_exits: raw.uexits,
-                kvm_runs: raw.runs,
+                kvm_runs: raw.kvm_runs(),
                 exit_rate: vw.rate,
                 steal_ms: raw.steal_ns as f64 / 1e6,
                 on_cpu_ms: raw.oncpu_ns as f64 / 1e6,
