@@ -298,6 +298,7 @@ fn bad_specs_are_refused_with_line_and_column_before_building() {
         ("syntax", "kprobe:do_exit {\n  record pid comm;\n}\n", ":2:14: syntax error: expected `;` after a statement"),
         ("nofunc", "kprobe:do_exitt { record pid; }\n", ":1:1: the guest kernel"),
         ("notp", "tracepoint:sched:sched_nothing { record pid; }\n", "has no tracepoint `sched:sched_nothing`"),
+        ("tpsystem", "tracepoint:block:sched_process_exit { record pid; }\n", "has no tracepoint `block:sched_process_exit` (it is `tracepoint:sched:sched_process_exit`)"),
         ("nofield", "kprobe:do_exit {\n  record task->signal->oom_scor_adj;\n}\n", ":2:24: struct signal_struct has no member `oom_scor_adj`"),
         ("filtertype", "kprobe:do_exit /pid == \"svc\"/ { record pid; }\n", ":1:17: filter compares `pid` (s32) with a string"),
         ("filtertype2", "kprobe:do_exit /comm == 3/ { record pid; }\n", "filter compares `comm` (char[16]) with a number"),

@@ -470,6 +470,14 @@ pub fn check(spec: &Spec, k: &KernelInfo, default_name: &str) -> Result<Plan, Sp
                     ),
                 ));
             }
+            if let Some(actual) = k.tracepoint_system(event).filter(|s| s != system) {
+                return Err(SpecError::UnknownTracepoint {
+                    at: spec.point_at,
+                    name: format!("{system}:{event}"),
+                    release: k.release.clone(),
+                    hint: format!(" (it is `tracepoint:{actual}:{event}`)"),
+                });
+            }
             tp_args = params.len() - 1;
             Some((ret, params[1..].to_vec()))
         }

@@ -7,7 +7,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use goblin::elf::{section_header::SHT_NOBITS, sym::STT_FUNC, Elf};
+use goblin::elf::{
+    section_header::SHT_NOBITS,
+    sym::{STT_FUNC, STT_OBJECT},
+    Elf,
+};
 use vesper_debug::btf::{Btf, Type, TypeId};
 
 use crate::error::{io, SpecError};
@@ -108,6 +112,10 @@ pub struct KernelInfo {
     pub functions: BTreeSet<String>,
     /// Function name → its BTF `Func` (for argument and return types).
     pub func_types: HashMap<String, TypeId>,
+    /// Tracepoint event → its system (`sched_process_exit` → `sched`), read from the
+    /// kernel's own event descriptions; empty when they could not be read (then the
+    /// system a spec names is not checked).
+    pub tracepoint_systems: HashMap<String, String>,
 }
 
 impl KernelInfo {
@@ -124,6 +132,7 @@ impl KernelInfo {
             btf,
             functions,
             func_types,
+            tracepoint_systems: HashMap::new(),
         }
     }
 
@@ -162,15 +171,25 @@ impl KernelInfo {
         if functions.is_empty() {
             return Err(bad("no function symbols (a stripped vmlinux?)".into()));
         }
-        let k = KernelInfo::new(&files.release, btf, functions);
+        let mut k = KernelInfo::new(&files.release, btf, functions);
+        k.tracepoint_systems = tracepoint_systems(&elf, &map, &k.btf).unwrap_or_else(|why| {
+            tracing::warn!(release = %files.release, "tracepoint systems not read, so not checked: {why}");
+            HashMap::new()
+        });
         tracing::debug!(
             release = %files.release,
             functions = k.functions.len(),
             types = k.btf.len(),
+            tracepoints = k.tracepoint_systems.len(),
             ms = t.elapsed().as_millis() as u64,
             "kernel facts loaded"
         );
         Ok(k)
+    }
+
+    /// The system of tracepoint `event`, when known.
+    pub fn tracepoint_system(&self, event: &str) -> Option<&str> {
+        self.tracepoint_systems.get(event).map(String::as_str)
     }
 
     /// Up to five known names close to `name` (shared prefix, then edit distance).
@@ -189,6 +208,72 @@ impl KernelInfo {
             format!(" (did you mean {}?)", names.join(", "))
         }
     }
+}
+
+/// Every trace event's system, from the kernel image: each event is a `struct
+/// trace_event_call` named `event_EVENT`, whose `class` points to a `struct
+/// trace_event_class` whose `system` points to the system's name. Offsets come from
+/// the kernel's BTF; pointers are the image's link-time addresses, found through its
+/// loadable segments. Every read is bounds-checked: a name not found is left out.
+fn tracepoint_systems(
+    elf: &Elf,
+    image: &[u8],
+    btf: &Btf,
+) -> Result<HashMap<String, String>, String> {
+    let offset_of = |st: &str, member: &str| -> Result<u64, String> {
+        let id = btf
+            .struct_named(st)
+            .ok_or(format!("no struct {st} in BTF"))?;
+        let m = btf.member(id, member).map_err(|e| e.to_string())?;
+        Ok(m.bit_offset / 8)
+    };
+    let class_at = offset_of("trace_event_call", "class")?;
+    let system_at = offset_of("trace_event_class", "system")?;
+    let bytes_at = |addr: u64, len: u64| -> Option<&[u8]> {
+        let end = addr.checked_add(len)?;
+        let ph = elf.program_headers.iter().find(|ph| {
+            ph.p_type == goblin::elf::program_header::PT_LOAD
+                && addr >= ph.p_vaddr
+                && ph
+                    .p_vaddr
+                    .checked_add(ph.p_filesz)
+                    .is_some_and(|seg_end| end <= seg_end)
+        })?;
+        let start = usize::try_from(ph.p_offset.checked_add(addr - ph.p_vaddr)?).ok()?;
+        image.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    };
+    let pointer_at = |addr: u64| -> Option<u64> {
+        Some(u64::from_le_bytes(bytes_at(addr, 8)?.try_into().ok()?))
+    };
+    let name_at = |addr: u64| -> Option<String> {
+        // A system name is a C identifier; 64 bytes is plenty.
+        let b = (8..=64u64).rev().find_map(|n| bytes_at(addr, n))?;
+        let end = b.iter().position(|&c| c == 0)?;
+        let name = std::str::from_utf8(&b[..end]).ok()?;
+        (!name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'))
+            .then(|| name.to_string())
+    };
+    let mut systems = HashMap::new();
+    for sym in elf.syms.iter().filter(|s| s.st_type() == STT_OBJECT) {
+        let Some(event) = elf
+            .strtab
+            .get_at(sym.st_name)
+            .and_then(|n| n.strip_prefix("event_"))
+            .filter(|e| !e.starts_with("class_"))
+        else {
+            continue;
+        };
+        let system = pointer_at(sym.st_value + class_at)
+            .and_then(|class| pointer_at(class.checked_add(system_at)?))
+            .and_then(name_at);
+        if let Some(system) = system {
+            systems.insert(event.to_string(), system);
+        }
+    }
+    if systems.is_empty() {
+        return Err("no `event_*` trace event found in the image's symbols".into());
+    }
+    Ok(systems)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -111,7 +111,10 @@ fn kernel() -> KernelInfo {
     ]
     .map(String::from)
     .into();
-    KernelInfo::new("6.1.0-test", Btf::from_types(types), functions)
+    let mut k = KernelInfo::new("6.1.0-test", Btf::from_types(types), functions);
+    k.tracepoint_systems
+        .insert("sched_process_exit".into(), "sched".into());
+    k
 }
 
 fn err(text: &str) -> SpecError {
@@ -238,6 +241,11 @@ fn checks_functions_fields_and_types_against_the_kernel() {
         "{e}"
     );
     assert_eq!(at(&e), (1, 1));
+    let e = err("tracepoint:schedd:sched_process_exit { record pid }");
+    assert!(
+        matches!(&e, SpecError::UnknownTracepoint { hint, .. } if hint.contains("`tracepoint:sched:sched_process_exit`")),
+        "the system is checked: {e}"
+    );
     let e = err("tracepoint:sched:sched_process_exi { record pid }");
     assert!(
         matches!(&e, SpecError::UnknownTracepoint { hint, .. } if hint.contains("sched_process_exit")),
