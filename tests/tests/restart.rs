@@ -34,8 +34,9 @@ struct OwnConsole {
 
 impl OwnConsole {
     fn connect(dir: &Path) -> Self {
-        let input = std::os::unix::net::UnixStream::connect(dir.join("console.sock"))
-            .expect("connect console socket");
+        let input =
+            std::os::unix::net::UnixStream::connect(vesper_api::run_dir::console_socket(dir))
+                .expect("connect console socket");
         let mut out = input.try_clone().expect("clone");
         let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let text = output.clone();
@@ -129,8 +130,8 @@ fn a_restarted_daemon_adopts_its_running_guest_without_re_reading_records() {
     let recs = d1.wait_records("vm1", "vesper_exit_probe", "exit", WAIT, |r| !r.is_empty());
     assert_eq!(exit_pids(&recs), vec![first]);
     assert_eq!(service_exit_pids(&d1), vec![first]);
-    assert!(vm_dir.join("vm.json").is_file());
-    assert!(vm_dir.join("channels.json").is_file());
+    assert!(vesper_api::run_dir::vm_record(&vm_dir).is_file());
+    assert!(vesper_api::run_dir::channels_record(&vm_dir).is_file());
 
     // The daemon goes away; the VM does not.
     let run_dir = d1.detach();
@@ -210,7 +211,7 @@ fn a_restarted_daemon_adopts_its_running_guest_without_re_reading_records() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!vm_dir.join("vm.json").exists());
+    assert!(!vesper_api::run_dir::vm_record(&vm_dir).exists());
 }
 
 /// True while `pid` runs (a zombie counts as gone).

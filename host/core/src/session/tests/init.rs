@@ -3,13 +3,16 @@
 
 use super::*;
 
-fn load(name: &str, bytes: usize, init_timeout: Option<Duration>) -> Command {
-    Command::Load {
-        name: name.into(),
-        image: vec![0x5A; bytes].into(),
-        params: String::new(),
-        init_timeout,
+fn load_with_limit(name: &str, bytes: usize, init_timeout: Option<Duration>) -> Command {
+    let mut c = load(name, vec![0x5A; bytes]);
+    if let Command::Load {
+        init_timeout: limit,
+        ..
+    } = &mut c
+    {
+        *limit = init_timeout;
     }
+    c
 }
 
 fn init_ended(out: &PollOutcome) -> Option<(&Result<(), CommandError>, bool)> {
@@ -26,9 +29,8 @@ fn init_ended(out: &PollOutcome) -> Option<(&Result<(), CommandError>, bool)> {
 #[test]
 fn a_long_module_init_frees_the_guest_for_other_commands_and_its_end_is_reported() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
-    let id = s.submit(load("slow", 5000, None), now);
+    let (mut s, mut g) = connected(now);
+    let id = s.submit(load_with_limit("slow", 5000, None), now);
     s.poll(&g.region, now);
     let (cid, _) = guest_fetches(&mut s, &mut g, now);
     assert_eq!(g.init_starts(&mut s, cid, now), 0);
@@ -69,10 +71,9 @@ fn a_long_module_init_frees_the_guest_for_other_commands_and_its_end_is_reported
 #[test]
 fn an_init_past_its_limit_ends_the_command_and_a_late_end_is_still_reported() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
+    let (mut s, mut g) = connected(now);
     let limit = Duration::from_secs(30);
-    let id = s.submit(load("slow", 100, Some(limit)), now);
+    let id = s.submit(load_with_limit("slow", 100, Some(limit)), now);
     s.poll(&g.region, now);
     let (cid, _) = guest_fetches(&mut s, &mut g, now);
     assert_eq!(g.init_starts(&mut s, cid, now), 0);
@@ -120,9 +121,8 @@ fn an_init_past_its_limit_ends_the_command_and_a_late_end_is_still_reported() {
 #[test]
 fn a_guest_may_not_start_init_before_the_whole_image_or_after_the_host_gave_up() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
-    s.submit(load("p", 9000, None), now);
+    let (mut s, mut g) = connected(now);
+    s.submit(load_with_limit("p", 9000, None), now);
     s.poll(&g.region, now);
     let cmd: CommandResponse = g.response().payload_as().unwrap();
     // Nothing fetched yet: not a stage this load can enter; the load goes on.
@@ -155,9 +155,8 @@ fn a_guest_may_not_start_init_before_the_whole_image_or_after_the_host_gave_up()
 #[test]
 fn a_load_with_init_running_fails_when_the_session_closes() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
-    let id = s.submit(load("a", 10, None), now);
+    let (mut s, mut g) = connected(now);
+    let id = s.submit(load_with_limit("a", 10, None), now);
     s.poll(&g.region, now);
     let (cid, _) = guest_fetches(&mut s, &mut g, now);
     assert_eq!(g.init_starts(&mut s, cid, now), 0);

@@ -126,6 +126,23 @@ fn up(s: &mut Session, g: &mut Guest, now: Instant) {
     assert_eq!(s.guest().unwrap().kernel_release, "6.1.0-test");
 }
 
+/// A session and a guest that has said hello.
+fn connected(now: Instant) -> (Session, Guest) {
+    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
+    up(&mut s, &mut g, now);
+    (s, g)
+}
+
+/// Loading `image` as module `name`, no parameters, the default init limit.
+fn load(name: &str, image: Vec<u8>) -> Command {
+    Command::Load {
+        name: name.into(),
+        image: image.into(),
+        params: String::new(),
+        init_timeout: None,
+    }
+}
+
 fn done(out: PollOutcome) -> Result<Reply, CommandError> {
     out.events
         .into_iter()
@@ -166,8 +183,7 @@ fn guest_fetches(s: &mut Session, g: &mut Guest, now: Instant) -> (u64, Vec<u8>)
 #[test]
 fn a_load_streams_the_image_through_granted_pages_and_completes() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
+    let (mut s, mut g) = connected(now);
     let image: Arc<[u8]> = (0..10_000u32).map(|i| i as u8).collect::<Vec<_>>().into();
     let id = s.submit(
         Command::Load {
@@ -197,17 +213,8 @@ fn a_load_streams_the_image_through_granted_pages_and_completes() {
 #[test]
 fn init_failures_carry_errno_and_the_kernel_log() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
-    s.submit(
-        Command::Load {
-            name: "bad".into(),
-            image: vec![1u8; 10].into(),
-            params: String::new(),
-            init_timeout: None,
-        },
-        now,
-    );
+    let (mut s, mut g) = connected(now);
+    s.submit(load("bad", vec![1u8; 10]), now);
     s.poll(&g.region, now);
     let (cid, _) = guest_fetches(&mut s, &mut g, now);
     g.complete(
@@ -229,8 +236,7 @@ fn init_failures_carry_errno_and_the_kernel_log() {
 #[test]
 fn guest_errnos_map_to_operator_errors() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
+    let (mut s, mut g) = connected(now);
     for (errno, check) in [(-2, "not loaded"), (-11, "in use")] {
         s.submit(
             Command::Unload {
@@ -253,17 +259,8 @@ fn guest_errnos_map_to_operator_errors() {
 #[test]
 fn a_guest_that_goes_silent_mid_transfer_times_out_and_late_fetches_are_cancelled() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
-    s.submit(
-        Command::Load {
-            name: "p".into(),
-            image: vec![9u8; 9000].into(),
-            params: String::new(),
-            init_timeout: None,
-        },
-        now,
-    );
+    let (mut s, mut g) = connected(now);
+    s.submit(load("p", vec![9u8; 9000]), now);
     s.poll(&g.region, now);
     let cmd: CommandResponse = g.response().payload_as().unwrap();
     g.grant(0, STAGING, 4096, GRANT_WRITE, GRANT_OWNER_STAGING);
@@ -320,17 +317,8 @@ fn a_command_nobody_picks_up_fails_as_not_responding() {
 #[test]
 fn bad_grants_fail_the_command_and_the_host_writes_nothing() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
-    s.submit(
-        Command::Load {
-            name: "p".into(),
-            image: vec![0xAB; 100].into(),
-            params: String::new(),
-            init_timeout: None,
-        },
-        now,
-    );
+    let (mut s, mut g) = connected(now);
+    s.submit(load("p", vec![0xAB; 100]), now);
     s.poll(&g.region, now);
     let cmd: CommandResponse = g.response().payload_as().unwrap();
     // A grant pointing at the ring area, read-only, and owned by someone else.
@@ -365,8 +353,7 @@ fn bad_grants_fail_the_command_and_the_host_writes_nothing() {
 #[test]
 fn module_lists_are_read_from_the_granted_range() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
+    let (mut s, mut g) = connected(now);
     s.submit(Command::List, now);
     s.poll(&g.region, now);
     let cmd: CommandResponse = g.response().payload_as().unwrap();
@@ -412,8 +399,7 @@ fn module_lists_are_read_from_the_granted_range() {
 #[test]
 fn a_restarted_guest_fails_the_active_command_and_keeps_the_queue() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
+    let (mut s, mut g) = connected(now);
     s.submit(Command::Kmsg, now);
     s.poll(&g.region, now);
     g.response();
@@ -459,8 +445,7 @@ fn requests_of_an_old_generation_are_ignored() {
 #[test]
 fn random_bytes_in_the_request_ring_never_panic_and_are_reported_once() {
     let now = Instant::now();
-    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
-    up(&mut s, &mut g, now);
+    let (mut s, g) = connected(now);
     let mut x = 0x1234_5678_9abc_def0u64;
     for round in 0..200 {
         let mut junk = vec![0u8; 4096];
