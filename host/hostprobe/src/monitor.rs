@@ -98,7 +98,7 @@ pub struct VcpuFigures {
     pub entries: u64,
     /// Returns of KVM_RUN to the VMM (`kvm:kvm_userspace_exit`).
     pub vmm_exits: u64,
-    /// KVM_RUN calls.
+    /// KVM_RUN calls seen: its returns, and the one it is in, if it is.
     pub kvm_runs: u64,
     /// Exits (guest-mode and to the VMM) per second over the last second or so.
     pub exit_rate: f64,
