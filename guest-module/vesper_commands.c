@@ -481,18 +481,6 @@ out:
 	kvfree(e);
 }
 
-static const char *vf_op_name(u32 op)
-{
-	switch (op) {
-	case VESPER_OP_LOAD: return "load";
-	case VESPER_OP_UNLOAD: return "unload";
-	case VESPER_OP_LIST: return "list";
-	case VESPER_OP_KMSG: return "kmsg";
-	case VESPER_OP_CLOCK: return "clock";
-	default: return "unknown";
-	}
-}
-
 /*
  * Execute fe->cmd and post its completion. Returns -ESHUTDOWN if the frontend is
  * stopping (no completion posted), else 0.
@@ -546,7 +534,7 @@ int vf_run_command(struct vesper_front *fe)
 	c->stage = r.error ? r.stage : VESPER_STAGE_DONE;
 	if (r.error) {
 		pr_info(VESPER_DRV_NAME ": command %llu (%s %s) failed at stage %u: %d\n",
-			c->command_id, vf_op_name(c->op), name, c->stage, c->error);
+			c->command_id, vesper_op_name(c->op), name, c->stage, c->error);
 		vf_fill_log(c);
 	}
 

@@ -180,6 +180,19 @@
 /* Size of the kernel-log field of a completion. */
 #define VESPER_LOG_LEN 0xe00U
 
+/* The name of command VESPER_OP_*, as logs print it (from OP_NAMES). */
+static inline const char *vesper_op_name(unsigned int op)
+{
+	switch (op) {
+	case 1: return "load";
+	case 2: return "unload";
+	case 3: return "list";
+	case 4: return "kmsg";
+	case 5: return "clock";
+	default: return "unknown";
+	}
+}
+
 /* First page of the region. */
 struct vesper_region_header {
 	uint64_t magic;

@@ -3,10 +3,10 @@
 use alloc::format;
 use alloc::string::String;
 
-use crate::{ALL_CONSTS, ALL_STRUCTS};
+use crate::{ALL_CONSTS, ALL_STRUCTS, OP_NAMES};
 
-/// The C header for the guest module: every ABI constant as `VESPER_<NAME>` and every
-/// wire struct as `struct vesper_<name>`, with size and offset assertions so the C
+/// The C header for the guest module: every ABI constant as `VESPER_<NAME>`, the
+/// commands' names (`vesper_op_name`), and every wire struct as `struct vesper_<name>`, with size and offset assertions so the C
 /// compiler refuses a header that does not match its own layout rules.
 pub fn c_header() -> String {
     let mut out = String::new();
@@ -33,6 +33,14 @@ pub fn c_header() -> String {
             suffix
         ));
     }
+    out.push_str(
+        "\n/* The name of command VESPER_OP_*, as logs print it (from OP_NAMES). */\n\
+         static inline const char *vesper_op_name(unsigned int op)\n{\n\tswitch (op) {\n",
+    );
+    for (op, name) in OP_NAMES {
+        out.push_str(&format!("\tcase {op}: return \"{name}\";\n"));
+    }
+    out.push_str("\tdefault: return \"unknown\";\n\t}\n}\n");
     for (c_name, doc, fields, size) in ALL_STRUCTS {
         out.push_str(&format!(
             "\n/* {} */\nstruct {} {{\n",

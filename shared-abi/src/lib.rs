@@ -323,6 +323,16 @@ abi_consts! {
     pub const LOG_LEN: u32 = 3584;
 }
 
+/// Each command (`OP_*`) by the name both sides' logs give it; the C header's
+/// `vesper_op_name()` is generated from this.
+pub const OP_NAMES: &[(u32, &str)] = &[
+    (OP_LOAD, "load"),
+    (OP_UNLOAD, "unload"),
+    (OP_LIST, "list"),
+    (OP_KMSG, "kmsg"),
+    (OP_CLOCK, "clock"),
+];
+
 wire_structs! {
     /// First page of the region.
     c_name = "vesper_region_header";

@@ -323,18 +323,6 @@ static const void *rsp_payload(void)
 
 /* ---- commands ----------------------------------------------------------------- */
 
-static const char *op_name(uint32_t op)
-{
-	switch (op) {
-	case VESPER_OP_LOAD: return "load";
-	case VESPER_OP_UNLOAD: return "unload";
-	case VESPER_OP_LIST: return "list";
-	case VESPER_OP_KMSG: return "kmsg";
-	case VESPER_OP_CLOCK: return "clock";
-	default: return "unknown";
-	}
-}
-
 static void fail(int error, uint32_t stage)
 {
 	fe.cmpl.error = error;
@@ -430,7 +418,7 @@ static void run_command(void)
 
 	if (fe.cmpl.error) {
 		pr("vesper-mini: command %lu (%s %s) failed at stage %u: %d",
-		   (unsigned long)fe.cmpl.command_id, op_name(fe.cmpl.op), name, fe.cmpl.stage,
+		   (unsigned long)fe.cmpl.command_id, vesper_op_name(fe.cmpl.op), name, fe.cmpl.stage,
 		   fe.cmpl.error);
 		fe.cmpl.log_len = (uint32_t)log_tail((char *)fe.cmpl.log, sizeof(fe.cmpl.log));
 	} else {
