@@ -71,6 +71,15 @@ struct Active {
     sent: u64,
 }
 
+/// One request from the guest as its handler sees it: the region to answer in, the
+/// message, and when the poll read it.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    region: &'a SharedRegion,
+    msg: &'a Message,
+    now: Instant,
+}
+
 /// The host half of one guest's control protocol. Pure logic over the region: the
 /// daemon calls [`Session::poll`] when the doorbell rings, a command arrives, or
 /// [`Session::next_deadline`] passes, and notifies the guest when asked to.
@@ -304,12 +313,8 @@ impl Session {
         self.channels.read(region, known, &mut out.events);
     }
 
-    fn on_relay_open(
-        &mut self,
-        region: &SharedRegion,
-        msg: &Message,
-        out: &mut PollOutcome,
-    ) -> Result<(), ShmemError> {
+    fn on_relay_open(&mut self, r: Request, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let Request { region, msg, .. } = r;
         let req: RelayOpenRequest = msg.payload_as()?;
         let status = self
             .channels
@@ -317,12 +322,8 @@ impl Session {
         self.respond(region, &msg.header, status, &[], out)
     }
 
-    fn on_relay_close(
-        &mut self,
-        region: &SharedRegion,
-        msg: &Message,
-        out: &mut PollOutcome,
-    ) -> Result<(), ShmemError> {
+    fn on_relay_close(&mut self, r: Request, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let Request { region, msg, .. } = r;
         let req: RelayCloseRequest = msg.payload_as()?;
         let status = self.channels.close(region, &req, &mut out.events);
         self.respond(region, &msg.header, status, &[], out)
@@ -358,8 +359,9 @@ impl Session {
         out: &mut PollOutcome,
     ) -> Result<(), ShmemError> {
         let h = msg.header;
+        let r = Request { region, msg, now };
         if h.kind == REQ_HELLO {
-            return self.on_hello(region, msg, out);
+            return self.on_hello(r, out);
         }
         let current = self.info.as_ref().map(|i| i.generation);
         if current != Some(h.generation) {
@@ -376,11 +378,11 @@ impl Session {
                 self.standing_wait = Some(h);
                 Ok(())
             }
-            REQ_FETCH_CHUNK => self.on_fetch(region, msg, now, out),
-            REQ_PROGRESS => self.on_progress(region, msg, now, out),
-            REQ_RELAY_OPEN => self.on_relay_open(region, msg, out),
-            REQ_RELAY_CLOSE => self.on_relay_close(region, msg, out),
-            REQ_COMPLETION => self.on_completion(region, msg, now, out),
+            REQ_FETCH_CHUNK => self.on_fetch(r, out),
+            REQ_PROGRESS => self.on_progress(r, out),
+            REQ_RELAY_OPEN => self.on_relay_open(r, out),
+            REQ_RELAY_CLOSE => self.on_relay_close(r, out),
+            REQ_COMPLETION => self.on_completion(r, out),
             other => {
                 tracing::warn!(kind = other, "unknown request kind; answering -EINVAL");
                 self.respond(region, &h, -EINVAL, &[], out)
@@ -388,12 +390,8 @@ impl Session {
         }
     }
 
-    fn on_hello(
-        &mut self,
-        region: &SharedRegion,
-        msg: &Message,
-        out: &mut PollOutcome,
-    ) -> Result<(), ShmemError> {
+    fn on_hello(&mut self, r: Request, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let Request { region, msg, .. } = r;
         let hello: HelloRequest = msg.payload_as()?;
         let info = GuestInfo {
             kernel_release: lossy(c_str_bytes(&hello.kernel_release)),
@@ -502,13 +500,8 @@ impl Session {
         Ok(())
     }
 
-    fn on_fetch(
-        &mut self,
-        region: &SharedRegion,
-        msg: &Message,
-        now: Instant,
-        out: &mut PollOutcome,
-    ) -> Result<(), ShmemError> {
+    fn on_fetch(&mut self, r: Request, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let Request { region, msg, now } = r;
         let req: FetchChunkRequest = msg.payload_as()?;
         let step_timeout = self.config.step_timeout;
         let max_chunk = self.config.max_chunk as u64;
@@ -571,13 +564,8 @@ impl Session {
 
     /// The guest is about to start a long stage of a command (a module's init): from
     /// now its command thread is free and the load waits by its own init limit.
-    fn on_progress(
-        &mut self,
-        region: &SharedRegion,
-        msg: &Message,
-        now: Instant,
-        out: &mut PollOutcome,
-    ) -> Result<(), ShmemError> {
+    fn on_progress(&mut self, r: Request, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let Request { region, msg, now } = r;
         let req: ProgressRequest = msg.payload_as()?;
         let load = match self.active.take() {
             Some(Active {
@@ -630,13 +618,12 @@ impl Session {
     /// The completion of a load whose init the host waited for or had given up on.
     fn on_init_completion(
         &mut self,
-        region: &SharedRegion,
-        msg: &Message,
+        r: Request,
         c: &CompletionRequest,
         log: String,
-        now: Instant,
         out: &mut PollOutcome,
     ) -> Option<Result<(), ShmemError>> {
+        let Request { region, msg, now } = r;
         let (id, name, bytes, started, waiting) =
             if let Some(i) = self.initializing.iter().position(|i| i.id == c.command_id) {
                 let i = self.initializing.remove(i);
@@ -674,16 +661,11 @@ impl Session {
         Some(self.respond(region, &msg.header, 0, &[], out))
     }
 
-    fn on_completion(
-        &mut self,
-        region: &SharedRegion,
-        msg: &Message,
-        now: Instant,
-        out: &mut PollOutcome,
-    ) -> Result<(), ShmemError> {
+    fn on_completion(&mut self, r: Request, out: &mut PollOutcome) -> Result<(), ShmemError> {
+        let Request { region, msg, .. } = r;
         let c: CompletionRequest = msg.payload_as()?;
         let log = lossy(&c.log[..(c.log_len.min(LOG_LEN)) as usize]);
-        if let Some(done) = self.on_init_completion(region, msg, &c, log.clone(), now, out) {
+        if let Some(done) = self.on_init_completion(r, &c, log.clone(), out) {
             return done;
         }
         let active = match self.active.take() {
