@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vesper_shmem::grant::GrantNeed;
-use vesper_shmem::SharedRegion;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -292,32 +290,6 @@ impl Vm {
     /// to use it from another thread while the VM runs.
     pub fn frame_grants(&self) -> &GuestFrameGrants {
         &self.frame_grants
-    }
-
-    /// Copies `len` bytes at byte `at` of the guest RAM frames granted by `grant_ref` in
-    /// `region` (the VM's Vesper region). See [`GuestFrameGrants::read`].
-    pub fn read_granted_frames(
-        &self,
-        region: &SharedRegion,
-        grant_ref: u32,
-        need: GrantNeed,
-        at: u64,
-        len: u64,
-    ) -> Result<Vec<u8>> {
-        self.frame_grants().read(region, grant_ref, need, at, len)
-    }
-
-    /// Copies `data` to byte `at` of the guest RAM frames granted (writable) by
-    /// `grant_ref`. See [`GuestFrameGrants::write`].
-    pub fn write_granted_frames(
-        &self,
-        region: &SharedRegion,
-        grant_ref: u32,
-        need: GrantNeed,
-        at: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        self.frame_grants().write(region, grant_ref, need, at, data)
     }
 
     /// A debugger's handle on this VM (pause, registers, memory, guest debug), for use

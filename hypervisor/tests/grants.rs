@@ -473,13 +473,14 @@ fn the_host_reads_and_writes_granted_guest_frames_and_nothing_else() {
     // After the run, through the Vm: grant 5 is still live, grant 3 is not.
     let n = need(&m.region);
     assert_eq!(
-        m.vm.read_granted_frames(&m.region, 5, n, 0, 8).unwrap(),
+        m.vm.frame_grants().read(&m.region, 5, n, 0, 8).unwrap(),
         HOST_WROTE
     );
-    assert!(m.vm.read_granted_frames(&m.region, 3, n, 0, 8).is_err());
+    assert!(m.vm.frame_grants().read(&m.region, 3, n, 0, 8).is_err());
     assert!(m
         .vm
-        .write_granted_frames(&m.region, 5, n, 4090, b"too long")
+        .frame_grants()
+        .write(&m.region, 5, n, 4090, b"too long")
         .is_err());
     // Copied: the walk's two reads of A and its write of C, then the read of C above.
     // Refused and counted: the walk's four at step 0 and one per step 2-7, then two above
