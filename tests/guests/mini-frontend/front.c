@@ -150,19 +150,20 @@ void front_doorbell(uint32_t vector)
 
 /* ---- grants ------------------------------------------------------------------- */
 
-int front_grant(uint64_t offset, uint32_t len, uint32_t access, uint32_t owner)
+/*
+ * Fills a free grant entry and makes it live: `where` is a region offset, or a
+ * guest-physical address when `access` has VESPER_GRANT_GUEST_FRAMES.
+ */
+static int publish_grant(uint64_t where, uint32_t len, uint32_t access, uint32_t owner)
 {
 	struct vesper_grant_entry *g;
 
-	if (offset < VESPER_DATA_AREA_OFFSET || offset > fe.region_size ||
-	    len > fe.region_size - offset)
-		return -EINVAL;
 	for (uint32_t ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
 		if (fe.grant_used[ref])
 			continue;
 		g = grant_entry(ref);
 		WRITE_ONCE(g->state, VESPER_GRANT_STATE_FREE);
-		WRITE_ONCE(g->offset, offset);
+		WRITE_ONCE(g->offset, where);
 		WRITE_ONCE(g->len, len);
 		WRITE_ONCE(g->access, access);
 		WRITE_ONCE(g->owner, owner);
@@ -177,6 +178,14 @@ int front_grant(uint64_t offset, uint32_t len, uint32_t access, uint32_t owner)
 	return -ENOSPC;
 }
 
+int front_grant(uint64_t offset, uint32_t len, uint32_t access, uint32_t owner)
+{
+	if (offset < VESPER_DATA_AREA_OFFSET || offset > fe.region_size ||
+	    len > fe.region_size - offset)
+		return -EINVAL;
+	return publish_grant(offset, len, access, owner);
+}
+
 /*
  * Grants guest RAM frames instead of a range of the region: only when the host offered
  * it (a VMM that owns guest RAM). The mini frontend runs identity-mapped, so a buffer's
@@ -185,30 +194,13 @@ int front_grant(uint64_t offset, uint32_t len, uint32_t access, uint32_t owner)
 int front_grant_frames(const void *frames, uint32_t len, uint32_t access, uint32_t owner)
 {
 	uint64_t gpa = (uint64_t)(uintptr_t)frames;
-	struct vesper_grant_entry *g;
 
 	if (!(READ_ONCE(hdr()->host_features) & VESPER_HOST_FEATURE_GUEST_FRAMES))
 		return -EOPNOTSUPP;
 	if (gpa % VESPER_PAGE_SIZE || !len || len % VESPER_PAGE_SIZE ||
 	    len > VESPER_GRANT_FRAMES_MAX_LEN)
 		return -EINVAL;
-	for (uint32_t ref = 0; ref < VESPER_GRANT_ENTRIES; ref++) {
-		if (fe.grant_used[ref])
-			continue;
-		g = grant_entry(ref);
-		WRITE_ONCE(g->state, VESPER_GRANT_STATE_FREE);
-		WRITE_ONCE(g->offset, gpa);
-		WRITE_ONCE(g->len, len);
-		WRITE_ONCE(g->access, access | VESPER_GRANT_GUEST_FRAMES);
-		WRITE_ONCE(g->owner, owner);
-		WRITE_ONCE(g->generation, fe.generation);
-		WRITE_ONCE(g->reserved, 0);
-		wmb();
-		WRITE_ONCE(g->state, VESPER_GRANT_STATE_ACTIVE);
-		fe.grant_used[ref] = 1;
-		return (int)ref;
-	}
-	return -ENOSPC;
+	return publish_grant(gpa, len, access | VESPER_GRANT_GUEST_FRAMES, owner);
 }
 
 void front_revoke(uint32_t ref)
