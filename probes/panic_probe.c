@@ -45,6 +45,18 @@ static bool vesper_panic_kp_live;
 static atomic_t vesper_panic_taken = ATOMIC_INIT(0);
 static struct vesper_panic_record vesper_panic_rec;
 
+/* Skips a width or precision: '*' takes an argument (counted in *n), digits do not. */
+static const char *vesper_panic_fmt_count(const char *p, int *n)
+{
+	if (*p == '*') {
+		(*n)++;
+		return p + 1;
+	}
+	while (isdigit(*p))
+		p++;
+	return p;
+}
+
 /*
  * Arguments fmt consumes (each conversion, and each '*' width or precision), or -1 if
  * it has a conversion the kernel's vsnprintf does not handle (floating point, %n, an
@@ -63,23 +75,9 @@ static int vesper_panic_fmt_args(const char *fmt)
 		}
 		while (*p && strchr("-+ #0", *p))
 			p++;
-		if (*p == '*') {
-			n++;
-			p++;
-		} else {
-			while (isdigit(*p))
-				p++;
-		}
-		if (*p == '.') {
-			p++;
-			if (*p == '*') {
-				n++;
-				p++;
-			} else {
-				while (isdigit(*p))
-					p++;
-			}
-		}
+		p = vesper_panic_fmt_count(p, &n);
+		if (*p == '.')
+			p = vesper_panic_fmt_count(p + 1, &n);
 		while (*p && strchr("hlLzZt", *p))
 			p++;
 		if (!*p)
