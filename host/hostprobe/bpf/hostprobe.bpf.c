@@ -105,12 +105,24 @@ struct {
 	__type(value, struct vcpu_stats);
 } stats SEC(".maps");
 
-// The task on this CPU since its last context switch, and its slot + 1 (0: not a
-// watched vCPU thread).
+// The task on this CPU since its last context switch, its slot + 1 (0: not a watched
+// vCPU thread), and the filter's generation when that was looked up.
 struct current {
 	__u32 tid;
 	__u32 slot;
+	__u64 gen;
 };
+
+// The filter's generation: the host bumps it after each change to `vcpus`, so a CPU's
+// cached answer for the task it is running is looked up again (a thread added while
+// on its CPU is counted from then, not from its next context switch; a removed one
+// stops being counted in a slot that may go to another thread).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} vcpus_gen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -133,13 +145,32 @@ static __always_inline struct vcpu_stats *slot_stats(__u32 slot_plus1)
 	return slot_plus1 ? bpf_map_lookup_elem(&stats, &slot) : 0;
 }
 
-// The stats of the vCPU thread running on this CPU, or NULL.
-static __always_inline struct vcpu_stats *current_stats(__u32 *tid)
+// The filter's generation now.
+static __always_inline __u64 filter_gen(void)
 {
 	__u32 zero = 0;
-	struct current *c = bpf_map_lookup_elem(&current_vcpu, &zero);
+	__u64 *gen = bpf_map_lookup_elem(&vcpus_gen, &zero);
 
-	if (!c || !c->slot)
+	return gen ? *gen : 0;
+}
+
+// The stats of the vCPU thread running on this CPU, or NULL. The per-CPU cache is
+// looked up again (one hash lookup) when the filter changed since it was filled.
+static __always_inline struct vcpu_stats *current_stats(__u32 *tid)
+{
+	__u32 zero = 0, *slot;
+	struct current *c = bpf_map_lookup_elem(&current_vcpu, &zero);
+	__u64 gen = filter_gen();
+
+	if (!c)
+		return 0;
+	if (c->gen != gen) {
+		c->tid = (__u32)bpf_get_current_pid_tgid();
+		slot = bpf_map_lookup_elem(&vcpus, &c->tid);
+		c->slot = slot ? *slot + 1 : 0;
+		c->gen = gen;
+	}
+	if (!c->slot)
 		return 0;
 	*tid = c->tid;
 	return slot_stats(c->slot);
@@ -159,11 +190,14 @@ static __always_inline void count_reason(__u32 tid, __u32 reason)
 #define NR_IOCTL 16      // x86-64
 #define KVM_RUN_IOCTL 0xae80 // _IO(KVMIO, 0x80)
 
-// Whether `t` is inside KVM_RUN now. KVM's vcpu_load() registers a preempt notifier on
-// the task for the length of a vCPU ioctl and vcpu_put() removes it, so a notifier says
-// "inside a vCPU ioctl"; the syscall registers saved at its entry say which (a VMM's
-// register reads while it holds a vCPU paused are not KVM_RUN). Without either field
-// (no KVM, not x86-64): never.
+#define IN_RUN_UNKNOWN 2
+
+// Whether `t` is inside KVM_RUN now: 1 or 0, or IN_RUN_UNKNOWN where this kernel
+// cannot say. KVM's vcpu_load() registers a preempt notifier on the task for the length
+// of a vCPU ioctl and vcpu_put() removes it, so a notifier says "inside a vCPU ioctl";
+// the syscall registers saved at its entry say which (a VMM's register reads while it
+// holds a vCPU paused are not KVM_RUN). Without preempt notifiers (no KVM): 0. Without
+// x86-64's syscall registers, a notifier cannot be told from KVM_RUN: unknown.
 static __always_inline __u32 in_kvm_run(struct task_struct *t)
 {
 	struct pt_regs *regs;
@@ -171,14 +205,17 @@ static __always_inline __u32 in_kvm_run(struct task_struct *t)
 	if (!bpf_core_field_exists(t->preempt_notifiers) || !t->preempt_notifiers.first)
 		return 0;
 	regs = (struct pt_regs *)bpf_task_pt_regs(t);
-	if (!regs || !bpf_core_field_exists(regs->orig_ax))
-		return 0;
+	if (!regs || !bpf_core_field_exists(regs->orig_ax) || !bpf_core_field_exists(regs->si))
+		return IN_RUN_UNKNOWN;
 	return regs->orig_ax == NR_IOCTL && (__u32)regs->si == KVM_RUN_IOCTL;
 }
 
-// Seen inside KVM_RUN: any park before is over (the next one is dated afresh).
+// Seen inside KVM_RUN or out of it (unknown: keep what the KVM tracepoints said); seen
+// inside, any park before is over (the next one is dated afresh).
 static __always_inline void note_in_run(struct vcpu_stats *v, __u32 in_run)
 {
+	if (in_run == IN_RUN_UNKNOWN)
+		return;
 	v->in_run = in_run;
 	if (in_run)
 		v->parked_ns = 0;
@@ -260,10 +297,11 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 
 	if (!c)
 		return 0;
-	if (c->tid == prev_pid) {
+	if (c->tid == prev_pid && c->gen == filter_gen()) {
 		v = slot_stats(c->slot);
 	} else {
-		// First switch on this CPU since loading: the cache does not know prev.
+		// First switch on this CPU since loading, or the filter changed since the
+		// cache was filled: look prev up.
 		slot = bpf_map_lookup_elem(&vcpus, &prev_pid);
 		if (slot)
 			v = slot_stats(*slot + 1);
@@ -288,6 +326,7 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	slot = bpf_map_lookup_elem(&vcpus, &next_pid);
 	c->tid = next_pid;
 	c->slot = slot ? *slot + 1 : 0;
+	c->gen = filter_gen();
 	v = slot ? slot_stats(*slot + 1) : 0;
 	if (v) {
 		if (!now)

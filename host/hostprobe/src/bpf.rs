@@ -50,6 +50,9 @@ pub(crate) struct Loaded {
     pub(crate) vcpus: HashMap<MapData, u32, u32>,
     /// Each slot's counters.
     pub(crate) stats: Array<MapData, RawVcpu>,
+    /// The filter's generation, bumped after each change to `vcpus` (the programs'
+    /// per-CPU caches look their task up again when it moved).
+    pub(crate) generation: Array<MapData, u64>,
     pub(crate) reasons: HashMap<MapData, ReasonKey, u64>,
     /// `category:name` of each tracepoint attached.
     pub(crate) attached: Vec<String>,
@@ -202,10 +205,19 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Loaded, HostProbeError> {
         map: "stats",
         source: Box::new(source),
     })?;
+    let generation = ebpf.take_map("vcpus_gen").ok_or(HostProbeError::Missing {
+        kind: "map",
+        name: "vcpus_gen".into(),
+    })?;
+    let generation = Array::try_from(generation).map_err(|source| HostProbeError::Map {
+        map: "vcpus_gen",
+        source: Box::new(source),
+    })?;
     Ok(Loaded {
         _ebpf: ebpf,
         vcpus,
         stats,
+        generation,
         reasons,
         attached,
         missing,

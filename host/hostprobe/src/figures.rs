@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// One vCPU thread's counters as the eBPF programs keep them (`struct vcpu_stats` in
 /// `bpf/hostprobe.bpf.c`; keep the two in step). Times are CLOCK_MONOTONIC ns, taken
-/// only at context switches: the per-exit programs read no clock (it would cost more
-/// than the rest of them).
+/// by the scheduler's programs (context switches, wakeups): the per-exit programs read
+/// no clock (it would cost more than the rest of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct RawVcpu {

@@ -131,6 +131,9 @@ struct VcpuWatch {
     index: u32,
     /// The stall under way: its state, since when, and its returns to the VMM then.
     stalled: Option<(VcpuState, u64, u64)>,
+    /// When the last stall ended (0: none yet): a next one starts no earlier, so marks
+    /// left from before it (a park dated before a SIGSTOP) do not date a new stall back.
+    ended_ns: u64,
     /// Its returns to the VMM at the last poll that saw them move (or saw it inside
     /// KVM_RUN), and when that was: the date of a return the exit path did not time.
     moved: (u64, u64),
@@ -266,6 +269,8 @@ impl Drop for HostProbes {
 struct Filtered {
     slots: BTreeMap<u32, u32>,
     next: u32,
+    /// The filter's generation, as last written to the `vcpus_gen` map.
+    generation: u64,
 }
 
 impl Filtered {
@@ -318,10 +323,12 @@ fn poll(
             wanted.insert(tid, (name.clone(), index));
         }
     }
+    let mut changed = false;
     for tid in filtered.slots.keys().copied().collect::<Vec<_>>() {
         if !wanted.contains_key(&tid) {
             let _ = loaded.vcpus.remove(&tid);
             filtered.slots.remove(&tid);
+            changed = true;
         }
     }
     for tid in wanted.keys() {
@@ -343,8 +350,16 @@ fn poll(
         match added {
             Ok(()) => {
                 filtered.slots.insert(*tid, slot);
+                changed = true;
             }
             Err(e) => tracing::warn!(tid, "cannot watch a vCPU thread: {e}"),
+        }
+    }
+    if changed {
+        // Every CPU's cached answer for its running task is looked up again.
+        filtered.generation += 1;
+        if let Err(e) = loaded.generation.set(0, filtered.generation, 0) {
+            tracing::warn!("cannot bump the vCPU filter's generation: {e}");
         }
     }
     // Exit reasons by thread; entries of threads no longer watched are dropped.
@@ -383,6 +398,7 @@ fn poll(
             let vw = w.vcpus.entry(*tid).or_insert(VcpuWatch {
                 index: *index,
                 stalled: None,
+                ended_ns: 0,
                 moved: (0, now),
                 window: (now, 0),
                 rate: 0.0,
@@ -398,7 +414,7 @@ fn poll(
             if raw.uexits != vw.moved.0 || raw.in_run != 0 {
                 vw.moved = (raw.uexits, now);
             }
-            let stall = raw.stall(now, w.since_ns, vw.moved.1, threshold);
+            let stall = raw.stall(now, w.since_ns.max(vw.ended_ns), vw.moved.1, threshold);
             match (stall, vw.stalled) {
                 (Some((state, since)), None) => {
                     vw.stalled = Some((state, since, raw.uexits));
@@ -414,6 +430,7 @@ fn poll(
                 }
                 (_, Some((state, since, uexits))) if raw.progressed(state, since, uexits) => {
                     vw.stalled = None;
+                    vw.ended_ns = now;
                     tracing::info!(guest = %name, vcpu = index, "vCPU runs again");
                 }
                 _ => {}

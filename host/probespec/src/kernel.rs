@@ -156,7 +156,10 @@ impl KernelInfo {
             .find(|sh| {
                 elf.shdr_strtab.get_at(sh.sh_name) == Some(".BTF") && sh.sh_type != SHT_NOBITS
             })
-            .and_then(|sh| map.get(sh.sh_offset as usize..(sh.sh_offset + sh.sh_size) as usize))
+            .and_then(|sh| {
+                let start = usize::try_from(sh.sh_offset).ok()?;
+                map.get(start..start.checked_add(usize::try_from(sh.sh_size).ok()?)?)
+            })
             .ok_or_else(|| {
                 bad("no .BTF section (a kernel built without CONFIG_DEBUG_INFO_BTF)".into())
             })?;
@@ -227,6 +230,13 @@ fn tracepoint_systems(
         let m = btf.member(id, member).map_err(|e| e.to_string())?;
         Ok(m.bit_offset / 8)
     };
+    if !elf.is_64 || !elf.little_endian {
+        return Err("not a 64-bit little-endian image".into());
+    }
+    let call_id = btf
+        .struct_named("trace_event_call")
+        .ok_or("no struct trace_event_call in BTF")?;
+    let call_size = btf.size_of(call_id).map_err(|e| e.to_string())?;
     let class_at = offset_of("trace_event_call", "class")?;
     let system_at = offset_of("trace_event_class", "system")?;
     let bytes_at = |addr: u64, len: u64| -> Option<&[u8]> {
@@ -254,7 +264,12 @@ fn tracepoint_systems(
             .then(|| name.to_string())
     };
     let mut systems = HashMap::new();
-    for sym in elf.syms.iter().filter(|s| s.st_type() == STT_OBJECT) {
+    // A trace event's descriptor, not another `event_*` object (perf's `event_attr_*`).
+    let descriptors = elf
+        .syms
+        .iter()
+        .filter(|s| s.st_type() == STT_OBJECT && s.st_size == call_size);
+    for sym in descriptors {
         let Some(event) = elf
             .strtab
             .get_at(sym.st_name)
@@ -263,7 +278,10 @@ fn tracepoint_systems(
         else {
             continue;
         };
-        let system = pointer_at(sym.st_value + class_at)
+        let system = sym
+            .st_value
+            .checked_add(class_at)
+            .and_then(pointer_at)
             .and_then(|class| pointer_at(class.checked_add(system_at)?))
             .and_then(name_at);
         if let Some(system) = system {
