@@ -10,6 +10,11 @@
 //!    handle (what `vesper vm pause` does); the time from the pause call to the
 //!    `vcpu_stall` callback, beside the configured threshold, `VESPER_HP_STALLS` times
 //!    (default 5) for thresholds of 300 ms and 1000 ms.
+//! 3. What every other task on the host pays: two threads of no VM passing a byte back
+//!    and forth over a pair of Unix sockets (each round trip two wakeups and the
+//!    context switches they bring, where the scheduler programs run), `VESPER_HP_PINGS`
+//!    round trips (default 100000) per run, with and without host probes loaded,
+//!    alternating, 5 rounds.
 //!
 //! `cargo bench -p vesper-e2e --bench host_probes` (root and /dev/kvm; skipped loudly
 //! otherwise).
@@ -232,4 +237,75 @@ fn main() {
     println!("\n== delay from a vCPU stall starting (pause) to the vcpu_stall event");
     stall_delay(300);
     stall_delay(1000);
+    host_wide();
+}
+
+/// One run of `n` round trips between two threads; ns per round trip.
+fn ping_pong(n: u64) -> f64 {
+    use std::io::{Read, Write};
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8];
+        while b.read_exact(&mut byte).is_ok() {
+            if b.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let mut byte = [1u8];
+    let start = Instant::now();
+    for _ in 0..n {
+        a.write_all(&byte).expect("ping");
+        a.read_exact(&mut byte).expect("pong");
+    }
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    drop(a);
+    let _ = echo.join();
+    ns
+}
+
+fn host_wide() {
+    let n = env("VESPER_HP_PINGS", 100_000);
+    println!("\n== cost to other tasks: {n} round trips between two threads of no VM, 5 rounds");
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let _ = ping_pong(n / 10); // warm-up
+    for r in 0..5 {
+        let mut one = |with: bool| {
+            let ns = if with {
+                let p = HostProbes::start(
+                    Config::with_threshold(Duration::from_secs(1)),
+                    Box::new(|_| {}),
+                )
+                .expect("load host probes");
+                let ns = ping_pong(n);
+                drop(p);
+                ns
+            } else {
+                ping_pong(n)
+            };
+            (if with { &mut on } else { &mut off }).push(ns);
+            println!(
+                "  round {r}: {} {ns:8.1} ns per round trip",
+                if with {
+                    "with probes   "
+                } else {
+                    "without probes"
+                }
+            );
+        };
+        if r % 2 == 0 {
+            one(false);
+            one(true);
+        } else {
+            one(true);
+            one(false);
+        }
+    }
+    let a = median(&mut off.clone());
+    let b = median(&mut on.clone());
+    println!(
+        "  median: without {a:.1} ns, with {b:.1} ns per round trip -> ratio {:.3} ({:+.1} ns)",
+        b / a,
+        b - a
+    );
 }
