@@ -84,39 +84,30 @@ fn overhead() {
     println!("\n== overhead on an exit-heavy guest: {n} port writes per run, {rounds} rounds");
     let (mut off, mut on) = (Vec::new(), Vec::new());
     let _ = timed(n / 10); // warm-up
-    for r in 0..rounds {
-        let mut one = |with: bool| {
-            if with {
-                // The vCPU thread enters the filter at the probes' first poll after
-                // its run starts (`VESPER_HP_POLL_MS`, default 100: what vesperd polls
-                // at with its default 1 s threshold): before that an exit costs only a
-                // per-CPU lookup. The count printed says how many exits were seen.
-                let mut config = Config::with_threshold(Duration::from_secs(1));
-                config.poll = Duration::from_millis(env("VESPER_HP_POLL_MS", 100));
-                let p = HostProbes::start(config, Box::new(|_| {})).expect("load host probes");
-                let (c, seen) = timed_watched(n, &p);
-                on.push(c);
-                println!(
+    alternating(rounds, |r, with| {
+        if with {
+            // The vCPU thread enters the filter at the probes' first poll after
+            // its run starts (`VESPER_HP_POLL_MS`, default 100: what vesperd polls
+            // at with its default 1 s threshold): before that an exit costs only a
+            // per-CPU lookup. The count printed says how many exits were seen.
+            let mut config = Config::with_threshold(Duration::from_secs(1));
+            config.poll = Duration::from_millis(env("VESPER_HP_POLL_MS", 100));
+            let p = HostProbes::start(config, Box::new(|_| {})).expect("load host probes");
+            let (c, seen) = timed_watched(n, &p);
+            on.push(c);
+            println!(
                     "  round {r}: with probes    {:8.1} ns/exit wall, {:8.1} CPU (probes counted {seen} exits to the VMM)",
                     c.wall, c.cpu
                 );
-            } else {
-                let c = timed(n);
-                off.push(c);
-                println!(
-                    "  round {r}: without probes {:8.1} ns/exit wall, {:8.1} CPU",
-                    c.wall, c.cpu
-                );
-            }
-        };
-        if r % 2 == 0 {
-            one(false);
-            one(true);
         } else {
-            one(true);
-            one(false);
+            let c = timed(n);
+            off.push(c);
+            println!(
+                "  round {r}: without probes {:8.1} ns/exit wall, {:8.1} CPU",
+                c.wall, c.cpu
+            );
         }
-    }
+    });
     let picks: [(&str, Pick); 2] = [("wall", |c| c.wall), ("CPU", |c| c.cpu)];
     for (what, pick) in picks {
         let mut paired: Vec<f64> = on
@@ -240,6 +231,16 @@ fn main() {
     host_wide();
 }
 
+/// Calls `one(round, with_probes)` twice per round, without and with probes, the order
+/// alternating from round to round so neither always runs on a warmer host.
+fn alternating(rounds: u64, mut one: impl FnMut(u64, bool)) {
+    for r in 0..rounds {
+        let first = r % 2 == 1;
+        one(r, first);
+        one(r, !first);
+    }
+}
+
 /// One run of `n` round trips between two threads; ns per round trip.
 fn ping_pong(n: u64) -> f64 {
     use std::io::{Read, Write};
@@ -269,40 +270,33 @@ fn host_wide() {
     println!("\n== cost to other tasks: {n} round trips between two threads of no VM, 5 rounds");
     let (mut off, mut on) = (Vec::new(), Vec::new());
     let _ = ping_pong(n / 10); // warm-up
-    for r in 0..5 {
-        let mut one = |with: bool| {
-            let ns = if with {
-                let p = HostProbes::start(
-                    Config::with_threshold(Duration::from_secs(1)),
-                    Box::new(|_| {}),
-                )
-                .expect("load host probes");
-                let ns = ping_pong(n);
-                drop(p);
-                ns
-            } else {
-                ping_pong(n)
-            };
-            (if with { &mut on } else { &mut off }).push(ns);
-            println!(
-                "  round {r}: {} {ns:8.1} ns per round trip",
-                if with {
-                    "with probes   "
-                } else {
-                    "without probes"
-                }
-            );
-        };
-        if r % 2 == 0 {
-            one(false);
-            one(true);
+    alternating(5, |r, with| {
+        let ns = if with {
+            let p = HostProbes::start(
+                Config::with_threshold(Duration::from_secs(1)),
+                Box::new(|_| {}),
+            )
+            .expect("load host probes");
+            // Time the steady state, not the moments right after the programs attach.
+            std::thread::sleep(Duration::from_secs(1));
+            let ns = ping_pong(n);
+            drop(p);
+            ns
         } else {
-            one(true);
-            one(false);
-        }
-    }
-    let a = median(&mut off.clone());
-    let b = median(&mut on.clone());
+            ping_pong(n)
+        };
+        (if with { &mut on } else { &mut off }).push(ns);
+        println!(
+            "  round {r}: {} {ns:8.1} ns per round trip",
+            if with {
+                "with probes   "
+            } else {
+                "without probes"
+            }
+        );
+    });
+    let a = median(&mut off);
+    let b = median(&mut on);
     println!(
         "  median: without {a:.1} ns, with {b:.1} ns per round trip -> ratio {:.3} ({:+.1} ns)",
         b / a,
