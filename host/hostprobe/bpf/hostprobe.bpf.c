@@ -293,11 +293,11 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	__u32 prev_pid = prev->pid, next_pid = next->pid, zero = 0, *slot;
 	struct current *c = bpf_map_lookup_elem(&current_vcpu, &zero);
 	struct vcpu_stats *v = 0;
-	__u64 now = 0;
+	__u64 now = 0, gen = filter_gen();
 
 	if (!c)
 		return 0;
-	if (c->tid == prev_pid && c->gen == filter_gen()) {
+	if (c->tid == prev_pid && c->gen == gen) {
 		v = slot_stats(c->slot);
 	} else {
 		// First switch on this CPU since loading, or the filter changed since the
@@ -326,7 +326,7 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	slot = bpf_map_lookup_elem(&vcpus, &next_pid);
 	c->tid = next_pid;
 	c->slot = slot ? *slot + 1 : 0;
-	c->gen = filter_gen();
+	c->gen = gen;
 	v = slot ? slot_stats(*slot + 1) : 0;
 	if (v) {
 		if (!now)

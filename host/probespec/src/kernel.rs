@@ -237,7 +237,11 @@ fn tracepoint_systems(
         .struct_named("trace_event_call")
         .ok_or("no struct trace_event_call in BTF")?;
     let call_size = btf.size_of(call_id).map_err(|e| e.to_string())?;
-    let class_at = offset_of("trace_event_call", "class")?;
+    let class_at = btf
+        .member(call_id, "class")
+        .map_err(|e| e.to_string())?
+        .bit_offset
+        / 8;
     let system_at = offset_of("trace_event_class", "system")?;
     let bytes_at = |addr: u64, len: u64| -> Option<&[u8]> {
         let end = addr.checked_add(len)?;
