@@ -386,8 +386,16 @@ fn a_guest_spinning_without_exits_is_in_the_guest_not_stalled() {
             }),
         "paused, its registers read {reads} times: seen {while_read:?}, stalls {all:?}"
     );
+    // Running again: its stall over, never out of the guest once settled. On a loaded
+    // 2-core host every figure may find it waiting for a CPU (the poll thread itself
+    // preempts it), so `runnable` counts as back in the guest here.
+    let settled = &resumed[resumed.len() / 2..];
     assert!(
-        after_resume == 1 && resumed.contains(&(VcpuState::InGuest, false)),
+        after_resume == 1
+            && !settled.is_empty()
+            && settled.iter().all(|&(s, stalled)| {
+                !stalled && matches!(s, VcpuState::InGuest | VcpuState::Runnable)
+            }),
         "spinning again after resume: seen {resumed:?}, stalls {all:?}"
     );
 }
