@@ -76,8 +76,6 @@ struct vcpu_stats {
 	__s64 out_state;      // its __state when it left its CPU (0: still runnable)
 	__u32 in_run;         // inside KVM_RUN (as of its last return, switch or tick)
 	__u32 on_cpu;
-	__u32 last_reason;    // last kvm_exit reason, (isa << 28) | reason
-	__u32 pad;
 	// Returns to the VMM by KVM_EXIT_* code (the hot path on every host: counted in
 	// place, no second map lookup); codes from VMM_REASONS on go to exit_reasons.
 	__u64 vmm_reasons[VMM_REASONS];
@@ -231,7 +229,6 @@ int kvm_exit(struct trace_event_raw_kvm_exit *ctx)
 		return 0;
 	__u32 reason = (ctx->isa << 28) | (ctx->exit_reason & 0x0fffffff);
 	v->exits++;
-	v->last_reason = reason;
 	count_reason(tid, reason);
 	return 0;
 }

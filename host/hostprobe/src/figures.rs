@@ -38,10 +38,6 @@ pub struct RawVcpu {
     pub in_run: u32,
     /// On a CPU now.
     pub on_cpu: u32,
-    /// Last `kvm_exit` reason, `(isa << 28) | reason`.
-    pub last_reason: u32,
-    /// Padding (C's).
-    pub pad: u32,
     /// Returns to the VMM by `KVM_EXIT_*` code below [`VMM_REASONS`].
     pub vmm_reasons: [u64; VMM_REASONS],
 }
@@ -65,15 +61,13 @@ impl Default for RawVcpu {
             out_state: 0,
             in_run: 0,
             on_cpu: 0,
-            last_reason: 0,
-            pad: 0,
             vmm_reasons: [0; VMM_REASONS],
         }
     }
 }
 
-// SAFETY: RawVcpu is repr(C), made only of integers (any bit pattern is valid) with
-// explicit padding, so it may be copied to and from a BPF map value byte for byte.
+// SAFETY: RawVcpu is repr(C), made only of integers (any bit pattern is valid) and
+// without padding (its u32s come in a pair before the u64 array), so it may be copied to and from a BPF map value byte for byte.
 unsafe impl aya::Pod for RawVcpu {}
 
 /// The scheduler's `__TASK_STOPPED` and `__TASK_TRACED` bits.
@@ -410,11 +404,11 @@ mod tests {
 
     #[test]
     fn raw_layout_matches_the_c_struct() {
-        // 10 u64 + 1 s64 + 4 u32 + the reason counts in bpf/hostprobe.bpf.c's
+        // 10 u64 + 1 s64 + 2 u32 + the reason counts in bpf/hostprobe.bpf.c's
         // struct vcpu_stats.
         assert_eq!(
             std::mem::size_of::<RawVcpu>(),
-            11 * 8 + 4 * 4 + VMM_REASONS * 8
+            11 * 8 + 2 * 4 + VMM_REASONS * 8
         );
     }
 }
