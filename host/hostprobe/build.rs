@@ -1,6 +1,7 @@
 //! Compiles the eBPF C programs with clang (`-target bpf -O2 -g`: BTF for CO-RE) into
 //! OUT_DIR. Without clang the objects are empty and the crate says at run time that it
-//! was built without them (the guest kit installs clang: `cargo run -p vesper-guest-kit`).
+//! was built without them (the guest kit installs clang: `cargo run -p vesper-guest-kit`),
+//! and this script runs again at every build until clang is there.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -35,6 +36,7 @@ fn main() {
             Ok(s) if s.success() => {}
             Ok(s) => panic!("{clang} failed on {src} ({s}): fix the C source"),
             Err(e) => {
+                rerun_when_clang_appears(&clang);
                 println!(
                     "cargo:warning=no {clang} ({e}): host probes are built without their eBPF \
                      objects; install clang, libbpf-dev and linux-libc-dev \
@@ -43,5 +45,24 @@ fn main() {
                 std::fs::write(&obj, b"").expect("write empty object");
             }
         }
+    }
+}
+
+/// Without clang the objects are empty; a later build must not keep them once clang is
+/// installed (the guest kit installs it after a first `cargo build` on a fresh machine).
+/// Cargo reruns a build script whose `rerun-if-changed` path does not exist, so naming
+/// every place clang could appear reruns this script until it does.
+fn rerun_when_clang_appears(clang: &str) {
+    let candidates: Vec<PathBuf> = if clang.contains('/') {
+        vec![PathBuf::from(clang)]
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join(clang))
+            .collect()
+    };
+    println!("cargo:rerun-if-env-changed=PATH");
+    for c in candidates {
+        println!("cargo:rerun-if-changed={}", c.display());
     }
 }

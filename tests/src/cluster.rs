@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use vesper_cluster_lab::procs::{self, NsId};
+use vesper_cluster_lab::procs::{self, NsId, Tracked};
 use vesper_cluster_lab::status::ClusterStatus;
 use vesper_cluster_lab::Lab;
 
@@ -310,12 +310,19 @@ impl ClusterLab {
         Footprint { netns, ns }
     }
 
-    /// Brings the lab down and asserts nothing of it is left: no process in its
-    /// namespaces, no namespace, mount or state directory.
+    /// Brings the lab down and asserts nothing of it is left the moment `down` returns:
+    /// none of the processes that were in its namespaces just before (not even as a
+    /// zombie: `pgrep` lists those), no namespace, mount or state directory.
     pub fn down(mut self, before: &Footprint) {
         self.down = true;
+        let running = processes(before);
         let out = self.lab_cli(&["down"]);
+        let listed = still_listed(&running);
         assert_eq!(out.code, 0, "down: {out:?}");
+        assert!(
+            listed.is_empty(),
+            "down returned with processes of the lab still in the process table: {listed:?}\ndown: {out:?}"
+        );
         let left = leftovers(&self.lab, before);
         assert!(left.is_empty(), "left after down: {left:?}");
         // down again: nothing to do, and says so.
@@ -332,6 +339,49 @@ pub struct Footprint {
     pub netns: Vec<String>,
     /// Its network and mount namespaces.
     pub ns: Vec<NsId>,
+}
+
+/// Every process in the lab's namespaces now (see [`still_listed`]).
+pub fn processes(before: &Footprint) -> Vec<Tracked> {
+    procs::in_namespaces(&before.ns)
+        .iter()
+        .filter_map(Tracked::of)
+        .collect()
+}
+
+/// Which of `procs` are still in the process table, running or exited and not yet
+/// reaped: first as a user finds them, `pgrep -x COMM` (which lists zombies too), then
+/// by pid and start time (a process that changed its name since).
+pub fn still_listed(procs: &[Tracked]) -> Vec<String> {
+    let mut comms: Vec<&str> = procs.iter().map(|p| p.comm.as_str()).collect();
+    comms.sort_unstable();
+    comms.dedup();
+    let mut left = Vec::new();
+    let mut found = Vec::new();
+    for comm in comms {
+        let out = Command::new("pgrep")
+            .args(["-x", comm])
+            .output()
+            .expect("run pgrep");
+        let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        for p in procs
+            .iter()
+            .filter(|p| p.comm == comm && pids.contains(&p.pid) && p.exists())
+        {
+            left.push(format!("pgrep -x {comm}: {}", p.describe()));
+            found.push(p.pid);
+        }
+    }
+    for p in procs
+        .iter()
+        .filter(|p| !found.contains(&p.pid) && p.exists())
+    {
+        left.push(p.describe());
+    }
+    left
 }
 
 /// What is left of a lab whose namespaces were `before`.

@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests: a real `vesperd` per test, real QEMU guests, and the
 //! real `vesper` CLI.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -185,7 +186,20 @@ impl Daemon {
     /// Starts a daemon on an existing run directory (e.g. one an earlier daemon detached
     /// from, leaving its VMs running); its log is appended to `vesperd.log`.
     pub fn start_in(run_dir: RunDir, extra: &[&str]) -> Self {
-        let kit = kit();
+        Self::spawn(run_dir, Some(&kit().dir), extra)
+    }
+
+    /// Starts a daemon as the README does (`vesperd &`): no `--kit-dir`, so it finds the
+    /// kit by itself, as a user's would.
+    pub fn start_without_kit_dir(extra: &[&str]) -> Self {
+        let run_dir = tempfile::Builder::new()
+            .prefix("vesper-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        Self::spawn(RunDir::Owned(run_dir), None, extra)
+    }
+
+    fn spawn(run_dir: RunDir, kit_dir: Option<&Path>, extra: &[&str]) -> Self {
         let socket = vesper_api::run_dir::api_socket(run_dir.path());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -195,8 +209,11 @@ impl Daemon {
         let child = Command::new(bin_dir().join("vesperd"))
             .arg("--run-dir")
             .arg(run_dir.path())
-            .arg("--kit-dir")
-            .arg(&kit.dir)
+            .args(
+                kit_dir
+                    .iter()
+                    .flat_map(|d| [OsStr::new("--kit-dir"), d.as_os_str()]),
+            )
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

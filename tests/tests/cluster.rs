@@ -1,12 +1,13 @@
 //! A real Pacemaker/Corosync cluster (tools/cluster's lab: namespaced nodes on this
 //! machine, each with its own vesperd) running a Vesper guest as an `ocf:vesper:vesper`
 //! resource with an IP address that depends on it: the service killed inside the guest on
-//! node 1 moves the guest and its address to node 2; `down` leaves nothing behind, also
-//! after an `up` that failed half-way.
+//! node 1 moves the guest and its address to node 2; `down` returns only once every
+//! process of the lab is gone (the daemons, the guest's QEMU, a command run with
+//! `exec`), and leaves nothing behind, also after an `up` that failed half-way.
 
 use std::time::Duration;
 
-use vesper_e2e::cluster::{leftovers, measure_failover, note, ClusterLab, Footprint};
+use vesper_e2e::cluster::{leftovers, measure_failover, note, processes, ClusterLab, Footprint};
 
 const GUEST: &str = "web1";
 const IP: &str = "web1-ip";
@@ -86,6 +87,56 @@ fn a_service_killed_in_the_guest_moves_it_and_its_address_to_the_other_node() {
     .ok();
 
     lab.down(&footprint);
+}
+
+#[test]
+fn down_returns_only_once_every_process_of_the_lab_is_gone() {
+    let lab = ClusterLab::up("gone", 2, &[]);
+    let footprint = lab.footprint();
+    // The guest's QEMU under n1's vesperd, and a command run on n2 with `exec`.
+    lab.wait_started(&[GUEST], "n1", Duration::from_secs(240));
+    let mut sleeper = std::process::Command::new(vesper_e2e::cluster::lab_bin())
+        .args(["--lab", &lab.lab.name, "exec", "n2", "sleep", "600"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("exec sleep");
+    // Reaped as soon as it ends, as a shell reaps its commands (exec execs into it).
+    let sleeper = std::thread::spawn(move || sleeper.wait().expect("wait for exec"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !processes(&footprint).iter().any(|p| p.comm == "sleep") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "exec's sleep never ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let running = processes(&footprint);
+    let count = |f: &dyn Fn(&str) -> bool| running.iter().filter(|p| f(&p.comm)).count();
+    for daemon in [
+        "corosync",
+        "pacemakerd",
+        "pacemaker-contr",
+        "pacemaker-based",
+        "vesperd",
+    ] {
+        assert_eq!(
+            count(&|c| c == daemon),
+            2,
+            "{daemon} on each node: {running:?}"
+        );
+    }
+    assert_eq!(count(&|c| c.starts_with("qemu")), 1, "{running:?}");
+
+    // The check is right after down returns: see ClusterLab::down.
+    let started = std::time::Instant::now();
+    lab.down(&footprint);
+    note(&format!(
+        "down of {} processes took {:.1} s",
+        running.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    let exec = sleeper.join().expect("exec's waiter");
+    assert!(!exec.success(), "exec's sleep was killed: {exec:?}");
 }
 
 #[test]

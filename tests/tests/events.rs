@@ -200,3 +200,49 @@ fn a_uid_that_is_not_allowed_is_refused_with_a_clear_error() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+#[test]
+fn a_guest_reboot_is_one_reset_event_and_one_new_generation() {
+    let d = Daemon::start(&[]);
+    d.vm_start_with("vm1", &["--mode", "hand", "--allow-reboot"]);
+    d.wait_console("vm1", "vesper-init: hand ready", WAIT);
+    d.hand("vm1", "reboot", "rebooting");
+    // The firmware's own resets (SeaBIOS resets a warm-booted machine again) all come
+    // before the rebooted kernel's hello: once generation 2 is up, the stream is whole.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ev = loop {
+        let ev = d.events(&["--guest", "vm1"]);
+        if ev
+            .iter()
+            .any(|e| e["kind"] == "guest_up" && e["payload"]["generation"] == 2)
+        {
+            break ev;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no generation 2: {ev:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // What a subscriber is told about the VM's life: up, one reset, up again; nothing
+    // from QEMU twice (nor a shutdown, stop or panic).
+    let told: Vec<String> = ev
+        .iter()
+        .filter(|e| e["kind"] == "guest_up" || e["source"]["type"] == "qmp")
+        .map(|e| match e["kind"].as_str() {
+            Some("guest_up") => format!("guest_up {}", e["payload"]["generation"]),
+            k => format!("{} {}", k.unwrap_or("?"), e["source"]["event"]),
+        })
+        .collect();
+    assert_eq!(
+        told,
+        ["guest_up 1", "reset \"RESET\"", "guest_up 2"],
+        "{ev:#?}"
+    );
+    let reset = ev.iter().find(|e| e["kind"] == "reset").unwrap();
+    assert_eq!(reset["payload"]["guest"], true, "{reset}");
+    assert_eq!(reset["payload"]["reason"], "guest-reset", "{reset}");
+    let up = d.cli(&["--json", "vm", "list"]).ok().json();
+    assert_eq!(up["result"]["vms"][0]["guest"]["generation"], 2, "{up}");
+}

@@ -131,6 +131,15 @@ pub enum Reply {
         /// Every VM.
         vms: Vec<VmStatus>,
     },
+    /// The daemon's guest kit.
+    KitInfo {
+        /// Its directory (whether or not a kit is built there).
+        dir: std::path::PathBuf,
+        /// The kit's kernel release; `None` when there is no usable kit in `dir`.
+        release: Option<String>,
+        /// Why there is no usable kit in `dir`, when there is none.
+        problem: Option<String>,
+    },
     /// A line was typed into the console.
     VmSent {
         /// VM name.

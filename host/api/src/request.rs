@@ -95,6 +95,9 @@ pub enum Request {
     },
     /// List VMs.
     VmList,
+    /// The guest kit this vesperd uses (`--kit-dir`, `$VESPER_KIT_DIR` or its default):
+    /// where `vesper probe` finds kernel headers, the debug vmlinux and the frontend.
+    KitInfo,
     /// Type a line into a VM's serial console (for test hands and kernel developers:
     /// Vesper itself never needs the guest's user space).
     VmSend {

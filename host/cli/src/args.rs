@@ -421,7 +421,8 @@ pub(crate) struct KernelArgs {
     /// Guest kernel release (default: the kit's kernel; for `run`, the guest's).
     #[arg(long)]
     pub(crate) kernel: Option<String>,
-    /// Guest kit directory (default: $VESPER_KIT_DIR).
+    /// Guest kit directory (default: $VESPER_KIT_DIR, else vesperd's kit, else the
+    /// repository's .vesper-kit).
     #[arg(long)]
     pub(crate) kit: Option<PathBuf>,
     /// Build cache (default: $VESPER_PROBE_CACHE or ~/.cache/vesper/probes).

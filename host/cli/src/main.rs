@@ -4,6 +4,7 @@ mod args;
 mod backtrace;
 mod cluster;
 mod exit;
+mod kit;
 mod output;
 mod probe;
 mod request;
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
         cmd: GroupCmd::Check { file },
     } = &cli.cmd
     {
-        return match request::load_group(file, || None) {
+        return match request::load_group(&cli, file, || None) {
             Ok(g) => {
                 if cli.json {
                     println!(
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
         cmd: PolicyCmd::Check { file },
     } = &cli.cmd
     {
-        return match check_policy(file) {
+        return match check_policy(&cli, file) {
             Ok(summary) => {
                 if cli.json {
                     println!(
@@ -133,10 +134,10 @@ fn main() -> ExitCode {
 }
 
 /// `vesper policy check`: the policy and every probe group it names.
-fn check_policy(file: &std::path::Path) -> Result<String, vesper_failover::PolicyError> {
+fn check_policy(cli: &Cli, file: &std::path::Path) -> Result<String, vesper_failover::PolicyError> {
     let policy = vesper_failover::Policy::load(file)?;
     policy.check_probe_groups(|p| {
-        let mut specs = probe::group_spec_builder(|| None);
+        let mut specs = probe::group_spec_builder(kit::KitFinder::new(cli, None), || None);
         vesper_groups::ProbeGroup::load(p, &mut specs)
             .map(drop)
             .map_err(|e| e.report())

@@ -278,6 +278,16 @@ pub(crate) fn print_human(reply: &Reply) {
         Reply::VmSent { .. } => {}
         Reply::VmList { vms } if vms.is_empty() => println!("no VMs"),
         Reply::VmList { vms } => vms.iter().for_each(|v| println!("{}", vm_line(v))),
+        Reply::KitInfo {
+            dir,
+            release: Some(release),
+            ..
+        } => println!("kit {} (kernel {release})", dir.display()),
+        Reply::KitInfo { dir, problem, .. } => println!(
+            "no kit at {}: {}",
+            dir.display(),
+            problem.as_deref().unwrap_or("not usable")
+        ),
         Reply::Loaded {
             guest,
             name,

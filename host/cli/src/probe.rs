@@ -11,6 +11,7 @@ use vesper_probespec::{KernelFiles, KernelInfo, SpecError};
 
 use crate::args::{Cli, KernelArgs, ProbeCmd};
 use crate::exit::{api_fail, client_fail, fail};
+use crate::kit::KitFinder;
 use crate::output::print_human;
 
 fn spec_fail(json: bool, spec: &Path, e: &SpecError) -> ExitCode {
@@ -26,19 +27,9 @@ fn spec_fail(json: bool, spec: &Path, e: &SpecError) -> ExitCode {
     fail(json, code, kind, &e.report(spec))
 }
 
-/// The guest kit: --kit, else $VESPER_KIT_DIR.
-fn kit_dir(k: &KernelArgs, release: Option<&str>) -> Result<PathBuf, SpecError> {
-    k.kit
-        .clone()
-        .or_else(|| std::env::var_os("VESPER_KIT_DIR").map(PathBuf::from))
-        .ok_or_else(|| SpecError::Kernel {
-            release: release.unwrap_or("?").to_string(),
-            message: "no guest kit: pass --kit DIR or set VESPER_KIT_DIR (cargo run -p vesper-guest-kit builds one)".into(),
-        })
-}
-
-fn files(k: &KernelArgs, release: Option<&str>) -> Result<KernelFiles, SpecError> {
-    KernelFiles::from_kit(&kit_dir(k, release)?, k.kernel.as_deref().or(release))
+fn files(cli: &Cli, k: &KernelArgs, release: Option<&str>) -> Result<KernelFiles, SpecError> {
+    let kit = KitFinder::new(cli, k.kit.clone()).find(release)?;
+    KernelFiles::from_kit(&kit, k.kernel.as_deref().or(release))
 }
 
 fn cache(k: &KernelArgs) -> PathBuf {
@@ -57,7 +48,7 @@ pub(crate) fn run(cli: &Cli, cmd: &ProbeCmd) -> ExitCode {
                 })
                 .and_then(|text| {
                     let spec_ast = vesper_probespec::parse(&text)?;
-                    let f = files(kernel, None)?;
+                    let f = files(cli, kernel, None)?;
                     let k = KernelInfo::load(&f)?;
                     vesper_probespec::check(&spec_ast, &k, &vesper_probespec::default_name(spec))
                 });
@@ -89,8 +80,8 @@ pub(crate) fn run(cli: &Cli, cmd: &ProbeCmd) -> ExitCode {
         }
         ProbeCmd::Build { spec, kernel, out } => {
             let t = Instant::now();
-            let built =
-                files(kernel, None).and_then(|f| vesper_probespec::build(spec, &f, &cache(kernel)));
+            let built = files(cli, kernel, None)
+                .and_then(|f| vesper_probespec::build(spec, &f, &cache(kernel)));
             let b = match built {
                 Ok(b) => b,
                 Err(e) => return spec_fail(cli.json, spec, &e),
@@ -215,7 +206,7 @@ fn run_spec(cli: &Cli, guest: &str, spec: &Path, kernel: &KernelArgs, follow: Fo
             )
         }
     };
-    let built = files(kernel, release.as_deref())
+    let built = files(cli, kernel, release.as_deref())
         .and_then(|f| vesper_probespec::build(spec, &f, &cache(kernel)));
     let b = match built {
         Ok(b) => b,
@@ -299,21 +290,18 @@ fn run_spec(cli: &Cli, guest: &str, spec: &Path, kernel: &KernelArgs, follow: Fo
 }
 
 /// Builds a probe group's `spec` members (`vesper-groups`' builder) for `release`, the
-/// kit's kernel when `None`: the kit from $VESPER_KIT_DIR, the default cache; a spec's
-/// error is reported with its own line and column.
+/// kit's kernel when `None`: the kit `kits` finds, the default cache; a spec's error is
+/// reported with its own line and column.
 pub(crate) fn group_spec_builder(
+    kits: KitFinder,
     mut release: impl FnMut() -> Option<String>,
 ) -> impl FnMut(&Path) -> Result<PathBuf, String> {
     let mut resolved: Option<Option<String>> = None;
     move |spec| {
         let release = resolved.get_or_insert_with(&mut release).clone();
-        let k = KernelArgs {
-            kernel: None,
-            kit: None,
-            cache: None,
-        };
-        let kit = kit_dir(&k, release.as_deref()).map_err(|e| e.report(spec))?;
-        vesper_probespec::build_module(spec, &kit, release.as_deref(), &cache(&k))
+        let kit = kits.find(release.as_deref()).map_err(|e| e.report(spec))?;
+        let cache = vesper_probespec::default_cache_dir();
+        vesper_probespec::build_module(spec, &kit, release.as_deref(), &cache)
     }
 }
 

@@ -26,10 +26,12 @@ pub(crate) fn reply_timeout(cli: &Cli) -> Duration {
 /// A group file read and checked whole, its `spec` members built for the kernel
 /// `release` gives (asked only if there is a spec), or the refusal that names its line.
 pub(crate) fn load_group(
+    cli: &Cli,
     file: &std::path::Path,
     release: impl FnMut() -> Option<String>,
 ) -> Result<vesper_groups::ProbeGroup, Refusal> {
-    let mut specs = crate::probe::group_spec_builder(release);
+    let kits = crate::kit::KitFinder::new(cli, None);
+    let mut specs = crate::probe::group_spec_builder(kits, release);
     vesper_groups::ProbeGroup::load(file, &mut specs).map_err(|e| (65, "invalid_group", e.report()))
 }
 
@@ -135,7 +137,7 @@ pub(crate) fn build_request(cli: &Cli) -> Result<Request, Refusal> {
             cmd: GroupCmd::Apply { guest, file },
         } => {
             // Spec members are built for the guest's own kernel.
-            let g = load_group(file, || crate::probe::guest_release(cli, guest))?;
+            let g = load_group(cli, file, || crate::probe::guest_release(cli, guest))?;
             Request::GroupApply {
                 guest: guest.clone(),
                 group: g.name.clone(),
@@ -156,7 +158,7 @@ pub(crate) fn build_request(cli: &Cli) -> Result<Request, Refusal> {
             // A path names a file; a bare word is a group vesperd applied.
             let path = std::path::Path::new(group);
             if group.ends_with(".toml") || group.contains('/') {
-                let g = load_group(path, || crate::probe::guest_release(cli, guest))?;
+                let g = load_group(cli, path, || crate::probe::guest_release(cli, guest))?;
                 Request::GroupRemove {
                     guest: guest.clone(),
                     modules: Some(g.modules()),

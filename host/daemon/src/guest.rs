@@ -75,61 +75,6 @@ pub(crate) fn vm_event_kind(name: &str) -> Option<EventKind> {
     })
 }
 
-/// Listens to QEMU's event-only QMP socket and publishes the events a failover engine
-/// cares about (`GUEST_PANICKED` from pvpanic, `SHUTDOWN`, `STOP`, `RESET`).
-async fn qmp_events(
-    path: std::path::PathBuf,
-    name: String,
-    bus: Arc<EventBus>,
-    status: Arc<Mutex<VmStatus>>,
-    on_panic: Option<PanicHook>,
-) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    // QEMU creates the socket while it starts.
-    let mut stream = None;
-    for _ in 0..200 {
-        if let Ok(s) = tokio::net::UnixStream::connect(&path).await {
-            stream = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let Some(stream) = stream else {
-        return tracing::warn!(guest = %name, "no QMP event socket at {}; QMP events unavailable", path.display());
-    };
-    let (r, mut w) = stream.into_split();
-    if w.write_all(vesper_qemu::QMP_CAPABILITIES.as_bytes())
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let mut lines = tokio::io::BufReader::new(r).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let Some(ev) = vesper_qemu::parse_event(&line) else {
-            continue;
-        };
-        let Some(kind) = vm_event_kind(&ev.name) else {
-            continue;
-        };
-        if kind == EventKind::GuestPanicked {
-            if let Some(hook) = &on_panic {
-                hook(&name);
-            }
-        }
-        let e = bus.publish(
-            &name,
-            kind,
-            Source::Qmp {
-                event: ev.name.clone(),
-            },
-            ev.timestamp_ns,
-            ev.data,
-        );
-        note_failure(&status, &e);
-    }
-}
-
 /// Clock exchanges per synchronisation; the one with the shortest round trip wins.
 const CLOCK_ROUNDS: usize = 5;
 /// How often the clock mapping is refreshed.
@@ -407,6 +352,16 @@ pub struct GuestTask {
 /// What runs when a guest panics, before anyone hears of it (`--dump-on-panic`).
 pub type PanicHook = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Commands submitted to the session, by id, and where their results go.
+type Pending = HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>>;
+
+/// The ivshmem listener, the control doorbell and the relay doorbell, when watched.
+type Watched = (
+    Option<AsyncFd<OwnedFd>>,
+    Option<AsyncFd<OwnedFd>>,
+    Option<AsyncFd<OwnedFd>>,
+);
+
 /// Registers a duplicate of `fd` with the reactor, for readiness only.
 fn dup(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<AsyncFd<OwnedFd>> {
     let owned = fd.try_clone_to_owned()?;
@@ -433,45 +388,11 @@ impl GuestTask {
         mut stop: oneshot::Receiver<StopAck>,
     ) {
         let name = self.name.clone();
-        let (listener, control, relay) = match &self.transport {
-            Link::Ivshmem(t) => {
-                let listener = match dup(t.listener_fd()) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        return tracing::error!(guest = %name, "cannot watch the ivshmem socket: {e}")
-                    }
-                };
-                match (
-                    t.doorbell_fd(VECTOR_CONTROL).map(dup),
-                    t.doorbell_fd(VECTOR_RELAY).map(dup),
-                ) {
-                    (Some(Ok(c)), Some(Ok(r))) => (Some(listener), Some(c), Some(r)),
-                    _ => {
-                        return tracing::error!(guest = %name, "cannot watch the doorbell eventfds")
-                    }
-                }
-            }
-            Link::Builtin(t) => match (
-                t.doorbell_fd(VECTOR_CONTROL).map(dup),
-                t.doorbell_fd(VECTOR_RELAY).map(dup),
-            ) {
-                (Some(Ok(c)), Some(Ok(r))) => (None, Some(c), Some(r)),
-                _ => return tracing::error!(guest = %name, "cannot watch the doorbell eventfds"),
-            },
-            Link::Adopted(_) => (None, None, None),
+        let Some((listener, control, relay)) = self.watch_fds() else {
+            return;
         };
-        // A builtin VM's devices report in-process (see vm_lifecycle::launch_builtin).
-        let qmp = (!matches!(self.transport, Link::Builtin(_))).then(|| {
-            tokio::spawn(qmp_events(
-                self.qmp_events.clone(),
-                name.clone(),
-                self.bus.clone(),
-                self.status.clone(),
-                self.on_panic.clone(),
-            ))
-        });
-        let mut pending: HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>> =
-            HashMap::new();
+        let qmp = self.spawn_qmp_listener();
+        let mut pending = Pending::new();
         let mut qemu_running = true;
         let mut stop_ack: Option<StopAck> = None;
         let mut kill_at: Option<Instant> = None;
@@ -519,24 +440,7 @@ impl GuestTask {
                 },
                 status = self.child.wait(), if qemu_running => {
                     qemu_running = false;
-                    tracing::info!(guest = %name, "QEMU exited: {status}");
-                    self.status.lock().expect("status lock").state = "exited".into();
-                    // What the guest wrote before it died (a panic record) is still in
-                    // the region: read it before telling anyone the VM is gone.
-                    let last = self.session.drain_relays(self.transport.region());
-                    self.handle_events(last.events, &mut pending, &mut misbehaviours);
-                    crate::persist::remove(&self.dir);
-                    // `requested`: the exit was asked for (`vm stop`, a failover restart),
-                    // so a cluster bridge must not report it as a failure.
-                    let payload = status.payload(stop_ack.is_some());
-                    let e = self.bus.publish(&name, EventKind::VmExit, Source::Process, None, payload);
-                    note_failure(&self.status, &e);
-                    let _ = self.exited.send(true);
-                    for ev in self.session.close() {
-                        if let SessionEvent::Done { id, result } = ev {
-                            if let Some(tx) = pending.remove(&id) { let _ = tx.send(result); }
-                        }
-                    }
+                    self.qemu_exited(status, stop_ack.is_some(), &mut pending, &mut misbehaviours);
                     if stop_ack.is_some() { break; }
                 }
                 req = &mut stop, if stop_ack.is_none() => {
@@ -551,26 +455,122 @@ impl GuestTask {
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
-            if !qemu_running {
-                continue;
+            if qemu_running {
+                self.poll_session(&mut pending, &mut misbehaviours);
             }
-            let out = self.session.poll(self.transport.region(), Instant::now());
-            let had_relay = out
-                .events
-                .iter()
-                .any(|e| matches!(e, SessionEvent::Records { .. }));
-            let notify = out.notify;
-            self.handle_events(out.events, &mut pending, &mut misbehaviours);
-            if had_relay {
-                let stats = self.session.relay_stats(self.transport.region());
-                self.relay.lock().expect("relay lock").update_stats(stats);
+        }
+        self.finish(qmp, stop_ack.map(|ack| (ack, killed)));
+    }
+
+    /// The ivshmem listener and the two doorbells to watch (none for an adopted VM);
+    /// `None`, said, when they cannot be watched.
+    fn watch_fds(&self) -> Option<Watched> {
+        let name = &self.name;
+        let doorbells = |c: Option<std::io::Result<_>>, r: Option<std::io::Result<_>>| match (c, r)
+        {
+            (Some(Ok(c)), Some(Ok(r))) => Some((c, r)),
+            _ => {
+                tracing::error!(guest = %name, "cannot watch the doorbell eventfds");
+                None
             }
-            if notify {
-                if let Err(e) = self.transport.notify_guest() {
-                    tracing::debug!(guest = %name, "cannot interrupt the guest: {e}");
+        };
+        match &self.transport {
+            Link::Ivshmem(t) => {
+                let listener = dup(t.listener_fd())
+                    .inspect_err(
+                        |e| tracing::error!(guest = %name, "cannot watch the ivshmem socket: {e}"),
+                    )
+                    .ok()?;
+                let (c, r) = doorbells(
+                    t.doorbell_fd(VECTOR_CONTROL).map(dup),
+                    t.doorbell_fd(VECTOR_RELAY).map(dup),
+                )?;
+                Some((Some(listener), Some(c), Some(r)))
+            }
+            Link::Builtin(t) => {
+                let (c, r) = doorbells(
+                    t.doorbell_fd(VECTOR_CONTROL).map(dup),
+                    t.doorbell_fd(VECTOR_RELAY).map(dup),
+                )?;
+                Some((None, Some(c), Some(r)))
+            }
+            Link::Adopted(_) => Some((None, None, None)),
+        }
+    }
+
+    /// The QMP event listener of a QEMU VM (a builtin VM's devices report in-process,
+    /// see vm_lifecycle::launch_builtin).
+    fn spawn_qmp_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
+        (!matches!(self.transport, Link::Builtin(_))).then(|| {
+            tokio::spawn(crate::qmp_events::listen(
+                self.qmp_events.clone(),
+                self.name.clone(),
+                self.bus.clone(),
+                self.status.clone(),
+                self.up.subscribe(),
+                self.on_panic.clone(),
+            ))
+        })
+    }
+
+    /// QEMU ended (`requested`: the exit was asked for): what the guest wrote last is
+    /// read, `vm_exit` published, and every command still pending answered.
+    fn qemu_exited(
+        &mut self,
+        status: ProcessEnd,
+        requested: bool,
+        pending: &mut Pending,
+        misbehaviours: &mut u64,
+    ) {
+        let name = self.name.clone();
+        tracing::info!(guest = %name, "QEMU exited: {status}");
+        self.status.lock().expect("status lock").state = "exited".into();
+        // What the guest wrote before it died (a panic record) is still in
+        // the region: read it before telling anyone the VM is gone.
+        let last = self.session.drain_relays(self.transport.region());
+        self.handle_events(last.events, pending, misbehaviours);
+        crate::persist::remove(&self.dir);
+        // `requested`: the exit was asked for (`vm stop`, a failover restart),
+        // so a cluster bridge must not report it as a failure.
+        let payload = status.payload(requested);
+        let e = self
+            .bus
+            .publish(&name, EventKind::VmExit, Source::Process, None, payload);
+        note_failure(&self.status, &e);
+        let _ = self.exited.send(true);
+        for ev in self.session.close() {
+            if let SessionEvent::Done { id, result } = ev {
+                if let Some(tx) = pending.remove(&id) {
+                    let _ = tx.send(result);
                 }
             }
         }
+    }
+
+    /// One turn of the session: what the guest wrote, handled; the guest interrupted
+    /// when it has something to read.
+    fn poll_session(&mut self, pending: &mut Pending, misbehaviours: &mut u64) {
+        let out = self.session.poll(self.transport.region(), Instant::now());
+        let had_relay = out
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Records { .. }));
+        let notify = out.notify;
+        self.handle_events(out.events, pending, misbehaviours);
+        if had_relay {
+            let stats = self.session.relay_stats(self.transport.region());
+            self.relay.lock().expect("relay lock").update_stats(stats);
+        }
+        if notify {
+            if let Err(e) = self.transport.notify_guest() {
+                tracing::debug!(guest = %self.name, "cannot interrupt the guest: {e}");
+            }
+        }
+    }
+
+    /// Lets go of the VM and everything the task started, then answers a stop (with
+    /// whether QEMU had to be killed).
+    fn finish(mut self, qmp: Option<tokio::task::JoinHandle<()>>, stop: Option<(StopAck, bool)>) {
         self.child.start_kill();
         crate::persist::remove(&self.dir);
         if let Some(sync) = self.clock_sync.take() {
@@ -583,44 +583,47 @@ impl GuestTask {
         // socket when dropped): a VM started again under the same name at once must
         // not lose its new socket to the old server's clean-up.
         drop(self);
-        if let Some(ack) = stop_ack {
+        if let Some((ack, killed)) = stop {
             let _ = ack.send(StopOutcome { killed });
         }
+    }
+
+    /// The frontend said hello (again, after a reboot): the VM is up, its clock to map.
+    fn guest_up(&mut self, info: GuestInfo, restarted: bool) {
+        let name = &self.name;
+        let boot = self.started.elapsed().as_secs_f64();
+        tracing::info!(guest = %name, kernel = %info.kernel_release, generation = info.generation, restarted, "frontend up");
+        let mut st = self.status.lock().expect("status lock");
+        st.state = "up".into();
+        st.guest = Some(info.clone());
+        st.boot_secs.get_or_insert(boot);
+        drop(st);
+        let _ = self.up.send(Some(info.clone()));
+        self.record.guest = Some(info.clone());
+        self.record.save(&self.dir);
+        self.status.lock().expect("status lock").failure = None;
+        let payload = serde_json::to_value(&info).unwrap_or_default();
+        self.bus
+            .publish(name, EventKind::GuestUp, Source::Frontend, None, payload);
+        // A restarted guest has a new clock: map it afresh.
+        self.relay.lock().expect("relay lock").set_clock(None);
+        if let Some(old) = self.clock_sync.take() {
+            old.abort();
+        }
+        let sync = clock_sync(self.self_tx.clone(), self.relay.clone(), self.name.clone());
+        self.clock_sync = Some(tokio::spawn(sync));
     }
 
     fn handle_events(
         &mut self,
         events: Vec<SessionEvent>,
-        pending: &mut HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>>,
+        pending: &mut Pending,
         misbehaviours: &mut u64,
     ) {
-        let name = &self.name;
+        let name = &self.name.clone();
         for ev in events {
             match ev {
-                SessionEvent::GuestUp { info, restarted } => {
-                    let boot = self.started.elapsed().as_secs_f64();
-                    tracing::info!(guest = %name, kernel = %info.kernel_release, generation = info.generation, restarted, "frontend up");
-                    let mut st = self.status.lock().expect("status lock");
-                    st.state = "up".into();
-                    st.guest = Some(info.clone());
-                    st.boot_secs.get_or_insert(boot);
-                    drop(st);
-                    let _ = self.up.send(Some(info.clone()));
-                    self.record.guest = Some(info.clone());
-                    self.record.save(&self.dir);
-                    self.status.lock().expect("status lock").failure = None;
-                    let payload = serde_json::to_value(&info).unwrap_or_default();
-                    self.bus
-                        .publish(name, EventKind::GuestUp, Source::Frontend, None, payload);
-                    // A restarted guest has a new clock: map it afresh.
-                    self.relay.lock().expect("relay lock").set_clock(None);
-                    if let Some(old) = self.clock_sync.take() {
-                        old.abort();
-                    }
-                    let sync =
-                        clock_sync(self.self_tx.clone(), self.relay.clone(), self.name.clone());
-                    self.clock_sync = Some(tokio::spawn(sync));
-                }
+                SessionEvent::GuestUp { info, restarted } => self.guest_up(info, restarted),
                 SessionEvent::Done { id, result } => {
                     if let Some(tx) = pending.remove(&id) {
                         let _ = tx.send(result);

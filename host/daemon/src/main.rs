@@ -20,6 +20,7 @@ mod launch;
 mod modules;
 mod persist;
 mod qmp;
+mod qmp_events;
 mod relay;
 mod server;
 mod simulate;

@@ -227,6 +227,7 @@ pub(crate) async fn handle(daemon: &Shared, req: Request) -> Response {
             vms.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(Reply::VmList { vms })
         }
+        Request::KitInfo => Ok(kit_info(daemon)),
         Request::Insmod {
             guest,
             file_name,
@@ -318,5 +319,27 @@ pub(crate) async fn handle(daemon: &Shared, req: Request) -> Response {
             ErrorCode::Internal,
             "streams are served by serve_connection",
         )),
+    }
+}
+
+/// The kit `vm start` and spec builds use: `--kit-dir`, else the kit crate's default
+/// (`$VESPER_KIT_DIR` as vesperd was started, or the repository's `.vesper-kit`).
+fn kit_info(daemon: &Shared) -> Reply {
+    let dir = daemon
+        .config
+        .kit_dir
+        .clone()
+        .unwrap_or_else(vesper_guest_kit::default_kit_dir);
+    match vesper_guest_kit::Kit::load(Some(&dir)) {
+        Ok(kit) => Reply::KitInfo {
+            dir,
+            release: Some(kit.release),
+            problem: None,
+        },
+        Err(e) => Reply::KitInfo {
+            dir,
+            release: None,
+            problem: Some(e.to_string()),
+        },
     }
 }

@@ -1,7 +1,9 @@
 //! `down`: ends every process in the lab's namespaces, unmounts what `up` mounted,
 //! deletes its network namespaces (their veths and bridge go with them) and its state
 //! directory. It works from the record `up` kept and from the names a lab uses, so it
-//! also cleans up after a failed `up`, and does nothing when there is nothing.
+//! also cleans up after a failed `up`, and does nothing when there is nothing. It returns
+//! only once every process it found is gone: not merely signalled, nor out of the lab's
+//! namespaces (a process leaves them as it exits), but out of the process table.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::cmd::{command, run};
-use crate::procs::{self, NsId};
+use crate::procs::{self, NsId, Tracked};
 use crate::state::{Made, State};
 use crate::{Lab, LabError, NETNS_DIR};
 
@@ -105,7 +107,17 @@ fn namespaces(lab: &Lab, netns: &[String]) -> Vec<NsId> {
     ids
 }
 
-/// Tears the lab down; progress lines go through `say`.
+/// How long vesperd has to stop its VMs after SIGTERM, before anything left is killed.
+const POLITE: Duration = Duration::from_secs(10);
+/// How long what is left has to die after SIGKILL before down gives up on it.
+const KILL: Duration = Duration::from_secs(5);
+/// How long the processes' parent (init, for the daemons) has to reap them.
+const REAP: Duration = Duration::from_secs(15);
+/// Between looks at the process table.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Tears the lab down; progress lines go through `say`. Returns once every process that
+/// was in the lab's namespaces is gone from the process table (exited and reaped).
 pub fn down(lab: &Lab, say: &dyn Fn(&str)) -> Result<Report, LabError> {
     if !crate::is_root() {
         return Err(LabError::NotRoot);
@@ -121,80 +133,9 @@ pub fn down(lab: &Lab, say: &dyn Fn(&str)) -> Result<Report, LabError> {
         }
     }
     let ns = namespaces(lab, &netns);
-
-    // Processes: vesperd first, politely (it stops its VMs); then everything else.
-    let in_lab = || procs::in_namespaces(&ns);
-    let mut seen = in_lab();
-    report.killed = seen.len();
-    if !seen.is_empty() {
-        say(&format!("ending {} processes", seen.len()));
-        let vesperds: Vec<u32> = seen
-            .iter()
-            .filter(|p| p.comm == "vesperd")
-            .map(|p| p.pid)
-            .collect();
-        // A QEMU is spared only when a vesperd will stop it (libvirt's are not).
-        let vesperds_vm = |pid: u32| procs::parent(pid).is_some_and(|pp| vesperds.contains(&pp));
-        for p in seen
-            .iter()
-            .filter(|p| p.comm != "vesperd" && !(p.comm.starts_with("qemu") && vesperds_vm(p.pid)))
-        {
-            procs::signal(p.pid, Signal::SIGKILL);
-        }
-        for p in seen.iter().filter(|p| p.comm == "vesperd") {
-            procs::signal(p.pid, Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !in_lab().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Anything left (a vesperd that hung, a process `exec` started since): killed.
-        for _ in 0..50 {
-            seen = in_lab();
-            if seen.is_empty() {
-                break;
-            }
-            for p in &seen {
-                procs::signal(p.pid, Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if !seen.is_empty() {
-            let list: Vec<String> = seen
-                .iter()
-                .map(|p| format!("{} ({})", p.pid, p.comm))
-                .collect();
-            return Err(LabError::LeftBehind(format!(
-                "processes {}",
-                list.join(", ")
-            )));
-        }
-    }
-
-    // Mounts: the namespace files and the private directory, deepest first.
-    let mut mounts = mounts_under(&lab.state_dir);
-    for m in state.iter().flat_map(|s| &s.made) {
-        if let Made::Mount { path } = m {
-            if !mounts.contains(path) && mounts_under(path).contains(path) {
-                mounts.push(path.clone());
-            }
-        }
-    }
-    for m in &mounts {
-        match nix::mount::umount2(m, nix::mount::MntFlags::empty()) {
-            Ok(()) => report.unmounted += 1,
-            Err(_) => {
-                if nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH).is_ok() {
-                    report.unmounted += 1;
-                }
-            }
-        }
-    }
-    let still = mounts_under(&lab.state_dir);
-    if !still.is_empty() {
-        let list: Vec<String> = still.iter().map(|p| p.display().to_string()).collect();
-        return Err(LabError::LeftBehind(format!("mounts {}", list.join(", "))));
-    }
+    let ended = end_processes(&ns, say)?;
+    report.killed = ended.len();
+    report.unmounted = unmount(lab, state.as_ref())?;
 
     // Network namespaces: deleting them destroys their veths and the bridge.
     for n in &netns {
@@ -219,7 +160,134 @@ pub fn down(lab: &Lab, say: &dyn Fn(&str)) -> Result<Report, LabError> {
             left.join(", ")
         )));
     }
+    wait_reaped(&ended)?;
     Ok(report)
+}
+
+/// Processes in `ns` not yet in `tracked`, added to it; the new ones.
+fn track_new(ns: &[NsId], tracked: &mut Vec<Tracked>) -> Vec<Tracked> {
+    let new: Vec<Tracked> = procs::in_namespaces(ns)
+        .iter()
+        .filter_map(Tracked::of)
+        .filter(|t| !tracked.iter().any(|k| k.pid == t.pid && k.start == t.start))
+        .collect();
+    tracked.extend(new.iter().cloned());
+    new
+}
+
+/// The first signal for a process of the lab: SIGTERM for vesperd, so that it stops its
+/// VMs; nothing for a QEMU whose parent is one of `vesperds` (it is stopped by it);
+/// SIGKILL for the rest (the cluster daemons, libvirt's QEMUs, agents, `exec`'s commands).
+fn first_signal(t: &Tracked, vesperds: &[u32]) {
+    if t.comm == "vesperd" {
+        t.signal(Signal::SIGTERM);
+    } else if !(t.comm.starts_with("qemu")
+        && procs::parent(t.pid).is_some_and(|pp| vesperds.contains(&pp)))
+    {
+        t.signal(Signal::SIGKILL);
+    }
+}
+
+/// Ends every process in `ns`, whoever started it, and any that appears there meanwhile;
+/// returns once none of them has a thread left running, with all it ended (they may still
+/// be zombies, for their parent to reap). Anything that outlives SIGKILL is an error.
+fn end_processes(ns: &[NsId], say: &dyn Fn(&str)) -> Result<Vec<Tracked>, LabError> {
+    let mut tracked = Vec::new();
+    let first = track_new(ns, &mut tracked);
+    if first.is_empty() {
+        return Ok(tracked);
+    }
+    say(&format!("ending {} processes", first.len()));
+    let vesperds = |tracked: &[Tracked]| -> Vec<u32> {
+        tracked
+            .iter()
+            .filter(|t| t.comm == "vesperd")
+            .map(|t| t.pid)
+            .collect()
+    };
+    let v = vesperds(&tracked);
+    for t in &first {
+        first_signal(t, &v);
+    }
+    // Politely first: vesperd stops its VMs; whatever starts meanwhile (an agent, a
+    // command run with `exec`) gets its own first signal.
+    let deadline = Instant::now() + POLITE;
+    while tracked.iter().any(Tracked::running) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+        let new = track_new(ns, &mut tracked);
+        let v = vesperds(&tracked);
+        for t in &new {
+            first_signal(t, &v);
+        }
+    }
+    // Then anything left (a vesperd that hung, a VM it did not stop): killed.
+    let deadline = Instant::now() + KILL;
+    loop {
+        track_new(ns, &mut tracked);
+        let left: Vec<&Tracked> = tracked.iter().filter(|t| t.running()).collect();
+        if left.is_empty() {
+            return Ok(tracked);
+        }
+        if Instant::now() >= deadline {
+            let list: Vec<String> = left.iter().map(|t| t.describe()).collect();
+            return Err(LabError::LeftBehind(format!(
+                "processes still running {} s after SIGKILL: {}",
+                KILL.as_secs(),
+                list.join(", ")
+            )));
+        }
+        for t in left {
+            t.signal(Signal::SIGKILL);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until every one of `ended` has left the process table: a process that has
+/// exited stays there as a zombie until its parent reaps it, and the daemons' parent
+/// is init, which may take its time (seconds, on some).
+fn wait_reaped(ended: &[Tracked]) -> Result<(), LabError> {
+    let deadline = Instant::now() + REAP;
+    loop {
+        let left: Vec<&Tracked> = ended.iter().filter(|t| t.exists()).collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let list: Vec<String> = left.iter().map(|t| t.describe()).collect();
+            return Err(LabError::Unreaped {
+                secs: REAP.as_secs(),
+                list: list.join(", "),
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Unmounts the namespace files and the private directories, deepest first; how many.
+fn unmount(lab: &Lab, state: Option<&State>) -> Result<usize, LabError> {
+    let mut mounts = mounts_under(&lab.state_dir);
+    for m in state.iter().flat_map(|s| &s.made) {
+        if let Made::Mount { path } = m {
+            if !mounts.contains(path) && mounts_under(path).contains(path) {
+                mounts.push(path.clone());
+            }
+        }
+    }
+    let mut unmounted = 0;
+    for m in &mounts {
+        if nix::mount::umount2(m, nix::mount::MntFlags::empty()).is_ok()
+            || nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH).is_ok()
+        {
+            unmounted += 1;
+        }
+    }
+    let still = mounts_under(&lab.state_dir);
+    if !still.is_empty() {
+        let list: Vec<String> = still.iter().map(|p| p.display().to_string()).collect();
+        return Err(LabError::LeftBehind(format!("mounts {}", list.join(", "))));
+    }
+    Ok(unmounted)
 }
 
 #[cfg(test)]

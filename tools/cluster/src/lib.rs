@@ -131,6 +131,15 @@ pub enum LabError {
     /// `down` could not remove everything.
     #[error("down: left behind: {0}\n  what to do: look at those by hand (ps, ip netns, findmnt), then run down again")]
     LeftBehind(String),
+    /// Processes of the lab that exited and were not reaped: they stay in the process
+    /// table (`ps`, `pgrep` list them) until their parent waits for them.
+    #[error("down: exited but not reaped by their parent after {secs} s: {list}\n  what to do: the lab's daemons are reaped by init (pid 1) once down ends them; run down under an init that reaps orphans (e.g. `docker run --init`)")]
+    Unreaped {
+        /// How long down waited.
+        secs: u64,
+        /// The processes, with their parents.
+        list: String,
+    },
 }
 
 fn lab_flag(lab: &str) -> String {

@@ -7,27 +7,31 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::kernel::GUEST_DRIVERS;
 use crate::{
     built_modules, cmd, io_err, module_sources, read, write_atomic, Fnv, Helper, KitError,
     Progress, ABI_HEADER, HELPERS, MINI_FRONTEND_DIR, MINI_FRONTEND_ELF, MODULE_DIRS,
+    STRIPPED_MODULE_DIRS,
 };
 
 pub(crate) const MODULES_STAMP: &str = ".sources-hash";
 
-/// Step 5: build each module directory with make and copy the `.ko` files into
-/// `modules_dir`, unless the sources hash matches the stamp. Returns name → path.
+/// Step 6: build each module directory with make and copy the `.ko` files into
+/// `modules_dir` (stripped for [`STRIPPED_MODULE_DIRS`]) and, with their DWARF, into
+/// `debug_dir`, unless the sources hash matches the stamp. Returns name → path.
 pub(crate) fn build_modules(
     p: &Progress,
     root: &Path,
     kdir: &Path,
     release: &str,
     modules_dir: &Path,
+    debug_dir: &Path,
 ) -> Result<(BTreeMap<String, PathBuf>, String), KitError> {
     let mut h = Fnv::new();
     h.bytes(release.as_bytes())
         .bytes(kdir.as_os_str().as_encoded_bytes());
     let mut present = Vec::new();
-    for rel in MODULE_DIRS {
+    for &rel in MODULE_DIRS {
         let d = root.join(rel);
         if !d.is_dir() {
             p.warn(&format!(
@@ -51,7 +55,7 @@ pub(crate) fn build_modules(
             h.bytes(relpath.as_os_str().as_encoded_bytes())
                 .bytes(&read(s)?);
         }
-        present.push(d);
+        present.push((d, STRIPPED_MODULE_DIRS.contains(&rel)));
     }
     let hash = h.hex();
     let stamp = modules_dir.join(MODULES_STAMP);
@@ -65,7 +69,10 @@ pub(crate) fn build_modules(
                 .iter()
                 .map(|n| (n.to_string(), modules_dir.join(format!("{n}.ko"))))
                 .collect();
-            if map.values().all(|p| p.is_file()) {
+            let debug_copies = names
+                .iter()
+                .all(|n| debug_dir.join(format!("{n}.ko")).is_file());
+            if debug_copies && map.values().all(|p| p.is_file()) {
                 return Ok((
                     map,
                     format!("up to date ({} modules, sources unchanged)", names.len()),
@@ -75,10 +82,11 @@ pub(crate) fn build_modules(
     }
 
     fs::create_dir_all(modules_dir).map_err(io_err("create", modules_dir))?;
+    fs::create_dir_all(debug_dir).map_err(io_err("create", debug_dir))?;
     let _ = fs::remove_file(&stamp);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut map = BTreeMap::new();
-    for d in &present {
+    for (d, strip) in &present {
         let t = Instant::now();
         cmd::run(
             Command::new("make")
@@ -104,11 +112,7 @@ pub(crate) fn build_modules(
                     ko.display()
                 ));
             }
-            // Replaced, never removed first: a guest or test that pushes a module while
-            // the kit rebuilds reads the old file or the new one, not a missing one.
-            let tmp = modules_dir.join(format!(".{name}.ko.new"));
-            fs::copy(&ko, &tmp).map_err(io_err("copy to", &tmp))?;
-            fs::rename(&tmp, &dst).map_err(io_err("rename to", &dst))?;
+            install_module(&ko, &name, modules_dir, debug_dir, *strip)?;
             map.insert(name, dst);
         }
         p.line(&format!(
@@ -117,17 +121,12 @@ pub(crate) fn build_modules(
             t.elapsed().as_secs_f64()
         ));
     }
-    // Modules whose sources are gone: removed only now, after the new set is in place.
-    for e in fs::read_dir(modules_dir).map_err(io_err("list", modules_dir))? {
-        let path = e.map_err(io_err("list", modules_dir))?.path();
-        let stale = path.extension().is_some_and(|x| x == "ko")
-            && path
-                .file_stem()
-                .is_some_and(|n| !map.contains_key(n.to_string_lossy().as_ref()));
-        if stale {
-            fs::remove_file(&path).map_err(io_err("remove", &path))?;
-        }
-    }
+    // Modules whose sources are gone: removed only now, after the new set is in place
+    // (the guest drivers' debug files, step 5's, stay).
+    remove_stale(modules_dir, |n| map.contains_key(n))?;
+    remove_stale(debug_dir, |n| {
+        map.contains_key(n) || GUEST_DRIVERS.contains(&n)
+    })?;
     let mut text = hash;
     for n in map.keys() {
         text.push('\n');
@@ -142,6 +141,52 @@ pub(crate) fn build_modules(
         format!("built {} modules: {}", map.len(), names.join(" "))
     };
     Ok((map, note))
+}
+
+/// Copies a built `ko` to `<debug_dir>/<name>.ko` as built (with its DWARF) and to
+/// `<modules_dir>/<name>.ko` for guests, stripped of DWARF if `strip` (`objcopy
+/// --strip-debug` keeps the GNU build ID drgn matches the two by). Each is replaced,
+/// never removed first: a guest or test that pushes a module while the kit rebuilds
+/// reads the old file or the new one, not a missing one.
+fn install_module(
+    ko: &Path,
+    name: &str,
+    modules_dir: &Path,
+    debug_dir: &Path,
+    strip: bool,
+) -> Result<(), KitError> {
+    let debug_tmp = debug_dir.join(format!(".{name}.ko.new"));
+    fs::copy(ko, &debug_tmp).map_err(io_err("copy to", &debug_tmp))?;
+    let tmp = modules_dir.join(format!(".{name}.ko.new"));
+    if strip {
+        cmd::run(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(ko)
+                .arg(&tmp),
+        )?;
+    } else {
+        fs::copy(ko, &tmp).map_err(io_err("copy to", &tmp))?;
+    }
+    let debug_dst = debug_dir.join(format!("{name}.ko"));
+    fs::rename(&debug_tmp, &debug_dst).map_err(io_err("rename to", &debug_dst))?;
+    let dst = modules_dir.join(format!("{name}.ko"));
+    fs::rename(&tmp, &dst).map_err(io_err("rename to", &dst))
+}
+
+/// Removes each `<dir>/<name>.ko` whose name `keep` refuses.
+fn remove_stale(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(), KitError> {
+    for e in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let path = e.map_err(io_err("list", dir))?.path();
+        let stale = path.extension().is_some_and(|x| x == "ko")
+            && path
+                .file_stem()
+                .is_some_and(|n| !keep(n.to_string_lossy().as_ref()));
+        if stale {
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Built helpers: `(name, path)` in [`HELPERS`] order.

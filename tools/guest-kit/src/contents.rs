@@ -31,6 +31,12 @@ pub const HOST_PACKAGES: &[&str] = &[
 /// Directories (relative to the repository root) whose Makefiles build guest modules.
 pub const MODULE_DIRS: &[&str] = &["guest-module", "probes", "tests/modules"];
 
+/// Module directories (of [`MODULE_DIRS`]) whose modules guests load stripped of their
+/// DWARF (`objcopy --strip-debug`, as Debian strips its modules): the test fixtures,
+/// whose sizes are their blobs' (`vesper_bench_100k` ~100 KiB, `vesper_big` ~6 MiB).
+/// Their debug files keep it, like every other module's (`Kit::debug_modules_dir`).
+pub const STRIPPED_MODULE_DIRS: &[&str] = &["tests/modules"];
+
 /// Sources of the mini frontend (relative to the repository root).
 pub const MINI_FRONTEND_DIR: &str = "tests/guests/mini-frontend";
 /// The generated wire header the mini frontend is built against (relative to the root).

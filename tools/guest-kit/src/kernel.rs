@@ -1,6 +1,6 @@
 //! The guest kernel from apt: host packages, the current cloud kernel's release, its
-//! headers, its image and drivers, and its debug symbols (the `-dbg` package's
-//! `vmlinux`, for crash, drgn and gdb).
+//! headers, its image and drivers (its debug symbols, from the `-dbg` package, are
+//! `debug_files.rs`'s).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -168,13 +168,13 @@ pub(crate) fn fetch_kernel(
         &[
             format!("*boot/{vmlinuz_name}"),
             format!("*boot/{config_name}"),
-            "*/drivers/misc/pvpanic/*.ko".to_string(),
+            format!("*/{GUEST_DRIVERS_SUBDIR}/*.ko"),
         ],
     )?;
     fs::create_dir_all(kernel_dir).map_err(io_err("create", kernel_dir))?;
     let drivers = drivers_dir(kernel_dir);
     fs::create_dir_all(&drivers).map_err(io_err("create", &drivers))?;
-    let pvpanic_src = tmp.join(format!("lib/modules/{release}/kernel/drivers/misc/pvpanic"));
+    let pvpanic_src = tmp.join(format!("lib/modules/{release}/{GUEST_DRIVERS_SUBDIR}"));
     for d in GUEST_DRIVERS {
         let src = pvpanic_src.join(format!("{d}.ko"));
         if !src.is_file() {
@@ -210,6 +210,9 @@ pub(crate) fn fetch_kernel(
 /// from its init: pvpanic makes the guest tell QEMU it panicked (QMP `GUEST_PANICKED`).
 /// In load order; Debian builds them as modules.
 pub(crate) const GUEST_DRIVERS: [&str; 2] = ["pvpanic", "pvpanic-pci"];
+/// Where [`GUEST_DRIVERS`] are under `lib/modules/<release>/` (and, with DWARF, under
+/// the `-dbg` package's `usr/lib/debug/lib/modules/<release>/`).
+pub(crate) const GUEST_DRIVERS_SUBDIR: &str = "kernel/drivers/misc/pvpanic";
 
 /// Where the extracted guest drivers live in a kernel directory.
 pub(crate) fn drivers_dir(kernel_dir: &Path) -> PathBuf {
@@ -218,7 +221,12 @@ pub(crate) fn drivers_dir(kernel_dir: &Path) -> PathBuf {
 
 /// `<dir>/downloads/<prefix>*.deb`, downloaded with `apt-get download PKG` unless it is
 /// there already (retried once after `apt-get update`).
-fn download_deb(apt: &mut Apt, dir: &Path, pkg: &str, prefix: &str) -> Result<PathBuf, KitError> {
+pub(crate) fn download_deb(
+    apt: &mut Apt,
+    dir: &Path,
+    pkg: &str,
+    prefix: &str,
+) -> Result<PathBuf, KitError> {
     let dl = dir.join("downloads");
     fs::create_dir_all(&dl).map_err(io_err("create", &dl))?;
     let find_deb = || -> Result<Option<PathBuf>, KitError> {
@@ -247,45 +255,4 @@ fn download_deb(apt: &mut Apt, dir: &Path, pkg: &str, prefix: &str) -> Result<Pa
         what: format!("downloaded {pkg} package"),
         path: dl.join(format!("{prefix}*.deb")),
     })
-}
-
-/// The kernel's debug symbols: `vmlinux` with DWARF, as Debian's `-dbg` package ships
-/// it, kept as `<kernel_dir>/vmlinux` (the name appears only once it is complete).
-pub(crate) fn debug_vmlinux_path(kernel_dir: &Path) -> PathBuf {
-    kernel_dir.join("vmlinux")
-}
-
-/// `apt-get download linux-image-<release>-dbg` (283 MB), extract only
-/// `usr/lib/debug/boot/vmlinux-<release>` (about 600 MB; the package unpacks to 1.75
-/// GB), move it to `dest` and delete the `.deb`. A failed extraction deletes the `.deb`
-/// too, so the next run downloads it afresh rather than trip over a damaged one.
-pub(crate) fn fetch_debug_vmlinux(
-    apt: &mut Apt,
-    dir: &Path,
-    release: &str,
-    dest: &Path,
-) -> Result<(), KitError> {
-    let pkg = apt::dbg_package(release);
-    let deb = download_deb(apt, dir, &pkg, &format!("{pkg}_"))?;
-    let tmp = dir.join(format!("tmp-dbg-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
-    let member = format!("usr/lib/debug/boot/vmlinux-{release}");
-    let extracted = cmd::extract_deb_members(&deb, &tmp, &[format!("*{member}")]).and_then(|()| {
-        let src = tmp.join(&member);
-        if !src.is_file() {
-            return Err(KitError::MissingFile {
-                what: format!("{member} in {}", deb.display()),
-                path: src,
-            });
-        }
-        // Same filesystem: the rename is atomic, so `dest` is complete or absent.
-        fs::rename(&src, dest).map_err(io_err("move into", dest))
-    });
-    let _ = fs::remove_dir_all(&tmp);
-    if extracted.is_err() {
-        let _ = fs::remove_file(&deb);
-    }
-    extracted?;
-    fs::remove_file(&deb).map_err(io_err("remove", &deb))
 }

@@ -20,6 +20,7 @@ pub mod apt;
 mod build_steps;
 mod cmd;
 mod contents;
+mod debug_files;
 mod error;
 mod files;
 mod initramfs;
@@ -100,6 +101,18 @@ pub struct Kit {
     /// Why there is no `debug_vmlinux`, and what to do about it.
     #[serde(default)]
     pub debug_vmlinux_missing: Option<String>,
+    /// `<dir>/debug-modules/<release>/`: a debug file (`NAME.ko` with DWARF and the
+    /// same GNU build ID as the module the guest loads) for every module the kit's
+    /// guests load — the kernel drivers of the init (pvpanic, from the `-dbg` package)
+    /// and every module the kit builds (`modules`; the copies guests load of
+    /// `tests/modules`' fixtures are stripped, these are not). drgn needs them (`-s`
+    /// each) to unwind through module code. `None` when the drivers' files could not
+    /// be had ([`Kit::debug_modules_missing`] says why) and in older manifests.
+    #[serde(default)]
+    pub debug_modules_dir: Option<PathBuf>,
+    /// Why there is no `debug_modules_dir`, and what to do about it.
+    #[serde(default)]
+    pub debug_modules_missing: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -198,6 +211,21 @@ impl Kit {
     /// `<modules_dir>/<name>.ko` (whether or not it was built).
     pub fn module(&self, name: &str) -> PathBuf {
         self.modules_dir.join(format!("{name}.ko"))
+    }
+
+    /// The files drgn takes with `-s` to read a kit guest's vmcore with every frame
+    /// named: the debug vmlinux, then each `.ko` in [`Kit::debug_modules_dir`]
+    /// (sorted). `None` without either; the `*_missing` fields say why.
+    pub fn debug_symbol_files(&self) -> Option<Vec<PathBuf>> {
+        let dir = self.debug_modules_dir.as_ref()?;
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+            .collect();
+        files.sort();
+        files.insert(0, self.debug_vmlinux.clone()?);
+        Some(files)
     }
 }
 
@@ -315,42 +343,20 @@ impl Builder {
             Ok(((), format!("extracted to {}", kernel.display())))
         })?;
 
-        // 5. debug symbols: failing to get them leaves the kit usable, so it is
-        // recorded (and warned about) rather than fatal.
-        let debug_vmlinux_file = kernel::debug_vmlinux_path(&kernel_dir);
-        let (debug_vmlinux, debug_vmlinux_missing) =
-            self.p
-                .step(5, &format!("debug symbols for {release}"), || {
-                    if debug_vmlinux_file.is_file() {
-                        let note = format!("cached at {}", debug_vmlinux_file.display());
-                        return Ok(((Some(debug_vmlinux_file.clone()), None), note));
-                    }
-                    match kernel::fetch_debug_vmlinux(apt, dir, &release, &debug_vmlinux_file) {
-                        Ok(()) => {
-                            let note = format!("extracted to {}", debug_vmlinux_file.display());
-                            Ok(((Some(debug_vmlinux_file.clone()), None), note))
-                        }
-                        Err(e) => {
-                            let why = format!(
-                            "no debug vmlinux: getting {} failed: {e}; crash, drgn and gdb cannot \
-                             read Vesper's vmcores without it (fix apt's access to Debian's \
-                             archive and rerun `cargo run -p vesper-guest-kit`)",
-                            apt::dbg_package(&release)
-                        );
-                            self.p.warn(&why);
-                            Ok(((None, Some(why)), "not available (see the warning)".into()))
-                        }
-                    }
-                })?;
+        // 5. debug symbols (the kit stays usable without them)
+        let p = &self.p;
+        let debug = p.step(5, &format!("debug symbols for {release}"), || {
+            debug_files::ensure_debug_files(p, apt, dir, &release, &kernel_dir)
+        })?;
 
         // 6. guest modules
         let modules_dir = dir.join("modules").join(&release);
+        let debug_modules = debug_files::debug_modules_dir(dir, &release);
         let root = &self.root;
-        let p = &self.p;
         let modules = p.step(
             6,
             &format!("building guest modules against {release}"),
-            || build_modules(p, root, &kdir, &release, &modules_dir),
+            || build_modules(p, root, &kdir, &release, &modules_dir, &debug_modules),
         )?;
 
         // 7. static helpers
@@ -411,8 +417,10 @@ impl Builder {
             hog: helper_path("hog"),
             mini_frontend,
             accel: accel_hint().to_string(),
-            debug_vmlinux,
-            debug_vmlinux_missing,
+            debug_vmlinux: debug.vmlinux,
+            debug_vmlinux_missing: debug.vmlinux_missing,
+            debug_modules_dir: debug.modules_dir,
+            debug_modules_missing: debug.modules_missing,
         };
         p.step(10, "writing manifest.json", || {
             let path = dir.join(MANIFEST);

@@ -82,6 +82,10 @@ fn print_summary(kit: &Kit) {
         (Some(v), _) => println!("vmlinux      {} (debug symbols)", v.display()),
         (None, why) => println!("vmlinux      none: {}", why.as_deref().unwrap_or("unknown")),
     }
+    match (&kit.debug_modules_dir, &kit.debug_modules_missing) {
+        (Some(d), _) => println!("module debug {} (a .ko with DWARF per module)", d.display()),
+        (None, why) => println!("module debug none: {}", why.as_deref().unwrap_or("unknown")),
+    }
     if kit.modules.is_empty() {
         println!("modules      (none built yet)");
     }

@@ -129,6 +129,8 @@ fn manifest_round_trip() {
         accel: "tcg".into(),
         debug_vmlinux: Some("/k/kernel/x/vmlinux".into()),
         debug_vmlinux_missing: None,
+        debug_modules_dir: Some("/k/debug-modules/x".into()),
+        debug_modules_missing: None,
     };
     let json = serde_json::to_string(&Manifest {
         format: MANIFEST_FORMAT,
@@ -144,8 +146,12 @@ fn manifest_round_trip() {
     let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
     old.as_object_mut().unwrap().remove("debug_vmlinux");
     old.as_object_mut().unwrap().remove("debug_vmlinux_missing");
+    old.as_object_mut().unwrap().remove("debug_modules_dir");
+    old.as_object_mut().unwrap().remove("debug_modules_missing");
     let back: Manifest = serde_json::from_value(old.clone()).unwrap();
     assert_eq!(back.kit.debug_vmlinux, None);
+    assert_eq!(back.kit.debug_modules_dir, None);
+    assert_eq!(back.kit.debug_symbol_files(), None);
     old["debug_vmlinux_missing"] = "no debug vmlinux: apt failed".into();
     let back: Manifest = serde_json::from_value(old).unwrap();
     assert_eq!(
