@@ -1,7 +1,7 @@
 //! The README's command lines as a new user types them: vesperd started as `vesperd &`
 //! (no `--kit-dir`), the CLI from a fresh shell (no `VESPER_KIT_DIR`, a new `HOME`), spec
-//! paths relative to the repository. Every `vesper` command the README shows is run by
-//! some test or by `tools/demo` (the last test here checks that).
+//! paths relative to the repository. The README's command forms that no other test or
+//! `tools/demo` runs are run here too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -159,4 +159,82 @@ fn a_daemon_whose_kit_is_missing_is_named_in_the_error() {
     assert_eq!(out.status.code(), Some(66), "{all}");
     assert!(all.contains(&format!("vesperd's kit {empty_dir}")), "{all}");
     assert!(all.contains("cargo run -p vesper-guest-kit"), "{all}");
+}
+
+/// The README's command forms no other test runs: `debug sym 'PREFIX*'`, `debug read
+/// --hex`, a bare `debug dump`, `rmmod --force`, `group remove FILE`, `probe check
+/// --kernel` and `policy check` of a valid policy.
+#[test]
+fn the_readmes_remaining_command_forms_do_what_it_says() {
+    let policy = repo_root().join("host/failover/examples/policy.toml");
+    let d = Daemon::start(&[]);
+    let out = d.cli(&["policy", "check", policy.to_str().unwrap()]).ok();
+    assert!(
+        out.stdout.contains("valid") && out.stdout.contains("rule 1:"),
+        "{out:?}"
+    );
+    let spec = repo_root().join("probes/specs/exit_svc.probe");
+    let spec = spec.to_str().unwrap();
+    let out = d
+        .cli(&["probe", "check", spec, "--kernel", &kit().release])
+        .ok();
+    assert!(
+        out.stdout.contains("valid: module vesper_spec_exit_svc"),
+        "{out:?}"
+    );
+
+    d.vm_start("vm1");
+    let out = d.cli(&["debug", "sym", "vm1", "schedule*"]).ok();
+    let names: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(names.contains(&"schedule"), "{out:?}");
+    assert!(names.iter().all(|n| n.starts_with("schedule")), "{out:?}");
+    let out = d.cli(&["debug", "read", "vm1", "jiffies", "--hex"]).ok();
+    assert!(out.stdout.contains("0x"), "{out:?}");
+    d.cli(&["debug", "dump", "vm1"]).ok();
+    let dumps = d.cli(&["--json", "debug", "dumps", "vm1"]).ok().json();
+    assert_eq!(
+        dumps["result"]["dumps"].as_array().map(Vec::len),
+        Some(1),
+        "{dumps}"
+    );
+
+    let exit_probe = vesper_e2e::module("vesper_exit_probe");
+    d.cli(&["insmod", "vm1", &exit_probe]).ok();
+    d.cli(&["rmmod", "vm1", "vesper_exit_probe", "--force"])
+        .ok();
+    assert!(!d
+        .module_names("vm1")
+        .iter()
+        .any(|m| m == "vesper_exit_probe"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let group = dir.path().join("group.toml");
+    std::fs::write(
+        &group,
+        format!(
+            "name = \"pair\"\n[[module]]\npath = {exit_probe:?}\n[[module]]\npath = {:?}\n",
+            vesper_e2e::module("vesper_panic_probe")
+        ),
+    )
+    .unwrap();
+    let group = group.to_str().unwrap();
+    d.cli(&["group", "apply", "vm1", group]).ok();
+    assert_eq!(
+        d.module_names("vm1")
+            .iter()
+            .filter(|m| m.starts_with("vesper_") && *m != "vesper_front")
+            .count(),
+        2
+    );
+    d.cli(&["group", "remove", "vm1", group]).ok();
+    let left: Vec<String> = d
+        .module_names("vm1")
+        .into_iter()
+        .filter(|m| m == "vesper_exit_probe" || m == "vesper_panic_probe")
+        .collect();
+    assert!(left.is_empty(), "group remove by file left {left:?}");
 }

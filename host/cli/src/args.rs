@@ -88,7 +88,7 @@ pub(crate) enum Cmd {
         guests: Vec<String>,
         /// Only this kind (repeatable): panic, service_exit, oom, guest_panicked,
         /// shutdown, stop, reset, vm_exit, guest_up, decision, module_loaded,
-        /// module_failed, cluster, probe.
+        /// module_failed, cluster, probe, vcpu_stall.
         #[arg(long = "kind")]
         kinds: Vec<String>,
         /// Start from this sequence number (resume).
@@ -241,8 +241,6 @@ pub(crate) enum VmCmd {
         #[arg(long)]
         kernel: Option<String>,
     },
-    /// Stop a VM; returns once its process is gone (killed if it does not quit within
-    /// its grace period, which the reply says); 62 if it still has not ended.
     /// Fence a guest on this host: stop it if it runs, and refuse to start it here
     /// until it is unfenced (kept across vesperd restarts); what fence_vesper's `off` does.
     Fence {
@@ -259,6 +257,8 @@ pub(crate) enum VmCmd {
         /// VM name.
         name: String,
     },
+    /// Stop a VM; returns once its process is gone (killed if it does not quit within
+    /// its grace period, which the reply says); 62 if it still has not ended.
     Stop {
         /// VM name.
         name: String,
