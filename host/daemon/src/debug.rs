@@ -534,7 +534,7 @@ fn panic_dump_wait(daemon: &Shared) -> Duration {
 /// ([`dumps_on_panic`]): marks the dump as under way — before the event is published,
 /// so no failover action can come first — then writes it (QEMU paused the guest at
 /// pvpanic) and lets the guest go on.
-pub(crate) fn panic_hook(daemon: &Shared, guest: &str) -> Option<crate::guest::PanicHook> {
+pub(crate) fn panic_hook(daemon: &Shared, guest: &str) -> Option<crate::qmp_events::PanicHook> {
     if !dumps_on_panic(daemon, guest) {
         return None;
     }

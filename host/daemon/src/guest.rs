@@ -16,6 +16,7 @@ use vesper_ivshmem::IvshmemTransport;
 use vesper_shared_abi::{VECTOR_CONTROL, VECTOR_RELAY};
 
 use crate::events::{note_failure, publish_records, EventBus};
+use crate::qmp_events::PanicHook;
 use crate::relay::{ClockMap, RelayStore};
 use vesper_events::{EventKind, Source};
 
@@ -61,18 +62,6 @@ pub struct GuestHandle {
     /// client sent but the UART had not taken yet when the client hangs up), whose
     /// output is the console log.
     pub console: Option<Arc<crate::console::QemuConsole>>,
-}
-
-/// The event kind of a VM event a failover engine cares about, by QEMU's name for it
-/// (the builtin VMM reports its own under the same names).
-pub(crate) fn vm_event_kind(name: &str) -> Option<EventKind> {
-    Some(match name {
-        "GUEST_PANICKED" => EventKind::GuestPanicked,
-        "SHUTDOWN" => EventKind::Shutdown,
-        "STOP" => EventKind::Stop,
-        "RESET" => EventKind::Reset,
-        _ => return None,
-    })
 }
 
 /// Clock exchanges per synchronisation; the one with the shortest round trip wins.
@@ -348,9 +337,6 @@ pub struct GuestTask {
     /// Called with the guest's name on `GUEST_PANICKED`, before the event is published.
     pub on_panic: Option<PanicHook>,
 }
-
-/// What runs when a guest panics, before anyone hears of it (`--dump-on-panic`).
-pub type PanicHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Commands submitted to the session, by id, and where their results go.
 type Pending = HashMap<u64, oneshot::Sender<Result<Reply, CommandError>>>;

@@ -18,7 +18,21 @@ use vesper_events::{EventKind, Source};
 use vesper_qemu::QmpEvent;
 
 use crate::events::{note_failure, EventBus};
-use crate::guest::{vm_event_kind, PanicHook};
+
+/// What runs when a guest panics, before anyone hears of it (`--dump-on-panic`).
+pub type PanicHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The event kind of a VM event a failover engine cares about, by QEMU's name for it
+/// (the builtin VMM reports its own under the same names).
+pub(crate) fn vm_event_kind(name: &str) -> Option<EventKind> {
+    Some(match name {
+        "GUEST_PANICKED" => EventKind::GuestPanicked,
+        "SHUTDOWN" => EventKind::Shutdown,
+        "STOP" => EventKind::Stop,
+        "RESET" => EventKind::Reset,
+        _ => return None,
+    })
+}
 
 /// How soon after a reset a guest-requested one counts as the same reboot (the
 /// firmware's reset comes within 100 ms even under TCG on a loaded host; a Linux guest

@@ -342,7 +342,7 @@ pub(crate) async fn launch_builtin(
                 return tracing::info!(guest = %name, "guest is running its crash kernel");
             }
         };
-        let Some(kind) = crate::guest::vm_event_kind(qemu_name) else {
+        let Some(kind) = crate::qmp_events::vm_event_kind(qemu_name) else {
             return;
         };
         let e = bus.publish(
