@@ -36,7 +36,7 @@ fn main() {
             Ok(s) if s.success() => {}
             Ok(s) => panic!("{clang} failed on {src} ({s}): fix the C source"),
             Err(e) => {
-                rerun_when_clang_appears(&clang);
+                rerun_until_clang_is_there(&out);
                 println!(
                     "cargo:warning=no {clang} ({e}): host probes are built without their eBPF \
                      objects; install clang, libbpf-dev and linux-libc-dev \
@@ -50,19 +50,12 @@ fn main() {
 
 /// Without clang the objects are empty; a later build must not keep them once clang is
 /// installed (the guest kit installs it after a first `cargo build` on a fresh machine).
-/// Cargo reruns a build script whose `rerun-if-changed` path does not exist, so naming
-/// every place clang could appear reruns this script until it does.
-fn rerun_when_clang_appears(clang: &str) {
-    let candidates: Vec<PathBuf> = if clang.contains('/') {
-        vec![PathBuf::from(clang)]
-    } else {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .map(|d| d.join(clang))
-            .collect()
-    };
-    println!("cargo:rerun-if-env-changed=PATH");
-    for c in candidates {
-        println!("cargo:rerun-if-changed={}", c.display());
-    }
+/// Cargo reruns a build script while a `rerun-if-changed` path does not exist, so a path
+/// never created reruns this script at every build until clang is there. (Naming clang's
+/// own path would not do: dpkg keeps the package's old mtimes, older than the last run.)
+fn rerun_until_clang_is_there(out: &std::path::Path) {
+    println!(
+        "cargo:rerun-if-changed={}",
+        out.join("rerun-until-clang-is-there").display()
+    );
 }
