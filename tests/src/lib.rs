@@ -17,6 +17,14 @@ pub mod code_vm;
 pub mod tiny_guest;
 pub mod virtualdomain;
 
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
 /// The guest kit, built once per test process.
 pub fn kit() -> &'static Kit {
     static KIT: OnceLock<Kit> = OnceLock::new();
@@ -454,6 +462,19 @@ impl Daemon {
         let vms = list["result"]["vms"].as_array().expect("vms").clone();
         let vm = vms.iter().find(|v| v["name"] == name).expect("vm listed");
         vm["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// Waits until `module` is loaded in `guest` (at most `timeout`).
+    pub fn wait_loaded(&self, guest: &str, module: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.module_names(guest).iter().any(|m| m == module) {
+            assert!(
+                Instant::now() < deadline,
+                "{module} never loaded:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The names of the modules loaded in `guest`, sorted.

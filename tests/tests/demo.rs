@@ -5,12 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
+use vesper_e2e::repo_root;
 
 /// `cargo build -p vesper-hostprobe` with `clang` for the eBPF compiler;
 /// returns the size of the `hostprobe.bpf.o` the build script left in its OUT_DIR.

@@ -36,18 +36,6 @@ fn probe(cache: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn wait_loaded(d: &Daemon, guest: &str, module: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !d.module_names(guest).iter().any(|m| m == module) {
-        assert!(
-            Instant::now() < deadline,
-            "{module} never loaded:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The pid in a hand reply line (`... pid=PID ...`).
 fn pid_in(reply: &str) -> i64 {
     let at = reply.find("pid=").expect("pid= in reply") + 4;
@@ -74,7 +62,7 @@ fn an_exit_spec_filtered_on_one_name_records_only_it_decoded_by_name() {
         cache.path(),
         &["--count", "1", "--keep"],
     );
-    wait_loaded(&d, "vm1", "vesper_spec_exit_svc");
+    d.wait_loaded("vm1", "vesper_spec_exit_svc", WAIT);
 
     // Others exit first (killed, and with a code); then svc exits with code 3.
     d.hand("vm1", "start other", "started other");
@@ -354,7 +342,7 @@ fn probe_run_ends_after_its_duration_or_on_ctrl_c_and_leaves_nothing_loaded() {
 
     // Ctrl-C while following: unloaded before the CLI exits (128 + SIGINT).
     let child = run(&[]);
-    wait_loaded(&d, "vm1", "vesper_spec_exit_svc");
+    d.wait_loaded("vm1", "vesper_spec_exit_svc", WAIT);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

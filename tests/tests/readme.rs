@@ -3,20 +3,13 @@
 //! paths relative to the repository. The README's command forms that no other test or
 //! `tools/demo` runs are run here too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vesper_e2e::{bin_dir, kit, Daemon};
+use vesper_e2e::{bin_dir, kit, repo_root, Daemon};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
 
 /// `vesper ARGS` as typed in a fresh login shell in the repository: only `PATH`, a new
 /// empty `HOME` (so a cold probe cache) and `VESPER_SOCKET` (as the README's
@@ -40,18 +33,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn wait_loaded(d: &Daemon, guest: &str, module: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !d.module_names(guest).iter().any(|m| m == module) {
-        assert!(
-            Instant::now() < deadline,
-            "{module} never loaded:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn wait_output(child: Child) -> Output {
@@ -83,7 +64,7 @@ fn the_readme_probe_run_line_finds_the_kit_vesperd_uses() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("spawn vesper probe run");
-    wait_loaded(&d, "vm1", "vesper_spec_exit_svc");
+    d.wait_loaded("vm1", "vesper_spec_exit_svc", WAIT);
     let started = d.hand("vm1", "start svc", "started svc");
     d.hand("vm1", "exit svc 3", "exit requested svc");
     let out = wait_output(run);

@@ -28,6 +28,23 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// A 2-vCPU hand-mode guest told to panic under a policy that dumps on panic, and the
+/// vmcore vesperd wrote of it (the policy file is kept in `dir`).
+fn panic_dump(dir: &Path) -> (Daemon, PathBuf) {
+    let policy = dir.join("policy.toml");
+    // The policy's knob, not vesperd's flag, turns the dump on.
+    std::fs::write(
+        &policy,
+        "[host]\nmax_guests = 1\nmax_memory_mib = 512\n\n[dump]\non_panic = true\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
+    d.vm_start_with("vm1", &["--mode", "hand", "--cpus", "2"]);
+    d.hand("vm1", "panic", "panicking");
+    let core = first_dump(&d, "vm1");
+    (d, core)
+}
+
 /// Waits for the guest's first vmcore to be listed by `vesper debug dumps`.
 fn first_dump(d: &Daemon, guest: &str) -> PathBuf {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -93,17 +110,7 @@ fn crash_drgn_and_gdb_open_the_vmcore_of_a_panic() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    // The policy's knob, not vesperd's flag, turns the dump on.
-    std::fs::write(
-        &policy,
-        "[host]\nmax_guests = 1\nmax_memory_mib = 512\n\n[dump]\non_panic = true\n",
-    )
-    .unwrap();
-    let d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
-    d.vm_start_with("vm1", &["--mode", "hand", "--cpus", "2"]);
-    d.hand("vm1", "panic", "panicking");
-    let core = first_dump(&d, "vm1");
+    let (_daemon, core) = panic_dump(dir.path());
 
     // What the dump says, read by Vesper's own reader: one NT_PRSTATUS per vCPU, the
     // panicking one naming init (pid 1, which wrote to /proc/sysrq-trigger).
@@ -209,16 +216,7 @@ fn drgn_unwinds_the_panicking_task_through_module_code_to_user_space() {
         .debug_symbol_files()
         .unwrap_or_else(|| panic!("no module debug files: {:?}", kit.debug_modules_missing));
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[host]\nmax_guests = 1\nmax_memory_mib = 512\n\n[dump]\non_panic = true\n",
-    )
-    .unwrap();
-    let d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
-    d.vm_start_with("vm1", &["--mode", "hand", "--cpus", "2"]);
-    d.hand("vm1", "panic", "panicking");
-    let core = first_dump(&d, "vm1");
+    let (_daemon, core) = panic_dump(dir.path());
     let v = Vmcore::open(&core).unwrap();
     let cpus = v.cpus();
     let panicking = cpus
@@ -430,16 +428,7 @@ fn crash_and_vesper_trace_every_cpu_of_a_panic_dump() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[host]\nmax_guests = 1\nmax_memory_mib = 512\n\n[dump]\non_panic = true\n",
-    )
-    .unwrap();
-    let d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
-    d.vm_start_with("vm1", &["--mode", "hand", "--cpus", "2"]);
-    d.hand("vm1", "panic", "panicking");
-    let core = first_dump(&d, "vm1");
+    let (d, core) = panic_dump(dir.path());
     let v = Vmcore::open(&core).unwrap();
     let cpus = v.cpus();
     assert_eq!(cpus.len(), 2, "{cpus:?}");
