@@ -37,7 +37,13 @@ pub fn parse_ns_link(link: &str) -> Option<u64> {
 
 /// The inode of namespace `kind` (`net`, `mnt`) of `pid`.
 pub fn ns_of(pid: u32, kind: &str) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
+    ns_in(&format!("/proc/{pid}"), kind)
+}
+
+/// The inode of namespace `kind` of the process or thread whose `/proc` directory is
+/// `dir`.
+fn ns_in(dir: &str, kind: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("{dir}/ns/{kind}")).ok()?;
     parse_ns_link(&link.to_string_lossy())
 }
 
@@ -48,8 +54,7 @@ fn in_ns(pid: u32, ns: &[NsId]) -> bool {
     let hit = |dir: &str| {
         ["net", "mnt"]
             .iter()
-            .filter_map(|k| std::fs::read_link(format!("{dir}/ns/{k}")).ok())
-            .filter_map(|l| parse_ns_link(&l.to_string_lossy()))
+            .filter_map(|k| ns_in(dir, k))
             .any(|ino| ns.contains(&NsId(ino)))
     };
     hit(&format!("/proc/{pid}"))
@@ -102,10 +107,10 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 
 /// The parent of `pid`, if it lives.
 pub fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the parenthesised comm: state, then ppid.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(&format!("/proc/{pid}/stat"))?
+        .get(1)?
+        .parse()
+        .ok()
 }
 
 /// The fields of `/proc/PID/stat` after the parenthesised comm (which may hold spaces):
