@@ -20,7 +20,12 @@ const CHANNEL_BASE: u64 = DATA_AREA_OFFSET;
 
 fn live_session(region: &SharedRegion) -> (Session, GuestChannel) {
     let mut s = Session::new(SessionConfig::default());
-    let hello = HelloRequest { nr_cpus: 2, region_size: region.size(), ..Default::default() };
+    let hello = HelloRequest {
+        frontend_version: *vesper_core::FRONTEND_VERSIONS.end(),
+        nr_cpus: 2,
+        region_size: region.size(),
+        ..Default::default()
+    };
     let h = MsgHeader { kind: REQ_HELLO, id: 1, generation: GEN, ..Default::default() };
     post_request(region, h, hello.as_slice()).unwrap();
     let (mut ch, req) = GuestChannel::create(region, GEN, 1, 2, 4, 4096, false, CHANNEL_BASE, 0).unwrap();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vesper_guest_kit::{EnsureOptions, Kit};
 
+pub mod attach;
 pub mod cluster;
 pub mod cluster_bench;
 pub mod cluster_fence;
@@ -399,6 +400,28 @@ impl Daemon {
             command,
             reply_prefix,
         )
+    }
+
+    /// Runs `command` in VM `name` through its hand's `sh` and returns its output lines
+    /// and exit status.
+    pub fn hand_sh(&self, name: &str, command: &str) -> (Vec<String>, i32) {
+        const END: &str = "vesper-hand: sh end rc=";
+        let before = self.console(name).len();
+        self.hand(name, &format!("sh {command}"), "sh end rc=");
+        let console = self.console(name);
+        let tail = &console[before.min(console.len())..];
+        let end = tail.find(END).expect("the hand's reply");
+        let out = tail[..end]
+            .lines()
+            .filter_map(|l| l.trim_end_matches('\r').split_once("vesper-hand: out "))
+            .map(|(_, l)| l.to_string())
+            .collect();
+        let rc = tail[end + END.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exit status after {command:?}: {tail:?}"));
+        (out, rc)
     }
 
     /// Events as JSON, read through `vesper --json events ARGS`.

@@ -224,3 +224,137 @@ fn a_panic_seen_by_the_probe_and_by_qmp_is_acted_on_once() {
         .collect();
     assert_eq!(failovers.len(), 1, "acted more than once: {failovers:#?}");
 }
+
+/// Waits until `guest` is up (its `guest_up` event) and healthy.
+fn wait_up(d: &Daemon, guest: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !(d
+        .events(&[])
+        .iter()
+        .any(|e| e["kind"] == "guest_up" && e["guest"] == guest)
+        && d.cli(&["vm", "status", guest]).code == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{guest} never came up:\n{:#?}\n{}",
+            d.events(&[]),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The virtio-rng PCI device ids (transitional, modern).
+const VIRTIO_RNG: [&str; 2] = ["0x1005", "0x1044"];
+
+#[test]
+fn a_standby_declared_by_a_definition_file_starts_as_that_file_says() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("standby.toml"),
+        "memory_mib = 384\nqemu_args = [\"-device\", \"virtio-rng-pci\"]\n\n[boot]\nmode = \"hand\"\n",
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[host]
+max_guests = 2
+max_memory_mib = 2048
+
+[[guest]]
+name = "web1"
+memory_mib = 512
+mode = "hand"
+
+[[guest]]
+name = "web2"
+definition = "standby.toml"   # beside this file
+
+[[group]]
+name = "web"
+primary = "web1"
+standbys = ["web2"]
+
+[[rule]]
+on = "service_exit"
+where = { comm = "svc" }
+group = "web"
+action = "start_standby"
+"#,
+    )
+    .unwrap();
+    let check = policy_check(&policy);
+    assert!(
+        check.contains("guest web2: 384 MiB, 1 cpu, vmm qemu, as defined in")
+            && check.contains("standby.toml"),
+        "{check}"
+    );
+    let d = Daemon::start(&["--policy", policy.to_str().unwrap()]);
+    d.vm_start_with("web1", &["--mode", "hand"]);
+    d.wait_console("web1", "vesper-init: hand ready", WAIT);
+    d.watch_svc("web1");
+    d.hand("web1", "start svc", "started svc");
+    d.hand("web1", "kill 9 svc", "killed svc");
+    wait_up(&d, "web2");
+    let failover = d
+        .events(&[])
+        .into_iter()
+        .find(|e| e["kind"] == "decision" && e["payload"]["action"]["type"] == "start_standby")
+        .expect("a start_standby decision");
+    assert_eq!(failover["payload"]["action"]["standby"], "web2");
+
+    // It is the file's VM: its memory, its QEMU options, its init mode.
+    let st = d.cli(&["--json", "vm", "status", "web2"]).result();
+    assert_eq!(st["memory_mib"], 384, "{st}");
+    let (devices, rc) = d.hand_sh("web2", "cat /sys/bus/pci/devices/*/device");
+    assert_eq!(rc, 0, "{devices:?}");
+    assert!(
+        devices.iter().any(|l| VIRTIO_RNG.contains(&l.trim())),
+        "the definition's virtio-rng-pci is not in the standby: {devices:?}"
+    );
+}
+
+/// `vesper policy check FILE`'s output, which must accept it.
+fn policy_check(policy: &std::path::Path) -> String {
+    let out = std::process::Command::new(vesper_e2e::bin_dir().join("vesper"))
+        .args(["policy", "check", policy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn a_missing_definition_file_stops_vesperd_at_the_policy_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[host]\nmax_guests = 2\nmax_memory_mib = 1024\n\n[[guest]]\nname = \"web2\"\ndefinition = \"gone.toml\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(vesper_e2e::bin_dir().join("vesperd"))
+        .args([
+            "--run-dir",
+            dir.path().to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("policy.toml:7:14")
+            && err.contains("gone.toml")
+            && err.contains("cannot read VM definition file"),
+        "{err}"
+    );
+}

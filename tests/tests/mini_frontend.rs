@@ -179,6 +179,11 @@ impl Mini {
         for ev in out.events {
             match ev {
                 SessionEvent::GuestUp { info, .. } => self.hellos.push(info),
+                SessionEvent::HelloRefused {
+                    frontend_version, ..
+                } => self.misbehaviour.push(format!(
+                    "hello of frontend version {frontend_version} refused"
+                )),
                 SessionEvent::Done { id, result } => self.done.push((id, result)),
                 SessionEvent::Misbehaviour(e) => self.misbehaviour.push(e.to_string()),
                 SessionEvent::RelayOpened(spec) => self.opened.push(spec),

@@ -242,4 +242,68 @@ fn validate_all_refuses_bad_parameters() {
         0
     );
     assert_eq!(check(&[("probes", &format!("{exit}:=svc"))]), 6);
+    // A definition file: absolute, there, and the only say on the machine.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let def = dir.path().join("web1.toml");
+    std::fs::write(&def, "memory_mib = 384\n").unwrap();
+    let def = def.to_str().unwrap();
+    assert_eq!(check(&[("definition", def)]), 0);
+    assert_eq!(check(&[("definition", "web1.toml")]), 6, "relative path");
+    assert_eq!(check(&[("definition", "/nonexistent/web1.toml")]), 5);
+    for key in ["memory", "cpus", "mode", "append", "vmm"] {
+        let value = if matches!(key, "memory" | "cpus") {
+            "1"
+        } else {
+            "qemu"
+        };
+        assert_eq!(
+            check(&[("definition", def), (key, value)]),
+            6,
+            "{key} beside definition"
+        );
+    }
+}
+
+#[test]
+fn start_with_a_definition_starts_the_vm_the_file_defines() {
+    let d = Daemon::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let def = dir.path().join("ocfdef.toml");
+    std::fs::write(
+        &def,
+        "memory_mib = 384\nqemu_args = [\"-device\", \"virtio-rng-pci\"]\n\n[boot]\nmode = \"hand\"\n",
+    )
+    .unwrap();
+    let params = [
+        ("guest", "ocfdef".to_string()),
+        ("vesper", bin_dir().join("vesper").display().to_string()),
+        ("socket", d.socket.display().to_string()),
+        ("kit_dir", kit().dir.display().to_string()),
+        ("definition", def.display().to_string()),
+        ("boot_timeout", "180".to_string()),
+    ];
+    let agent = |action: &str, meta: &[(&str, &str)]| run_agent(action, &params, meta);
+    assert_eq!(agent("validate-all", &[]).code, OCF_SUCCESS);
+    let start = agent("start", START);
+    assert_eq!(
+        start.code,
+        OCF_SUCCESS,
+        "start: {start:?}\ndaemon log:\n{}",
+        d.log()
+    );
+    // The file's VM: its memory, its init mode, its QEMU options.
+    let st = d.cli(&["--json", "vm", "status", "ocfdef"]).result();
+    assert_eq!(st["memory_mib"], 384, "{st}");
+    d.wait_console("ocfdef", "vesper-init: hand ready", WAIT);
+    let (devices, rc) = d.hand_sh("ocfdef", "cat /sys/bus/pci/devices/*/device");
+    assert_eq!(rc, 0, "{devices:?}");
+    assert!(
+        devices
+            .iter()
+            .any(|l| ["0x1005", "0x1044"].contains(&l.trim())),
+        "the definition's virtio-rng-pci is not in the guest: {devices:?}"
+    );
+    assert_eq!(agent("monitor", MONITOR).code, OCF_SUCCESS);
+    assert_eq!(agent("stop", STOP).code, OCF_SUCCESS);
+    assert_eq!(d.cli(&["vm", "status", "ocfdef"]).code, 3);
 }

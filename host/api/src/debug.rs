@@ -60,6 +60,7 @@ pub fn serve(
             page_table_root: k.page_tables().root,
             five_level: k.page_tables().five_level,
             ram_mib: ram_bytes >> 20,
+            ram_source: k.phys().describe(),
         })),
         DebugOp::Sym { query } => {
             let q = query.trim();

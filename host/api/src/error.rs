@@ -37,6 +37,9 @@ pub enum ErrorCode {
     GuestMisbehaving,
     /// The VM could not be started.
     VmStartFailed,
+    /// A VM Vesper did not start could not be attached (its QMP socket, its machine,
+    /// its libvirt domain): nothing of the attempt is left behind.
+    AttachFailed,
     /// A daemon-side failure.
     Internal,
     /// The caller's uid/gid is not allowed to use the daemon.
@@ -58,10 +61,10 @@ impl ErrorCode {
             ErrorCode::UnknownGuest => 68,                      // EX_NOHOST
             ErrorCode::GuestNotReady => 75,                     // EX_TEMPFAIL
             ErrorCode::Timeout => TIMEOUT_EXIT_CODE,
-            ErrorCode::VmStartFailed => 71,    // EX_OSERR
-            ErrorCode::Internal => 70,         // EX_SOFTWARE
-            ErrorCode::PermissionDenied => 77, // EX_NOPERM
-            ErrorCode::GuestExists => 73,      // EX_CANTCREAT
+            ErrorCode::VmStartFailed | ErrorCode::AttachFailed => 71, // EX_OSERR
+            ErrorCode::Internal => 70,                                // EX_SOFTWARE
+            ErrorCode::PermissionDenied => 77,                        // EX_NOPERM
+            ErrorCode::GuestExists => 73,                             // EX_CANTCREAT
             // Not a failure yet, not a success: as timeout(1) says "still running".
             ErrorCode::InitStillRunning => 124,
             ErrorCode::AlreadyLoaded

@@ -21,6 +21,7 @@ pub use vesper_debug::tasks::Task;
 pub use vesper_debug::unwind::{Backtrace, Frame, TraceEnd};
 pub use vesper_debug::vmcore::DumpSummary;
 pub use vesper_events::{Event, EventKind, Filter, Source};
-pub use vesper_qemu::{AccelChoice, AccelRequest, QemuError as QemuAccelError};
+pub use vesper_qemu::{AccelChoice, AccelRequest, Disk, Net, QemuError as QemuAccelError};
 pub use vesper_relay::layout::FieldValue;
 pub use vesper_relay::{BufferStats, Decoded};
+pub use vesper_vmdef::{self as vmdef, BootDefinition, FirmwareKind, VmDefinition, Vmm};

@@ -58,6 +58,23 @@ pub struct DebugInfo {
     pub five_level: bool,
     /// Guest RAM, MiB.
     pub ram_mib: u64,
+    /// How vesperd reads the guest's RAM: QEMU's shared memfd, or `/proc/PID/mem`.
+    #[serde(default)]
+    pub ram_source: String,
+}
+
+/// A VM Vesper did not start, as `vm list` and `vm status` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachedView {
+    /// `qmp` or `libvirt`.
+    pub how: String,
+    /// The QMP socket, or the libvirt domain.
+    pub target: String,
+    /// How `vesper debug` reads its RAM: `memfd` or `/proc/PID/mem`.
+    pub ram: String,
+    /// The QMP socket vesperd serves for it (QEMU takes one QMP client at a time, and
+    /// vesperd is it): other QMP clients connect here.
+    pub qmp: PathBuf,
 }
 
 /// One VM as `vm list` shows it.
@@ -86,10 +103,18 @@ pub struct VmStatus {
     /// Memory given to the VM, MiB.
     #[serde(default)]
     pub memory_mib: u32,
+    /// Set when Vesper did not start this VM (`vm attach`): how it is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<AttachedView>,
     /// Set when this vesperd adopted the VM from an earlier one (daemon restart), with
     /// what that costs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<String>,
+    /// Why a running guest has no frontend session, while it has none: vesperd's
+    /// diagnosis from its console, its kernel's log and module list in its RAM, or the
+    /// hello it refused (a frontend version this vesperd does not speak).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
 }
 
 /// A failure seen in a guest, as `vm status` reports it.
@@ -109,6 +134,19 @@ pub struct FailureView {
 pub enum Reply {
     /// VM started (and up, if waited for).
     VmStarted(VmStatus),
+    /// A VM Vesper did not start is attached (and up, if waited for).
+    VmAttached(VmStatus),
+    /// An attached VM was let go: it runs on without the Vesper device.
+    VmDetached {
+        /// Name.
+        name: String,
+        /// The device and its chardev were unplugged (false: the guest had not
+        /// released the device in time; QEMU removes it when the guest does).
+        unplugged: bool,
+        /// What is left, if anything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
     /// VM stopped: its process is gone.
     VmStopped {
         /// Name.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::{AccelRequest, EventKind, Filter};
+use crate::{EventKind, Filter, VmDefinition};
 
 /// Largest request line the daemon accepts (a base64 image of the default size limit
 /// plus slack).
@@ -16,69 +16,70 @@ pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 pub struct VmStartRequest {
     /// VM name.
     pub name: String,
-    /// Memory in MiB.
-    pub memory_mib: u32,
-    /// vCPUs.
-    pub cpus: u32,
-    /// Accelerator request.
-    pub accel: AccelRequest,
+    /// How to build the VM (paths absolute). `None`: as it is defined in vesperd's run
+    /// directory (`RUN/guests/NAME/definition.toml`, written by its last start), else
+    /// the kit's test VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<VmDefinition>,
     /// Guest-kit directory, or the daemon's default.
     pub kit_dir: Option<PathBuf>,
-    /// Init mode of the test initramfs (`vesper.mode=`).
-    pub mode: String,
-    /// Extra kernel command-line words.
-    pub extra_cmdline: Option<String>,
     /// Wait this long for the frontend's hello; 0 = don't wait.
     pub wait_secs: u64,
-    /// Restart the guest in place when it reboots (otherwise the VM exits).
-    #[serde(default)]
-    pub allow_reboot: bool,
-    /// Which VMM runs the guest.
-    #[serde(default)]
-    pub vmm: Vmm,
-    /// What to boot instead of the kit's kernel: a kernel image path, or `mini` for the
-    /// kit's mini frontend (builtin VMM only).
+}
+
+/// What `vm attach` asks for: vesperd serves the Vesper device of a VM it did not
+/// start (README.md, "VMs Vesper did not start").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmAttachRequest {
+    /// The name Vesper knows it by.
+    pub name: String,
+    /// How to reach it.
+    pub target: AttachTarget,
+    /// Its serial console, a Unix socket QEMU listens on (`-serial
+    /// unix:PATH,server=on,wait=off`), for `vm send` and the console log; a libvirt
+    /// domain's `<serial type='unix'>` bind socket is found in its XML.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<String>,
+    pub console: Option<PathBuf>,
+    /// Wait this long for the frontend's hello; 0 = don't wait.
+    pub wait_secs: u64,
 }
 
-/// Which VMM runs a guest.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Vmm {
-    /// QEMU, a separate process reached through ivshmem.
-    #[default]
-    Qemu,
-    /// Vesper's own VMM inside the daemon (`vesper-hypervisor`).
-    Builtin,
-}
-
-impl std::str::FromStr for Vmm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "qemu" => Ok(Self::Qemu),
-            "builtin" => Ok(Self::Builtin),
-            other => Err(format!("unknown VMM {other:?}: use qemu or builtin")),
-        }
-    }
-}
-
-impl std::fmt::Display for Vmm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Qemu => "qemu",
-            Self::Builtin => "builtin",
-        })
-    }
+/// The VM `vm attach` takes over.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AttachTarget {
+    /// A QEMU started by hand, through its QMP socket: the Vesper device is hot-plugged.
+    Qmp {
+        /// The QMP socket (`-qmp unix:PATH,server=on,wait=off`).
+        socket: PathBuf,
+        /// QEMU is about to start with the Vesper device on its command line (a
+        /// machine without PCI hot-plug): serve its ivshmem server now and wait for it.
+        #[serde(default)]
+        cold_plug: bool,
+    },
+    /// A libvirt domain whose XML has the Vesper `<shmem>` device.
+    Libvirt {
+        /// The domain's name.
+        domain: String,
+        /// libvirt's connection URI (`qemu:///system` when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connect: Option<String>,
+    },
 }
 
 /// A request to the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Start a test VM.
-    VmStart(VmStartRequest),
+    /// Start a VM (boxed: a definition is large beside the other requests).
+    VmStart(Box<VmStartRequest>),
+    /// Attach a VM Vesper did not start (boxed like `VmStart`).
+    VmAttach(Box<VmAttachRequest>),
+    /// Let go of an attached VM: its Vesper device is unplugged, the VM runs on.
+    VmDetach {
+        /// VM name.
+        name: String,
+    },
     /// Stop a VM.
     VmStop {
         /// VM name.

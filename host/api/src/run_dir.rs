@@ -66,6 +66,28 @@ pub fn vm_record(dir: &Path) -> PathBuf {
     dir.join("vm.json")
 }
 
+/// The VM's definition (TOML), written by its last start: what a plain `vm start NAME`,
+/// an adoption and the failover engine build it from.
+pub fn definition(dir: &Path) -> PathBuf {
+    dir.join("definition.toml")
+}
+
+/// The initramfs a VM boots when the kit's is extended (a kernel tree's frontend).
+pub fn initramfs(dir: &Path) -> PathBuf {
+    dir.join("initrd.cpio")
+}
+
+/// `RUN/frontends/`: frontends vesperd built against users' kernel trees, by release
+/// and inputs.
+pub fn frontends(run_dir: &Path) -> PathBuf {
+    run_dir.join("frontends")
+}
+
+/// The VM's own UEFI variable store (copied from OVMF's template on its first boot).
+pub fn uefi_vars(dir: &Path) -> PathBuf {
+    dir.join("OVMF_VARS.fd")
+}
+
 /// The relay channels' read positions, for the adoption.
 pub fn channels_record(dir: &Path) -> PathBuf {
     dir.join("channels.json")

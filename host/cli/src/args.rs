@@ -35,7 +35,7 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Cmd {
-    /// Test VMs run by vesperd.
+    /// VMs run by vesperd.
     Vm {
         #[command(subcommand)]
         cmd: VmCmd,
@@ -201,45 +201,15 @@ pub(crate) enum RelayCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum VmCmd {
-    /// Start a test VM from the guest kit.
-    Start {
+    /// Start a VM: the kit's test VM, or your own (a disk, a kernel, firmware boot).
+    Start(Box<crate::vm_start::StartArgs>),
+    /// Attach a VM Vesper did not start: a QEMU started by hand (--qmp) or a libvirt
+    /// domain (--libvirt); vesperd serves its Vesper device from then on.
+    Attach(Box<crate::vm_attach::AttachArgs>),
+    /// Let go of an attached VM: its Vesper device is unplugged, the VM runs on.
+    Detach {
         /// VM name.
         name: String,
-        /// Memory in MiB.
-        #[arg(long, default_value_t = 512)]
-        memory: u32,
-        /// vCPUs.
-        #[arg(long, default_value_t = 1)]
-        cpus: u32,
-        /// Accelerator: auto (KVM if hardware-backed, else TCG), kvm or tcg.
-        #[arg(long, default_value = "auto")]
-        accel: String,
-        /// Guest-kit directory.
-        #[arg(long)]
-        kit_dir: Option<PathBuf>,
-        /// Test init mode (freeze: user space frozen after boot; bench: in-guest insmod benchmark).
-        #[arg(long, default_value = "freeze")]
-        mode: String,
-        /// Extra kernel command-line words.
-        #[arg(long)]
-        append: Option<String>,
-        /// Return without waiting for the guest's frontend.
-        #[arg(long)]
-        no_wait: bool,
-        /// Seconds to wait for the guest's frontend.
-        #[arg(long, default_value_t = 120)]
-        boot_timeout: u64,
-        /// Restart the guest in place when it reboots (default: the VM exits).
-        #[arg(long)]
-        allow_reboot: bool,
-        /// VMM: qemu (a QEMU process reached through ivshmem) or builtin (Vesper's own
-        /// KVM VMM inside vesperd; needs /dev/kvm).
-        #[arg(long, default_value = "qemu")]
-        vmm: String,
-        /// Boot this kernel image instead of the kit's, or `mini` for the kit's mini
-        /// frontend (a non-Linux guest speaking the Vesper protocol; builtin VMM only).
-        #[arg(long)]
-        kernel: Option<String>,
     },
     /// Fence a guest on this host: stop it if it runs, and refuse to start it here
     /// until it is unfenced (kept across vesperd restarts); what fence_vesper's `off` does.

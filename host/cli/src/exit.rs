@@ -1,6 +1,9 @@
 //! How the CLI fails: one error line (or JSON object) and an exit code that says what
 //! kind of failure it was (the codes `vesper --help` lists).
 
+/// A command refused on this side: its exit code, error code and message.
+pub(crate) type Refusal = (i32, &'static str, String);
+
 use std::process::ExitCode;
 
 use vesper_api::{ApiError, ClientError};

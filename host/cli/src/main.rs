@@ -8,6 +8,8 @@ mod kit;
 mod output;
 mod probe;
 mod request;
+mod vm_attach;
+mod vm_start;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -230,7 +230,20 @@ pub(crate) fn print_relay_stats(channels: &[vesper_api::ChannelView]) {
     }
 }
 
+/// A VM's line, and a second one saying why it has no frontend session when vesperd
+/// told (`vm status` of a guest that runs without one).
 pub(crate) fn vm_line(v: &VmStatus) -> String {
+    let mut line = vm_summary(v);
+    if let Some(a) = attached_line(v) {
+        line = format!("{line}\n{a}");
+    }
+    match &v.frontend {
+        Some(why) => format!("{line}\n{}: no frontend session: {why}", v.name),
+        None => line,
+    }
+}
+
+fn vm_summary(v: &VmStatus) -> String {
     let guest = match &v.guest {
         Some(g) => format!("kernel {} gen {}", g.kernel_release, g.generation),
         None => "frontend not connected".into(),
@@ -254,6 +267,9 @@ pub(crate) fn vm_line(v: &VmStatus) -> String {
 }
 
 pub(crate) fn print_human(reply: &Reply) {
+    if print_attach(reply).is_some() {
+        return;
+    }
     match reply {
         Reply::VmStarted(v) => {
             println!("{}", vm_line(v));
@@ -276,6 +292,8 @@ pub(crate) fn print_human(reply: &Reply) {
             println!("{name}: stopped (killed: it did not quit within its grace period)")
         }
         Reply::VmSent { .. } => {}
+        // Printed by print_attach above.
+        Reply::VmAttached(_) | Reply::VmDetached { .. } => {}
         Reply::VmList { vms } if vms.is_empty() => println!("no VMs"),
         Reply::VmList { vms } => vms.iter().for_each(|v| println!("{}", vm_line(v))),
         Reply::KitInfo {
@@ -378,7 +396,7 @@ pub(crate) fn print_human(reply: &Reply) {
             println!("{name}: {}", if *paused { "paused" } else { "running" })
         }
         Reply::DebugInfo(i) => println!(
-            "{}: Linux {}, KASLR offset {:#x}, {} symbols, VMCOREINFO at guest-physical {:#x}, {}-level page tables at {:#x}, {} MiB RAM",
+            "{}: Linux {}, KASLR offset {:#x}, {} symbols, VMCOREINFO at guest-physical {:#x}, {}-level page tables at {:#x}, {} MiB RAM read through {}",
             i.guest,
             i.release,
             i.kaslr_offset,
@@ -386,7 +404,8 @@ pub(crate) fn print_human(reply: &Reply) {
             i.vmcoreinfo_paddr,
             if i.five_level { 5 } else { 4 },
             i.page_table_root,
-            i.ram_mib
+            i.ram_mib,
+            if i.ram_source.is_empty() { "?" } else { &i.ram_source }
         ),
         Reply::DebugSymbols { symbols, .. } => {
             for m in symbols {
@@ -487,4 +506,41 @@ pub(crate) fn shell_words(words: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// How an attached VM is reached, for its `vm list` / `vm status` line.
+fn attached_line(v: &VmStatus) -> Option<String> {
+    let a = v.attached.as_ref()?;
+    Some(format!(
+        "{}: attached over {} {}; guest RAM read through {}; QMP for other clients: {}",
+        v.name,
+        a.how,
+        a.target,
+        a.ram,
+        a.qmp.display()
+    ))
+}
+
+/// The human lines of a `vm attach` or `vm detach` reply; `None` for any other reply.
+fn print_attach(reply: &Reply) -> Option<()> {
+    match reply {
+        Reply::VmAttached(v) => println!("{}", vm_line(v)),
+        Reply::VmDetached {
+            name,
+            unplugged,
+            note,
+        } => {
+            let how = if *unplugged {
+                "its Vesper device unplugged"
+            } else {
+                "its Vesper device still plugged"
+            };
+            println!("{name}: detached, the VM runs on ({how})");
+            if let Some(n) = note {
+                println!("{name}: {n}");
+            }
+        }
+        _ => return None,
+    }
+    Some(())
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::args::{Cli, Cmd, DebugCmd, GroupCmd, HostCmd, RelayCmd, VmCmd};
-use vesper_api::{AccelRequest, DebugOp, GroupMemberImage, Request, VmStartRequest, Vmm};
+use vesper_api::{DebugOp, GroupMemberImage, Request};
 
 /// How long to wait for the daemon's reply: --timeout, and for insmod at least the
 /// init wait with a minute to spare for the transfer.
@@ -15,6 +15,10 @@ pub(crate) fn reply_timeout(cli: &Cli) -> Duration {
             let init = init_timeout.map_or(vesper_api::DEFAULT_INIT_TIMEOUT, Duration::from_secs);
             asked.max(init + Duration::from_secs(60))
         }
+        // Attaching waits for the frontend, and a domain's start under TCG.
+        Cmd::Vm {
+            cmd: VmCmd::Attach(a),
+        } => asked.max(Duration::from_secs(a.wait + 150)),
         // A member's init may take the default init wait.
         Cmd::Group {
             cmd: GroupCmd::Apply { .. },
@@ -35,54 +39,19 @@ pub(crate) fn load_group(
     vesper_groups::ProbeGroup::load(file, &mut specs).map_err(|e| (65, "invalid_group", e.report()))
 }
 
-pub(crate) type Refusal = (i32, &'static str, String);
+pub(crate) use crate::exit::Refusal;
 
 pub(crate) fn build_request(cli: &Cli) -> Result<Request, Refusal> {
     Ok(match &cli.cmd {
         Cmd::Vm {
-            cmd:
-                VmCmd::Start {
-                    name,
-                    memory,
-                    cpus,
-                    accel,
-                    kit_dir,
-                    mode,
-                    append,
-                    no_wait,
-                    boot_timeout,
-                    allow_reboot,
-                    vmm,
-                    kernel,
-                },
-        } => {
-            let vmm: Vmm = vmm.parse().map_err(|e: String| (2, "usage", e))?;
-            let kernel = kernel.as_ref().map(|k| match k.as_str() {
-                "mini" => k.clone(),
-                path => std::path::absolute(path)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| path.to_string()),
-            });
-            let accel: AccelRequest = accel
-                .parse()
-                .map_err(|e: vesper_api::QemuAccelError| (2, "usage", e.to_string()))?;
-            let kit_dir = kit_dir
-                .as_ref()
-                .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
-            Request::VmStart(VmStartRequest {
-                name: name.clone(),
-                memory_mib: *memory,
-                cpus: *cpus,
-                accel,
-                kit_dir,
-                mode: mode.clone(),
-                extra_cmdline: append.clone(),
-                wait_secs: if *no_wait { 0 } else { *boot_timeout },
-                allow_reboot: *allow_reboot,
-                vmm,
-                kernel,
-            })
-        }
+            cmd: VmCmd::Start(start),
+        } => start.request()?,
+        Cmd::Vm {
+            cmd: VmCmd::Attach(attach),
+        } => attach.request()?,
+        Cmd::Vm {
+            cmd: VmCmd::Detach { name },
+        } => Request::VmDetach { name: name.clone() },
         Cmd::Vm {
             cmd: VmCmd::Stop { name },
         } => Request::VmStop { name: name.clone() },

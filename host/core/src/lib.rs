@@ -7,7 +7,7 @@ mod session;
 pub use error::{errno_name, errno_symbol, CommandError};
 pub use session::{
     Command, GuestInfo, GuestModule, PollOutcome, Reply, Session, SessionConfig, SessionEvent,
-    DEFAULT_INIT_TIMEOUT,
+    DEFAULT_INIT_TIMEOUT, FRONTEND_VERSIONS, HOST_VERSION,
 };
 
 use std::os::fd::BorrowedFd;

@@ -12,7 +12,7 @@ mod relay_channels;
 
 pub use interface::{
     Command, GuestInfo, GuestModule, PollOutcome, Reply, SessionConfig, SessionEvent,
-    DEFAULT_INIT_TIMEOUT,
+    DEFAULT_INIT_TIMEOUT, FRONTEND_VERSIONS, HOST_VERSION,
 };
 
 use std::collections::VecDeque;
@@ -24,7 +24,7 @@ use vesper_shmem::{HostRings, Message, SharedRegion, ShmemError};
 use vm_memory::ByteValued;
 
 use crate::CommandError;
-use completion::{failure, load_failure, lossy, read_module_list, ECANCELED, EINVAL};
+use completion::{failure, load_failure, lossy, read_module_list, ECANCELED, EINVAL, EPROTO};
 use relay_channels::RelayChannels;
 use vesper_relay::{ChannelSpec, ChannelStats, RelayError};
 
@@ -418,9 +418,24 @@ impl Session {
             self.late_inits.clear();
         }
         self.standing_wait = None;
+        if !FRONTEND_VERSIONS.contains(&hello.frontend_version) {
+            tracing::warn!(
+                frontend_version = hello.frontend_version,
+                host_speaks = ?FRONTEND_VERSIONS,
+                kernel = %info.kernel_release,
+                "refusing the hello of a frontend version this host does not speak"
+            );
+            self.info = None;
+            self.respond(region, &msg.header, -EPROTO, &[], out)?;
+            out.events.push(SessionEvent::HelloRefused {
+                info,
+                frontend_version: hello.frontend_version,
+            });
+            return Ok(());
+        }
         self.info = Some(info.clone());
         let reply = HelloResponse {
-            host_version: 1,
+            host_version: HOST_VERSION,
             max_chunk: self.config.max_chunk,
             max_image_size: self.config.max_image_size,
         };

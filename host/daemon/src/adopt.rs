@@ -20,8 +20,9 @@ pub(crate) const ADOPTED: &str =
     "adopted: no doorbells (QEMU cannot re-attach to a new ivshmem server); polling until QEMU restarts";
 
 /// Finds the VMs an earlier vesperd left running in this run directory and takes them
-/// over (see README.md: daemon restart).
-pub(crate) fn adopt_all(daemon: &Shared) {
+/// over (see README.md: daemon restart); an attached VM's QMP (its user's socket, or
+/// libvirt) is reached again first.
+pub(crate) async fn adopt_all(daemon: &Shared) {
     let Ok(dirs) = std::fs::read_dir(vesper_api::run_dir::guests_dir(&daemon.config.run_dir))
     else {
         return;
@@ -46,13 +47,30 @@ pub(crate) fn adopt_all(daemon: &Shared) {
             continue;
         }
         let name = record.name.clone();
-        if let Err(e) = adopt(daemon, &dir, record) {
+        let attached = match &record.attached {
+            Some(_) => match crate::attached_vm::reattach(&record).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(guest = %name, "cannot adopt the attached VM (it runs on without Vesper): {e}");
+                    crate::persist::remove(&dir);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        if let Err(e) = adopt(daemon, &dir, record, attached) {
             tracing::warn!(guest = %name, "cannot adopt the running VM: {e}");
         }
     }
 }
 
-pub(crate) fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(), String> {
+/// Takes over the VM of `record` (`attached`: one Vesper did not start, reached again).
+pub(crate) fn adopt(
+    daemon: &Shared,
+    dir: &Path,
+    record: VmRecord,
+    attached: Option<crate::attached_vm::AttachedProcess>,
+) -> Result<(), String> {
     let file = crate::persist::open_region(record.pid)?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     if size != record.region_size {
@@ -116,7 +134,12 @@ pub(crate) fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(),
         boot_secs: None,
         failure: None,
         memory_mib: record.memory_mib,
+        attached: attached
+            .as_ref()
+            .and(record.attached.as_ref())
+            .map(|a| crate::attached_vm::view(a, record.pid, &record.qmp)),
         adopted: Some(ADOPTED.into()),
+        frontend: None,
     }));
     let mut record = record;
     record.guest = info.clone();
@@ -134,9 +157,12 @@ pub(crate) fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(),
         name: name.clone(),
         transport: Link::Adopted(region),
         session,
-        child: Process::Adopted {
-            pid: record.pid,
-            start_time: record.start_time,
+        child: match attached {
+            Some(a) => Process::Attached(a),
+            None => Process::Adopted {
+                pid: record.pid,
+                start_time: record.start_time,
+            },
         },
         dir: dir.to_path_buf(),
         qmp: record.qmp.clone(),
@@ -161,13 +187,16 @@ pub(crate) fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(),
         )));
     }
     // Back on the console at once: QEMU drops what the guest prints with no client.
-    let adopted_console =
-        crate::console::QemuConsole::new(&record_console_sock, &status_console_log);
-    let c = adopted_console.clone();
-    tokio::spawn(async move {
-        if let Err(e) = c.connect(std::time::Duration::ZERO).await {
-            tracing::warn!("serial console of an adopted VM not reconnected: {e}");
-        }
+    // (An attached VM may have none vesperd keeps.)
+    let adopted_console = (!record_console_sock.as_os_str().is_empty()).then(|| {
+        let c = crate::console::QemuConsole::new(&record_console_sock, &status_console_log);
+        let connecting = c.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connecting.connect(std::time::Duration::ZERO).await {
+                tracing::warn!("serial console of an adopted VM not reconnected: {e}");
+            }
+        });
+        c
     });
     tokio::spawn(task.run(rx, stop_rx));
     daemon.guests.lock().expect("guests lock").insert(
@@ -179,7 +208,7 @@ pub(crate) fn adopt(daemon: &Shared, dir: &Path, record: VmRecord) -> Result<(),
             exited: exited_rx,
             stop: Some(stop_tx),
             relay,
-            console: Some(adopted_console),
+            console: adopted_console,
             builtin_console: None,
         },
     );

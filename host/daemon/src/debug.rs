@@ -43,8 +43,9 @@ fn ram_file(pid: u32) -> Result<std::fs::File, ApiError> {
     ))
 }
 
-/// The guest's QEMU pid and RAM size, refusing builtin and exited VMs.
-fn target(daemon: &Shared, guest: &str) -> Result<(u32, u64), ApiError> {
+/// The guest's QEMU pid, RAM size and whether Vesper attached it (did not start it),
+/// refusing builtin and exited VMs.
+fn target(daemon: &Shared, guest: &str) -> Result<(u32, u64, bool), ApiError> {
     let status = daemon.guest_status(guest)?;
     if status.vmm == Vmm::Builtin {
         return Err(ApiError::new(
@@ -66,7 +67,11 @@ fn target(daemon: &Shared, guest: &str) -> Result<(u32, u64), ApiError> {
             format!("{guest}: no QEMU process"),
         )
     })?;
-    Ok((pid, u64::from(status.memory_mib) << 20))
+    Ok((
+        pid,
+        u64::from(status.memory_mib) << 20,
+        status.attached.is_some(),
+    ))
 }
 
 impl Kernels {
@@ -104,7 +109,23 @@ impl Kernels {
 
     /// The guest's kernel: the one opened before if it is still the one in memory
     /// (its VMCOREINFO unchanged where it was), else opened afresh.
-    fn get(&self, guest: &str, pid: u32, ram_bytes: u64) -> Result<Arc<Kernel>, ApiError> {
+    pub(crate) fn get(
+        &self,
+        guest: &str,
+        pid: u32,
+        ram_bytes: u64,
+    ) -> Result<Arc<Kernel>, ApiError> {
+        self.get_from(guest, pid, ram_bytes, None)
+    }
+
+    /// [`Self::get`], for an attached VM (`attached`: vesperd's QMP socket of it) too.
+    pub(crate) fn get_from(
+        &self,
+        guest: &str,
+        pid: u32,
+        ram_bytes: u64,
+        attached: Option<&Path>,
+    ) -> Result<Arc<Kernel>, ApiError> {
         if let Some((p, k)) = self
             .opened
             .lock()
@@ -116,17 +137,22 @@ impl Kernels {
                 return Ok(k);
             }
         }
-        let file = ram_file(pid)?;
-        let ram = MappedRam::map(file, vesper_debug::ram::q35_layout(ram_bytes))
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{guest}: guest RAM: {e}")))?;
-        let ranges = ram.ranges();
+        // An attached VM's RAM: laid out as its QEMU says (ram_source.rs).
+        let (ram, ranges): (Arc<dyn vesper_debug::PhysMemory>, _) = match attached {
+            Some(qmp) => crate::ram_source::open(guest, pid, qmp)?,
+            None => {
+                let ram = map_ram(guest, pid, ram_bytes)?;
+                let ranges = ram.ranges();
+                (Arc::new(ram), ranges)
+            }
+        };
         let k = Arc::new(
-            Kernel::open(Arc::new(ram), &ranges)
-                .map_err(|e| vesper_api::debug::debug_error(guest, e))?,
+            Kernel::open(ram, &ranges).map_err(|e| vesper_api::debug::debug_error(guest, e))?,
         );
         tracing::info!(
             guest,
             release = k.release(),
+            ram = %k.phys().describe(),
             kaslr = format_args!("{:#x}", k.kaslr_offset()),
             symbols = k.symbols().len(),
             "guest kernel opened from its RAM"
@@ -137,6 +163,12 @@ impl Kernels {
             .insert(guest.to_string(), (pid, k.clone()));
         Ok(k)
     }
+}
+
+/// The guest's RAM, mapped read-only from QEMU's memfd.
+pub(crate) fn map_ram(guest: &str, pid: u32, ram_bytes: u64) -> Result<MappedRam, ApiError> {
+    MappedRam::map(ram_file(pid)?, vesper_debug::ram::q35_layout(ram_bytes))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{guest}: guest RAM: {e}")))
 }
 
 /// Whether `k`'s VMCOREINFO is still where and what it was (a reboot moves the kernel).
@@ -299,6 +331,17 @@ fn prstatus(r: &vesper_qemu::CpuRegisters, pid: u32) -> PrStatusRegs {
     }
 }
 
+/// A `read` or `gdb` without `--vmlinux` takes the one the guest's definition names
+/// (a kernel tree's own vmlinux, read where it is).
+fn with_defined_vmlinux(daemon: &Shared, guest: &str, mut op: DebugOp) -> DebugOp {
+    if let DebugOp::Read { vmlinux, .. } | DebugOp::Gdb { vmlinux } = &mut op {
+        if vmlinux.is_none() {
+            *vmlinux = crate::persist::defined_vmlinux(&daemon.config.run_dir, guest);
+        }
+    }
+    op
+}
+
 /// Serves one `debug` request (blocking work on a blocking thread).
 pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Response {
     if op == DebugOp::Dumps {
@@ -309,17 +352,22 @@ pub(crate) async fn debug(daemon: &Shared, guest: String, op: DebugOp) -> Respon
         }
         return dumps(daemon, &guest);
     }
+    let op = with_defined_vmlinux(daemon, &guest, op);
     // Builtin VMs: the VMM's own gdb server; the other ops read QEMU guests only.
     if let DebugOp::Gdb { vmlinux } = &op {
         if daemon.guest_status(&guest)?.vmm == Vmm::Builtin {
             return crate::builtin_gdb::session(daemon, &guest, vmlinux.clone());
         }
     }
-    let (pid, ram_bytes) = target(daemon, &guest)?;
+    let (pid, ram_bytes, attached) = target(daemon, &guest)?;
     let dir = vesper_api::run_dir::of(&daemon.config.run_dir, &guest);
     let daemon = daemon.clone();
     tokio::task::spawn_blocking(move || {
-        let k = daemon.kernels.get(&guest, pid, ram_bytes)?;
+        let qmp = vesper_api::run_dir::qmp_socket(&dir);
+        let k =
+            daemon
+                .kernels
+                .get_from(&guest, pid, ram_bytes, attached.then_some(qmp.as_path()))?;
         match op {
             DebugOp::Gdb { vmlinux } => {
                 daemon.kernels.gdb_relay(&guest, pid, &dir)?;

@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use vesper_api::{AccelRequest, VmStartRequest};
+use vesper_api::{BootDefinition, VmDefinition, VmStartRequest};
 use vesper_events::{Event, EventKind, Source};
-use vesper_failover::{Action, Engine, Policy, View};
+use vesper_failover::{Action, Engine, GuestSpec, Policy, View};
 
 use crate::daemon::Shared;
 use crate::events::now_ns;
 use crate::groups::GroupImage;
 use crate::modules::insmod;
-use crate::vm_lifecycle::{vm_start, vm_stop};
+use crate::vm_lifecycle::vm_stop;
+use crate::vm_start::vm_start;
 
 /// Longest the engine waits for a VM it starts to come up.
 const START_TIMEOUT_SECS: u64 = 180;
@@ -126,21 +127,12 @@ async fn start(daemon: &Shared, policy: &Policy, guest: &str) -> Result<(), Stri
     let spec = policy
         .guest(guest)
         .ok_or_else(|| format!("{guest} is not declared in the policy"))?;
+    let definition = definition(spec)?;
     let req = VmStartRequest {
         name: spec.name.clone(),
-        memory_mib: spec.memory_mib,
-        cpus: spec.cpus,
-        accel: AccelRequest::Auto,
+        definition: Some(definition),
         kit_dir: None,
-        mode: spec.mode.clone(),
-        extra_cmdline: None,
         wait_secs: START_TIMEOUT_SECS,
-        allow_reboot: false,
-        vmm: spec
-            .vmm
-            .parse()
-            .map_err(|e: String| format!("{guest}: {e}"))?,
-        kernel: spec.kernel.clone(),
     };
     vm_start(daemon, req).await.map_err(|e| e.message)?;
     for probe in &spec.probes {
@@ -179,6 +171,47 @@ async fn start(daemon: &Shared, policy: &Policy, guest: &str) -> Result<(), Stri
         }
     );
     Ok(())
+}
+
+/// The VM `spec` declares: its definition file, read again now (it may have changed
+/// since the policy was checked; vm start checks it again), or a kit test guest built
+/// from the policy's own keys.
+fn definition(spec: &GuestSpec) -> Result<VmDefinition, String> {
+    if let Some(r) = &spec.definition {
+        let def = vesper_api::vmdef::from_toml_file(&r.path).map_err(|e| {
+            let mut why = format!("{}: VM definition {}: {e}", spec.name, r.path.display());
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            why
+        })?;
+        if def.memory_mib != spec.memory_mib {
+            tracing::warn!(
+                guest = %spec.name,
+                "{} now gives {} MiB, the policy was checked with {} MiB",
+                r.path.display(),
+                def.memory_mib,
+                spec.memory_mib
+            );
+        }
+        return Ok(def);
+    }
+    Ok(VmDefinition {
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+        vmm: spec
+            .vmm
+            .parse()
+            .map_err(|e: String| format!("{}: {e}", spec.name))?,
+        boot: BootDefinition {
+            kernel: spec.kernel.clone(),
+            mode: Some(spec.mode.clone()),
+            ..BootDefinition::default()
+        },
+        ..VmDefinition::default()
+    })
 }
 
 /// A probe named in the policy: a path to a `.ko`, or the name of a guest-kit module.

@@ -150,6 +150,9 @@ pub enum Process {
         /// Its start time (`/proc/PID/stat` field 22).
         start_time: u64,
     },
+    /// A VM Vesper did not start (`vm attach`): stopped as its owner stops it, and
+    /// left running when vesperd lets go of it.
+    Attached(crate::attached_vm::AttachedProcess),
 }
 
 /// How a stop went: sent to whoever asked, once everything of the VM is let go.
@@ -240,6 +243,9 @@ impl Process {
                     reason: "gone (an adopted process: its exit status went to the vesperd that started it)".into(),
                 }
             }
+            Process::Attached(a) => ProcessEnd::Other {
+                reason: a.wait().await,
+            },
         }
     }
 
@@ -257,6 +263,7 @@ impl Process {
                     );
                 }
             }
+            Process::Attached(a) => a.start_kill(),
         }
     }
 }
@@ -557,7 +564,10 @@ impl GuestTask {
     /// Lets go of the VM and everything the task started, then answers a stop (with
     /// whether QEMU had to be killed).
     fn finish(mut self, qmp: Option<tokio::task::JoinHandle<()>>, stop: Option<(StopAck, bool)>) {
-        self.child.start_kill();
+        // An attached VM is not ours to end: letting go of it leaves it running.
+        if !matches!(self.child, Process::Attached(_)) {
+            self.child.start_kill();
+        }
         crate::persist::remove(&self.dir);
         if let Some(sync) = self.clock_sync.take() {
             sync.abort();
@@ -587,7 +597,9 @@ impl GuestTask {
         let _ = self.up.send(Some(info.clone()));
         self.record.guest = Some(info.clone());
         self.record.save(&self.dir);
-        self.status.lock().expect("status lock").failure = None;
+        let mut st = self.status.lock().expect("status lock");
+        (st.failure, st.frontend) = (None, None);
+        drop(st);
         let payload = serde_json::to_value(&info).unwrap_or_default();
         self.bus
             .publish(name, EventKind::GuestUp, Source::Frontend, None, payload);
@@ -610,6 +622,15 @@ impl GuestTask {
         for ev in events {
             match ev {
                 SessionEvent::GuestUp { info, restarted } => self.guest_up(info, restarted),
+                SessionEvent::HelloRefused {
+                    info,
+                    frontend_version,
+                } => crate::frontend_check::hello_refused(
+                    name,
+                    &self.status,
+                    &info,
+                    frontend_version,
+                ),
                 SessionEvent::Done { id, result } => {
                     if let Some(tx) = pending.remove(&id) {
                         let _ = tx.send(result);
@@ -708,6 +729,9 @@ impl GuestTask {
             // The run notices within milliseconds; the grace covers a stuck vCPU.
             stop.stop();
             return Instant::now() + STOP_GRACE;
+        }
+        if let Process::Attached(a) = &self.child {
+            return a.request_stop(&self.qmp, &self.name);
         }
         let qmp = self.qmp.clone();
         let name = self.name.clone();

@@ -2,6 +2,11 @@
 #![deny(missing_docs)]
 
 mod adopt;
+mod attach;
+mod attach_libvirt;
+mod attach_slots;
+mod attach_task;
+mod attached_vm;
 mod builtin_gdb;
 mod cluster;
 mod console;
@@ -10,6 +15,7 @@ mod debug;
 mod debug_state;
 mod events;
 mod failover;
+mod frontend_check;
 mod gdbproxy;
 mod group_state;
 mod groups;
@@ -21,11 +27,15 @@ mod modules;
 mod persist;
 mod qmp;
 mod qmp_events;
+mod qmp_mux;
+mod ram_source;
 mod relay;
 mod server;
 mod simulate;
 mod streams;
+mod virsh;
 mod vm_lifecycle;
+mod vm_start;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

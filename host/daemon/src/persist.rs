@@ -1,5 +1,6 @@
 //! What vesperd keeps on disk about its running VMs, so that a restarted vesperd finds
-//! them again (`RUN_DIR/guests/NAME/vm.json`, `channels.json`).
+//! them again (`RUN_DIR/guests/NAME/vm.json`, `channels.json`), and each VM's
+//! definition (`definition.toml`, kept after it stops).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,29 @@ pub struct VmRecord {
     /// for a later vesperd to adopt.
     #[serde(default)]
     pub builtin: bool,
+    /// A VM Vesper did not start (`vm attach`): how to reach it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<AttachedRecord>,
+}
+
+/// How an attached VM is reached, as vm.json keeps it for an adoption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AttachedRecord {
+    /// A QEMU started by hand: its QMP socket.
+    Qmp {
+        /// The user's QMP socket.
+        socket: PathBuf,
+    },
+    /// A libvirt domain.
+    Libvirt {
+        /// libvirt's connection URI.
+        uri: String,
+        /// The domain.
+        domain: String,
+        /// The ivshmem server socket its XML names.
+        ivshmem: PathBuf,
+    },
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -70,6 +94,23 @@ impl VmRecord {
         let b = std::fs::read(vesper_api::run_dir::vm_record(dir)).map_err(|e| e.to_string())?;
         serde_json::from_slice(&b).map_err(|e| e.to_string())
     }
+}
+
+/// The VM's definition as its last start left it in the run directory, if any.
+pub fn defined(dir: &Path) -> Result<Option<vesper_vmdef::VmDefinition>, String> {
+    let path = vesper_api::run_dir::definition(dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    vesper_vmdef::from_toml_file(&path)
+        .map(Some)
+        .map_err(|e| format!("its definition {}: {e}; fix or remove it", path.display()))
+}
+
+/// The vmlinux a guest's definition names for `vesper debug`, if any.
+pub fn defined_vmlinux(run_dir: &Path, guest: &str) -> Option<PathBuf> {
+    let dir = vesper_api::run_dir::of(run_dir, guest);
+    defined(&dir).ok().flatten().and_then(|d| d.debug_vmlinux())
 }
 
 /// Forgets the VM of `dir` (it stopped or exited).

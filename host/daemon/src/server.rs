@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
-use vesper_api::{ApiError, ErrorCode, Reply, Request, Response, VmStatus, WireResponse};
+use vesper_api::{
+    ApiError, AttachTarget, ErrorCode, Reply, Request, Response, VmStatus, WireResponse,
+};
 use vesper_core::{Command, Reply as GuestReply};
 
 use crate::adopt::adopt_all;
@@ -20,7 +22,8 @@ use crate::events::EventBus;
 use crate::groups::GroupImage;
 use crate::modules::insmod;
 use crate::streams::{relay_cat, send_line, subscribe};
-use crate::vm_lifecycle::{vm_fence, vm_send, vm_start, vm_stop};
+use crate::vm_lifecycle::{vm_fence, vm_send, vm_stop};
+use crate::vm_start::vm_start;
 
 use crate::guest::GuestMsg;
 
@@ -81,7 +84,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     if let Some(alerts) = alerts {
         tokio::spawn(crate::cluster::serve_alerts(daemon.clone(), alerts));
     }
-    adopt_all(&daemon);
+    adopt_all(&daemon).await;
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
@@ -100,16 +103,24 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             }
         }
     }
-    tracing::info!("shutting down: stopping every VM");
-    let names: Vec<String> = daemon
+    tracing::info!("shutting down: stopping every VM it started, detaching the others");
+    let names: Vec<(String, bool)> = daemon
         .guests
         .lock()
         .expect("guests lock")
-        .keys()
-        .cloned()
+        .iter()
+        .map(|(n, g)| {
+            (
+                n.clone(),
+                g.status.lock().expect("status lock").attached.is_some(),
+            )
+        })
         .collect();
-    for name in names {
-        let _ = vm_stop(&daemon, &name).await;
+    for (name, attached) in names {
+        let _ = match attached {
+            true => crate::attach::vm_detach(&daemon, &name).await,
+            false => vm_stop(&daemon, &name).await,
+        };
     }
     let _ = std::fs::remove_file(&config.socket);
     if let Some((path, _)) = &config.alert_socket {
@@ -214,7 +225,19 @@ pub(crate) async fn serve_connection(daemon: Shared, stream: UnixStream) {
 
 pub(crate) async fn handle(daemon: &Shared, req: Request) -> Response {
     match req {
-        Request::VmStart(a) => vm_start(daemon, a).await,
+        Request::VmStart(a) => vm_start(daemon, *a).await,
+        Request::VmAttach(a) => {
+            let a = *a;
+            match a.target.clone() {
+                AttachTarget::Qmp { socket, cold_plug } => {
+                    crate::attach::attach_qmp(daemon, a, socket, cold_plug).await
+                }
+                AttachTarget::Libvirt { domain, connect } => {
+                    crate::attach_libvirt::attach(daemon, a, &domain, connect.as_deref()).await
+                }
+            }
+        }
+        Request::VmDetach { name } => crate::attach::vm_detach(daemon, &name).await,
         Request::VmStop { name } => vm_stop(daemon, &name).await,
         Request::VmFence { name, fenced } => vm_fence(daemon, &name, fenced).await,
         Request::VmSend { name, line } => vm_send(daemon, &name, &line).await,
@@ -303,7 +326,7 @@ pub(crate) async fn handle(daemon: &Shared, req: Request) -> Response {
             let channels = store.lock().expect("relay lock").views();
             Ok(Reply::RelayStats { guest, channels })
         }
-        Request::VmStatus { name } => Ok(Reply::VmStatus(daemon.guest_status(&name)?)),
+        Request::VmStatus { name } => crate::frontend_check::live::vm_status(daemon, &name).await,
         Request::VmPause { name } => crate::debug::vm_pause(daemon, &name, true).await,
         Request::VmResume { name } => crate::debug::vm_pause(daemon, &name, false).await,
         Request::HostStat { guest } => crate::host_probes::stat(daemon, &guest),

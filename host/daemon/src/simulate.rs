@@ -98,7 +98,9 @@ async fn serve(
         boot_secs: None,
         failure: None,
         memory_mib: 0,
+        attached: None,
         adopted: None,
+        frontend: None,
     });
     loop {
         tokio::select! {
@@ -141,6 +143,7 @@ fn produce(guests: Vec<SimGuest>, rate: f64) {
     let mut channels = Vec::with_capacity(guests.len());
     for g in &guests {
         let mut hello = HelloRequest {
+            frontend_version: *vesper_core::FRONTEND_VERSIONS.end(),
             nr_cpus: 1,
             region_size: g.region.size(),
             ..Default::default()

@@ -17,8 +17,10 @@ pub mod expr;
 pub mod kallsyms;
 pub mod kernel;
 pub mod memory;
+pub mod modules;
 pub mod paging;
 pub mod printk;
+pub mod procmem;
 pub mod ram;
 pub mod symfile;
 pub mod tasks;
@@ -29,6 +31,7 @@ pub mod vmcoreinfo;
 pub use error::DebugError;
 pub use kernel::Kernel;
 pub use memory::{KernelMemory, MemoryError, PhysMemory};
+pub use procmem::{ProcMemRam, ProcSegment};
 pub use ram::{MappedRam, RamRange};
 
 /// The bytes of a NUL-terminated field up to its first NUL, as text.

@@ -38,6 +38,11 @@ pub enum MemoryError {
 pub trait PhysMemory: Send + Sync {
     /// Copies `[addr, addr + buf.len())` into `buf`, all or nothing.
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+
+    /// How this source reaches guest memory (`vesper debug info` says it).
+    fn describe(&self) -> String {
+        "guest memory".into()
+    }
 }
 
 /// Kernel-virtual memory (translated through the guest's page tables).

@@ -31,6 +31,18 @@ pub enum RamError {
     /// stat failed.
     #[error("reading the guest RAM file's size")]
     Stat(#[source] std::io::Error),
+    /// `/proc/PID/mem` could not be opened (no such process, or no ptrace rights).
+    #[error("cannot open {path} (vesperd needs ptrace rights over QEMU: run it as root)")]
+    ProcMem {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The RAM ranges given do not hold up.
+    #[error("guest RAM layout: {0}")]
+    BadLayout(String),
 }
 
 /// Where a piece of guest-physical RAM lives in the backing file.
@@ -137,6 +149,10 @@ impl PhysMemory for MappedRam {
             return Err(not_ram);
         }
         Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memfd (QEMU's shared memory-backend-memfd, mapped read-only)".into()
     }
 }
 

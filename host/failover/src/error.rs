@@ -1,9 +1,12 @@
 //! What can be wrong with a policy, each problem its own variant.
 
+use std::path::PathBuf;
+
 use thiserror::Error;
 use vesper_events::EventKind;
 pub use vesper_toml_located::Location;
 use vesper_toml_located::TomlFileError;
+use vesper_vmdef::VmDefError;
 
 fn known_kinds() -> String {
     EventKind::ALL
@@ -37,6 +40,32 @@ pub enum PolicyError {
         guest: String,
         /// What is wrong with the group file (its own location included).
         why: String,
+    },
+    /// A guest's `definition` file is unreadable, invalid, or names a file that is not
+    /// there (the definition's own error is the source).
+    #[error("{at}: guest {guest:?}: VM definition {}", path.display())]
+    BadDefinition {
+        /// Where the policy names it.
+        at: Location,
+        /// The guest.
+        guest: String,
+        /// The definition file.
+        path: PathBuf,
+        /// What is wrong with it (its own location included).
+        #[source]
+        source: Box<VmDefError>,
+    },
+    /// A machine key (`memory_mib`, `cpus`, `mode`, `vmm`, `kernel`) beside `definition`.
+    #[error("{at}: guest {guest:?} has `{key}` and `definition`: its definition file {} holds {key} (and how it boots); set it there, or drop `definition`", definition.display())]
+    KeyBesideDefinition {
+        /// Where the key is.
+        at: Location,
+        /// The guest.
+        guest: String,
+        /// The key.
+        key: &'static str,
+        /// The definition file.
+        definition: PathBuf,
     },
     /// No `[host]` table.
     #[error("{at}: no [host] table; declare this host's capacities: [host] max_guests = N, max_memory_mib = M")]

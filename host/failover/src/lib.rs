@@ -4,7 +4,8 @@
 //!
 //! The daemon calls [`Engine::on_event`] in-process for every event, carries the
 //! decisions out, and publishes each one as an event of kind `decision`
-//! ([`Decision::to_event`]). Nothing here does I/O except [`Policy::load`].
+//! ([`Decision::to_event`]). Nothing here does I/O but reading the policy file and the VM
+//! definition files it names ([`Policy::load`]).
 //!
 //! Semantics, in short:
 //! - Rules are tried in file order. Every matching `hook` rule gives a hook decision; the
@@ -33,8 +34,8 @@ mod policy;
 pub use engine::{Action, Decision, Engine, Incident, View, KEEP_CLOSED_INCIDENTS};
 pub use error::{Location, PolicyError};
 pub use policy::{
-    check, kills_guest, Condition, DumpPolicy, Group, GuestSpec, HostCapacity, Limits, Policy,
-    ProbeGroupRef, ProbeSpec, Rule, RuleAction, WhereValue, DEFAULT_DUMP_WAIT_SECS,
+    check, kills_guest, Condition, DefinitionRef, DumpPolicy, Group, GuestSpec, HostCapacity,
+    Limits, Policy, ProbeGroupRef, ProbeSpec, Rule, RuleAction, WhereValue, DEFAULT_DUMP_WAIT_SECS,
     DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_MAX_RESTARTS, DEFAULT_MODE, DEFAULT_WINDOW_SECS,
     DUMP_WAIT_SECS, HOOK_TIMEOUT_SECS,
 };

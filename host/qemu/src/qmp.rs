@@ -156,7 +156,12 @@ pub fn parse_event(line: &str) -> Option<QmpEvent> {
     };
     Some(QmpEvent {
         name,
-        data: v.get("data").cloned().unwrap_or(Value::Null),
+        // Events without data (STOP, RESUME) carry none at all: an empty object, so
+        // every event's payload is an object.
+        data: v
+            .get("data")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default())),
         timestamp_ns,
     })
 }
@@ -177,6 +182,10 @@ mod tests {
         assert_eq!(e.name, "GUEST_PANICKED");
         assert_eq!(e.timestamp_ns, Some(1_700_000_000_000_250_000));
         assert_eq!(e.data["action"], "pause");
+        let stop =
+            parse_event(r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}"#)
+                .unwrap();
+        assert_eq!(stop.data, serde_json::json!({}));
         assert!(parse_event(r#"{"return": {}}"#).is_none());
         assert!(parse_event(r#"{"QMP": {"version": {}}}"#).is_none());
         assert!(parse_event("not json").is_none());

@@ -11,6 +11,10 @@
 #   vesper.bench_n=N     iterations for bench mode (default 20)
 #   vesper.start=A,B     hand mode: start these svcs at boot, before `hand ready` (a
 #                        guest whose service runs as soon as it is up, as a cluster's is)
+#   vesper.front=skip    do not load the frontend (a guest without it installed or loaded)
+#   vesper.front=bad     insmod a copy of the frontend whose module_layout symbol version
+#                        is wrong, as a module built for another kernel has: the kernel
+#                        refuses it ("disagrees about version of symbol module_layout")
 export PATH=/bin
 
 /bin/busybox mount -t proc proc /proc
@@ -22,9 +26,11 @@ echo "vesper-init: kernel $(cat /proc/sys/kernel/osrelease)"
 mode=freeze
 bench_n=20
 start_at_boot=
+front=load
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vesper.mode=*) mode="${arg#vesper.mode=}" ;;
+        vesper.front=*) front="${arg#vesper.front=}" ;;
         vesper.start=*) start_at_boot="${arg#vesper.start=}" ;;
         vesper.bench_n=*) bench_n="${arg#vesper.bench_n=}" ;;
     esac
@@ -40,13 +46,42 @@ for drv in pvpanic pvpanic-pci; do
 done
 
 FRONT=/lib/vesper/vesper_front.ko
-if [ ! -e "$FRONT" ]; then
+
+# vesper.front=bad: a copy of the frontend with the CRC its __versions table records for
+# module_layout zeroed (the 8 bytes before the name), printed as its path.
+front_for_another_kernel() {
+    local bad=/tmp/vesper_front.ko at
+    /bin/busybox cp "$FRONT" "$bad" || return 1
+    # shellcheck disable=SC2046 # "OFFSET module_layout" split into $1 $2
+    set -- $(/bin/busybox strings -t d "$bad" | /bin/busybox grep -m 1 ' module_layout$')
+    at=$1
+    [ -n "$at" ] || return 1
+    /bin/busybox dd if=/dev/zero of="$bad" bs=1 seek=$((at - 8)) count=8 conv=notrunc \
+        2>/dev/null || return 1
+    echo "$bad"
+}
+
+load_front() {
+    if out=$(insmod "$1" 2>&1); then
+        echo "vesper-init: frontend loaded ($1)"
+    else
+        rc=$?
+        echo "vesper-init: FRONTEND NOT LOADED: insmod $1 failed (exit $rc): $out"
+    fi
+}
+
+if [ "$front" = skip ]; then
+    echo "vesper-init: vesper.front=skip: the frontend is left out"
+elif [ ! -e "$FRONT" ]; then
     echo "vesper-init: FRONTEND NOT LOADED: $FRONT is missing from the initramfs"
-elif out=$(insmod "$FRONT" 2>&1); then
-    echo "vesper-init: frontend loaded ($FRONT)"
+elif [ "$front" = bad ]; then
+    if bad=$(front_for_another_kernel); then
+        load_front "$bad"
+    else
+        echo "vesper-init: vesper.front=bad: no module_layout version in $FRONT to spoil"
+    fi
 else
-    rc=$?
-    echo "vesper-init: FRONTEND NOT LOADED: insmod $FRONT failed (exit $rc): $out"
+    load_front "$FRONT"
 fi
 
 freeze() {
@@ -71,6 +106,7 @@ freeze() {
 #   stack NAME      -> stack NAME pid=PID FRAME ...  (one line per /proc/PID/stack line:
 #                      the guest kernel's own unwinder, the host's `debug bt` oracle)
 #                      then stack end NAME pid=PID   | no process NAME
+#   sh COMMAND...   -> out LINE ... then sh end rc=N (COMMAND's output and exit status)
 #   anything else   -> unknown command: LINE
 #   malformed args  -> error: ...
 # NAME: 1-15 of [A-Za-z0-9._-] (it becomes the kernel's comm, which holds 15 bytes). A svc
@@ -255,10 +291,25 @@ hand_do() {
                 hand_stack "$2"
             fi
             ;;
+        sh)
+            if [ $# -lt 2 ]; then hand_say "error: usage: sh COMMAND..."; else shift; hand_sh "$@"; fi
+            ;;
         *)
             hand_say "unknown command: $line"
             ;;
     esac
+}
+
+# Runs the words as one shell command line (re-parsed by sh -c, so quotes work) and
+# answers each line of its output, then its exit status.
+hand_sh() {
+    local out rc l
+    out=$(/bin/busybox sh -c "$*" 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | while IFS= read -r l; do
+        hand_say "out $l"
+    done
+    hand_say "sh end rc=$rc"
 }
 
 # The kernel's own trace of each live process named $1.

@@ -49,6 +49,27 @@ pub fn run(cmd: &mut Command) -> Result<Output, KitError> {
     Ok(out)
 }
 
+/// Runs `cmd` with `input` on its stdin and output captured, and returns the output
+/// whatever the exit status.
+pub fn output_with_input(cmd: &mut Command, input: &[u8]) -> Result<Output, KitError> {
+    use std::io::Write;
+    let spawn_err = |cmd: &Command, source| KitError::Spawn {
+        command: describe(cmd),
+        source,
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_err(cmd, e))?;
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    // A command that exits without reading all of it is judged by its status.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    child.wait_with_output().map_err(|e| spawn_err(cmd, e))
+}
+
 /// Runs `cmd` with output captured and returns it whatever the exit status.
 pub fn output(cmd: &mut Command) -> Result<Output, KitError> {
     cmd.stdin(Stdio::null())

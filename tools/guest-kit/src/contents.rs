@@ -26,6 +26,11 @@ pub const HOST_PACKAGES: &[&str] = &[
     "libbpf-dev",
     "linux-libc-dev",
     "bpftool",
+    // The Debian disk guest (src/disk/): mmdebstrap installs Debian into it, sfdisk
+    // partitions it, qemu-img makes the qcow2.
+    "mmdebstrap",
+    "fdisk",
+    "qemu-utils",
 ];
 
 /// Directories (relative to the repository root) whose Makefiles build guest modules.

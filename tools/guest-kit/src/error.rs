@@ -66,6 +66,55 @@ pub enum KitError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A step of the Debian disk guest's build failed (`disk/`).
+    #[error(
+        "building the Debian disk guest failed while {what} (full log: {log}); fix the cause \
+         and rerun `cargo run -p vesper-guest-kit`, or build the kit without the disk \
+         (`cargo run -p vesper-guest-kit -- build --no-disk`): {source}"
+    )]
+    DiskBuild {
+        /// What the build was doing.
+        what: String,
+        /// The build's log, every command's output.
+        log: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: Box<KitError>,
+    },
+    /// The Debian disk guest was built but lacks what it must have.
+    #[error("the Debian disk guest was built but {problem}: {path} (full log: {log})")]
+    DiskCheck {
+        /// What is wrong.
+        problem: String,
+        /// The file that shows it.
+        path: PathBuf,
+        /// The build's log.
+        log: PathBuf,
+    },
+    /// A killed disk build left mounts that could not be undone.
+    #[error(
+        "a killed Debian disk build left mounts under {dir} that could not be undone; \
+         unmount them (`findmnt -R {dir}`) and rerun"
+    )]
+    StaleMounts {
+        /// The work directory.
+        dir: PathBuf,
+    },
+    /// The disk must be built and we are not root.
+    #[error(
+        "building the Debian disk guest needs root (loop devices, mount, chroot); run as \
+         root, or build the kit without it (`cargo run -p vesper-guest-kit -- build \
+         --no-disk`, `EnsureOptions::skip_disk`)"
+    )]
+    DiskNeedsRoot,
+    /// A kernel developer's tree cannot be booted or built against.
+    #[error("kernel tree {}: {problem}", tree.display())]
+    KernelTree {
+        /// The tree.
+        tree: PathBuf,
+        /// What is missing, and what to do.
+        problem: String,
+    },
     /// The manifest could not be written or parsed.
     #[error("manifest {path}: {source}")]
     Manifest {

@@ -6,8 +6,10 @@
 //! guest modules and the static helpers ([`HELPERS`]: `bench-insmod`, `svc`, `hog`), and
 //! packs a busybox initramfs, and builds the mini frontend ([`build_mini_frontend`]: the
 //! freestanding guest that speaks the Vesper protocol without Linux, for the built-in
-//! VMM) — all cached under one git-ignored directory ([`default_kit_dir`]), rebuilt only
-//! when inputs change. [`Kit::load`] reads an already built kit without building anything.
+//! VMM), packages the frontend for DKMS and builds the Debian 12 disk guest that installs
+//! it ([`Kit::debian_disk`]: SeaBIOS + GRUB, systemd, the tests' hand on ttyS0) — all
+//! cached under one git-ignored directory ([`default_kit_dir`]), rebuilt only when inputs
+//! change. [`Kit::load`] reads an already built kit without building anything.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,17 +23,20 @@ mod build_steps;
 mod cmd;
 mod contents;
 mod debug_files;
+mod disk;
 mod error;
 mod files;
 mod initramfs;
 mod kernel;
 pub mod newc;
+mod tree;
 
 pub use contents::*;
 use error::io_err;
 pub use error::KitError;
 use files::{built_modules, module_sources, read, write_atomic, Fnv};
 use initramfs::initramfs_bytes;
+pub use tree::{frontend_overlay, initramfs_with, KernelTree, FRONTEND_IN_INITRAMFS};
 
 pub use build_steps::build_mini_frontend;
 #[cfg(test)]
@@ -46,7 +51,7 @@ const MANIFEST: &str = "manifest.json";
 /// 2: `svc` and `hog` helpers (hand mode); 3: the mini frontend. Older kits must be
 /// rebuilt.
 const MANIFEST_FORMAT: u32 = 3;
-const STEPS: usize = 10;
+const STEPS: usize = 12;
 
 /// Options of [`Kit::ensure`].
 #[derive(Debug, Clone, Default)]
@@ -60,6 +65,10 @@ pub struct EnsureOptions {
     pub refresh_kernel: bool,
     /// No progress lines on stderr (warnings are still printed).
     pub quiet: bool,
+    /// Do not build the Debian disk guest (a current one is still recorded in the
+    /// manifest; a missing or outdated one is not built, and [`Kit::debian_disk`] is
+    /// then `None`).
+    pub skip_disk: bool,
 }
 
 /// A built guest kit. Also the content of `<dir>/manifest.json`.
@@ -113,6 +122,22 @@ pub struct Kit {
     /// Why there is no `debug_modules_dir`, and what to do about it.
     #[serde(default)]
     pub debug_modules_missing: Option<String>,
+    /// The frontend as a Debian DKMS package, `<dir>/deb/vesper-frontend_VERSION_all.deb`
+    /// (sources in `/usr/src/vesper-frontend-VERSION/`, built by DKMS in the guest).
+    /// `None` in older manifests.
+    #[serde(default)]
+    pub frontend_deb: Option<PathBuf>,
+    /// The Debian 12 disk guest, `<dir>/disk/debian-12-<release>.qcow2`: boots through
+    /// SeaBIOS and GRUB (root by UUID, `console=ttyS0 panic=-1`), the frontend
+    /// installed from [`Kit::frontend_deb`] by DKMS and loaded at boot, the tests' hand
+    /// on ttyS0 as `vesper-hand.service`. Use it with `-snapshot` (or a copy): it is
+    /// the kit's, shared. `None` when it was not built ([`Kit::debian_disk_missing`]
+    /// says why) and in older manifests.
+    #[serde(default)]
+    pub debian_disk: Option<PathBuf>,
+    /// Why there is no `debian_disk`, and what to do about it.
+    #[serde(default)]
+    pub debian_disk_missing: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -164,7 +189,7 @@ impl Kit {
             apt: Apt { updated: false },
         };
         let started = Instant::now();
-        let kit = b.run(opts.refresh_kernel)?;
+        let kit = b.run(opts.refresh_kernel, opts.skip_disk)?;
         b.p.line(&format!(
             "kit ready in {:.1}s: {}",
             started.elapsed().as_secs_f64(),
@@ -205,7 +230,15 @@ impl Kit {
                 });
             }
         }
-        Ok(m.kit)
+        let mut kit = m.kit;
+        // The disk is optional: one deleted since is recorded as missing, not fatal.
+        if let Some(d) = kit.debian_disk.take_if(|d| !d.is_file()) {
+            kit.debian_disk_missing = Some(format!(
+                "{} is missing; rebuild it with `cargo run -p vesper-guest-kit -- build`",
+                d.display()
+            ));
+        }
+        Ok(kit)
     }
 
     /// `<modules_dir>/<name>.ko` (whether or not it was built).
@@ -280,7 +313,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn run(&mut self, refresh_kernel: bool) -> Result<Kit, KitError> {
+    fn run(&mut self, refresh_kernel: bool, skip_disk: bool) -> Result<Kit, KitError> {
         // 1. host packages
         let apt = &mut self.apt;
         self.p.step(1, "checking host packages", || {
@@ -291,7 +324,18 @@ impl Builder {
             }
             apt.update()?;
             apt.install(&missing)?;
-            Ok(((), format!("installed {}", missing.join(" "))))
+            // Installing can remove a package that was there: a backported qemu-utils
+            // conflicts with bookworm's qemu-system-x86, and apt resolves it by removing
+            // qemu-utils. Install what went missing again, at the versions that fit.
+            let removed = missing_packages(&pkgs)?;
+            if !removed.is_empty() {
+                apt.install(&removed)?;
+            }
+            let mut note = format!("installed {}", missing.join(" "));
+            if !removed.is_empty() {
+                note += &format!("; reinstalled {} (apt removed it)", removed.join(" "));
+            }
+            Ok(((), note))
         })?;
 
         // 2. kernel release
@@ -349,14 +393,31 @@ impl Builder {
             debug_files::ensure_debug_files(p, apt, dir, &release, &kernel_dir)
         })?;
 
+        let mut kit = self.build_guest(&release, kdir, kernel_dir, debug)?;
+        self.build_disk(&mut kit, skip_disk)?;
+        write_manifest(&self.p, &kit)?;
+        Ok(kit)
+    }
+
+    /// Steps 6-9: what the kit builds for kernel `release` (modules, helpers, the mini
+    /// frontend, the initramfs); the kit without its disk.
+    fn build_guest(
+        &self,
+        release: &str,
+        kdir: PathBuf,
+        kernel_dir: PathBuf,
+        debug: debug_files::DebugFiles,
+    ) -> Result<Kit, KitError> {
+        let (dir, root, p) = (&self.dir, &self.root, &self.p);
+        let kernel = kernel_dir.join("vmlinuz");
+        let kernel_config = kernel_dir.join(format!("config-{release}"));
         // 6. guest modules
-        let modules_dir = dir.join("modules").join(&release);
-        let debug_modules = debug_files::debug_modules_dir(dir, &release);
-        let root = &self.root;
+        let modules_dir = dir.join("modules").join(release);
+        let debug_modules = debug_files::debug_modules_dir(dir, release);
         let modules = p.step(
             6,
             &format!("building guest modules against {release}"),
-            || build_modules(p, root, &kdir, &release, &modules_dir, &debug_modules),
+            || build_modules(p, root, &kdir, release, &modules_dir, &debug_modules),
         )?;
 
         // 7. static helpers
@@ -402,10 +463,9 @@ impl Builder {
             ))
         })?;
 
-        // 10. manifest
-        let kit = Kit {
+        Ok(Kit {
             dir: dir.clone(),
-            release: release.clone(),
+            release: release.to_string(),
             kernel,
             kernel_config,
             initramfs,
@@ -421,8 +481,35 @@ impl Builder {
             debug_vmlinux_missing: debug.vmlinux_missing,
             debug_modules_dir: debug.modules_dir,
             debug_modules_missing: debug.modules_missing,
-        };
-        p.step(10, "writing manifest.json", || {
+            frontend_deb: None,
+            debian_disk: None,
+            debian_disk_missing: None,
+        })
+    }
+
+    /// Steps 10-11: the frontend's DKMS package and the Debian disk guest.
+    fn build_disk(&self, kit: &mut Kit, skip_disk: bool) -> Result<(), KitError> {
+        let (dir, root, p) = (&self.dir, &self.root, &self.p);
+        let deb = p.step(10, "packaging the frontend for DKMS (.deb)", || {
+            disk::ensure_frontend_deb(root, &dir.join("deb"))
+        })?;
+        kit.frontend_deb = Some(deb.path.clone());
+        let what = format!("the Debian 12 disk guest ({})", kit.release);
+        let helpers = (kit.svc.as_path(), kit.hog.as_path());
+        let disk = p.step(11, &what, || {
+            disk::ensure_disk(p, dir, &kit.release, helpers, deb, skip_disk)
+        })?;
+        kit.debian_disk = disk.disk;
+        kit.debian_disk_missing = disk.missing;
+        Ok(())
+    }
+}
+
+/// Step 12: `manifest.json`, rewritten only when it changed.
+fn write_manifest(p: &Progress, kit: &Kit) -> Result<(), KitError> {
+    let dir = &kit.dir;
+    {
+        p.step(12, "writing manifest.json", || {
             let path = dir.join(MANIFEST);
             let m = Manifest {
                 format: MANIFEST_FORMAT,
@@ -438,8 +525,7 @@ impl Builder {
             }
             write_atomic(&path, &json, None)?;
             Ok(((), format!("wrote {}", path.display())))
-        })?;
-        Ok(kit)
+        })
     }
 }
 

@@ -1,5 +1,5 @@
-//! `vesper-guest-kit [build] [--kit-dir DIR]` builds (or reuses) the guest kit and prints a
-//! summary; `vesper-guest-kit path` prints the kit directory.
+//! `vesper-guest-kit [build] [--no-disk] [--kit-dir DIR]` builds (or reuses) the guest kit
+//! and prints a summary; `vesper-guest-kit path` prints the kit directory.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +30,9 @@ enum Cmd {
         /// Repository root with guest-module/, probes/, tests/modules/.
         #[arg(long)]
         repo_root: Option<PathBuf>,
+        /// Do not build the Debian disk guest (an up-to-date one is still recorded).
+        #[arg(long)]
+        no_disk: bool,
     },
     /// Print the kit directory.
     Path,
@@ -38,7 +41,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let dir = cli.kit_dir.unwrap_or_else(default_kit_dir);
-    let (refresh_kernel, repo_root) = match cli.command {
+    let (refresh_kernel, repo_root, skip_disk) = match cli.command {
         Some(Cmd::Path) => {
             println!("{}", dir.display());
             return ExitCode::SUCCESS;
@@ -46,14 +49,16 @@ fn main() -> ExitCode {
         Some(Cmd::Build {
             refresh_kernel,
             repo_root,
-        }) => (refresh_kernel, repo_root),
-        None => (false, None),
+            no_disk,
+        }) => (refresh_kernel, repo_root, no_disk),
+        None => (false, None, false),
     };
     let opts = EnsureOptions {
         kit_dir: Some(dir),
         repo_root,
         refresh_kernel,
         quiet: false,
+        skip_disk,
     };
     match Kit::ensure(&opts) {
         Ok(kit) => {
@@ -92,6 +97,13 @@ fn print_summary(kit: &Kit) {
     for (name, path) in &kit.modules {
         println!("module       {name:<20} {}", path.display());
     }
+    if let Some(deb) = &kit.frontend_deb {
+        println!("frontend deb {} (DKMS)", deb.display());
+    }
+    match (&kit.debian_disk, &kit.debian_disk_missing) {
+        (Some(d), _) => println!("debian disk  {} (Debian 12, SeaBIOS + GRUB)", d.display()),
+        (None, why) => println!("debian disk  none: {}", why.as_deref().unwrap_or("unknown")),
+    }
     println!("manifest     {}", kit.dir.join("manifest.json").display());
     println!(
         "boot with    qemu-system-x86_64 -accel {} -m 512 -nographic -no-reboot -kernel {} -initrd {} -append 'console=ttyS0 panic=-1 vesper.mode=freeze'",
@@ -99,4 +111,11 @@ fn print_summary(kit: &Kit) {
         kit.kernel.display(),
         kit.initramfs.display()
     );
+    if let Some(d) = &kit.debian_disk {
+        println!(
+            "boot disk    qemu-system-x86_64 -accel {} -m 1024 -nographic -snapshot -drive file={},if=virtio -netdev user,id=n0 -device virtio-net-pci,netdev=n0",
+            kit.accel,
+            d.display()
+        );
+    }
 }

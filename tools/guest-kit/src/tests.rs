@@ -131,6 +131,9 @@ fn manifest_round_trip() {
         debug_vmlinux_missing: None,
         debug_modules_dir: Some("/k/debug-modules/x".into()),
         debug_modules_missing: None,
+        frontend_deb: Some("/k/deb/vesper-frontend_0.1.0_all.deb".into()),
+        debian_disk: Some("/k/disk/debian-12-x.qcow2".into()),
+        debian_disk_missing: None,
     };
     let json = serde_json::to_string(&Manifest {
         format: MANIFEST_FORMAT,
@@ -148,10 +151,16 @@ fn manifest_round_trip() {
     old.as_object_mut().unwrap().remove("debug_vmlinux_missing");
     old.as_object_mut().unwrap().remove("debug_modules_dir");
     old.as_object_mut().unwrap().remove("debug_modules_missing");
+    // ... and one written before the disk guest
+    for k in ["frontend_deb", "debian_disk", "debian_disk_missing"] {
+        old.as_object_mut().unwrap().remove(k);
+    }
     let back: Manifest = serde_json::from_value(old.clone()).unwrap();
     assert_eq!(back.kit.debug_vmlinux, None);
     assert_eq!(back.kit.debug_modules_dir, None);
     assert_eq!(back.kit.debug_symbol_files(), None);
+    assert_eq!(back.kit.debian_disk, None);
+    assert_eq!(back.kit.frontend_deb, None);
     old["debug_vmlinux_missing"] = "no debug vmlinux: apt failed".into();
     let back: Manifest = serde_json::from_value(old).unwrap();
     assert_eq!(
@@ -225,4 +234,53 @@ fn load_of_missing_kit_says_what_to_run() {
         err.to_string().contains("cargo run -p vesper-guest-kit"),
         "{err}"
     );
+}
+
+#[test]
+fn load_records_a_deleted_disk_as_missing() {
+    let d = std::env::temp_dir().join(format!("guest-kit-load-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    let f = |n: &str| {
+        let p = d.join(n);
+        fs::write(&p, n).unwrap();
+        p
+    };
+    let kit = Kit {
+        dir: d.clone(),
+        release: "r".into(),
+        kernel: f("vmlinuz"),
+        kernel_config: f("config"),
+        initramfs: f("initramfs.cpio"),
+        modules_dir: d.clone(),
+        modules: BTreeMap::new(),
+        kdir: d.clone(),
+        bench_insmod: f("bench-insmod"),
+        svc: f("svc"),
+        hog: f("hog"),
+        mini_frontend: f("mini-frontend.elf"),
+        accel: "tcg".into(),
+        debug_vmlinux: None,
+        debug_vmlinux_missing: None,
+        debug_modules_dir: None,
+        debug_modules_missing: None,
+        frontend_deb: None,
+        debian_disk: Some(f("debian-12-r.qcow2")),
+        debian_disk_missing: None,
+    };
+    let json = serde_json::to_vec(&Manifest {
+        format: MANIFEST_FORMAT,
+        kit: kit.clone(),
+    })
+    .unwrap();
+    fs::write(d.join(MANIFEST), json).unwrap();
+    assert_eq!(Kit::load(Some(&d)).unwrap(), kit);
+    fs::remove_file(d.join("debian-12-r.qcow2")).unwrap();
+    let loaded = Kit::load(Some(&d)).unwrap();
+    assert_eq!(loaded.debian_disk, None);
+    assert!(loaded
+        .debian_disk_missing
+        .unwrap()
+        .contains("debian-12-r.qcow2 is missing"));
+    fs::remove_dir_all(&d).unwrap();
 }

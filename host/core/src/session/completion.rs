@@ -17,6 +17,8 @@ use crate::CommandError;
 
 pub(super) const ECANCELED: i32 = 125;
 pub(super) const EINVAL: i32 = 22;
+/// The answer to a hello of a frontend version the host does not speak.
+pub(super) const EPROTO: i32 = 71;
 pub(super) const EEXIST: i32 = 17;
 pub(super) const ENOENT: i32 = 2;
 pub(super) const EAGAIN: i32 = 11;

@@ -151,6 +151,13 @@ pub struct GuestInfo {
     pub generation: u32,
 }
 
+/// The host's implementation version, in the answer to a hello.
+pub const HOST_VERSION: u32 = 1;
+/// The frontend versions (a hello's `frontend_version`) this host speaks. A hello of
+/// any other is answered `-EPROTO` (the frontend then stays idle) and reported as
+/// [`SessionEvent::HelloRefused`].
+pub const FRONTEND_VERSIONS: std::ops::RangeInclusive<u32> = 1..=1;
+
 /// Something the daemon should know about.
 #[derive(Debug)]
 pub enum SessionEvent {
@@ -160,6 +167,14 @@ pub enum SessionEvent {
         info: GuestInfo,
         /// True when an earlier generation was known: the guest restarted.
         restarted: bool,
+    },
+    /// The frontend said hello in a version this host does not speak
+    /// ([`crate::FRONTEND_VERSIONS`]): refused, no session (the frontend stays idle).
+    HelloRefused {
+        /// What it reported.
+        info: GuestInfo,
+        /// The version it speaks.
+        frontend_version: u32,
     },
     /// A command finished.
     Done {

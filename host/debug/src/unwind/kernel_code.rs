@@ -2,7 +2,6 @@
 //! each loaded module's ORC table and symbols (found by walking `modules`) — and where
 //! a task's or a CPU's trace starts.
 
-use std::collections::HashSet;
 use std::ops::Range;
 
 use super::orc::{OrcEntry, OrcTable, OrcVersion, MAX_ENTRIES};
@@ -11,14 +10,11 @@ use crate::btf::{Btf, Type};
 use crate::error::DebugError;
 use crate::kernel::Kernel;
 use crate::memory::KernelMemory;
+use crate::modules::MODULE_NAME_LEN;
 use crate::tasks::{current_task, list_tasks, offset};
 
-/// Most modules walked.
-const MAX_MODULES: usize = 4096;
 /// Most symbols a module's table may claim.
 const MAX_MODULE_SYMBOLS: u64 = 1 << 18;
-/// `MODULE_NAME_LEN` on 64-bit.
-const MODULE_NAME_LEN: usize = 56;
 /// `Elf64_Sym`.
 const ELF_SYM_SIZE: u64 = 24;
 /// Longest symbol name read from a module's string table.
@@ -223,25 +219,14 @@ impl ModuleLayout {
     }
 }
 
-/// Walks `modules` (bounded, each link's way back checked, as the task walk does).
+/// Each module on `modules` ([`crate::modules`] walks the list).
 fn read_modules(k: &Kernel, version: OrcVersion) -> Result<Vec<ModuleCode>, DebugError> {
     let btf = k.btf()?;
     let l = ModuleLayout::new(&btf)?;
-    let head = k.symbol("modules")?.addr;
-    let mut out = Vec::new();
-    let mut seen = HashSet::from([head]);
-    let (mut prev, mut node) = (head, k.read_u64(head)?);
-    while node != head {
-        if out.len() >= MAX_MODULES || !seen.insert(node) || k.read_u64(node + 8)? != prev {
-            return Err(DebugError::Inconsistent(format!(
-                "the module list is broken at {node:#x} (it changed under the walk, or loops)"
-            )));
-        }
-        out.push(read_module(k, &l, node - l.list, version)?);
-        prev = node;
-        node = k.read_u64(node)?;
-    }
-    Ok(out)
+    crate::modules::module_addrs(k, l.list)?
+        .into_iter()
+        .map(|at| read_module(k, &l, at, version))
+        .collect()
 }
 
 fn read_module(

@@ -326,6 +326,10 @@ impl PhysMemory for Vmcore {
         debug_assert_eq!(done, buf.len());
         Ok(())
     }
+
+    fn describe(&self) -> String {
+        "a vmcore file".into()
+    }
 }
 
 /// One note, borrowed from its segment.

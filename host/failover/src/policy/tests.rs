@@ -656,3 +656,5 @@ fn a_probe_group_is_checked_through_the_callers_check_and_located() {
         &["empty probe group name"],
     );
 }
+
+mod definition;

@@ -38,7 +38,12 @@ impl Guest {
     }
 
     fn hello(&mut self) -> u64 {
+        self.hello_of_version(*FRONTEND_VERSIONS.end())
+    }
+
+    fn hello_of_version(&mut self, frontend_version: u32) -> u64 {
         let mut h = HelloRequest {
+            frontend_version,
             nr_cpus: 2,
             region_size: MIN_REGION_SIZE,
             ..Default::default()
@@ -426,6 +431,38 @@ fn a_restarted_guest_fails_the_active_command_and_keeps_the_queue() {
     s.poll(&g.region, now);
     let cmd: CommandResponse = g.response().payload_as().unwrap();
     assert_eq!(cmd.command_id, queued);
+}
+
+#[test]
+fn a_hello_of_a_frontend_version_the_host_does_not_speak_is_refused_and_reported() {
+    let now = Instant::now();
+    let (mut s, mut g) = (Session::new(cfg()), Guest::new());
+    let other = FRONTEND_VERSIONS.end() + 1;
+    g.hello_of_version(other);
+    g.wait();
+    s.submit(Command::List, now);
+    let out = s.poll(&g.region, now);
+    let refused = out.events.iter().find_map(|e| match e {
+        SessionEvent::HelloRefused {
+            info,
+            frontend_version,
+        } => Some((info.kernel_release.clone(), *frontend_version)),
+        _ => None,
+    });
+    assert_eq!(refused, Some(("6.1.0-test".into(), other)));
+    assert!(!out
+        .events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::GuestUp { .. })));
+    let r = g.response();
+    assert_eq!(r.header.kind, REQ_HELLO | RSP_FLAG);
+    assert_eq!(r.header.status, -EPROTO);
+    assert!(s.guest().is_none());
+    // No session: the frontend's standing wait gets no command.
+    assert!(take_response(&g.region).unwrap().is_none());
+    // A frontend of a version the host speaks is served as usual afterwards.
+    g.generation += 1;
+    up(&mut s, &mut g, now);
 }
 
 #[test]
