@@ -189,9 +189,11 @@ mod tests {
         assert!(parse_event(r#"{"return": {}}"#).is_none());
         assert!(parse_event(r#"{"QMP": {"version": {}}}"#).is_none());
         assert!(parse_event("not json").is_none());
+        // No "data" and no timestamp: still an event, its data empty as QEMU means it.
+        let bare = parse_event(r#"{"event":"STOP"}"#).unwrap();
         assert_eq!(
-            parse_event(r#"{"event":"STOP"}"#).unwrap().data,
-            Value::Null
+            (bare.data, bare.timestamp_ns),
+            (serde_json::json!({}), None)
         );
     }
 
